@@ -1,0 +1,1 @@
+"""The admin HTTP server: health, readiness, Prometheus metrics and the JSON API."""

@@ -1,0 +1,183 @@
+"""The engine's life cycle: ordered start, reverse stop, graceful drain on a signal.
+
+:class:`Engine` builds every part from validated settings and starts them in dependency order
+(stores, then workers, then listeners); :meth:`Engine.stop` runs the stop steps in reverse,
+collecting every clean-up error instead of stopping at the first. Crash recovery (spool temp
+files, orphan files) runs before any listener opens. This module wires parts together and
+must not hold protocol or SQL logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import pydicom.config
+
+from engine.admin.server import AdminServer
+from engine.bridge import LoopBridge
+from engine.bus import EventBus
+from engine.durable.journal import JournalWriter
+from engine.durable.spool import Spool
+from engine.durable.store import DuplicatePolicy, Store, open_store
+from engine.ingress.dimse.intake import StoreIntake
+from engine.ingress.dimse.server import DimseListeners
+from engine.observability.logging import get_logger
+from engine.settings import Settings
+
+log = get_logger("engine.app")
+
+StopStep = tuple[str, Callable[[], Awaitable[None]]]
+
+
+def configure_libraries() -> None:
+    """Library-wide settings, set once before any association thread exists."""
+    # Never let pydicom "fix" or re-encode what a modality sent; intake reads, never rewrites.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+
+
+class Engine:
+    """One radflow process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store = open_store(settings.storage)
+        self.spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024)
+        self.bridge = LoopBridge()
+        self.bus = EventBus()
+        self.journal = JournalWriter(self.store, self.spool)
+        self.intake = StoreIntake(self.spool, self.journal, self.bus, self.bridge,
+                                  DuplicatePolicy(settings.dicom.duplicate_policy),
+                                  settings.dicom.store_timeout)
+        self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
+                                    lambda: self.bridge.closing)
+        self.admin: AdminServer | None = None
+        self._stop_steps: list[StopStep] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    # --- start -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        configure_libraries()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.bridge.attach(loop)
+
+        await self.store.open()
+        self._stop_steps.append(("store", self.store.close))
+        await asyncio.to_thread(self.spool.open)
+        await self._recover_spool()
+
+        await self.bus.start()
+        self._stop_steps.append(("bus", self.bus.stop))
+        await self.journal.start()
+        self._stop_steps.append(("journal", self.journal.stop))
+        self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
+
+        http = self.settings.http
+        if http.enabled:
+            self.admin = AdminServer(
+                http.host, http.port, self.store,
+                {"store": self._probe_store, "spool": self._probe_spool,
+                 "listeners": self._probe_listeners},
+                http.token.get_secret_value() if http.token else None)
+            await self.admin.start()
+            self._stop_steps.append(("admin", self.admin.stop))
+
+        self._stop_steps.append(("bridge", self._close_bridge))
+        await self.dimse.start()
+        self._stop_steps.append(
+            ("dimse", lambda: self.dimse.stop(self.settings.engine.shutdown_grace)))
+        log.info("engine.started", site=self.settings.site.name)
+
+    async def _recover_spool(self) -> None:
+        removed = await asyncio.to_thread(self.spool.clean_temp)
+        window = self.settings.storage.orphan_window_hours * 3600
+        candidates = await asyncio.to_thread(lambda: list(self.spool.recent_objects(window)))
+        orphans = 0
+        for start in range(0, len(candidates), 1000):
+            chunk = candidates[start:start + 1000]
+            known = await self.store.known_object_ids([oid for oid, _ in chunk])
+            for object_id, rel_path in chunk:
+                if object_id not in known:
+                    # Written but never committed: its sender got no success status.
+                    await asyncio.to_thread(self.spool.remove, rel_path)
+                    orphans += 1
+        if removed or orphans:
+            log.warning("durable.spool.recovered", temp_files_removed=removed,
+                        orphans_removed=orphans)
+
+    async def _watch_spool_space(self) -> None:
+        was_ok = True
+        while True:
+            ok = await asyncio.to_thread(self.spool.refresh_free_space)
+            if ok != was_ok:
+                log.warning("durable.spool.space_changed", has_room=ok)
+                was_ok = ok
+            await asyncio.sleep(2.0)
+
+    # --- probes ------------------------------------------------------------------------------
+    async def _probe_store(self) -> tuple[bool, str]:
+        ok = await self.store.ping()
+        return ok, "reachable" if ok else "unreachable"
+
+    async def _probe_spool(self) -> tuple[bool, str]:
+        ok = self.spool.has_room
+        free_mb = (await asyncio.to_thread(self.spool.free_bytes)) // (1024 * 1024)
+        return ok, f"{free_mb} MiB free" + ("" if ok else " (below threshold)")
+
+    async def _probe_listeners(self) -> tuple[bool, str]:
+        ok = self.dimse.running
+        return ok, "listening" if ok else "not listening"
+
+    # --- stop --------------------------------------------------------------------------------
+    async def _close_bridge(self) -> None:
+        self.bridge.close()
+
+    async def stop(self) -> None:
+        """Stop everything started so far, in reverse order; raise all clean-up errors."""
+        if self.admin is not None:
+            self.admin.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        errors: list[Exception] = []
+        while self._stop_steps:
+            name, step = self._stop_steps.pop()
+            started = time.monotonic()
+            try:
+                await step()
+            except Exception as exc:
+                log.exception("engine.stop_step_failed", step=name)
+                errors.append(exc)
+            log.debug("engine.stopped_step", step=name, seconds=time.monotonic() - started)
+        self._stopped.set()
+        log.info("engine.stopped")
+        if errors:
+            raise ExceptionGroup("errors while stopping radflow", errors)
+
+    async def run_until_signal(self) -> None:
+        """Start, wait for SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        log.info("engine.stopping", grace_seconds=self.settings.engine.shutdown_grace)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await self.stop()

@@ -1,0 +1,168 @@
+"""The spool: received object bytes on the local (or shared) file system, written durably.
+
+Owns the on-disk layout ``<spool>/objects/YYYY/MM/DD/HH/<object_id>.dcm`` and ``<spool>/tmp/``.
+Paths are built only from internal ids and the clock, never from anything a peer sent. A write
+goes to ``tmp/``, is fsync'd and renamed into place; the directories the rename touched are
+returned so the journal's group commit can fsync each of them once before its rows commit.
+The spool checks free space and refuses writes below the threshold. It knows nothing of DICOM
+and must not touch the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import OutOfResources, StorageFailure
+from engine.observability.metrics import SPOOL_FREE_BYTES, SPOOL_LOW_SPACE
+
+_TMP_SUFFIX = ".part"
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledObject:
+    """A file made durable in content and name, but not yet in its directory entries."""
+
+    object_id: str
+    rel_path: str
+    size: int
+    sha256: str
+    dirs_to_sync: tuple[str, ...]
+
+
+def new_object_id() -> str:
+    """A time-ordered, unguessable id: 13 hex digits of microseconds, then 12 random ones."""
+    return f"{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+
+
+class Spool:
+    """Durable object files under one root directory."""
+
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.objects_dir = root / "objects"
+        self.min_free_bytes = min_free_bytes
+        self._low = False
+
+    def open(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self.refresh_free_space()
+
+    # --- space -------------------------------------------------------------------------------
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def refresh_free_space(self) -> bool:
+        """Re-read free space; return ``True`` while there is enough room."""
+        free = self.free_bytes()
+        self._low = free < self.min_free_bytes
+        SPOOL_FREE_BYTES.set(free)
+        SPOOL_LOW_SPACE.set(1 if self._low else 0)
+        return not self._low
+
+    @property
+    def has_room(self) -> bool:
+        return not self._low
+
+    def ensure_room(self, incoming: int = 0) -> None:
+        """Raise :class:`OutOfResources` if writing ``incoming`` bytes would cross the threshold."""
+        free = self.free_bytes()
+        if free - incoming < self.min_free_bytes:
+            self._low = True
+            SPOOL_LOW_SPACE.set(1)
+            raise OutOfResources(
+                f"spool below its free-space threshold ({free // (1024 * 1024)} MiB free)"
+            )
+
+    # --- writing -----------------------------------------------------------------------------
+    def write(self, object_id: str, chunks: Iterable[bytes], *, when: float | None = None
+              ) -> SpooledObject:
+        """Write ``chunks`` durably under ``object_id``; on any failure nothing stays behind."""
+        tm = time.gmtime(when if when is not None else time.time())
+        rel_dir = f"objects/{tm.tm_year:04d}/{tm.tm_mon:02d}/{tm.tm_mday:02d}/{tm.tm_hour:02d}"
+        final_dir = self.root / rel_dir
+        tmp_path = self.tmp_dir / f"{object_id}{_TMP_SUFFIX}"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    digest.update(view)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                        size += written
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs = [rel_dir]
+            if not final_dir.is_dir():
+                # New directories must themselves be made durable in their parents.
+                final_dir.mkdir(parents=True, exist_ok=True)
+                parent = Path(rel_dir).parent
+                while str(parent) not in (".", ""):
+                    dirs.append(str(parent))
+                    parent = parent.parent
+                dirs.append(".")
+            rel_path = f"{rel_dir}/{object_id}.dcm"
+            os.rename(tmp_path, self.root / rel_path)
+        except OSError as exc:
+            tmp_path.unlink(missing_ok=True)
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                self._low = True
+                raise OutOfResources(f"spool disk full: {exc.strerror}") from exc
+            raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
+        return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
+
+    def sync_dirs(self, rel_dirs: Iterable[str]) -> None:
+        """fsync each directory once, so the renames into it survive a crash."""
+        for rel in sorted(set(rel_dirs), key=len, reverse=True):
+            fd = os.open(self.root / rel, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove(self, rel_path: str) -> None:
+        (self.root / rel_path).unlink(missing_ok=True)
+
+    def path_of(self, rel_path: str) -> Path:
+        return self.root / rel_path
+
+    def read(self, rel_path: str) -> bytes:
+        return (self.root / rel_path).read_bytes()
+
+    # --- crash recovery ----------------------------------------------------------------------
+    def clean_temp(self) -> int:
+        """Remove half-written files left by a crash; return how many there were."""
+        count = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.name.endswith(_TMP_SUFFIX):
+                os.unlink(entry.path)
+                count += 1
+        return count
+
+    def recent_objects(self, window_seconds: float) -> Iterator[tuple[str, str]]:
+        """``(object_id, rel_path)`` of spool files in hour folders touched within the window."""
+        horizon = time.time() - window_seconds
+        for dirpath, _dirnames, filenames in os.walk(self.objects_dir):
+            if os.stat(dirpath).st_mtime < horizon:
+                continue
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                if name.endswith(".dcm"):
+                    yield name[:-4], f"{rel_dir}/{name}"
+
+    def disk_usage(self) -> shutil._ntuple_diskusage:
+        return shutil.disk_usage(self.root)

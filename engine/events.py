@@ -1,0 +1,48 @@
+"""Past-tense facts that flow on the event bus, as frozen dataclasses.
+
+An event is published only after what it describes is durable (D1), so a lost event can always be
+rebuilt from the journal. Events carry identifiers and routing context, never pixel data and never
+anything a subscriber could mutate. This module must not import engine subsystems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of every bus event."""
+
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStored(Event):
+    """A DICOM instance was written to the spool and committed to the journal."""
+
+    journal_id: int
+    object_id: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    transfer_syntax_uid: str
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    listener: str
+    size_bytes: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRejected(Event):
+    """An association request was refused before any data was exchanged."""
+
+    listener: str
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    reason: str

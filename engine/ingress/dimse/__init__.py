@@ -1,0 +1,1 @@
+"""DIMSE ingress: pynetdicom's server, its thin handlers, and the durable C-STORE intake."""

@@ -1,0 +1,220 @@
+"""pynetdicom event handlers: synchronous, thin, and bound as data by :func:`bindings`.
+
+Each handler runs on a pynetdicom thread, reads what it needs from the event, delegates the work
+(association policy to :class:`ListenerPolicy`, C-STORE to ``StoreIntake``), and turns the outcome
+into a DIMSE status through ``engine.status``. Handlers hold no module state and never ``await``;
+notification handlers only log and count, so they cannot harm an association.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from engine.errors import RadflowError
+from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
+from engine.observability.logging import get_logger
+from engine.observability.metrics import (
+    DIMSE_ECHOES,
+    DIMSE_OPEN_ASSOCIATIONS,
+    DIMSE_REJECTIONS,
+    DIMSE_STORE_SECONDS,
+)
+from engine.settings import DicomListener
+from engine.status import DimseStatus, c_store_status_for, error_comment
+
+log = get_logger("engine.ingress.dimse")
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+_RJ_CALLING_AE = (0x01, 0x01, 0x03)
+_RJ_CALLED_AE = (0x01, 0x01, 0x07)
+_RJ_NO_REASON = (0x01, 0x01, 0x01)
+_RJ_CONGESTION = (0x02, 0x03, 0x01)
+
+
+@dataclass
+class ListenerPolicy:
+    """Who may associate with one listener, and the bookkeeping of its open associations."""
+
+    config: DicomListener
+    is_closing: Callable[[], bool]
+    _open: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def refusal(self, calling_ae: str, called_ae: str, host: str, has_identity: bool
+                ) -> tuple[str, tuple[int, int, int]] | None:
+        """``None`` to accept, else the reason and the A-ASSOCIATE-RJ fields."""
+        if self.is_closing():
+            return "shutting_down", _RJ_CONGESTION
+        if called_ae != self.config.ae_title:
+            return "called_ae_unknown", _RJ_CALLED_AE
+        allowed = self.config.allowed_calling
+        if allowed and not any(_peer_matches(p.ae_title, p.host, calling_ae, host)
+                               for p in allowed):
+            return "calling_ae_not_allowed", _RJ_CALLING_AE
+        if self.config.user_identities and not has_identity:
+            return "user_identity_required", _RJ_NO_REASON
+        return None
+
+    def verify_identity(self, id_type: int, primary: bytes, secondary: bytes | None) -> bool:
+        """PS3.7 D.3.3.7: type 1 is a username, type 2 a username and passcode."""
+        if not self.config.user_identities:
+            return True  # identities are not asked for on this listener
+        username = primary.decode("utf-8", "replace")
+        for ident in self.config.user_identities:
+            if ident.username != username:
+                continue
+            if id_type == 1 and ident.passcode is None:
+                return True
+            if id_type == 2 and ident.passcode is not None and secondary is not None:
+                return ident.passcode.get_secret_value() == secondary.decode("utf-8", "replace")
+        return False
+
+    def opened(self, assoc_id: int) -> None:
+        with self._lock:
+            self._open.add(assoc_id)
+            DIMSE_OPEN_ASSOCIATIONS.labels(self.name).set(len(self._open))
+
+    def closed(self, assoc_id: int) -> None:
+        with self._lock:
+            self._open.discard(assoc_id)
+            DIMSE_OPEN_ASSOCIATIONS.labels(self.name).set(len(self._open))
+
+
+def _peer_matches(ae_title: str, host_pattern: str | None, calling_ae: str, host: str) -> bool:
+    if ae_title != calling_ae:
+        return False
+    if host_pattern is None:
+        return True
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(host_pattern, strict=False)
+    except ValueError:
+        return False
+
+
+def _peer(event: Event) -> tuple[str, str, str]:
+    # Read from the A-ASSOCIATE-RQ itself: ``requestor.ae_title`` is filled in only after
+    # negotiation, too late for EVT_REQUESTED.
+    requestor = event.assoc.requestor
+    primitive = requestor.primitive
+    if primitive is None:
+        return requestor.ae_title.strip(), "", str(requestor.address)
+    return (str(primitive.calling_ae_title).strip(), str(primitive.called_ae_title).strip(),
+            str(requestor.address))
+
+
+# --- notification handlers -------------------------------------------------------------------
+def handle_conn_open(event: Event) -> None:
+    # Nagle's algorithm would hold each small response PDU back for ~40 ms.
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def handle_requested(event: Event, policy: ListenerPolicy) -> None:
+    """Association policy, applied before pynetdicom negotiates (fail closed)."""
+    calling, called, host = _peer(event)
+    has_identity = event.assoc.requestor.user_identity is not None
+    refusal = policy.refusal(calling, called, host, has_identity)
+    if refusal is None:
+        return
+    reason, (result, source, diagnostic) = refusal
+    event.assoc.acse.send_reject(result, source, diagnostic)
+    DIMSE_REJECTIONS.labels(policy.name, reason).inc()
+    log.warning("ingress.dimse.association.rejected", listener=policy.name, reason=reason,
+                calling_ae=calling, called_ae=called, peer_host=host)
+
+
+def handle_established(event: Event, policy: ListenerPolicy) -> None:
+    policy.opened(id(event.assoc))
+    calling, called, host = _peer(event)
+    log.info("ingress.dimse.association.accepted", listener=policy.name, calling_ae=calling,
+             called_ae=called, peer_host=host)
+
+
+def handle_aborted(event: Event, policy: ListenerPolicy) -> None:
+    calling, called, host = _peer(event)
+    DIMSE_REJECTIONS.labels(policy.name, "aborted").inc()
+    log.warning("ingress.dimse.association.aborted", listener=policy.name, calling_ae=calling,
+                peer_host=host)
+
+
+def handle_conn_close(event: Event, policy: ListenerPolicy) -> None:
+    policy.closed(id(event.assoc))
+
+
+# --- intervention handlers -------------------------------------------------------------------
+def handle_user_id(event: Event, policy: ListenerPolicy) -> tuple[bool, bytes | None]:
+    ok = policy.verify_identity(event.user_id_type, event.primary_field, event.secondary_field)
+    if not ok:
+        DIMSE_REJECTIONS.labels(policy.name, "user_identity_invalid").inc()
+        calling, _, host = _peer(event)
+        log.warning("ingress.dimse.association.identity_refused", listener=policy.name,
+                    calling_ae=calling, peer_host=host, user_id_type=event.user_id_type)
+    return ok, None
+
+
+def handle_echo(event: Event, policy: ListenerPolicy) -> int:
+    DIMSE_ECHOES.labels(policy.name).inc()
+    return int(DimseStatus.SUCCESS)
+
+
+def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> Dataset | int:
+    started = time.perf_counter()
+    request = event.request
+    calling, called, host = _peer(event)
+    sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    try:
+        intake.accept(ReceivedInstance(
+            listener=policy.name,
+            local_ae=policy.config.ae_title,
+            calling_ae=calling,
+            called_ae=called,
+            peer_host=host,
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            dataset=request.DataSet.getvalue(),
+        ))
+        return int(DimseStatus.SUCCESS)
+    except Exception as exc:
+        status = c_store_status_for(exc)
+        reason = exc.reason if isinstance(exc, RadflowError) else "internal_error"
+        DIMSE_REJECTIONS.labels(policy.name, reason).inc()
+        log_fn = log.warning if isinstance(exc, RadflowError) else log.exception
+        log_fn("ingress.dimse.c_store.failed", listener=policy.name, reason=reason,
+               status=f"0x{int(status):04X}", detail=str(exc), calling_ae=calling,
+               peer_host=host, sop_instance_uid=sop_instance_uid[:64])
+        answer = Dataset()
+        answer.Status = int(status)
+        answer.ErrorComment = error_comment(exc)
+        return answer
+    finally:
+        DIMSE_STORE_SECONDS.labels(policy.name).observe(time.perf_counter() - started)
+
+
+def bindings(policy: ListenerPolicy, intake: StoreIntake) -> list[tuple[Any, ...]]:
+    """Every (event, handler, arguments) binding of one listener, in one place."""
+    return [
+        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_REQUESTED, handle_requested, [policy]),
+        (evt.EVT_USER_ID, handle_user_id, [policy]),
+        (evt.EVT_ESTABLISHED, handle_established, [policy]),
+        (evt.EVT_ABORTED, handle_aborted, [policy]),
+        (evt.EVT_CONN_CLOSE, handle_conn_close, [policy]),
+        (evt.EVT_C_ECHO, handle_echo, [policy]),
+        (evt.EVT_C_STORE, handle_store, [policy, intake]),
+    ]

@@ -1,0 +1,94 @@
+"""The DICOM listeners: one pynetdicom AE and threaded server per configured listener.
+
+Owns presentation-context set-up (Verification plus every storage SOP class pynetdicom knows and
+the configured extras, with the configured transfer syntaxes), limits (associations, PDU size,
+timeouts), start, and the graceful stop: close the listening socket, let open associations finish
+until the deadline, then abort what is left. It must not store anything itself: C-STORE work goes
+through the handlers to ``StoreIntake``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from engine.ingress.dimse.handlers import ListenerPolicy, bindings
+from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, \
+    StoreIntake
+from engine.observability.logging import get_logger
+from engine.settings import DicomListener
+
+log = get_logger("engine.ingress.dimse")
+
+
+def build_ae(config: DicomListener) -> AE:
+    """An acceptor AE with radflow's contexts, limits and identity."""
+    ae = AE(ae_title=config.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.max_pdu_size
+    ae.acse_timeout = config.acse_timeout
+    ae.dimse_timeout = config.dimse_timeout
+    ae.network_timeout = config.network_timeout
+    # Checked again in the EVT_REQUESTED policy; kept on so pynetdicom itself fails closed.
+    ae.require_called_aet = True
+    if config.allowed_calling:
+        ae.require_calling_aet = sorted({p.ae_title for p in config.allowed_calling})
+    syntaxes = list(config.transfer_syntaxes)
+    ae.add_supported_context(Verification, syntaxes)
+    sop_classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    for uid in [*sop_classes, *config.extra_storage_sop_classes]:
+        ae.add_supported_context(uid, syntaxes)
+    return ae
+
+
+class DimseListeners:
+    """All DICOM listeners of the engine, started and stopped together."""
+
+    def __init__(self, configs: list[DicomListener], intake: StoreIntake,
+                 is_closing: Callable[[], bool]) -> None:
+        self._configs = configs
+        self._intake = intake
+        self._is_closing = is_closing
+        self._servers: list[tuple[DicomListener, ThreadedAssociationServer]] = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._servers) and len(self._servers) == len(self._configs)
+
+    async def start(self) -> None:
+        for config in self._configs:
+            ae = build_ae(config)
+            policy = ListenerPolicy(config, self._is_closing)
+            server = await asyncio.to_thread(
+                ae.start_server, (config.host, config.port), block=False,
+                evt_handlers=bindings(policy, self._intake))
+            self._servers.append((config, server))
+            log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
+                     host=config.host, port=config.port)
+
+    def open_associations(self) -> int:
+        return sum(len(server.active_associations) for _, server in self._servers)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, drain open associations for up to ``grace`` seconds, abort the rest."""
+        servers, self._servers = self._servers, []
+        for _, server in servers:
+            await asyncio.to_thread(server.shutdown)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not any(server.active_associations for _, server in servers):
+                break
+            await asyncio.sleep(0.05)
+        for config, server in servers:
+            for assoc in server.active_associations:
+                log.warning("ingress.dimse.association.aborted_at_shutdown",
+                            listener=config.name, calling_ae=assoc.requestor.ae_title)
+                await asyncio.to_thread(assoc.abort)
+            log.info("ingress.dimse.stopped", listener=config.name)

@@ -1,0 +1,1 @@
+"""Observability: structured logging and the Prometheus metrics registry."""

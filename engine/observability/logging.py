@@ -1,0 +1,78 @@
+"""Structured logging: one structlog chain for radflow, pynetdicom, aiohttp and the stdlib.
+
+Owns :func:`configure_logging`, called once at start-up before any thread exists. Output is JSON
+lines when stdout is not a terminal and readable key-values when it is. Event names are stable and
+dotted (``ingress.dimse.c_store.accepted``). This module must not log patient names: callers pass
+IDs and UIDs only, and the ``_drop_phi`` processor removes known PHI keys as a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from structlog.types import EventDict, Processor
+
+# Keys that could carry patient-identifying text; IDs and UIDs are fine at the default level.
+_PHI_KEYS = frozenset({"patient_name", "PatientName", "patient_birth_date", "PatientBirthDate"})
+
+
+def _drop_phi(_: Any, method: str, event_dict: EventDict) -> EventDict:
+    for key in _PHI_KEYS & event_dict.keys():
+        event_dict[key] = "<redacted>"
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Route structlog and stdlib logging through one processor chain and one handler."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_phi,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if use_json else _identity,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    numeric = getattr(logging, level.upper())
+    root.setLevel(numeric)
+    # pynetdicom logs every PDU at INFO/DEBUG; keep it one notch quieter than radflow.
+    logging.getLogger("pynetdicom").setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("aiohttp.access").setLevel(max(numeric, logging.WARNING))
+
+
+def _identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    return event_dict
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

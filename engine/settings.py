@@ -1,0 +1,339 @@
+"""Site settings: the YAML file, its environment overrides, and their validation.
+
+Owns the pydantic models of ``config/radflow.yaml`` and :func:`load_settings`, which reads the
+file safely, applies ``RADFLOW_<SECTION>__<KEY>`` overrides, validates everything at once and
+reports every error with its file, line and key path (:class:`SettingsError`). Paths stay as
+written (relative ones are relative to the working directory). It must not open sockets, files
+other than the config file, or stores: the engine does that from the validated model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from engine.errors import ConfigError
+from engine.vr import is_valid_ae_title, is_valid_uid
+
+DEFAULT_CONFIG_PATH = Path("config/radflow.yaml")
+ENV_PREFIX = "RADFLOW_"
+
+
+
+def _check_ae_title(value: str) -> str:
+    if not is_valid_ae_title(value):
+        raise ValueError("an AE title is 1-16 printable characters, no backslash, not all spaces")
+    return value.strip()
+
+
+def _check_uid(value: str) -> str:
+    if not is_valid_uid(value):
+        raise ValueError(f"{value!r} is not a valid DICOM UID")
+    return value
+
+
+def _check_host_pattern(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or network (CIDR)") from exc
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Uid = Annotated[str, AfterValidator(_check_uid)]
+HostPattern = Annotated[str, AfterValidator(_check_host_pattern)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# The common transfer syntaxes DESIGN.md promises, most preferred first.
+DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+
+class CallingPeer(_Strict):
+    """One allowed calling AE, optionally pinned to an address or network."""
+
+    ae_title: AETitle
+    host: HostPattern | None = None
+
+
+class UserIdentity(_Strict):
+    """A user identity (PS3.7 D.3.3.7) an SCU may present: username, or username and passcode."""
+
+    username: str = Field(min_length=1)
+    passcode: SecretStr | None = None
+
+
+class DicomListener(_Strict):
+    """One DICOM listener: an AE title on a port, with its acceptance policy and limits."""
+
+    name: str = "main"
+    ae_title: AETitle = "RADFLOW"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    #: empty: any calling AE is accepted (the called AE title is always checked)
+    allowed_calling: list[CallingPeer] = Field(default_factory=list)
+    #: empty: identities are not asked for; otherwise an association must present one of these
+    user_identities: list[UserIdentity] = Field(default_factory=list)
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    max_pdu_size: int = Field(default=262_144, ge=4096, le=16_777_216)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=120.0, gt=0)
+    transfer_syntaxes: list[Uid] = Field(default_factory=lambda: list(DEFAULT_TRANSFER_SYNTAXES))
+    #: private or very new storage SOP classes to accept besides pynetdicom's list
+    extra_storage_sop_classes: list[Uid] = Field(default_factory=list)
+
+
+class DicomSettings(_Strict):
+    """DICOM ingress: listeners and intake policy."""
+
+    listeners: list[DicomListener] = Field(default_factory=lambda: [DicomListener()])
+    #: what a second instance with a known SOP Instance UID does (an identical resend is always
+    #: answered Success and stored once): ``version`` keeps both and routes the new one,
+    #: ``ignore`` keeps the first, ``reject`` answers failure 0x0111
+    duplicate_policy: Literal["version", "ignore", "reject"] = "version"
+    #: how long an association thread waits for the durable commit before answering 0xA700
+    store_timeout: float = Field(default=30.0, gt=0)
+
+
+class StorageSettings(_Strict):
+    """Where durable state lives: the embedded default is SQLite plus a local spool folder."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    sqlite_path: Path = Path("var/radflow.db")
+    spool_dir: Path = Path("var/spool")
+    #: below this much free space on the spool's disk intake answers Out of Resources
+    min_free_mb: int = Field(default=1024, ge=0)
+    #: spool files newer than this with no journal row are crash leftovers, removed at start
+    orphan_window_hours: float = Field(default=48.0, ge=0)
+
+
+class HttpSettings(_Strict):
+    """The admin HTTP server (health, metrics, JSON API)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    #: when set, /api/v1 asks for ``Authorization: Bearer <token>``
+    token: SecretStr | None = None
+
+
+class LoggingSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``auto``: JSON when stdout is not a terminal, coloured key-values when it is
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class EngineSettings(_Strict):
+    #: on SIGTERM, how long in-flight associations and messages may take to finish
+    shutdown_grace: float = Field(default=30.0, ge=0)
+
+
+class SiteSettings(_Strict):
+    name: str = "radflow"
+
+
+class Settings(_Strict):
+    """The whole validated configuration."""
+
+    site: SiteSettings = Field(default_factory=SiteSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+
+@dataclass(frozen=True)
+class SettingsProblem:
+    """One configuration error: where it is and what is wrong."""
+
+    source: str  # file name or ``environment``
+    line: int | None
+    path: str  # key path, e.g. ``dicom.listeners[0].port``
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.path or '<root>'}: {self.message}"
+
+
+class SettingsError(ConfigError):
+    """Every problem found in a configuration, reported together."""
+
+    def __init__(self, problems: list[SettingsProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+PathKey = tuple[str | int, ...]
+
+
+def format_path(path: PathKey) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _compose_with_lines(text: str) -> tuple[Any, dict[PathKey, int]]:
+    """Parse YAML safely and remember the line of every key and list item."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[PathKey, int] = {}
+    if node is None:
+        return {}, lines
+    constructor = yaml.SafeLoader("")
+
+    def walk(n: yaml.Node, path: PathKey) -> Any:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                key = constructor.construct_object(key_node, deep=True)
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = walk(value_node, (*path, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(item, (*path, i)) for i, item in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    return walk(node, ()), lines
+
+
+def _apply_env(
+    data: dict[str, Any], environ: Mapping[str, str], problems: list[SettingsProblem]
+) -> set[PathKey]:
+    """Overlay ``RADFLOW_<SECTION>__<KEY>`` variables onto ``data``; return the paths they set."""
+    touched: set[PathKey] = set()
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        path: PathKey = tuple(int(p) if p.isdigit() else p for p in parts)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        for i, key in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(node, dict) and isinstance(key, str):
+                node = node.setdefault(key, [] if isinstance(nxt, int) else {})
+            elif isinstance(node, list) and isinstance(key, int):
+                while len(node) <= key:
+                    node.append({})
+                node = node[key]
+            else:
+                problems.append(
+                    SettingsProblem("environment", None, format_path(path), f"{name}: no such key")
+                )
+                break
+        else:
+            last = path[-1]
+            if isinstance(node, dict) and isinstance(last, str):
+                node[last] = value
+                touched.add(path)
+            elif isinstance(node, list) and isinstance(last, int):
+                while len(node) <= last:
+                    node.append({})
+                node[last] = value
+                touched.add(path)
+            else:
+                problems.append(
+                    SettingsProblem("environment", None, format_path(path), f"{name}: no such key")
+                )
+    return touched
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, override and validate the configuration; raise :class:`SettingsError` listing all
+    problems at once."""
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    environ = os.environ if environ is None else environ
+    source = str(config_path)
+    problems: list[SettingsProblem] = []
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError([SettingsProblem(source, None, "", f"cannot read: {exc}")]) from exc
+    try:
+        data, lines = _compose_with_lines(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise SettingsError(
+            [SettingsProblem(source, line, "", f"invalid YAML: {exc.problem}")]
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError([SettingsProblem(source, 1, "", "the top level must be a mapping")])
+    env_paths = _apply_env(data, environ, problems)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc: PathKey = tuple(err["loc"])
+            from_env = any(loc[: len(p)] == p for p in env_paths)
+            line = None
+            if not from_env:
+                for cut in range(len(loc), -1, -1):
+                    if loc[:cut] in lines:
+                        line = lines[loc[:cut]]
+                        break
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(
+                SettingsProblem("environment" if from_env else source, line, format_path(loc),
+                                message)
+            )
+        raise SettingsError(problems) from exc
+    if problems:
+        raise SettingsError(problems)
+    _check_cross_references(settings, source, lines, problems)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _check_cross_references(
+    settings: Settings, source: str, lines: dict[PathKey, int], problems: list[SettingsProblem]
+) -> None:
+    seen: dict[tuple[str, int], int] = {}
+    for i, listener in enumerate(settings.dicom.listeners):
+        key = (listener.host, listener.port)
+        if key in seen:
+            path: PathKey = ("dicom", "listeners", i, "port")
+            problems.append(
+                SettingsProblem(source, lines.get(path), format_path(path),
+                                f"port {listener.port} is already used by listener {seen[key]}")
+            )
+        seen[key] = i
