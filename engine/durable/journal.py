@@ -1,24 +1,21 @@
-"""The intake journal's group-commit writer (D1).
+"""The intake journal's writer for DICOM instances (D1), a group commit over the store.
 
-Association threads reach it through the bridge with one instance each; the writer gathers every
-instance waiting at that moment into one batch, makes the spool's directory entries durable,
-commits the batch in one transaction, and only then resolves each caller. One fsync'd commit thus
-serves many concurrent associations. It must not answer a peer itself and must not swallow a
-failed commit: every waiting caller gets the exception.
+Association threads reach it through the bridge with one instance each; every instance waiting
+at that moment is committed in one transaction, after the spool's directory entries of the whole
+batch were fsync'd once. Only then is each caller resolved. It must not answer a peer itself and
+must not swallow a failed commit: every waiting caller gets the exception.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
+from collections.abc import Sequence
 
+from engine.durable.group_commit import GroupCommit
 from engine.durable.spool import Spool
 from engine.durable.store import InstanceCommit, InstanceCommitResult, Store
-from engine.errors import ShuttingDown
 from engine.observability.metrics import JOURNAL_COMMIT_BATCH, JOURNAL_COMMIT_SECONDS
 
-_MAX_BATCH = 256
+_Item = tuple[InstanceCommit, tuple[str, ...]]
 
 
 class JournalWriter:
@@ -27,56 +24,23 @@ class JournalWriter:
     def __init__(self, store: Store, spool: Spool) -> None:
         self._store = store
         self._spool = spool
-        self._pending: list[tuple[InstanceCommit, tuple[str, ...],
-                                  asyncio.Future[InstanceCommitResult]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._group: GroupCommit[_Item, InstanceCommitResult] = GroupCommit(
+            "journal", self._commit_batch, batch_sizes=JOURNAL_COMMIT_BATCH,
+            commit_seconds=JOURNAL_COMMIT_SECONDS)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="journal-writer")
+        await self._group.start()
 
     async def stop(self) -> None:
         """Commit what is already queued, then stop."""
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._group.stop()
 
     async def commit(self, item: InstanceCommit, dirs_to_sync: tuple[str, ...]
                      ) -> InstanceCommitResult:
         """Queue one instance and wait until its batch is committed."""
-        if self._stopping:
-            raise ShuttingDown("the journal is closing")
-        future: asyncio.Future[InstanceCommitResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, dirs_to_sync, future))
-        self._wakeup.set()
-        return await future
+        return await self._group.submit((item, dirs_to_sync))
 
-    async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-            # A caller that timed out already answered its peer with a failure; its file is
-            # committed anyway, which is harmless: a resend is then recognised as identical.
-            dirs = {d for _, ds, _ in batch for d in ds}
-            started = time.perf_counter()
-            try:
-                results = await self._store.commit_instances(
-                    [item for item, _, _ in batch], sync=lambda: self._spool.sync_dirs(dirs))
-            except Exception as exc:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
-            JOURNAL_COMMIT_BATCH.observe(len(batch))
-            for (_, _, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+    async def _commit_batch(self, batch: Sequence[_Item]) -> list[InstanceCommitResult]:
+        dirs = {d for _, ds in batch for d in ds}
+        return await self._store.commit_instances(
+            [item for item, _ in batch], sync=lambda: self._spool.sync_dirs(dirs))

@@ -1,0 +1,6 @@
+#!/bin/sh
+# Install radflow into .venv (first time only) and run it with the shipped example config:
+# SQLite and the spool under var/, DICOM AE RADFLOW on port 11112, admin on 127.0.0.1:8080.
+. "$(dirname "$0")/_env.sh"
+install_radflow ""
+exec "$VPY" -m engine run --config "${RADFLOW_CONFIG:-config/radflow.yaml}" "$@"

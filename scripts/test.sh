@@ -1,0 +1,7 @@
+#!/bin/sh
+# Install what the tests need (DCMTK, Orthanc and its DICOMweb plugin from apt when missing,
+# Python packages into .venv) and run the whole suite. Extra arguments go to pytest.
+. "$(dirname "$0")/_env.sh"
+apt_install dcmtk orthanc orthanc-dicomweb
+install_radflow "[test]"
+exec "$VPY" -m pytest -n "${RADFLOW_TEST_WORKERS:-2}" "$@"
