@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pydicom.config
+import pynetdicom._config
 
 from engine.admin.server import AdminServer
 from engine.bridge import LoopBridge
@@ -24,9 +25,14 @@ from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
 from engine.ingress.dimse.intake import StoreIntake
+from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.server import DimseListeners
+from engine.ingress.hl7.intake import Hl7Intake
+from engine.ingress.hl7.listener import MllpListener
 from engine.observability.logging import get_logger
 from engine.settings import Settings
+from engine.worklist.mapping import load_mapping
+from engine.worklist.service import WorklistService
 
 log = get_logger("engine.app")
 
@@ -38,6 +44,10 @@ def configure_libraries() -> None:
     # Never let pydicom "fix" or re-encode what a modality sent; intake reads, never rewrites.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    # pynetdicom decodes and logs every C-FIND identifier otherwise: CPU on each query, and
+    # patient names in the log.
+    pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 class Engine:
@@ -53,8 +63,21 @@ class Engine:
         self.intake = StoreIntake(self.spool, self.journal, self.bus, self.bridge,
                                   DuplicatePolicy(settings.dicom.duplicate_policy),
                                   settings.dicom.store_timeout)
+        # --- worklist (D2): HL7 orders in, MWL C-FIND out ---
+        wl = settings.worklist
+        mapping = load_mapping(wl.mapping_file)
+        if wl.station_ae_by_modality:
+            mapping = mapping.with_tables({"station_ae_by_modality": wl.station_ae_by_modality})
+        self.worklist = WorklistService(
+            self.store, mapping, retention_days=wl.retention_days,
+            pn_case_insensitive=wl.pn_case_insensitive, find_limit=wl.find_limit,
+            default_charset=settings.hl7.default_charset)
+        mwl = MwlProvider(self.bridge, self.worklist, wl.find_timeout)
+        # --- end worklist ---
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
-                                    lambda: self.bridge.closing)
+                                    lambda: self.bridge.closing, mwl)
+        self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room)
+        self.mllp = [MllpListener(cfg, self.hl7_intake) for cfg in settings.hl7.listeners]
         self.admin: AdminServer | None = None
         self._stop_steps: list[StopStep] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,7 +105,11 @@ class Engine:
         self._stop_steps.append(("bus", self.bus.stop))
         await self.journal.start()
         self._stop_steps.append(("journal", self.journal.stop))
+        await self.hl7_intake.start()
+        self._stop_steps.append(("hl7-intake", self.hl7_intake.stop))
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
+        self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),
+                                               name="worklist-maintenance"))
 
         http = self.settings.http
         if http.enabled:
@@ -90,7 +117,8 @@ class Engine:
                 http.host, http.port, self.store,
                 {"store": self._probe_store, "spool": self._probe_spool,
                  "listeners": self._probe_listeners},
-                http.token.get_secret_value() if http.token else None)
+                http.token.get_secret_value() if http.token else None,
+                worklist=self.worklist)
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
 
@@ -98,6 +126,11 @@ class Engine:
         await self.dimse.start()
         self._stop_steps.append(
             ("dimse", lambda: self.dimse.stop(self.settings.engine.shutdown_grace)))
+        for listener in self.mllp:
+            await listener.start()
+            self._stop_steps.append(
+                (f"mllp:{listener.config.name}",
+                 lambda lst=listener: lst.stop(self.settings.engine.shutdown_grace)))
         log.info("engine.started", site=self.settings.site.name)
 
     async def _recover_spool(self) -> None:
@@ -137,8 +170,9 @@ class Engine:
         return ok, f"{free_mb} MiB free" + ("" if ok else " (below threshold)")
 
     async def _probe_listeners(self) -> tuple[bool, str]:
-        ok = self.dimse.running
-        return ok, "listening" if ok else "not listening"
+        down = [] if self.dimse.running else ["dicom"]
+        down += [f"mllp:{lst.config.name}" for lst in self.mllp if not lst.running]
+        return not down, "listening" if not down else f"not listening: {', '.join(down)}"
 
     # --- stop --------------------------------------------------------------------------------
     async def _close_bridge(self) -> None:

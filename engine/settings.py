@@ -122,6 +122,42 @@ class DicomSettings(_Strict):
     store_timeout: float = Field(default=30.0, gt=0)
 
 
+class TlsSettings(_Strict):
+    """TLS for a listener: a certificate chain and key, and optionally client verification."""
+
+    cert_file: Path
+    key_file: Path
+    #: when set, clients must present a certificate signed by one of these CAs
+    client_ca_file: Path | None = None
+
+
+class Hl7Listener(_Strict):
+    """One MLLP listener for HL7 v2 messages."""
+
+    name: str = "mllp"
+    host: str = "0.0.0.0"
+    port: Port = 2575
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+    #: a message larger than this closes the connection (it is never buffered whole)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1024 * 1024)
+    #: a connection silent for this long is closed
+    idle_timeout: float = Field(default=300.0, gt=0)
+    tls: TlsSettings | None = None
+
+
+class Hl7Settings(_Strict):
+    """HL7 v2 ingress: MLLP listeners and how radflow signs its acknowledgements."""
+
+    listeners: list[Hl7Listener] = Field(default_factory=lambda: [Hl7Listener()])
+    #: MSH-3 / MSH-4 of radflow's ACKs
+    sending_application: str = "RADFLOW"
+    sending_facility: str = "RADFLOW"
+    #: charset assumed when MSH-18 is empty (HL7 default is ASCII; many RIS send Latin-1)
+    default_charset: str = "8859/1"
+    #: how long a message may wait for its durable commit before it is answered AR
+    commit_timeout: float = Field(default=30.0, gt=0)
+
+
 class StorageSettings(_Strict):
     """Where durable state lives: the embedded default is SQLite plus a local spool folder."""
 
@@ -142,6 +178,25 @@ class HttpSettings(_Strict):
     port: Port = 8080
     #: when set, /api/v1 asks for ``Authorization: Bearer <token>``
     token: SecretStr | None = None
+
+
+class WorklistSettings(_Strict):
+    """The Modality Worklist: HL7 mapping, C-FIND behaviour and retention."""
+
+    #: the HL7 → worklist mapping (YAML), validated at start and by check-config
+    mapping_file: Path = Path("routes/worklist/hl7-mwl.yaml")
+    #: items in a final state (completed, discontinued, cancelled) are deleted this many days
+    #: after their last change; 0 keeps them forever
+    retention_days: float = Field(default=30.0, ge=0)
+    #: PN matching in C-FIND ignores case ("mueller*" finds "MUELLER^HANS"); the standard's
+    #: default is case-sensitive. (HL7 without MSH-18 is read as ``hl7.default_charset``.)
+    pn_case_insensitive: bool = True
+    #: site override of the mapping's station_ae_by_modality table (modality → AE title)
+    station_ae_by_modality: dict[str, AETitle] = Field(default_factory=dict)
+    #: a C-FIND matching more items than this is refused (Out of Resources): narrow the query
+    find_limit: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: how long an association thread waits for the store to answer a C-FIND
+    find_timeout: float = Field(default=10.0, gt=0)
 
 
 class LoggingSettings(_Strict):
@@ -165,7 +220,9 @@ class Settings(_Strict):
     site: SiteSettings = Field(default_factory=SiteSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
@@ -240,6 +297,7 @@ def _apply_env(
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        value = value if isinstance(value, (list, dict)) else raw  # scalars: pydantic coerces
         node: Any = data
         for i, key in enumerate(path[:-1]):
             nxt = path[i + 1]
@@ -301,7 +359,8 @@ def load_settings(
     except ValidationError as exc:
         for err in exc.errors():
             loc: PathKey = tuple(err["loc"])
-            from_env = any(loc[: len(p)] == p for p in env_paths)
+            from_env = any(loc[: len(p)] == p or (p[: len(loc)] == loc and loc not in lines)
+                           for p in env_paths)
             line = None
             if not from_env:
                 for cut in range(len(loc), -1, -1):
@@ -333,7 +392,16 @@ def _check_cross_references(
         if key in seen:
             path: PathKey = ("dicom", "listeners", i, "port")
             problems.append(
-                SettingsProblem(source, lines.get(path), format_path(path),
+                SettingsProblem(source, lines.get(path) or lines.get(path[:-1]), format_path(path),
                                 f"port {listener.port} is already used by listener {seen[key]}")
+            )
+        seen[key] = i
+    for i, mllp in enumerate(settings.hl7.listeners):
+        key = (mllp.host, mllp.port)
+        if key in seen:
+            path = ("hl7", "listeners", i, "port")
+            problems.append(
+                SettingsProblem(source, lines.get(path) or lines.get(path[:-1]), format_path(path),
+                                f"port {mllp.port} is already used by another listener")
             )
         seen[key] = i

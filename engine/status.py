@@ -28,6 +28,8 @@ class DimseStatus(IntEnum):
     # PS3.4 B.2.3 (Storage), C.4.1.1.4 (Find)
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    # C-FIND (PS3.4 C.4.1.1.4 / K.4.1.1.4): the same code, named as the Find service names it
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
     UNABLE_TO_PROCESS = 0xC001
 
@@ -62,6 +64,21 @@ def c_store_status_for(exc: BaseException) -> DimseStatus:
         if isinstance(exc, exc_type):
             return status
     return DimseStatus.OUT_OF_RESOURCES
+
+
+_C_FIND_TABLE: tuple[tuple[type[BaseException], DimseStatus], ...] = (
+    (errors.InvalidInput, DimseStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS),
+    (errors.TransientError, DimseStatus.OUT_OF_RESOURCES),
+)
+
+
+def c_find_status_for(exc: BaseException) -> DimseStatus:
+    """The C-FIND status a peer gets for ``exc``: a malformed Identifier is 0xA900; a store
+    that cannot answer now is Out of Resources; anything else Unable to Process (0xC001)."""
+    for exc_type, status in _C_FIND_TABLE:
+        if isinstance(exc, exc_type):
+            return status
+    return DimseStatus.UNABLE_TO_PROCESS
 
 
 def error_comment(exc: BaseException) -> str:

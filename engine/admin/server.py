@@ -9,15 +9,22 @@ stay open for probes and scrapers. It must never write to the store directly.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from engine import __version__
-from engine.durable.store import Store, StoredInstance
+from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
+from engine.errors import InvalidInput
 from engine.observability.logging import get_logger
 from engine.observability.metrics import render
+from engine.worklist.mapping import check_item
+from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.worklist.query import Column, Constraint, Criterion, is_wildcard, parse_date_range
+from engine.worklist.service import WorklistService, errors_from_json
+from engine.worklist.types import Hl7Outcome
 
 log = get_logger("engine.admin")
 
@@ -47,9 +54,126 @@ OPENAPI: dict[str, Any] = {
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "the instance"},
                           "404": {"description": "unknown"}}}},
+        "/api/v1/worklist": {
+            "get": {
+                "summary": "Worklist items, newest first, with filters (wildcards * and ?)",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
+                    for n, d in (
+                        ("status", "comma-separated: SCHEDULED, IN_PROGRESS, COMPLETED, "
+                                   "DISCONTINUED, CANCELLED (default: all)"),
+                        ("patient_id", "PatientID"), ("accession_number", "AccessionNumber"),
+                        ("modality", "Modality"), ("station_ae", "ScheduledStationAETitle"),
+                        ("date", "ScheduledProcedureStepStartDate: D, D-, -D or D1-D2"),
+                        ("limit", "at most 1000 (default 100)"), ("offset", "default 0"))],
+                "responses": {"200": {"description": "{total, items}"},
+                              "400": {"description": "bad filter"}}},
+            "post": {
+                "summary": "Add an item: a JSON item, or an HL7 v2 order message (ER7 body, "
+                           "Content-Type x-application/hl7-v2+er7 or text/plain) applied as "
+                           "if received over MLLP",
+                "requestBody": {"content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "x-application/hl7-v2+er7": {"schema": {"type": "string"}}}},
+                "responses": {"201": {"description": "item added (JSON)"},
+                              "200": {"description": "HL7 accepted (AA): the outcome"},
+                              "422": {"description": "HL7 refused (AE/AR) or invalid item"}}}},
+        "/api/v1/worklist/{id}": {
+            "get": {"summary": "One worklist item",
+                    "parameters": [{"name": "id", "in": "path", "required": True,
+                                    "schema": {"type": "integer"}}],
+                    "responses": {"200": {"description": "the item"},
+                                  "404": {"description": "unknown"}}},
+            "delete": {"summary": "Cancel an item (it vanishes from C-FIND answers); "
+                                  "?purge=true deletes the row",
+                       "parameters": [{"name": "id", "in": "path", "required": True,
+                                       "schema": {"type": "integer"}},
+                                      {"name": "purge", "in": "query",
+                                       "schema": {"type": "boolean"}}],
+                       "responses": {"200": {"description": "cancelled or deleted"},
+                                     "404": {"description": "unknown"},
+                                     "409": {"description": "already completed"}}}},
+        "/api/v1/hl7/messages": {"get": {
+            "summary": "Journal of received HL7 messages, newest first",
+            "parameters": [
+                {"name": "ack", "in": "query", "schema": {"type": "string"},
+                 "description": "comma-separated ACK codes, e.g. AE,AR for rejected ones"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer",
+                                                            "maximum": 1000}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "{total, items}"}}}},
     },
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
 }
+_HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2",
+                                "text/plain", "application/octet-stream"})
+_MAX_HL7_BODY = 1024 * 1024
+
+
+def worklist_json(stored: StoredWorklistItem) -> dict[str, Any]:
+    return {"id": stored.id, **stored.item.to_json()}
+
+
+def outcome_json(outcome: Hl7Outcome) -> dict[str, Any]:
+    return {"ack_code": outcome.code, "text": outcome.text, "duplicate": outcome.duplicate,
+            "journal_id": outcome.journal_id,
+            "worklist_item_ids": list(outcome.worklist_item_ids),
+            "errors": [_ack_error_json(e) for e in outcome.errors]}
+
+
+def _ack_error_json(error: Any) -> dict[str, Any]:
+    return {"segment": error.segment, "sequence": error.sequence, "field": error.field,
+            "component": error.component, "code": int(error.code), "text": error.text,
+            "severity": error.severity}
+
+
+def hl7_record_json(rec: Hl7JournalRecord) -> dict[str, Any]:
+    e = rec.entry
+    return {"id": rec.id, "sending_application": e.sending_application,
+            "sending_facility": e.sending_facility, "control_id": e.control_id,
+            "message_type": e.message_type, "trigger_event": e.trigger_event,
+            "peer_host": e.peer_host, "listener": e.listener, "received_at": e.received_at,
+            "ack_code": rec.ack_code, "text": rec.text,
+            "errors": [_ack_error_json(x) for x in errors_from_json(rec.errors_json)],
+            "worklist_item_ids": list(rec.worklist_item_ids)}
+
+
+def _paging(request: web.Request) -> tuple[int, int]:
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
+        offset = max(int(request.query.get("offset", "0")), 0)
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "limit and offset are integers"}',
+                                 content_type="application/json") from None
+    return limit, offset
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}),
+                              content_type="application/json")
+
+
+def worklist_filters(query: Mapping[str, str]
+                     ) -> tuple[list[Constraint], list[WorklistStatus]]:
+    """API query parameters → store constraints and statuses (``ValueError`` when bad)."""
+    constraints: list[Constraint] = []
+    for name, column in (("patient_id", Column.PATIENT_ID),
+                         ("accession_number", Column.ACCESSION),
+                         ("modality", Column.MODALITY), ("station_ae", Column.STATION_AE),
+                         ("study_instance_uid", Column.STUDY_UID)):
+        value = query.get(name, "").strip()
+        if value:
+            constraints.append(Criterion(column, "wildcard" if is_wildcard(value) else "eq",
+                                         value=value))
+    if query.get("date"):
+        try:
+            low, high = parse_date_range(query["date"])
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+        constraints.append(Criterion(Column.SPS_DATE, "range", low=low, high=high))
+    statuses = [WorklistStatus(s.strip().upper()) for s in query.get("status", "").split(",")
+                if s.strip()]
+    return constraints, statuses
 
 
 def instance_json(item: StoredInstance) -> dict[str, Any]:
@@ -72,7 +196,8 @@ class AdminServer:
     """The admin HTTP endpoint of one engine."""
 
     def __init__(self, host: str, port: int, store: Store, probes: dict[str, Probe],
-                 token: str | None) -> None:
+                 token: str | None, worklist: WorklistService | None = None) -> None:
+        self._worklist = worklist
         self._host = host
         self._port = port
         self._store = store
@@ -90,6 +215,12 @@ class AdminServer:
         app.router.add_get("/api/v1/openapi.json", self.openapi)
         app.router.add_get("/api/v1/instances", self.list_instances)
         app.router.add_get("/api/v1/instances/{sop_instance_uid}", self.get_instance)
+        if self._worklist is not None:
+            app.router.add_get("/api/v1/worklist", self.list_worklist)
+            app.router.add_post("/api/v1/worklist", self.add_worklist)
+            app.router.add_get(r"/api/v1/worklist/{id:\d+}", self.get_worklist_item)
+            app.router.add_delete(r"/api/v1/worklist/{id:\d+}", self.delete_worklist_item)
+            app.router.add_get("/api/v1/hl7/messages", self.list_hl7_messages)
         return app
 
     @web.middleware
@@ -155,3 +286,79 @@ class AdminServer:
         if item is None:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response(instance_json(item))
+
+    # --- worklist ----------------------------------------------------------------------------
+    def _wl(self) -> WorklistService:
+        assert self._worklist is not None  # routes exist only with a worklist
+        return self._worklist
+
+    async def list_worklist(self, request: web.Request) -> web.Response:
+        limit, offset = _paging(request)
+        try:
+            constraints, statuses = worklist_filters(request.query)
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
+        total, items = await self._wl().list_items(constraints, statuses, limit, offset)
+        return web.json_response({"total": total, "items": [worklist_json(i) for i in items]})
+
+    async def get_worklist_item(self, request: web.Request) -> web.Response:
+        stored = await self._wl().get_item(int(request.match_info["id"]))
+        if stored is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(worklist_json(stored))
+
+    async def add_worklist(self, request: web.Request) -> web.Response:
+        content_type = request.content_type
+        if content_type == "application/json":
+            try:
+                data = await request.json()
+                if not isinstance(data, dict):
+                    raise ValueError("the body must be a JSON object")
+                data.pop("id", None)
+                data.pop("created_at", None)
+                data.pop("updated_at", None)
+                item = WorklistItem.from_json(data)
+            except (ValueError, TypeError) as exc:
+                return web.json_response({"error": f"invalid item: {exc}"}, status=422)
+            problems = check_item(item)
+            if problems:
+                return web.json_response({"error": "invalid item", "problems": problems},
+                                         status=422)
+            stored = await self._wl().add_item(item)
+            return web.json_response(worklist_json(stored), status=201)
+        if content_type in _HL7_CONTENT_TYPES:
+            raw = await request.content.read(_MAX_HL7_BODY + 1)
+            if len(raw) > _MAX_HL7_BODY:
+                return web.json_response({"error": "message too large"}, status=413)
+            # Newlines from a file or curl stand for HL7's segment separator.
+            raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+            received = self._wl().received(raw, peer_host=request.remote or "",
+                                           listener="http")
+            (outcome,) = await self._wl().accept_hl7_batch([received])
+            return web.json_response(outcome_json(outcome),
+                                     status=200 if outcome.code == "AA" else 422)
+        return web.json_response(
+            {"error": "send application/json or an HL7 message (x-application/hl7-v2+er7)"},
+            status=415)
+
+    async def delete_worklist_item(self, request: web.Request) -> web.Response:
+        item_id = int(request.match_info["id"])
+        if request.query.get("purge", "").lower() in ("1", "true", "yes"):
+            if not await self._wl().delete_item(item_id):
+                return web.json_response({"error": "not found"}, status=404)
+            return web.json_response({"id": item_id, "deleted": True})
+        try:
+            stored = await self._wl().cancel_item(item_id)
+        except InvalidInput as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        if stored is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(worklist_json(stored))
+
+    async def list_hl7_messages(self, request: web.Request) -> web.Response:
+        limit, offset = _paging(request)
+        codes = [c.strip().upper() for c in request.query.get("ack", "").split(",")
+                 if c.strip()]
+        total, records = await self._wl().hl7_messages(codes or None, limit, offset)
+        return web.json_response({"total": total,
+                                  "items": [hl7_record_json(r) for r in records]})

@@ -9,6 +9,7 @@ the only place with SQLite SQL; it must not decide policy (see ``store.decide_du
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.durable.store import (
+    Hl7Apply,
+    Hl7CommitResult,
+    Hl7Disposition,
+    Hl7JournalEntry,
+    Hl7JournalRecord,
     InstanceCommit,
     InstanceCommitResult,
     InstanceOutcome,
@@ -24,6 +30,14 @@ from engine.durable.store import (
     decide_duplicate,
 )
 from engine.errors import StorageFailure
+from engine.worklist.model import (
+    StoredWorklistItem,
+    WorklistItem,
+    WorklistStatus,
+    fold_case,
+    name_groups,
+)
+from engine.worklist.query import AnyOf, Column, Constraint, Criterion
 
 T = TypeVar("T")
 
@@ -57,7 +71,183 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX instances_study ON instances (study_instance_uid);
     CREATE INDEX instances_unrouted ON instances (id) WHERE routed_at IS NULL;
     """,
+    # 2: the HL7 journal (raw bytes in the row: durable with the commit that answers AA) and
+    # the worklist. Worklist columns are copies of ``data`` (the item as JSON) kept for the
+    # indexes Modality Worklist queries use; names are folded per PN component group.
+    """
+    CREATE TABLE hl7_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sending_application TEXT,
+        sending_facility TEXT,
+        control_id TEXT,
+        message_type TEXT,
+        trigger_event TEXT,
+        peer_host TEXT NOT NULL,
+        listener TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        ack_code TEXT NOT NULL,
+        errors_json TEXT NOT NULL DEFAULT '[]',
+        text TEXT,
+        worklist_item_ids TEXT NOT NULL DEFAULT '[]',
+        retryable INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (sending_application, sending_facility, control_id)
+    );
+    CREATE INDEX hl7_messages_ack ON hl7_messages (ack_code, id);
+    CREATE TABLE worklist_items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        issuer_of_patient_id TEXT NOT NULL DEFAULT '',
+        patient_name_norm TEXT NOT NULL DEFAULT '',
+        patient_name_ideographic_norm TEXT NOT NULL DEFAULT '',
+        patient_name_phonetic_norm TEXT NOT NULL DEFAULT '',
+        accession_number TEXT NOT NULL DEFAULT '',
+        requested_procedure_id TEXT NOT NULL DEFAULT '',
+        study_instance_uid TEXT NOT NULL DEFAULT '',
+        placer_order_number TEXT NOT NULL DEFAULT '',
+        filler_order_number TEXT NOT NULL DEFAULT '',
+        modality TEXT NOT NULL DEFAULT '',
+        scheduled_station_ae_title TEXT NOT NULL DEFAULT '',
+        sps_start_date TEXT NOT NULL DEFAULT '',
+        sps_start_time TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX worklist_patient ON worklist_items (patient_id);
+    CREATE INDEX worklist_accession ON worklist_items (accession_number);
+    CREATE INDEX worklist_requested_procedure ON worklist_items (requested_procedure_id);
+    CREATE INDEX worklist_study ON worklist_items (study_instance_uid);
+    CREATE INDEX worklist_placer ON worklist_items (placer_order_number);
+    CREATE INDEX worklist_filler ON worklist_items (filler_order_number);
+    CREATE INDEX worklist_modality_date ON worklist_items (modality, sps_start_date);
+    CREATE INDEX worklist_date ON worklist_items (sps_start_date);
+    CREATE INDEX worklist_station_date ON worklist_items (scheduled_station_ae_title,
+                                                         sps_start_date);
+    CREATE INDEX worklist_name ON worklist_items (patient_name_norm);
+    CREATE INDEX worklist_name_ideographic ON worklist_items (patient_name_ideographic_norm);
+    CREATE INDEX worklist_name_phonetic ON worklist_items (patient_name_phonetic_norm);
+    CREATE INDEX worklist_status ON worklist_items (status, updated_at)
+    """,
 )
+
+# Query columns by name: Column values are checked against this whitelist before they reach SQL.
+_WORKLIST_COLUMNS: dict[Column, str] = {c: c.value for c in Column}
+_SPS_DATE_COLUMN = "sps_start_date"
+assert _WORKLIST_COLUMNS[Column.SPS_DATE] == _SPS_DATE_COLUMN
+_ITEM_INSERT = (
+    "INSERT INTO worklist_items (status, patient_id, issuer_of_patient_id, patient_name_norm, "
+    "patient_name_ideographic_norm, patient_name_phonetic_norm, accession_number, "
+    "requested_procedure_id, study_instance_uid, placer_order_number, filler_order_number, "
+    "modality, scheduled_station_ae_title, sps_start_date, sps_start_time, source, created_at, "
+    "updated_at, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_ITEM_UPDATE = (
+    "UPDATE worklist_items SET status=?, patient_id=?, issuer_of_patient_id=?, "
+    "patient_name_norm=?, patient_name_ideographic_norm=?, patient_name_phonetic_norm=?, "
+    "accession_number=?, requested_procedure_id=?, study_instance_uid=?, "
+    "placer_order_number=?, filler_order_number=?, modality=?, scheduled_station_ae_title=?, "
+    "sps_start_date=?, sps_start_time=?, source=?, created_at=?, updated_at=?, data=? "
+    "WHERE id=?")
+_HL7_COLUMNS = (
+    "id, sending_application, sending_facility, control_id, message_type, trigger_event, "
+    "peer_host, listener, received_at, ack_code, errors_json, text, worklist_item_ids")
+
+
+def _item_row(item: WorklistItem) -> tuple[Any, ...]:
+    alpha, ideo, phon = name_groups(item.patient_name)
+    return (item.status.value, item.patient_id, item.issuer_of_patient_id, fold_case(alpha),
+            fold_case(ideo), fold_case(phon), item.accession_number,
+            item.requested_procedure_id, item.study_instance_uid, item.placer_order_number,
+            item.filler_order_number, item.modality, item.scheduled_station_ae_title,
+            item.scheduled_procedure_step_start_date, item.scheduled_procedure_step_start_time,
+            item.source, item.created_at, item.updated_at,
+            json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":")))
+
+
+def _row_to_item(row: Sequence[Any]) -> StoredWorklistItem:
+    return StoredWorklistItem(int(row[0]), WorklistItem.from_json(json.loads(row[1])))
+
+
+def _glob(pattern: str) -> str:
+    """A DICOM wildcard pattern as an SQLite GLOB pattern (``*``/``?`` keep their meaning;
+    GLOB's own ``[`` and ``]`` are made literal). GLOB, not LIKE: it is case-sensitive like
+    DICOM, and its constant prefix lets SQLite range-scan the index."""
+    return pattern.replace("[", "\x00").replace("]", "[]]").replace("\x00", "[[]")
+
+
+def _where(constraints: Sequence[Constraint], statuses: Sequence[WorklistStatus]
+           ) -> tuple[str, list[Any]]:
+    terms: list[str] = []
+    params: list[Any] = []
+
+    def term(c: Criterion) -> str:
+        col = _WORKLIST_COLUMNS[c.column]
+        if c.op == "eq":
+            params.append(c.value)
+            return f"{col} = ?"
+        if c.op == "wildcard":
+            params.append(_glob(c.value))
+            return f"{col} GLOB ?"
+        if c.op == "in":
+            params.extend(c.values)
+            return f"{col} IN ({','.join('?' * len(c.values))})"
+        parts = []
+        if c.low is not None:
+            params.append(c.low)
+            parts.append(f"{col} >= ?")
+        if c.high is not None:
+            params.append(c.high)
+            parts.append(f"{col} <= ?")
+        return " AND ".join(parts) or "1"
+
+    for constraint in constraints:
+        if isinstance(constraint, AnyOf):
+            terms.append("(" + " OR ".join(term(c) for c in constraint.criteria) + ")")
+        else:
+            terms.append(term(constraint))
+    if statuses:
+        params.extend(s.value for s in statuses)
+        # Unary + keeps the planner off the status index: nearly every row is active, so it
+        # would be a scan in disguise; the selective key indexes must drive the search.
+        terms.append(f"+status IN ({','.join('?' * len(statuses))})")
+    return (" WHERE " + " AND ".join(terms)) if terms else "", params
+
+
+class _WorklistTxn:
+    """:class:`~engine.durable.store.WorklistTxn` on the writer's connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def items_for_order(self, placer: str, filler: str) -> list[StoredWorklistItem]:
+        if placer:
+            sql, key = "placer_order_number = ?", placer
+        else:
+            sql, key = "filler_order_number = ?", filler
+        rows = self._conn.execute(
+            f"SELECT id, data FROM worklist_items WHERE {sql} ORDER BY id", (key,)).fetchall()
+        return [_row_to_item(r) for r in rows]
+
+    def items_for_patient(self, patient_id: str, issuer: str | None) -> list[StoredWorklistItem]:
+        if issuer is None:
+            rows = self._conn.execute(
+                "SELECT id, data FROM worklist_items WHERE patient_id = ? ORDER BY id",
+                (patient_id,)).fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT id, data FROM worklist_items WHERE patient_id = ? AND "
+                "issuer_of_patient_id = ? ORDER BY id", (patient_id, issuer)).fetchall()
+        return [_row_to_item(r) for r in rows]
+
+    def insert_item(self, item: WorklistItem) -> int:
+        cur = self._conn.execute(_ITEM_INSERT, _item_row(item))
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    def update_item(self, item_id: int, item: WorklistItem) -> None:
+        self._conn.execute(_ITEM_UPDATE, (*_item_row(item), item_id))
 
 _INSTANCE_COLUMNS = (
     "id, version, routed_at, superseded, object_id, spool_path, sop_class_uid, sop_instance_uid, "
@@ -238,5 +428,236 @@ class SqliteStore:
                 known.update(r[0] for r in conn.execute(
                     f"SELECT object_id FROM instances WHERE object_id IN ({marks})", chunk))
             return known
+
+        return await self._read(run)
+
+    # --- HL7 journal -------------------------------------------------------------------------
+    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+                               ) -> list[Hl7CommitResult]:
+        def run(conn: sqlite3.Connection) -> list[Hl7CommitResult]:
+            txn = _WorklistTxn(conn)
+            results: list[Hl7CommitResult] = []
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for index, entry in enumerate(entries):
+                    results.append(self._commit_hl7_one(conn, txn, entry, index, apply))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return results
+
+        try:
+            return await self._write(run)
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"HL7 journal commit failed: {exc}") from exc
+
+    @staticmethod
+    def _commit_hl7_one(conn: sqlite3.Connection, txn: _WorklistTxn, entry: Hl7JournalEntry,
+                        index: int, apply: Hl7Apply) -> Hl7CommitResult:
+        existing = None
+        if entry.control_id is not None:
+            existing = conn.execute(
+                "SELECT id, ack_code, errors_json, text, worklist_item_ids, retryable "
+                "FROM hl7_messages WHERE sending_application IS ? AND sending_facility IS ? "
+                "AND control_id = ?",
+                (entry.sending_application, entry.sending_facility, entry.control_id)
+            ).fetchone()
+            if existing is not None and not existing[5]:
+                return Hl7CommitResult(int(existing[0]), Hl7Disposition(
+                    existing[1], existing[2], existing[3],
+                    tuple(json.loads(existing[4])), applied=False), duplicate=True)
+        # One savepoint per message: a message whose disposition is "not applied" (or whose
+        # apply fails) leaves no worklist trace, and never takes the rest of the batch along.
+        conn.execute("SAVEPOINT hl7_message")
+        try:
+            disposition = apply(txn, index)
+            if not disposition.applied:
+                conn.execute("ROLLBACK TO hl7_message")
+            values = (entry.message_type, entry.trigger_event, entry.peer_host, entry.listener,
+                      entry.received_at, entry.raw, disposition.ack_code,
+                      disposition.errors_json, disposition.text,
+                      json.dumps(list(disposition.worklist_item_ids)),
+                      int(disposition.retryable))
+            if existing is not None:
+                # A repeat of a message whose answer depended on the moment: answered anew.
+                conn.execute(
+                    "UPDATE hl7_messages SET message_type=?, trigger_event=?, peer_host=?, "
+                    "listener=?, received_at=?, raw=?, ack_code=?, errors_json=?, text=?, "
+                    "worklist_item_ids=?, retryable=? WHERE id=?", (*values, existing[0]))
+                journal_id = int(existing[0])
+            else:
+                cur = conn.execute(
+                    "INSERT INTO hl7_messages (sending_application, sending_facility, "
+                    "control_id, message_type, trigger_event, peer_host, listener, "
+                    "received_at, raw, ack_code, errors_json, text, worklist_item_ids, "
+                    "retryable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (entry.sending_application, entry.sending_facility, entry.control_id,
+                     *values))
+                assert cur.lastrowid is not None
+                journal_id = int(cur.lastrowid)
+            conn.execute("RELEASE hl7_message")
+        except BaseException:
+            conn.execute("ROLLBACK TO hl7_message")
+            conn.execute("RELEASE hl7_message")
+            raise
+        return Hl7CommitResult(journal_id, disposition, duplicate=False)
+
+    async def list_hl7_messages(self, ack_codes: Sequence[str] | None = None, limit: int = 100,
+                                offset: int = 0) -> list[Hl7JournalRecord]:
+        def run(conn: sqlite3.Connection) -> list[Hl7JournalRecord]:
+            where, params = self._ack_filter(ack_codes)
+            rows = conn.execute(
+                f"SELECT {_HL7_COLUMNS}, NULL FROM hl7_messages{where} ORDER BY id DESC "
+                "LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
+            return [self._hl7_record(r) for r in rows]
+
+        return await self._read(run)
+
+    async def count_hl7_messages(self, ack_codes: Sequence[str] | None = None) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            where, params = self._ack_filter(ack_codes)
+            return int(conn.execute(f"SELECT COUNT(*) FROM hl7_messages{where}",
+                                    params).fetchone()[0])
+
+        return await self._read(run)
+
+    async def get_hl7_message(self, journal_id: int) -> Hl7JournalRecord | None:
+        def run(conn: sqlite3.Connection) -> Hl7JournalRecord | None:
+            row = conn.execute(f"SELECT {_HL7_COLUMNS}, raw FROM hl7_messages WHERE id = ?",
+                               (journal_id,)).fetchone()
+            return self._hl7_record(row) if row else None
+
+        return await self._read(run)
+
+    @staticmethod
+    def _ack_filter(ack_codes: Sequence[str] | None) -> tuple[str, list[str]]:
+        if not ack_codes:
+            return "", []
+        return f" WHERE ack_code IN ({','.join('?' * len(ack_codes))})", list(ack_codes)
+
+    @staticmethod
+    def _hl7_record(row: Sequence[Any]) -> Hl7JournalRecord:
+        return Hl7JournalRecord(
+            id=int(row[0]),
+            entry=Hl7JournalEntry(row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+                                  row[8], bytes(row[13]) if row[13] is not None else b""),
+            ack_code=row[9], errors_json=row[10], text=row[11],
+            worklist_item_ids=tuple(json.loads(row[12])))
+
+    # --- worklist ----------------------------------------------------------------------------
+    @staticmethod
+    def worklist_sql(constraints: Sequence[Constraint], statuses: Sequence[WorklistStatus],
+                     limit: int, offset: int = 0, newest_first: bool = False
+                     ) -> tuple[str, list[Any]]:
+        """The SELECT behind :meth:`find_worklist` (public for EXPLAIN QUERY PLAN in tests)."""
+        where, params = _where(constraints, statuses)
+        # No ORDER BY for MWL queries: sorting would tempt the planner into a rowid scan.
+        order = " ORDER BY id DESC" if newest_first else ""
+        return (f"SELECT id, data FROM worklist_items{where}{order} LIMIT ? OFFSET ?",
+                [*params, limit, offset])
+
+    async def find_worklist(self, constraints: Sequence[Constraint],
+                            statuses: Sequence[WorklistStatus], limit: int, offset: int = 0,
+                            newest_first: bool = False) -> list[StoredWorklistItem]:
+        sql, params = self.worklist_sql(constraints, statuses, limit, offset, newest_first)
+
+        def run(conn: sqlite3.Connection) -> list[StoredWorklistItem]:
+            return [_row_to_item(r) for r in conn.execute(sql, params).fetchall()]
+
+        return await self._read(run)
+
+    async def explain_worklist(self, constraints: Sequence[Constraint],
+                               statuses: Sequence[WorklistStatus]) -> list[str]:
+        """SQLite's plan for a worklist query, one line per step (tests and diagnostics)."""
+        sql, params = self.worklist_sql(constraints, statuses, 100)
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+        return await self._read(run)
+
+    async def count_worklist(self, constraints: Sequence[Constraint],
+                             statuses: Sequence[WorklistStatus]) -> int:
+        where, params = _where(constraints, statuses)
+        return await self._read(lambda c: int(c.execute(
+            f"SELECT COUNT(*) FROM worklist_items{where}", params).fetchone()[0]))
+
+    async def get_worklist_item(self, item_id: int) -> StoredWorklistItem | None:
+        def run(conn: sqlite3.Connection) -> StoredWorklistItem | None:
+            row = conn.execute("SELECT id, data FROM worklist_items WHERE id = ?",
+                               (item_id,)).fetchone()
+            return _row_to_item(row) if row else None
+
+        return await self._read(run)
+
+    async def add_worklist_items(self, items: Sequence[WorklistItem]) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            txn = _WorklistTxn(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [txn.insert_item(item) for item in items]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return ids
+
+        try:
+            return await self._write(run)
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"worklist insert failed: {exc}") from exc
+
+    async def update_worklist_item(self, item_id: int,
+                                   change: Callable[[WorklistItem], WorklistItem]
+                                   ) -> StoredWorklistItem | None:
+        def run(conn: sqlite3.Connection) -> StoredWorklistItem | None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT id, data FROM worklist_items WHERE id = ?",
+                                   (item_id,)).fetchone()
+                if row is None:
+                    conn.execute("ROLLBACK")
+                    return None
+                new = change(_row_to_item(row).item)
+                _WorklistTxn(conn).update_item(item_id, new)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return StoredWorklistItem(item_id, new)
+
+        try:
+            return await self._write(run)
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"worklist update failed: {exc}") from exc
+
+    async def delete_worklist_item(self, item_id: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM worklist_items WHERE id = ?",
+                                (item_id,)).rowcount > 0
+
+        return await self._write(run)
+
+    async def purge_worklist(self, statuses: Sequence[WorklistStatus], updated_before: str
+                             ) -> int:
+        if not statuses:
+            return 0
+
+        def run(conn: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(statuses))
+            return int(conn.execute(
+                f"DELETE FROM worklist_items WHERE status IN ({marks}) AND updated_at < ?",
+                (*(s.value for s in statuses), updated_before)).rowcount)
+
+        return await self._write(run)
+
+    async def worklist_counts(self) -> dict[WorklistStatus, int]:
+        def run(conn: sqlite3.Connection) -> dict[WorklistStatus, int]:
+            counts = dict.fromkeys(WorklistStatus, 0)
+            for status, n in conn.execute(
+                    "SELECT status, COUNT(*) FROM worklist_items GROUP BY status"):
+                counts[WorklistStatus(status)] = int(n)
+            return counts
 
         return await self._read(run)

@@ -15,6 +15,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from engine.settings import StorageSettings
+from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.worklist.query import Constraint
 
 
 class DuplicatePolicy(StrEnum):
@@ -98,6 +100,82 @@ def decide_duplicate(
     }[policy]
 
 
+# --- HL7 journal and worklist ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Hl7JournalEntry:
+    """One received HL7 message as the journal keeps it (raw bytes included).
+
+    The idempotency key (sending application, sending facility, control id) is None when the
+    message could not be parsed: such messages are kept but never recognised as repeats.
+    """
+
+    sending_application: str | None
+    sending_facility: str | None
+    control_id: str | None
+    message_type: str | None
+    trigger_event: str | None
+    peer_host: str
+    listener: str
+    received_at: str  # ISO 8601, UTC
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Disposition:
+    """What the domain decided for one message, recorded with it.
+
+    ``applied=False`` makes the store undo the message's worklist writes (its savepoint) before
+    recording it. ``retryable`` marks an answer that depended on the moment (an internal
+    error): a repeat of that message is processed again instead of answered from the journal.
+    """
+
+    ack_code: str
+    errors_json: str
+    text: str | None
+    worklist_item_ids: tuple[int, ...]
+    applied: bool
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7CommitResult:
+    journal_id: int
+    disposition: Hl7Disposition
+    duplicate: bool  # the disposition is the one recorded for an earlier copy
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7JournalRecord:
+    """A journal row as read back (``raw`` only when asked for)."""
+
+    id: int
+    entry: Hl7JournalEntry
+    ack_code: str
+    errors_json: str
+    text: str | None
+    worklist_item_ids: tuple[int, ...]
+
+
+class WorklistTxn(Protocol):
+    """The worklist inside one open transaction, on the store's writer thread (synchronous)."""
+
+    def items_for_order(self, placer: str, filler: str) -> list[StoredWorklistItem]:
+        """Items with this placer order number (or, if ``placer`` is empty, filler number)."""
+        ...
+
+    def items_for_patient(self, patient_id: str, issuer: str | None) -> list[StoredWorklistItem]:
+        """Items of a patient (``issuer=None``: any issuer)."""
+        ...
+
+    def insert_item(self, item: WorklistItem) -> int: ...
+
+    def update_item(self, item_id: int, item: WorklistItem) -> None: ...
+
+
+#: the domain's decision for message ``index`` of a batch, made inside the transaction
+Hl7Apply = Callable[[WorklistTxn, int], Hl7Disposition]
+
+
 class Store(Protocol):
     """What radflow needs from a database. Every method is safe to call from the loop."""
 
@@ -123,6 +201,58 @@ class Store(Protocol):
     async def count_instances(self) -> int: ...
 
     async def known_object_ids(self, object_ids: Sequence[str]) -> set[str]: ...
+
+    # --- HL7 journal -----------------------------------------------------------------------
+    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+                               ) -> list[Hl7CommitResult]:
+        """Journal ``entries`` in ONE transaction, each in its own savepoint.
+
+        For each entry: a known idempotency key with a final disposition returns that (and
+        changes nothing); otherwise ``apply(txn, index)`` writes the worklist and decides, and
+        the entry is recorded with its disposition. A failure of the whole transaction raises
+        :class:`~engine.errors.StorageFailure` and nothing of the batch is kept.
+        """
+        ...
+
+    async def list_hl7_messages(self, ack_codes: Sequence[str] | None = None, limit: int = 100,
+                                offset: int = 0) -> list[Hl7JournalRecord]: ...
+
+    async def count_hl7_messages(self, ack_codes: Sequence[str] | None = None) -> int: ...
+
+    async def get_hl7_message(self, journal_id: int) -> Hl7JournalRecord | None: ...
+
+    # --- worklist --------------------------------------------------------------------------
+    async def find_worklist(self, constraints: Sequence[Constraint],
+                            statuses: Sequence[WorklistStatus], limit: int, offset: int = 0,
+                            newest_first: bool = False) -> list[StoredWorklistItem]:
+        """Items in ``statuses`` meeting every constraint, through the indexes (a superset of
+        an MWL answer: the caller makes the exact check)."""
+        ...
+
+    async def count_worklist(self, constraints: Sequence[Constraint],
+                             statuses: Sequence[WorklistStatus]) -> int: ...
+
+    async def get_worklist_item(self, item_id: int) -> StoredWorklistItem | None: ...
+
+    async def add_worklist_items(self, items: Sequence[WorklistItem]) -> list[int]:
+        """Insert items in one transaction (the HTTP API, the CLI, bulk seeding)."""
+        ...
+
+    async def update_worklist_item(self, item_id: int,
+                                   change: Callable[[WorklistItem], WorklistItem]
+                                   ) -> StoredWorklistItem | None:
+        """Read, ``change`` (a pure function; it may raise to refuse) and write one item in one
+        transaction; None if there is no such item."""
+        ...
+
+    async def delete_worklist_item(self, item_id: int) -> bool: ...
+
+    async def purge_worklist(self, statuses: Sequence[WorklistStatus], updated_before: str
+                             ) -> int:
+        """Delete items in ``statuses`` last changed before ``updated_before`` (ISO 8601)."""
+        ...
+
+    async def worklist_counts(self) -> dict[WorklistStatus, int]: ...
 
 
 def open_store(settings: StorageSettings) -> Store:

@@ -75,6 +75,73 @@ SPOOL_LOW_SPACE = Gauge(
 )
 
 
+# --- HL7 ingress ----------------------------------------------------------------------------
+HL7_MESSAGES = Counter(
+    "radflow_hl7_messages_total",
+    "HL7 messages answered, by message type (e.g. ORM^O01) and ACK code.",
+    ["message_type", "ack_code"],
+    registry=REGISTRY,
+)
+HL7_MESSAGE_SECONDS = Histogram(
+    "radflow_hl7_message_seconds",
+    "Time from a complete MLLP frame to its ACK being ready (parse + durable commit).",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+    registry=REGISTRY,
+)
+HL7_COMMIT_BATCH = Histogram(
+    "radflow_hl7_commit_batch_size",
+    "HL7 messages committed together by the group-commit writer.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
+HL7_COMMIT_SECONDS = Histogram(
+    "radflow_hl7_commit_seconds",
+    "Time of one HL7 group commit (journal rows and worklist changes).",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+    registry=REGISTRY,
+)
+MLLP_CONNECTIONS = Gauge(
+    "radflow_mllp_open_connections", "Open MLLP connections.", ["listener"], registry=REGISTRY
+)
+MLLP_CONNECTION_ERRORS = Counter(
+    "radflow_mllp_connection_errors_total",
+    "MLLP connections closed on an error, by reason (framing, too large, idle, refused).",
+    ["listener", "reason"],
+    registry=REGISTRY,
+)
+# --- worklist -------------------------------------------------------------------------------
+WORKLIST_ITEMS = Gauge(
+    "radflow_worklist_items",
+    "Worklist items by status (refreshed periodically and after API changes).",
+    ["status"],
+    registry=REGISTRY,
+)
+WORKLIST_PURGED = Counter(
+    "radflow_worklist_purged_total",
+    "Final-state worklist items deleted by retention.",
+    registry=REGISTRY,
+)
+MWL_FIND_SECONDS = Histogram(
+    "radflow_mwl_find_seconds",
+    "Modality Worklist C-FIND: time from the request to the last answer handed to pynetdicom.",
+    ["listener"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+MWL_FIND_MATCHES = Counter(
+    "radflow_mwl_find_matches_total",
+    "Worklist items returned by C-FIND (Pending answers).",
+    ["listener"],
+    registry=REGISTRY,
+)
+MWL_FIND_REQUESTS = Counter(
+    "radflow_mwl_find_requests_total",
+    "Modality Worklist C-FIND requests, by final status (success, cancel, failure reason).",
+    ["listener", "outcome"],
+    registry=REGISTRY,
+)
+
+
 def render() -> bytes:
     """The Prometheus text exposition of every metric."""
     return generate_latest(REGISTRY)

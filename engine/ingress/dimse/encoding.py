@@ -13,10 +13,8 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
+from pydicom.charset import convert_encodings, decode_bytes
 
 from engine.errors import MalformedDataset
 
@@ -27,6 +25,20 @@ _ITEM = 0xFFFEE000
 _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
+_SPECIFIC_CHARACTER_SET = 0x00080005
+# The identifying attributes intake records, by tag, with the keyword DatasetKeys uses.
+_KEYS: dict[int, str] = {
+    0x00080016: "sop_class_uid",
+    0x00080018: "sop_instance_uid",
+    0x00080050: "accession_number",
+    0x00080060: "modality",
+    0x00100020: "patient_id",
+    0x0020000D: "study_instance_uid",
+    0x0020000E: "series_instance_uid",
+}
+_KEY_TAGS = frozenset({*_KEYS, _SPECIFIC_CHARACTER_SET})
+# LO/SH values may carry non-ASCII text; UI and CS are ASCII by definition.
+_TEXT_TAGS = frozenset({0x00080050, 0x00100020})
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 32
 #: a deflated dataset may not inflate beyond this (a decompression bomb guard)
@@ -58,6 +70,8 @@ class _Walker:
     def __init__(self, buf: bytes, implicit: bool, little: bool) -> None:
         self.buf = buf
         self.implicit = implicit
+        #: top-level elements intake reads: tag -> (value offset, value length)
+        self.found: dict[int, tuple[int, int]] = {}
         self.u16 = struct.Struct("<H" if little else ">H").unpack_from
         self.u32 = struct.Struct("<I" if little else ">I").unpack_from
         self.tag_fmt = struct.Struct("<HH" if little else ">HH").unpack_from
@@ -109,6 +123,8 @@ class _Walker:
                 else:
                     raise MalformedDataset(f"undefined length on {vr.decode()} {_fmt(tag)}")
             else:
+                if depth == 0 and tag in _KEY_TAGS:
+                    self.found[tag] = (pos, length)
                 pos += length
                 if pos > end:
                     raise MalformedDataset(
@@ -162,13 +178,24 @@ def inflate(data: bytes) -> bytes:
         raise MalformedDataset(f"deflated dataset does not inflate: {exc}") from exc
     if inflater.unconsumed_tail:
         raise MalformedDataset("deflated dataset inflates beyond the size limit")
+    if not inflater.eof:  # a deflate stream ends with its final block: anything else is cut short
+        raise MalformedDataset("deflated dataset is truncated (no final deflate block)")
     return out
 
 
-def check_structure(data: bytes, transfer_syntax: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Inspected:
+    """A dataset whose structure was checked: its plain bytes and where its key values lie."""
+
+    plain: bytes
+    elements: dict[int, tuple[int, int]]
+
+
+def check_structure(data: bytes, transfer_syntax: str) -> Inspected:
     """Raise :class:`MalformedDataset` unless ``data`` is a whole, well-formed dataset.
 
-    Returns the bytes to decode (inflated for the deflated transfer syntax).
+    The result holds the bytes to decode (inflated for the deflated transfer syntax) and the
+    offsets of the identifying attributes found on the way.
     """
     if not data:
         raise MalformedDataset("the dataset is empty")
@@ -176,37 +203,37 @@ def check_structure(data: bytes, transfer_syntax: str) -> bytes:
         data = inflate(data)
     implicit = transfer_syntax == IMPLICIT_LE
     little = transfer_syntax != EXPLICIT_BE
-    _Walker(data, implicit, little).dataset(0, len(data), 0, in_item=False)
-    return data
+    walker = _Walker(data, implicit, little)
+    walker.dataset(0, len(data), 0, in_item=False)
+    return Inspected(data, walker.found)
 
 
-def _stop_after_series(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) > 0x0020000E
+def read_keys(inspected: Inspected) -> DatasetKeys:
+    """Decode the identifying attributes from the offsets the structure check recorded.
 
-
-def read_keys(plain: bytes, transfer_syntax: str) -> DatasetKeys:
-    """Decode the identifying attributes (all at or before (0020,000E)) with pydicom."""
-    implicit = transfer_syntax == IMPLICIT_LE
-    little = transfer_syntax != EXPLICIT_BE
-    try:
-        ds = read_dataset(BytesIO(plain), implicit, little, stop_when=_stop_after_series)
-
-        def text(keyword: str) -> str | None:
-            value = ds.get(keyword)
-            if value is None or value == "":
-                return None
-            return str(value).strip() or None
-
-        return DatasetKeys(
-            sop_class_uid=text("SOPClassUID"),
-            sop_instance_uid=text("SOPInstanceUID"),
-            study_instance_uid=text("StudyInstanceUID"),
-            series_instance_uid=text("SeriesInstanceUID"),
-            patient_id=text("PatientID"),
-            accession_number=text("AccessionNumber"),
-            modality=text("Modality"),
-        )
-    except MalformedDataset:
-        raise
-    except Exception as exc:
-        raise MalformedDataset(f"dataset cannot be decoded: {exc}") from exc
+    Reading them straight from the recorded offsets costs a few microseconds, where a pydicom
+    parse of the dataset header costs about half a millisecond per instance; text is still
+    decoded by pydicom's character-set machinery.
+    """
+    data, elements = inspected.plain, inspected.elements
+    encodings: list[str] = ["iso8859"]
+    if _SPECIFIC_CHARACTER_SET in elements:
+        offset, length = elements[_SPECIFIC_CHARACTER_SET]
+        terms = data[offset:offset + length].decode("ascii", "replace").strip(" \x00")
+        try:
+            encodings = convert_encodings([t.strip() for t in terms.split("\\")])
+        except Exception as exc:
+            raise MalformedDataset(f"unknown Specific Character Set {terms!r}") from exc
+    values: dict[str, str | None] = dict.fromkeys(_KEYS.values())
+    for tag, name in _KEYS.items():
+        if tag not in elements:
+            continue
+        offset, length = elements[tag]
+        raw = data[offset:offset + length]
+        try:
+            text = decode_bytes(raw, encodings, set()) if tag in _TEXT_TAGS else \
+                raw.decode("ascii")
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise MalformedDataset(f"undecodable value in {_fmt(tag)}") from exc
+        values[name] = text.strip(" \x00").split("\\")[0] or None
+    return DatasetKeys(**values)

@@ -14,14 +14,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from engine.errors import RadflowError
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
+from engine.ingress.dimse.mwl import MwlProvider, handle_find
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     DIMSE_ECHOES,
@@ -39,6 +41,11 @@ _RJ_CALLING_AE = (0x01, 0x01, 0x03)
 _RJ_CALLED_AE = (0x01, 0x01, 0x07)
 _RJ_NO_REASON = (0x01, 0x01, 0x01)
 _RJ_CONGESTION = (0x02, 0x03, 0x01)
+# A-ASSOCIATE-AC presentation context results, PS3.8 9.3.3.2
+_CONTEXT_RESULTS = {0x01: "user_rejection", 0x02: "no_reason",
+                    0x03: "abstract_syntax_not_supported",
+                    0x04: "transfer_syntaxes_not_supported"}
+_MAX_LOGGED_CONTEXTS = 16
 
 
 @dataclass
@@ -136,6 +143,10 @@ def handle_requested(event: Event, policy: ListenerPolicy) -> None:
     DIMSE_REJECTIONS.labels(policy.name, reason).inc()
     log.warning("ingress.dimse.association.rejected", listener=policy.name, reason=reason,
                 calling_ae=calling, called_ae=called, peer_host=host)
+    # As pynetdicom's own rejection does: wait until the DUL has sent the A-ASSOCIATE-RJ (and
+    # the peer closed, or ARTIM expired). Otherwise the server shuts the socket down first and
+    # the peer sees an abort instead of the reason.
+    event.assoc.kill()
 
 
 def handle_established(event: Event, policy: ListenerPolicy) -> None:
@@ -143,10 +154,24 @@ def handle_established(event: Event, policy: ListenerPolicy) -> None:
     calling, called, host = _peer(event)
     log.info("ingress.dimse.association.accepted", listener=policy.name, calling_ae=calling,
              called_ae=called, peer_host=host)
+    rejected = event.assoc.rejected_contexts
+    if rejected:
+        # Otherwise an SCU that finds "no acceptable presentation context" leaves no trace of why.
+        proposed = {cx.context_id: cx.transfer_syntax
+                    for cx in event.assoc.requestor.requested_contexts}
+        accepted = len(event.assoc.accepted_contexts)
+        log_fn = log.info if accepted else log.warning
+        log_fn("ingress.dimse.association.contexts_rejected", listener=policy.name,
+               calling_ae=calling, peer_host=host, accepted=accepted, rejected=len(rejected),
+               contexts=[{"abstract_syntax": str(cx.abstract_syntax),
+                          "transfer_syntaxes": [str(ts)
+                                                for ts in proposed.get(cx.context_id, [])],
+                          "reason": _CONTEXT_RESULTS.get(cx.result or 0, f"result {cx.result}")}
+                         for cx in rejected[:_MAX_LOGGED_CONTEXTS]])
 
 
 def handle_aborted(event: Event, policy: ListenerPolicy) -> None:
-    calling, called, host = _peer(event)
+    calling, _called, host = _peer(event)
     DIMSE_REJECTIONS.labels(policy.name, "aborted").inc()
     log.warning("ingress.dimse.association.aborted", listener=policy.name, calling_ae=calling,
                 peer_host=host)
@@ -158,12 +183,16 @@ def handle_conn_close(event: Event, policy: ListenerPolicy) -> None:
 
 # --- intervention handlers -------------------------------------------------------------------
 def handle_user_id(event: Event, policy: ListenerPolicy) -> tuple[bool, bytes | None]:
-    ok = policy.verify_identity(event.user_id_type, event.primary_field, event.secondary_field)
+    # pynetdicom sets these attributes on EVT_USER_ID events only.
+    id_type: int = getattr(event, "user_id_type")  # noqa: B009
+    primary: bytes = getattr(event, "primary_field")  # noqa: B009
+    secondary: bytes | None = getattr(event, "secondary_field")  # noqa: B009
+    ok = policy.verify_identity(id_type, primary, secondary)
     if not ok:
         DIMSE_REJECTIONS.labels(policy.name, "user_identity_invalid").inc()
         calling, _, host = _peer(event)
         log.warning("ingress.dimse.association.identity_refused", listener=policy.name,
-                    calling_ae=calling, peer_host=host, user_id_type=event.user_id_type)
+                    calling_ae=calling, peer_host=host, user_id_type=id_type)
     return ok, None
 
 
@@ -174,7 +203,7 @@ def handle_echo(event: Event, policy: ListenerPolicy) -> int:
 
 def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> Dataset | int:
     started = time.perf_counter()
-    request = event.request
+    request = cast(C_STORE, event.request)
     calling, called, host = _peer(event)
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
     try:
@@ -187,7 +216,7 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            dataset=request.DataSet.getvalue(),
+            dataset=request.DataSet.getvalue() if request.DataSet is not None else b"",
         ))
         return int(DimseStatus.SUCCESS)
     except Exception as exc:
@@ -206,9 +235,12 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
         DIMSE_STORE_SECONDS.labels(policy.name).observe(time.perf_counter() - started)
 
 
-def bindings(policy: ListenerPolicy, intake: StoreIntake) -> list[tuple[Any, ...]]:
+def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | None = None
+             ) -> list[tuple[Any, ...]]:
     """Every (event, handler, arguments) binding of one listener, in one place."""
+    worklist = [(evt.EVT_C_FIND, handle_find, [policy, mwl])] if mwl is not None else []
     return [
+        *worklist,
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_REQUESTED, handle_requested, [policy]),
         (evt.EVT_USER_ID, handle_user_id, [policy]),

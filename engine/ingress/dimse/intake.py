@@ -10,14 +10,11 @@ leaves a half-written file behind; it does not know about pynetdicom events.
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 
 from engine import __version__
 from engine.bridge import LoopBridge
@@ -72,21 +69,36 @@ class ReceivedInstance:
     dataset: bytes
 
 
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element of group 0002 (PS3.10 7.1)."""
+    if len(value) % 2:
+        # UI values pad with NUL, text values with a space (PS3.5 6.2).
+        value += b"\x00" if vr == b"UI" else b" "
+    tag = struct.pack("<HH", group_elem >> 16, group_elem & 0xFFFF)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
 def file_meta_bytes(req: ReceivedInstance) -> bytes:
-    """The Part 10 file meta information group for ``req`` (pydicom encodes it)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = req.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = req.sop_instance_uid
-    meta.TransferSyntaxUID = req.transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    meta.SourceApplicationEntityTitle = req.local_ae
-    meta.SendingApplicationEntityTitle = req.calling_ae
-    meta.ReceivingApplicationEntityTitle = req.called_ae
-    buf = DicomBytesIO()
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+    """The Part 10 file meta information group for ``req``.
+
+    Encoded directly rather than through pydicom's FileMetaDataset, which costs about 1 ms per
+    instance (a quarter of the intake budget) for a group whose shape never changes; a unit
+    test checks the bytes against pydicom's own encoding.
+    """
+    body = b"".join((
+        _element(0x00020001, b"OB", b"\x00\x01"),
+        _element(0x00020002, b"UI", req.sop_class_uid.encode("ascii")),
+        _element(0x00020003, b"UI", req.sop_instance_uid.encode("ascii")),
+        _element(0x00020010, b"UI", req.transfer_syntax_uid.encode("ascii")),
+        _element(0x00020012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+        _element(0x00020013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+        _element(0x00020016, b"AE", req.local_ae.encode("ascii")),
+        _element(0x00020017, b"AE", req.calling_ae.encode("ascii", "replace")),
+        _element(0x00020018, b"AE", req.called_ae.encode("ascii", "replace")),
+    ))
+    return _element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
 
 
 class StoreIntake:
@@ -108,8 +120,7 @@ class StoreIntake:
         if not is_valid_uid(req.sop_class_uid):
             raise InvalidIdentifier("SOP Class UID is not a valid UID")
         self._spool.ensure_room(len(req.dataset))
-        plain = check_structure(req.dataset, req.transfer_syntax_uid)
-        keys = read_keys(plain, req.transfer_syntax_uid)
+        keys = read_keys(check_structure(req.dataset, req.transfer_syntax_uid))
         if keys.sop_instance_uid != req.sop_instance_uid:
             raise InvalidInput("SOP Instance UID in dataset differs from the request")
         if keys.sop_class_uid != req.sop_class_uid:

@@ -14,20 +14,33 @@ import time
 from collections.abc import Callable
 
 from pynetdicom import AE, AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityWorklistInformationFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from engine.ingress.dimse.handlers import ListenerPolicy, bindings
-from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, \
-    StoreIntake
+from engine.ingress.dimse.intake import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    StoreIntake,
+)
+from engine.ingress.dimse.mwl import MwlProvider
 from engine.observability.logging import get_logger
 from engine.settings import DicomListener
 
 log = get_logger("engine.ingress.dimse")
 
 
-def build_ae(config: DicomListener) -> AE:
-    """An acceptor AE with radflow's contexts, limits and identity."""
+# C-FIND identifiers are small datasets: the uncompressed syntaxes are all an SCU proposes.
+_QUERY_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2",
+                             "1.2.840.10008.1.2.1.99"})
+
+
+def build_ae(config: DicomListener, *, worklist: bool = False) -> AE:
+    """An acceptor AE with radflow's contexts, limits and identity (``worklist``: also the
+    Modality Worklist Information Model - FIND)."""
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -42,9 +55,12 @@ def build_ae(config: DicomListener) -> AE:
         ae.require_calling_aet = sorted({p.ae_title for p in config.allowed_calling})
     syntaxes = list(config.transfer_syntaxes)
     ae.add_supported_context(Verification, syntaxes)
-    sop_classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    sop_classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     for uid in [*sop_classes, *config.extra_storage_sop_classes]:
         ae.add_supported_context(uid, syntaxes)
+    if worklist:
+        query_syntaxes = [ts for ts in syntaxes if ts in _QUERY_SYNTAXES]
+        ae.add_supported_context(ModalityWorklistInformationFind, query_syntaxes)
     return ae
 
 
@@ -52,10 +68,11 @@ class DimseListeners:
     """All DICOM listeners of the engine, started and stopped together."""
 
     def __init__(self, configs: list[DicomListener], intake: StoreIntake,
-                 is_closing: Callable[[], bool]) -> None:
+                 is_closing: Callable[[], bool], mwl: MwlProvider | None = None) -> None:
         self._configs = configs
         self._intake = intake
         self._is_closing = is_closing
+        self._mwl = mwl
         self._servers: list[tuple[DicomListener, ThreadedAssociationServer]] = []
 
     @property
@@ -64,11 +81,12 @@ class DimseListeners:
 
     async def start(self) -> None:
         for config in self._configs:
-            ae = build_ae(config)
+            ae = build_ae(config, worklist=self._mwl is not None)
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
                 ae.start_server, (config.host, config.port), block=False,
-                evt_handlers=bindings(policy, self._intake))
+                evt_handlers=bindings(policy, self._intake, self._mwl))
+            assert server is not None  # non-blocking start_server always returns the server
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
                      host=config.host, port=config.port)

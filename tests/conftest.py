@@ -1,0 +1,61 @@
+"""Shared fixtures: ``radflow`` (a factory of real radflow processes) and DCMTK availability.
+
+``radflow(overrides)`` writes a config under the test's ``tmp_path`` (data, spool and database
+there too, DICOM and HTTP on free loopback ports), starts ``python -m engine run`` and waits for
+``/readyz``; every process a test started is killed at teardown if the test left it running.
+Tests that use DCMTK's tools are skipped when they are not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# ``tests.helpers`` is imported from the repository root, also when pytest is not started with
+# ``python -m pytest`` from there.
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests.helpers.proc import RadflowProcess, dcmtk_tool  # noqa: E402
+
+RadflowFactory = Callable[..., RadflowProcess]
+
+
+@pytest.fixture
+def radflow(tmp_path: Path) -> Iterator[RadflowFactory]:
+    """Factory: ``radflow(overrides=None, *, start=True, wait_ready=True) -> RadflowProcess``."""
+    started: list[RadflowProcess] = []
+
+    def make(overrides: Mapping[str, Any] | None = None, *, start: bool = True,
+             wait_ready: bool = True) -> RadflowProcess:
+        rf = RadflowProcess(tmp_path / f"radflow{len(started)}", overrides)
+        started.append(rf)
+        if start:
+            rf.start(wait_ready=wait_ready)
+        return rf
+
+    yield make
+    for rf in started:
+        rf.close()
+
+
+@pytest.fixture
+def dicom_dir(tmp_path: Path) -> Path:
+    """An empty directory for a test's generated DICOM files."""
+    path = tmp_path / "dicom"
+    path.mkdir()
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if dcmtk_tool("storescu") and dcmtk_tool("echoscu"):
+        return
+    skip = pytest.mark.skip(reason="DCMTK (storescu, echoscu) is not installed")
+    for item in items:
+        if "dcmtk" in item.keywords:
+            item.add_marker(skip)

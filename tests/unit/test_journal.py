@@ -1,0 +1,176 @@
+"""The journal's group-commit writer: many callers, few transactions, every failure delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from journal_samples import UID, CountingStore, record
+
+from engine.durable.journal import JournalWriter
+from engine.durable.spool import Spool
+from engine.durable.sqlite import SqliteStore
+from engine.durable.store import (
+    DuplicatePolicy,
+    InstanceCommit,
+    InstanceCommitResult,
+    InstanceOutcome,
+)
+from engine.errors import ShuttingDown, StorageFailure
+from engine.observability.metrics import REGISTRY
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path / "spool", min_free_bytes=0)
+    await asyncio.to_thread(s.open)
+    return s
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+    inner = SqliteStore(tmp_path / "radflow.db")
+    await inner.open()
+    yield CountingStore(inner)
+    await inner.close()
+
+
+@pytest.fixture
+async def journal(store: CountingStore, spool: Spool) -> AsyncIterator[JournalWriter]:
+    j = JournalWriter(store, spool)  # type: ignore[arg-type]
+    await j.start()
+    yield j
+    await j.stop()
+
+
+def item(n: int, policy: DuplicatePolicy = DuplicatePolicy.VERSION) -> InstanceCommit:
+    return InstanceCommit(record(n), policy)
+
+
+def batch_histogram() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("radflow_journal_commit_batch_size_count") or 0.0
+    total = REGISTRY.get_sample_value("radflow_journal_commit_batch_size_sum") or 0.0
+    return count, total
+
+
+async def test_concurrent_commits_share_transactions(
+    journal: JournalWriter, store: CountingStore
+) -> None:
+    store.delay = 0.02  # while one batch commits, the next callers queue up
+    count_before, sum_before = batch_histogram()
+
+    async def caller(n: int) -> InstanceCommitResult:
+        await asyncio.sleep(0.001 * (n % 10))
+        return await journal.commit(item(n), ())
+
+    results = await asyncio.gather(*(caller(n) for n in range(1, 201)))
+
+    assert all(r.outcome is InstanceOutcome.STORED for r in results)
+    assert len({r.journal_id for r in results}) == 200
+    assert sum(store.batches) == 200
+    assert len(store.batches) < 20, store.batches  # far fewer transactions than commits
+    count_after, sum_after = batch_histogram()
+    assert count_after - count_before == len(store.batches)
+    assert sum_after - sum_before == 200
+    # every caller got its own row's answer
+    for n, result in zip(range(1, 201), results, strict=True):
+        row = await store.inner.get_instance(f"{UID}.{n}")
+        assert row is not None and row.id == result.journal_id
+
+
+async def test_a_burst_queued_before_the_writer_runs_is_one_transaction(
+    journal: JournalWriter,
+    store: CountingStore,
+) -> None:
+    results = await asyncio.gather(*(journal.commit(item(n), ()) for n in range(1, 51)))
+    assert len(results) == 50
+    assert store.batches == [50]
+
+
+async def test_directories_are_synced_inside_the_commit_before_the_rows(
+    journal: JournalWriter,
+    store: CountingStore,
+    spool: Spool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    synced: list[set[str]] = []
+    monkeypatch.setattr(spool, "sync_dirs", lambda dirs: synced.append(set(dirs)))
+    await asyncio.gather(
+        journal.commit(item(1), ("objects/2025/03/07/09", "objects/2025/03/07")),
+        journal.commit(item(2), ("objects/2025/03/07/09",)),
+    )
+    assert synced == [{"objects/2025/03/07/09", "objects/2025/03/07"}]  # once per batch
+    assert store.synced == [True]
+
+
+async def test_a_failing_store_fails_every_waiter_and_the_writer_goes_on(
+    journal: JournalWriter,
+    store: CountingStore,
+) -> None:
+    store.fail_with = StorageFailure("disk I/O error")
+    store.delay = 0.01
+    results = await asyncio.gather(
+        *(journal.commit(item(n), ()) for n in range(1, 21)), return_exceptions=True
+    )
+    assert len(results) == 20
+    assert all(isinstance(r, StorageFailure) for r in results)
+
+    store.fail_with = None
+    later = await journal.commit(item(99), ())
+    assert later.outcome is InstanceOutcome.STORED
+
+
+async def test_an_unexpected_store_error_reaches_the_waiters_too(
+    journal: JournalWriter,
+    store: CountingStore,
+) -> None:
+    store.fail_with = RuntimeError("bug in a backend")
+    with pytest.raises(RuntimeError, match="bug in a backend"):
+        await journal.commit(item(1), ())
+
+
+async def test_a_cancelled_waiter_does_not_disturb_its_batch(
+    journal: JournalWriter,
+    store: CountingStore,
+) -> None:
+    store.delay = 0.05
+    tasks = [asyncio.create_task(journal.commit(item(n), ())) for n in range(1, 6)]
+    await asyncio.sleep(0.01)
+    tasks[2].cancel()  # e.g. the bridge timed out for that association
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [r.outcome for i, r in enumerate(done) if i != 2] == [InstanceOutcome.STORED] * 4
+    # the row of the cancelled caller committed anyway: a resend is then identical
+    assert await store.inner.count_instances() == 5
+
+
+async def test_stop_commits_what_is_queued_then_refuses(store: CountingStore, spool: Spool) -> None:
+    journal = JournalWriter(store, spool)  # type: ignore[arg-type]
+    await journal.start()
+    store.delay = 0.05
+    first = asyncio.create_task(journal.commit(item(1), ()))
+    await asyncio.sleep(0.01)  # the first batch is now committing
+    queued = [asyncio.create_task(journal.commit(item(n), ())) for n in range(2, 12)]
+    await asyncio.sleep(0)  # all of them are queued
+
+    await journal.stop()
+
+    assert all(t.done() for t in [first, *queued])
+    assert [t.result().outcome for t in [first, *queued]] == [InstanceOutcome.STORED] * 11
+    assert await store.inner.count_instances() == 11
+    with pytest.raises(ShuttingDown):
+        await journal.commit(item(50), ())
+
+
+async def test_stop_without_start_and_twice_is_harmless(store: CountingStore, spool: Spool) -> None:
+    journal = JournalWriter(store, spool)  # type: ignore[arg-type]
+    await journal.stop()
+    started = JournalWriter(store, spool)  # type: ignore[arg-type]
+    await started.start()
+    t0 = time.monotonic()
+    await started.stop()
+    await started.stop()
+    assert time.monotonic() - t0 < 1
