@@ -61,7 +61,8 @@ async def handle(reader, writer):
     finally:
         writer.close()
 async def main():
-    async with await start_hl7_server(handle, host="127.0.0.1", port=int(sys.argv[1])) as srv:
+    async with await start_hl7_server(handle, host="127.0.0.1", port=int(sys.argv[1]),
+                                      encoding="latin-1") as srv:
         await srv.serve_forever()
 asyncio.run(main())
 '''
@@ -71,7 +72,7 @@ def order(i: int) -> bytes:
     """A ~1 KB ORM^O01 new order, unique control id, placer and accession per message."""
     segs = [
         f"MSH|^~\\&|RIS|HOSP|RADFLOW|HOSP|20261125120000||ORM^O01^ORM_O01|BENCH{i:08d}|P|2.5.1"
-        "|||AL|NE||8859/1",
+        "|||||8859/1",
         f"PID|1||PID{i % 5000:06d}^^^HOSP^MR||Müller^Jürgen^Karl^^Dr.||19700101|M|||"
         "Hauptstraße 1^^Berlin^^10115^DE||030-123456",
         "PV1|1|O|RAD^^^HOSP||||1234^Referrer^Rita|||||||||||V0001",

@@ -40,7 +40,8 @@ class EventBus:
         self._subscribers: list[tuple[type[Event], Handler]] = []
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]) -> None:
+    def subscribe(self, event_type: type[E],
+                  handler: Callable[[E], Awaitable[None] | None]) -> None:
         self._subscribers.append((event_type, handler))  # type: ignore[arg-type]
 
     def publish(self, event: Event) -> bool:

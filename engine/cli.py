@@ -107,6 +107,8 @@ def cmd_worklist(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 1
+    # The command prints its own result; the engine's info lines would only repeat it.
+    configure_logging("warning", settings.logging.format)
 
     async def run_list(service: WorklistService) -> int:
         from engine.admin.server import worklist_filters

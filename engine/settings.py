@@ -383,25 +383,28 @@ def load_settings(
     return settings
 
 
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
 def _check_cross_references(
     settings: Settings, source: str, lines: dict[PathKey, int], problems: list[SettingsProblem]
 ) -> None:
-    seen: dict[tuple[str, int], int] = {}
-    for i, listener in enumerate(settings.dicom.listeners):
-        key = (listener.host, listener.port)
-        if key in seen:
-            path: PathKey = ("dicom", "listeners", i, "port")
-            problems.append(
-                SettingsProblem(source, lines.get(path) or lines.get(path[:-1]), format_path(path),
-                                f"port {listener.port} is already used by listener {seen[key]}")
-            )
-        seen[key] = i
-    for i, mllp in enumerate(settings.hl7.listeners):
-        key = (mllp.host, mllp.port)
-        if key in seen:
-            path = ("hl7", "listeners", i, "port")
-            problems.append(
-                SettingsProblem(source, lines.get(path) or lines.get(path[:-1]), format_path(path),
-                                f"port {mllp.port} is already used by another listener")
-            )
-        seen[key] = i
+    """Listeners that could not all bind: the same port on the same or a wildcard address."""
+    bound: list[tuple[str, int, str]] = []
+    sockets: list[tuple[PathKey, str, int]] = [
+        (("dicom", "listeners", i), lst.host, lst.port)
+        for i, lst in enumerate(settings.dicom.listeners)
+    ] + [
+        (("hl7", "listeners", i), lst.host, lst.port)
+        for i, lst in enumerate(settings.hl7.listeners)
+    ]
+    for where, host, port in sockets:
+        for other_host, other_port, other in bound:
+            if port == other_port and (host == other_host or host in _WILDCARD_HOSTS
+                                       or other_host in _WILDCARD_HOSTS):
+                path: PathKey = (*where, "port")
+                problems.append(SettingsProblem(
+                    source, lines.get(path) or lines.get(where), format_path(path),
+                    f"port {port} is already used by {other}"))
+                break
+        bound.append((host, port, format_path(where)))

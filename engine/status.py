@@ -83,5 +83,7 @@ def c_find_status_for(exc: BaseException) -> DimseStatus:
 
 def error_comment(exc: BaseException) -> str:
     """A short text for the DIMSE Error Comment (LO: at most 64 characters)."""
+    # LO forbids backslash and control characters.
     text = str(exc) or type(exc).__name__
+    text = "".join(" " if c == "\\" or ord(c) < 0x20 else c for c in text)
     return text[:64]

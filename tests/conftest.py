@@ -9,7 +9,7 @@ Tests that use DCMTK's tools are skipped when they are not installed.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from tests.helpers.proc import RadflowProcess, dcmtk_tool  # noqa: E402
+from tests.helpers.proc import RadflowFactory, RadflowProcess, dcmtk_tool  # noqa: E402
 
-RadflowFactory = Callable[..., RadflowProcess]
+__all__ = ["RadflowFactory"]
 
 
 @pytest.fixture

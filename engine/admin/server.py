@@ -273,7 +273,7 @@ class AdminServer:
 
     async def list_instances(self, request: web.Request) -> web.Response:
         try:
-            limit = min(int(request.query.get("limit", "100")), 1000)
+            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
             offset = max(int(request.query.get("offset", "0")), 0)
         except ValueError:
             return web.json_response({"error": "limit and offset are integers"}, status=400)
@@ -357,8 +357,8 @@ class AdminServer:
 
     async def list_hl7_messages(self, request: web.Request) -> web.Response:
         limit, offset = _paging(request)
-        codes = [c.strip().upper() for c in request.query.get("ack", "").split(",")
-                 if c.strip()]
+        codes = [c.strip().upper()
+                 for c in request.query.get("ack", "").replace("|", ",").split(",") if c.strip()]
         total, records = await self._wl().hl7_messages(codes or None, limit, offset)
         return web.json_response({"total": total,
                                   "items": [hl7_record_json(r) for r in records]})

@@ -50,6 +50,10 @@ class Spool:
         self.objects_dir = root / "objects"
         self.min_free_bytes = min_free_bytes
         self._low = False
+        # Hour folders whose own entry (and their parents') is known durable. A folder another
+        # writer just created may not be: until one commit has synced its chain, every write
+        # into it asks for the whole chain, so no row can commit ahead of its folder's entry.
+        self._durable_dirs: set[str] = set()
 
     def open(self) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -107,8 +111,7 @@ class Spool:
             finally:
                 os.close(fd)
             dirs = [rel_dir]
-            if not final_dir.is_dir():
-                # New directories must themselves be made durable in their parents.
+            if rel_dir not in self._durable_dirs:
                 final_dir.mkdir(parents=True, exist_ok=True)
                 parent = Path(rel_dir).parent
                 while str(parent) not in (".", ""):
@@ -123,16 +126,23 @@ class Spool:
                 self._low = True
                 raise OutOfResources(f"spool disk full: {exc.strerror}") from exc
             raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
         return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
 
     def sync_dirs(self, rel_dirs: Iterable[str]) -> None:
         """fsync each directory once, so the renames into it survive a crash."""
-        for rel in sorted(set(rel_dirs), key=len, reverse=True):
+        ordered = sorted(set(rel_dirs), key=len, reverse=True)
+        for rel in ordered:
             fd = os.open(self.root / rel, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        if "." in ordered:
+            # The whole chain of every folder in this set is now durable.
+            self._durable_dirs.update(d for d in ordered if d.count("/") == 4)
 
     def remove(self, rel_path: str) -> None:
         (self.root / rel_path).unlink(missing_ok=True)

@@ -376,10 +376,18 @@ class SqliteStore:
         existing = conn.execute(
             "SELECT id, version, sha256, size_bytes FROM instances WHERE sop_instance_uid = ? "
             "ORDER BY version DESC LIMIT 1", (rec.sop_instance_uid,)).fetchone()
+        if existing is not None and existing[2] != rec.sha256:
+            # A resend of an older version's bytes is a retransmission, not a new version.
+            same = conn.execute(
+                "SELECT id, version, sha256, size_bytes FROM instances "
+                "WHERE sop_instance_uid = ? AND sha256 = ? AND size_bytes = ? LIMIT 1",
+                (rec.sop_instance_uid, rec.sha256, rec.size_bytes)).fetchone()
+            if same is not None:
+                return InstanceCommitResult(InstanceOutcome.IDENTICAL, same[0], same[1])
         outcome = decide_duplicate(existing[2] if existing else None,
                                    existing[3] if existing else None, rec, item.policy)
-        if outcome in (InstanceOutcome.IDENTICAL, InstanceOutcome.IGNORED,
-                       InstanceOutcome.REJECTED):
+        if existing is not None and outcome in (
+                InstanceOutcome.IDENTICAL, InstanceOutcome.IGNORED, InstanceOutcome.REJECTED):
             return InstanceCommitResult(outcome, existing[0], existing[1])
         version = 1
         if existing is not None:

@@ -119,7 +119,6 @@ _SPS_ORDER: Final = ("Modality", "ScheduledStationAETitle", "ScheduledProcedureS
 _VR: Final[dict[str, str]] = {
     k: str(dictionary_VR(k)) for k in (*KEYWORDS, *_EXTRA_RETURN, _SPS_SEQUENCE,
                                        "CodeValue", "CodingSchemeDesignator", "CodeMeaning")}
-_TEXT_VRS: Final = frozenset({"AE", "CS", "LO", "SH", "ST", "LT", "UT", "UC", "PN", "UI"})
 
 
 # --- value matching ------------------------------------------------------------------------
@@ -487,10 +486,13 @@ def _codes(codes: Sequence[CodeItem], requested: Dataset | None) -> DicomSequenc
     return DicomSequence(items)
 
 
-def answer_texts(ds: Dataset) -> list[str]:
-    """Every text value of an answer (for the character-set safety check)."""
-    out: list[str] = []
-    for elem in ds.iterall():
-        if elem.VR in _TEXT_VRS and elem.value:
-            out.append(_as_text(elem.value))
-    return out
+def item_texts(item: WorklistItem) -> list[str]:
+    """The item's free texts (names, descriptions, code meanings): what may need more than
+    ASCII. Checked per answer instead of walking the answer dataset, which costs more."""
+    texts = [item.patient_name, item.referring_physician_name,
+             item.scheduled_performing_physician_name, item.requested_procedure_description,
+             item.scheduled_procedure_step_description, item.scheduled_station_name,
+             item.patient_id, item.accession_number]
+    texts += [c.meaning for c in item.requested_procedure_code]
+    texts += [c.meaning for c in item.scheduled_protocol_code]
+    return texts

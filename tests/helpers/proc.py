@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,10 @@ class RadflowProcess:
     def spool_temp_files(self) -> list[Path]:
         tmp = self.spool_dir / "tmp"
         return sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+#: the ``radflow`` fixture: ``radflow(overrides=None, *, start=True, wait_ready=True)``
+RadflowFactory = Callable[..., RadflowProcess]
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

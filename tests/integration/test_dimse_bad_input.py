@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from tests.conftest import RadflowFactory
 from tests.helpers import dicomgen
 from tests.helpers.proc import (
     STORESCU_PROPOSE,
+    RadflowFactory,
     RadflowProcess,
     echoscu,
     store_responses,

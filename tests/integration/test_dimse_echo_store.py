@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from pydicom.filereader import read_file_meta_info
 
-from tests.conftest import RadflowFactory
 from tests.helpers import dicomgen
 from tests.helpers.proc import (
     STORESCU_PROPOSE,
+    RadflowFactory,
     RadflowProcess,
     echoscu,
     store_responses,

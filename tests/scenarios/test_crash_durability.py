@@ -15,10 +15,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import RadflowFactory
 from tests.helpers import dicomgen
 from tests.helpers.proc import (
     STORESCU_PROPOSE,
+    RadflowFactory,
     RadflowProcess,
     StorescuRun,
     store_responses,

@@ -4,14 +4,18 @@ Loop-blocking guard
 -------------------
 radflow's loop serves every association, MLLP connection and HTTP probe at once, so one callback
 that holds it (a synchronous fsync, a SQLite call, a pydicom parse on the loop thread) stalls all
-of them. :func:`loop_blocking_guard` is autouse: for each coroutine test it puts the test's event
-loop in debug mode with ``slow_callback_duration = BLOCKING_LIMIT`` (0.5 s), the mechanism
-aiohttp's own test-suite relies on. asyncio then logs ``Executing <Handle ...> took N seconds``
-for every single callback or task step that kept the loop busy longer than that; the guard
-collects those records from the ``asyncio`` logger and fails the test at teardown, quoting the
-culprit. Waiting (``await``-ing a thread, an executor or a sleep) is not blocking and is never
-flagged. Debug mode also makes asyncio raise on non-thread-safe calls into the loop from other
-threads, the class of bug ``engine.bridge`` exists to prevent.
+of them. :func:`loop_blocking_guard` is autouse: for each coroutine test it starts a heartbeat
+task on the test's event loop (it notes the time every ``BLOCKING_LIMIT / 10`` seconds) and a
+watchdog thread that checks the heartbeat. When the loop is running but the heartbeat is older
+than ``BLOCKING_LIMIT`` (0.5 s), something is holding the loop: the watchdog records how long and
+the loop thread's stack at that moment (the culprit), and the test fails at teardown with that
+report. Waiting (``await``-ing a thread, an executor, a sleep) is not blocking and is never
+flagged; time while the loop is not running at all (pytest's own work between fixture steps) is
+not counted. The guard covers the test and every async fixture set up after it.
+
+A heartbeat is used rather than asyncio's debug mode (``slow_callback_duration``) because debug
+mode captures a traceback for every handle, future and task, which makes a step that starts a few
+hundred tasks ten times slower: under machine load the guard would then flag the guard's own cost.
 
 Synchronous tests are not affected. A test that blocks on purpose (to prove the guard works) asks
 for the ``loop_blocking_guard`` fixture and takes the records with :meth:`LoopBlockingGuard.drain`.
@@ -20,9 +24,12 @@ for the ``loop_blocking_guard`` fixture and takes the records with :meth:`LoopBl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-import logging
 import sys
+import threading
+import time
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,52 +40,77 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-#: a single callback may hold the event loop at most this long (seconds)
+#: the event loop may make no progress for at most this long (seconds)
 BLOCKING_LIMIT = 0.5
 
 
-class LoopBlockingGuard(logging.Handler):
-    """Collects asyncio's debug-mode reports of callbacks slower than the limit."""
+class LoopBlockingGuard:
+    """A heartbeat on the loop and a watchdog thread that reports when the heartbeat stalls."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: float = BLOCKING_LIMIT) -> None:
         self.loop = loop
+        self.limit = limit
         self.records: list[str] = []
+        self._period = limit / 10
+        self._beat = time.monotonic()
+        self._reported_beat: float | None = None
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+        self._heartbeat: asyncio.Task[None] | None = None
 
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("Executing ") and " took " in message:
-            self.records.append(message)
+    def start(self) -> None:
+        self._beat = time.monotonic()
+        self._heartbeat = self.loop.create_task(self._beat_forever(), name="loop-heartbeat")
+        self._watchdog.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._watchdog.join()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
 
     def drain(self) -> list[str]:
         """Return the reports collected so far and forget them."""
         records, self.records = self.records, []
         return records
 
+    async def _beat_forever(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(self._period)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._period):
+            if not self.loop.is_running():  # pytest between fixture steps: nothing to judge
+                self._beat = time.monotonic()
+                continue
+            beat = self._beat
+            stalled = time.monotonic() - beat
+            if stalled <= self.limit or beat == self._reported_beat:
+                continue
+            self._reported_beat = beat
+            frame = sys._current_frames().get(self._loop_thread)
+            stack = "".join(traceback.format_stack(frame)[-8:]) if frame else "(unknown)\n"
+            self.records.append(
+                f"the event loop made no progress for {stalled:.2f} s; its thread was in:\n" + stack
+            )
+
 
 @pytest.fixture
 async def _asyncio_loop_guard() -> AsyncIterator[LoopBlockingGuard]:
-    loop = asyncio.get_running_loop()
-    saved_debug, saved_slow = loop.get_debug(), loop.slow_callback_duration
-    loop.set_debug(True)
-    loop.slow_callback_duration = BLOCKING_LIMIT
-    guard = LoopBlockingGuard(loop)
-    logger = logging.getLogger("asyncio")
-    saved_level = logger.level
-    if logger.getEffectiveLevel() > logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    logger.addHandler(guard)
+    guard = LoopBlockingGuard(asyncio.get_running_loop())
+    guard.start()
     try:
         yield guard
     finally:
-        logger.removeHandler(guard)
-        logger.setLevel(saved_level)
-        loop.slow_callback_duration = saved_slow
-        loop.set_debug(saved_debug)
+        await guard.stop()
     if guard.records:
         pytest.fail(
-            f"the event loop was blocked for more than {BLOCKING_LIMIT} s:\n  "
-            + "\n  ".join(guard.records),
+            f"the event loop was blocked for more than {BLOCKING_LIMIT} s:\n"
+            + "\n".join(guard.records),
             pytrace=False,
         )
 

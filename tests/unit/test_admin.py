@@ -172,11 +172,6 @@ async def test_instances_caps_the_page_at_1000(
     assert body["total"] == 1001 and len(body["items"]) == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a negative limit reaches SQLite as LIMIT -1, "
-    "which means no limit (see test report)",
-)
 async def test_a_negative_limit_does_not_lift_the_cap(
     make_client: ClientFactory, store: SqliteStore
 ) -> None:

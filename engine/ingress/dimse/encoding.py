@@ -21,6 +21,12 @@ from engine.errors import MalformedDataset
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# PS3.5 Table 6.2-1
+_KNOWN_VRS = frozenset({
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+})
 _ITEM = 0xFFFEE000
 _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
@@ -101,7 +107,7 @@ class _Walker:
                 pos += 8
             else:
                 vr = bytes(buf[pos + 4 : pos + 6])
-                if not (vr.isalpha() and vr.isupper()):
+                if vr not in _KNOWN_VRS:
                     raise MalformedDataset(f"invalid VR at {_fmt(tag)}, offset {pos}")
                 if vr in _LONG_VRS:
                     if pos + 12 > end:
@@ -125,11 +131,13 @@ class _Walker:
             else:
                 if depth == 0 and tag in _KEY_TAGS:
                     self.found[tag] = (pos, length)
-                pos += length
-                if pos > end:
+                if pos + length > end:
                     raise MalformedDataset(
                         f"truncated: element {_fmt(tag)} needs {length} bytes, "
-                        f"{length - (pos - end)} present")
+                        f"{end - pos} present")
+                if vr == b"SQ":
+                    self.defined_sequence(pos, pos + length, depth + 1)
+                pos += length
         if in_item:
             raise MalformedDataset("truncated: item has no delimiter")
         return pos
@@ -150,6 +158,24 @@ class _Walker:
             else:
                 if pos + length > end:
                     raise MalformedDataset("truncated: sequence item runs past the end")
+                self.dataset(pos, pos + length, depth, in_item=False)
+                pos += length
+
+    def defined_sequence(self, pos: int, end: int, depth: int) -> None:
+        """The items of a sequence with a defined length must fill it exactly."""
+        while pos < end:
+            if pos + 8 > end:
+                raise MalformedDataset("truncated item header inside a sequence")
+            tag = self._tag(pos)
+            length = self.u32(self.buf, pos + 4)[0]
+            pos += 8
+            if tag != _ITEM:
+                raise MalformedDataset(f"expected an item in a sequence, found {_fmt(tag)}")
+            if length == _UNDEFINED:
+                pos = self.dataset(pos, end, depth, in_item=True)
+            else:
+                if pos + length > end:
+                    raise MalformedDataset("sequence item runs past its sequence")
                 self.dataset(pos, pos + length, depth, in_item=False)
                 pos += length
 

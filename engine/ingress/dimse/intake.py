@@ -119,6 +119,9 @@ class StoreIntake:
             raise InvalidIdentifier("SOP Instance UID is not a valid UID")
         if not is_valid_uid(req.sop_class_uid):
             raise InvalidIdentifier("SOP Class UID is not a valid UID")
+        if self._bridge.closing:
+            # Checked before writing, so a stopping engine leaves no orphan file behind.
+            raise ShuttingDown("radflow is shutting down")
         self._spool.ensure_room(len(req.dataset))
         keys = read_keys(check_structure(req.dataset, req.transfer_syntax_uid))
         if keys.sop_instance_uid != req.sop_instance_uid:

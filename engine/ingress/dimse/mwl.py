@@ -25,7 +25,7 @@ from engine.observability.metrics import MWL_FIND_MATCHES, MWL_FIND_REQUESTS, MW
 from engine.status import DimseStatus, c_find_status_for, error_comment
 from engine.worklist import charset
 from engine.worklist.model import StoredWorklistItem, WorklistItem
-from engine.worklist.query import MwlQuery, answer_texts
+from engine.worklist.query import MwlQuery, item_texts
 from engine.worklist.service import WorklistService
 
 if TYPE_CHECKING:  # handlers.py binds handle_find, so a runtime import would be circular
@@ -65,7 +65,7 @@ def _sort_key(stored: StoredWorklistItem) -> tuple[str, str, int]:
 def answer_for(query: MwlQuery, item: WorklistItem) -> Dataset:
     """The answer dataset, in the item's character set when that can hold it, else UTF-8."""
     ds = query.response(item)
-    if not charset.fits(answer_texts(ds), item.specific_character_set):
+    if not charset.fits(item_texts(item), item.specific_character_set):
         # pydicom would refuse to encode it (writing validation is RAISE) and pynetdicom
         # would then fail the whole C-FIND with 0xC312; UTF-8 holds every name.
         ds.SpecificCharacterSet = charset.UTF8[0]

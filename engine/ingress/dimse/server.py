@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
@@ -54,7 +55,9 @@ def build_ae(config: DicomListener, *, worklist: bool = False) -> AE:
     if config.allowed_calling:
         ae.require_calling_aet = sorted({p.ae_title for p in config.allowed_calling})
     syntaxes = list(config.transfer_syntaxes)
-    ae.add_supported_context(Verification, syntaxes)
+    # PS3.5 10.1: Implicit VR Little Endian is every implementation's default, and plain
+    # echoscu proposes nothing else, so Verification always accepts it.
+    ae.add_supported_context(Verification, list(dict.fromkeys([*syntaxes, ImplicitVRLittleEndian])))
     sop_classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
     for uid in [*sop_classes, *config.extra_storage_sop_classes]:
         ae.add_supported_context(uid, syntaxes)
@@ -101,12 +104,17 @@ class DimseListeners:
             await asyncio.to_thread(server.shutdown)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            if not any(server.active_associations for _, server in servers):
+            # Only established associations are drained: a connection that has not (or never
+            # will) send an A-ASSOCIATE-RQ, such as a load balancer's TCP probe, has no work in
+            # flight and would otherwise hold the stop until its ACSE timeout.
+            if not any(assoc.is_established
+                       for _, server in servers for assoc in server.active_associations):
                 break
             await asyncio.sleep(0.05)
         for config, server in servers:
             for assoc in server.active_associations:
-                log.warning("ingress.dimse.association.aborted_at_shutdown",
-                            listener=config.name, calling_ae=assoc.requestor.ae_title)
+                if assoc.is_established:
+                    log.warning("ingress.dimse.association.aborted_at_shutdown",
+                                listener=config.name, calling_ae=assoc.requestor.ae_title)
                 await asyncio.to_thread(assoc.abort)
             log.info("ingress.dimse.stopped", listener=config.name)

@@ -17,7 +17,7 @@ from engine.worklist.model import (
     WorklistStatus,
 )
 from engine.worklist.types import Hl7ContentError, UnsupportedMessage
-from tests.unit.worklist.conftest import MAPPING_FILE, adt, orm, parse
+from tests.unit.worklist.hl7_samples import MAPPING_FILE, adt, orm, parse
 
 
 def single(mapping: WorklistMapping, data: bytes) -> OrderChanges:
@@ -183,10 +183,10 @@ def test_content_errors_name_the_field(mapping: WorklistMapping, kwargs: dict[st
 
 
 @pytest.mark.parametrize(("second", "path"), [
-    ("ORC|NW|ORD2|FIL2||||^^^2026-11-25\rOBR|1|ORD2|FIL2|CTCHEST^CT Chest^L||||||||||||||ACC2|||||CT",
-     "ORC[2]-7.4"),
-    ("ORC|NW|ORD2|||||^^^20261125090000\rOBR|1|ORD2||CTCHEST^CT Chest^L||||||||||||||||||||CT",
-     "OBR[2]-18"),
+    ("ORC|NW|ORD2|FIL2||||^^^2026-11-25\r"
+     "OBR|1|ORD2|FIL2|CTCHEST^CT Chest^L||||||||||||||ACC2|||||CT", "ORC[2]-7.4"),
+    ("ORC|NW|ORD2|||||^^^20261125090000\r"
+     "OBR|1|ORD2||CTCHEST^CT Chest^L||||||||||||||||||||CT", "OBR[2]-18"),
 ])
 def test_error_in_second_order_group_names_that_segment(mapping: WorklistMapping, second: str,
                                                         path: str) -> None:

@@ -1,4 +1,4 @@
-"""WorklistService on a real SQLite store: batches, idempotency, order life cycle, ADT, retention."""
+"""WorklistService on a real SQLite store: batches, idempotency, order life cycle, ADT, purge."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from engine.worklist.mapping import WorklistMapping
 from engine.worklist.model import ACTIVE_STATUSES, WorklistItem, WorklistStatus
 from engine.worklist.service import WorklistConflict, WorklistService
 from engine.worklist.types import Hl7Outcome
-from tests.unit.worklist.conftest import adt, orm
+from tests.unit.worklist.hl7_samples import adt, orm
 
 
 async def send(service: WorklistService, *messages: bytes) -> list[Hl7Outcome]:
@@ -55,6 +55,13 @@ async def test_duplicate_returns_the_original_outcome_and_changes_nothing(
     # Another sender may reuse the control id.
     (other,) = await send(service, orm("M1", facility="CLINIC2", placer="ORD2"))
     assert not other.duplicate and other.code == "AA"
+
+
+async def test_duplicate_inside_one_batch(service: WorklistService) -> None:
+    first, again = await send(service, orm("M1"), orm("M1"))
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.journal_id == first.journal_id
+    assert again.worklist_item_ids == first.worklist_item_ids
 
 
 async def test_duplicate_of_a_rejected_message_gets_the_same_rejection(
