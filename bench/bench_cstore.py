@@ -251,7 +251,11 @@ class Radflow(Server):
             f"  port: {self.http_port}\n"
             "logging:\n"
             "  level: warning\n"
+            # intake alone: an empty routes folder (the shipped routes/ name other
+            # destinations); bench/bench_rules.py measures routing
+            f"routing:\n  routes_dir: {self.workdir / 'routes'}\n"
         )
+        (self.workdir / "routes").mkdir(parents=True, exist_ok=True)
         (self.workdir / "radflow.yaml").write_text(cfg)
 
     def command(self) -> tuple[list[str], dict[str, str] | None, Path | None]:

@@ -116,7 +116,9 @@ def start_radflow(work: Path) -> tuple[object, int]:
         f"dicom: {{listeners: [{{name: main, host: {LOOPBACK}, port: {dicom}}}]}}\n"
         f"hl7: {{listeners: [{{name: mllp, host: {LOOPBACK}, port: {mllp}}}]}}\n"
         f"http: {{host: {LOOPBACK}, port: {http}}}\n"
-        "logging: {level: warning}\n")
+        "logging: {level: warning}\n"
+        f"routing: {{routes_dir: {work / 'routes'}}}\n")  # no routes: the HL7 path alone
+    (work / "routes").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(repo_root()))
     proc = spawn([python_exe(), "-m", "engine", "run", "--config", str(cfg)],
                  log_path=work / "radflow.log", env=env, cwd=repo_root())

@@ -24,12 +24,17 @@ from engine.bus import EventBus
 from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
+from engine.egress.dispatcher import Dispatcher
+from engine.egress.queues import QueueAdmin
+from engine.events import InstanceStored, OrderReceived
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.ingress.hl7.listener import MllpListener
 from engine.observability.logging import get_logger
+from engine.pipeline.router import Router
+from engine.pipeline.rulesets import RulesManager
 from engine.settings import Settings
 from engine.worklist.mapping import load_mapping
 from engine.worklist.service import WorklistService
@@ -48,6 +53,9 @@ def configure_libraries() -> None:
     # patient names in the log.
     pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
+    # Egress: send_c_store(path) streams the spooled file's dataset bytes in PDU-sized chunks
+    # instead of decoding and re-encoding it (the bytes leave as they were received).
+    pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class Engine:
@@ -76,7 +84,22 @@ class Engine:
         # --- end worklist ---
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
                                     lambda: self.bridge.closing, mwl)
-        self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room)
+        self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room,
+                                    self.bus)
+        # --- routing (D3): journal -> rules -> outbox; invalid routes raise SettingsError ---
+        self.rules = RulesManager(settings)
+        self.router = Router(self.store, self.spool, self.rules,
+                             default_charset=settings.hl7.default_charset,
+                             sweep_seconds=settings.routing.sweep_seconds)
+        self.bus.subscribe(InstanceStored, self.router.on_instance_stored)
+        self.bus.subscribe(OrderReceived, self.router.on_order_received)
+        # --- end routing ---
+        # --- delivery (D3): outbox -> per-destination workers -> senders ---
+        secret = settings.routing.secret
+        self.dispatcher = Dispatcher(
+            self.store, settings.destinations, settings.delivery, settings.storage.spool_dir,
+            morph_secret=secret.get_secret_value() if secret else None)
+        # --- end delivery ---
         self.mllp = [MllpListener(cfg, self.hl7_intake) for cfg in settings.hl7.listeners]
         self.admin: AdminServer | None = None
         self._stop_steps: list[StopStep] = []
@@ -107,6 +130,14 @@ class Engine:
         self._stop_steps.append(("journal", self.journal.stop))
         await self.hl7_intake.start()
         self._stop_steps.append(("hl7-intake", self.hl7_intake.stop))
+        await self.rules.start()
+        self._stop_steps.append(("rules", self.rules.stop))
+        await self.router.start()  # replays unrouted journal entries, rebuilds group timers
+        self._stop_steps.append(("router", self.router.stop))
+        # Delivery workers: after the stores, stopped before them (in-flight batches finish).
+        await self.dispatcher.start()
+        self._stop_steps.append(
+            ("dispatcher", lambda: self.dispatcher.stop(self.settings.engine.shutdown_grace)))
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),
                                                name="worklist-maintenance"))
@@ -116,9 +147,10 @@ class Engine:
             self.admin = AdminServer(
                 http.host, http.port, self.store,
                 {"store": self._probe_store, "spool": self._probe_spool,
-                 "listeners": self._probe_listeners},
+                 "listeners": self._probe_listeners, "rules": self.rules.probe},
                 http.token.get_secret_value() if http.token else None,
-                worklist=self.worklist)
+                worklist=self.worklist, rules=self.rules,
+                queues=QueueAdmin(self.store, self.settings.destinations, self.dispatcher))
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
 
@@ -209,9 +241,10 @@ class Engine:
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.rules.request_reload)
         await self.start()
         await stop_requested.wait()
         log.info("engine.stopping", grace_seconds=self.settings.engine.shutdown_grace)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await self.stop()

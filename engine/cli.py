@@ -63,18 +63,78 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings is None:
         return 1
+    from engine.pipeline.rulesets import load_for_settings
     from engine.worklist.mapping import load_mapping
 
+    problems = []
     try:
         load_mapping(settings.worklist.mapping_file)
     except SettingsError as exc:
-        _print_problems(exc)
+        problems.extend(exc.problems)
+    try:
+        ruleset = load_for_settings(settings)  # every route and morph, every problem at once
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        _print_problems(SettingsError(problems))
         return 1
     listeners = ", ".join(f"{lst.ae_title}@{lst.host}:{lst.port}"
                           for lst in settings.dicom.listeners)
     print(f"{args.config}: OK (DICOM {listeners}; admin http://{settings.http.host}:"
-          f"{settings.http.port})")
+          f"{settings.http.port}; {len(ruleset.routes)} routes in {settings.routing.routes_dir}"
+          f", ruleset {ruleset.version})")
     return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    """Dry run: which routes each file matches and why, the morph diffs, the destinations."""
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    configure_logging("warning", settings.logging.format)
+    import datetime as dt
+    import json
+
+    from engine.morph import MorphKeys
+    from engine.pipeline import dryrun
+    from engine.pipeline.rulesets import load_for_settings
+
+    try:
+        ruleset = load_for_settings(settings)
+    except SettingsError as exc:
+        _print_problems(exc)
+        return 1
+    secret = settings.routing.secret
+    keys = MorphKeys(secret.get_secret_value() if secret else None)
+    when = None
+    if args.time:
+        try:
+            when = dt.datetime.fromisoformat(args.time).astimezone()
+        except ValueError:
+            print("radflow: --time is ISO 8601, e.g. 2026-11-25T22:30", file=sys.stderr)
+            return 2
+    context = dryrun.context_for(calling_ae=args.calling_ae or "", called_ae=args.called_ae or "",
+                                 source_ip=args.source_ip or "", when=when)
+    failed = False
+    results = []
+    for path in args.files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            print(f"radflow: {path}: {exc.strerror or exc}", file=sys.stderr)
+            failed = True
+            continue
+        run = dryrun.dry_run(data, ruleset, keys, context, str(path))
+        failed = failed or run.error is not None or any(p.error for p in run.previews)
+        if args.json:
+            results.append(dryrun.to_json(run))
+        else:
+            print(dryrun.render_text(run))
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    print(f"(dry run with ruleset {ruleset.version}: nothing was stored or sent)",
+          file=sys.stderr)
+    return 1 if failed else 0
 
 
 # --- radflow worklist ... (against the configured store directly, not the HTTP API) -------
@@ -167,6 +227,72 @@ def cmd_worklist(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return 1
 
+# --- radflow queue ... (delivery queues, against the configured store directly) -----------
+def cmd_queue(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    configure_logging("warning", settings.logging.format)
+    from engine.durable.store import open_store
+    from engine.egress.queues import QueueAdmin, dead_letter_json
+
+    async def run() -> int:
+        store = open_store(settings.storage)
+        await store.open()
+        try:
+            queues = QueueAdmin(store, settings.destinations)
+            dest = getattr(args, "destination", None)
+            if dest is not None and not queues.known(dest):
+                print(f"radflow: no destination {dest!r} in {args.config} (known: "
+                      f"{', '.join(settings.destinations) or 'none'})", file=sys.stderr)
+                return 2
+            if args.action == "list":
+                if args.dead:
+                    total, items = await queues.dead_letters(dest, args.limit, 0)
+                    print(f"{'id':>8}  {'destination':<16} {'kind':<6} {'attempts':>8}  "
+                          f"{'dead since':<20}  last error")
+                    for d in items:
+                        j = dead_letter_json(d)
+                        print(f"{d.id:>8}  {d.destination:<16} {d.kind:<6} {d.attempts:>8}  "
+                              f"{j['dead_since']:<20}  {d.last_error or ''}")
+                    print(f"({len(items)} of {total} dead letters)")
+                    return 0
+                print(f"{'destination':<16} {'type':<9} {'pending':>8} {'leased':>7} "
+                      f"{'dead':>6}  oldest")
+                for q in await queues.overview():
+                    if dest is not None and q["destination"] != dest:
+                        continue
+                    age = q["oldest_age_seconds"]
+                    print(f"{q['destination']:<16} {q['type']:<9} {q['pending']:>8} "
+                          f"{q['leased']:>7} {q['dead']:>6}  "
+                          f"{'-' if age is None else f'{age:.0f} s'}")
+                return 0
+            ids = args.id or None
+            assert dest is not None  # retry and purge require it
+            if ids is None and not args.all:
+                print("radflow: name rows with --id, or pass --all for every dead letter of "
+                      "the destination", file=sys.stderr)
+                return 2
+            if args.action == "retry":
+                n = await queues.retry(dest, ids)
+                print(f"{n} dead letter(s) of {dest} queued again (a running radflow sends "
+                      f"them within its poll interval)")
+            else:
+                n = await queues.purge(dest, ids)
+                print(f"{n} dead letter(s) of {dest} purged")
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    code: int = run_demo(keep=args.keep, verbose=args.verbose)
+    return code
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radflow", description=__doc__.splitlines()[0])
@@ -182,6 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
                 ).set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate settings; print every error")
                 ).set_defaults(func=cmd_check_config)
+    rules = sub.add_parser("rules", help="routing rules: dry runs")
+    rules_sub = rules.add_subparsers(dest="action", required=True)
+    rules_test = with_config(rules_sub.add_parser(
+        "test", help="which routes DICOM files match, the morph diffs and the destinations "
+                     "(sends nothing)"))
+    rules_test.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    rules_test.add_argument("--calling-ae", help="calling AE title to assume")
+    rules_test.add_argument("--called-ae", help="called AE title to assume")
+    rules_test.add_argument("--source-ip", help="source address to assume")
+    rules_test.add_argument("--time", help="evaluation time, ISO 8601 (default: now)")
+    rules_test.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
+    rules_test.set_defaults(func=cmd_rules_test)
     worklist = sub.add_parser("worklist", help="the Modality Worklist: list, add, remove")
     wl_sub = worklist.add_subparsers(dest="action", required=True)
     wl_list = with_config(wl_sub.add_parser("list", help="worklist items, newest first"))
@@ -198,6 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
     wl_remove.add_argument("id", type=int)
     wl_remove.add_argument("--purge", action="store_true", help="delete the row instead")
     worklist.set_defaults(func=cmd_worklist)
+    queue = sub.add_parser("queue", help="delivery queues: list, retry or purge dead letters")
+    q_sub = queue.add_subparsers(dest="action", required=True)
+    q_list = with_config(q_sub.add_parser("list", help="queue depth per destination, or "
+                                                       "--dead for the dead letters"))
+    q_list.add_argument("destination", nargs="?", help="only this destination")
+    q_list.add_argument("--dead", action="store_true", help="list dead letters with errors")
+    q_list.add_argument("--limit", type=int, default=100)
+    for name, text in (("retry", "send dead letters again (attempts start from zero)"),
+                       ("purge", "delete dead letters")):
+        q_cmd = with_config(q_sub.add_parser(name, help=text))
+        q_cmd.add_argument("destination")
+        q_cmd.add_argument("--id", type=int, action="append", help="a row id (repeatable)")
+        q_cmd.add_argument("--all", action="store_true", help="every dead letter of it")
+    queue.set_defaults(func=cmd_queue)
+    demo = sub.add_parser("demo", help="a whole flow on loopback: order, worklist, MPPS, "
+                                       "images, routing, delivery; a summary at the end")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's folder")
+    demo.add_argument("--verbose", action="store_true", help="show radflow's own log lines")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

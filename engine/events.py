@@ -46,3 +46,14 @@ class AssociationRejected(Event):
     called_ae: str
     peer_host: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderReceived(Event):
+    """An HL7 message (order or ADT update) was accepted (AA) and committed to the journal."""
+
+    journal_id: int
+    message_type: str  # MSH-9.1^MSH-9.2, e.g. "ORM^O01"
+    control_id: str
+    peer_host: str
+    listener: str

@@ -199,6 +199,168 @@ class WorklistSettings(_Strict):
     find_timeout: float = Field(default=10.0, gt=0)
 
 
+class RetryPolicy(_Strict):
+    """How the dispatcher retries one destination (D3). Defaults keep a queue for days."""
+
+    #: first retry delay; doubles per attempt up to ``max_delay`` (with ``jitter``)
+    initial_delay: float = Field(default=5.0, gt=0)
+    max_delay: float = Field(default=600.0, gt=0)
+    #: each delay is scaled by a random factor in [1 - jitter, 1] (never above ``max_delay``)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    #: a row is dead-lettered after this many attempts, or once it is this old (hours)
+    max_attempts: int = Field(default=1000, ge=1)
+    max_age_hours: float = Field(default=72.0, gt=0)
+    #: after this many consecutive transient failures the destination rests for ``cooldown``
+    #: (doubling while its probes keep failing, up to ``max_delay``)
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_cooldown: float = Field(default=30.0, gt=0)
+
+
+class ClientTlsSettings(_Strict):
+    """TLS for a connection radflow opens (DICOM TLS, MLLP over TLS)."""
+
+    #: CA bundle that signs the peer's certificate; empty: the system's CAs
+    ca_file: Path | None = None
+    #: radflow's own certificate and key, for peers that ask for a client certificate
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: check the peer's certificate and host name (turn off only on a lab bench)
+    verify: bool = True
+    #: the name to check the certificate against, when it differs from ``host``
+    server_hostname: str | None = None
+
+
+class _Destination(_Strict):
+    #: parallel sends to this destination
+    concurrency: int = Field(default=2, ge=1, le=64)
+    #: per-destination override of ``delivery.retry``
+    retry: RetryPolicy | None = None
+    #: deliver one study's rows in order (a row waits for the earlier rows of its study)
+    per_study_order: bool = False
+
+
+class DimseDestination(_Destination):
+    """A C-STORE SCP (a PACS, an AI node)."""
+
+    type: Literal["dimse"]
+    ae_title: AETitle
+    host: str
+    port: Port
+    calling_ae_title: AETitle = "RADFLOW"
+    #: preferred transfer syntaxes after the stored one; a destination accepting none of the
+    #: stored syntax gets the object transcoded to the first one it accepts
+    transfer_syntaxes: list[Uid] = Field(
+        default_factory=lambda: ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    max_pdu_size: int = Field(default=262_144, ge=4096, le=16_777_216)
+    #: an idle association is released after this many seconds
+    idle_close: float = Field(default=5.0, ge=0)
+    #: seconds to wait for the association, and for each C-STORE response
+    timeout: float = Field(default=60.0, gt=0)
+    #: rows one association sends per lease (a batch reuses the open association)
+    batch_size: int = Field(default=64, ge=1, le=1000)
+    tls: ClientTlsSettings | None = None
+
+
+class HttpAuth(_Strict):
+    type: Literal["bearer", "basic"]
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class DicomwebDestination(_Destination):
+    """A STOW-RS endpoint (``.../studies``)."""
+
+    type: Literal["dicomweb"]
+    url: str = Field(pattern=r"^https?://")
+    auth: HttpAuth | None = None
+    verify_tls: bool = True
+    batch_max_count: int = Field(default=50, ge=1)
+    batch_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    timeout: float = Field(default=120.0, gt=0)
+
+
+class Hl7Destination(_Destination):
+    """An MLLP receiver (RIS, EHR interface engine)."""
+
+    type: Literal["hl7"]
+    #: one connection by default: HL7 receivers expect a patient's messages in order
+    concurrency: int = Field(default=1, ge=1, le=64)
+    host: str
+    port: Port
+    ack_timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    #: what an AE or AR answer means for the row
+    on_application_error: Literal["dead_letter", "retry"] = "dead_letter"
+    on_application_reject: Literal["dead_letter", "retry"] = "retry"
+    #: an idle connection is closed after this many seconds
+    idle_close: float = Field(default=30.0, ge=0)
+    max_ack_bytes: int = Field(default=1024 * 1024, ge=1024)
+    tls: ClientTlsSettings | None = None
+
+
+class FhirDestination(_Destination):
+    """A FHIR R4 REST endpoint (ImagingStudy, ServiceRequest/Task)."""
+
+    type: Literal["fhir"]
+    base_url: str = Field(pattern=r"^https?://")
+    auth: HttpAuth | None = None
+    verify_tls: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class MppsDestination(_Destination):
+    """Another MPPS SCP that gets radflow's MPPS N-CREATE / N-SET forwarded."""
+
+    type: Literal["mpps"]
+    #: one association by default: a step's N-CREATE must reach the peer before its N-SETs
+    concurrency: int = Field(default=1, ge=1, le=64)
+    ae_title: AETitle
+    host: str
+    port: Port
+    calling_ae_title: AETitle = "RADFLOW"
+    timeout: float = Field(default=30.0, gt=0)
+    tls: ClientTlsSettings | None = None
+
+
+Destination = Annotated[
+    DimseDestination | DicomwebDestination | Hl7Destination | FhirDestination | MppsDestination,
+    Field(discriminator="type"),
+]
+
+
+class DeliverySettings(_Strict):
+    """Defaults of the delivery queues (D3)."""
+
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    #: a leased row whose worker died comes back after this many seconds (rows leased by an
+    #: earlier run of this same node come back at start-up)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    #: how often an idle worker looks for new rows (the router also wakes it directly)
+    poll_interval: float = Field(default=0.5, gt=0, le=60)
+    #: delivered rows are kept this long as an audit trail, then deleted (0: at once)
+    done_retention_hours: float = Field(default=24.0, ge=0)
+    #: how often queue depth and oldest age are refreshed for /metrics
+    stats_interval: float = Field(default=5.0, gt=0)
+
+
+class RoutingSettings(_Strict):
+    """Routing and morphing (issue 5): where the route files are and the site secret."""
+
+    #: route files (``*.yaml``, in file-name order) and ``morphs/*.yaml`` profiles
+    routes_dir: Path = Path("routes")
+    #: key of deterministic UID remapping, HMAC pseudonyms and per-patient date shifts; needed
+    #: by routes that use those morphs. Changing it changes every pseudonym and remapped UID.
+    secret: SecretStr | None = None
+    #: root of remapped UIDs (give your organisation's registered root)
+    uid_prefix: str = Field(default="1.2.826.0.1.3680043.8.498.", max_length=40,
+                            pattern=r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
+    #: how often the routes folder is checked for changes (seconds; 0: only on SIGHUP)
+    reload_poll_seconds: float = Field(default=2.0, ge=0)
+    #: how often unrouted journal entries (dropped bus events) are looked for
+    sweep_seconds: float = Field(default=30.0, gt=0)
+
+
 class LoggingSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``auto``: JSON when stdout is not a terminal, coloured key-values when it is
@@ -223,6 +385,10 @@ class Settings(_Strict):
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    #: named destinations; routes refer to them by name
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
@@ -259,6 +425,9 @@ def format_path(path: PathKey) -> str:
     return out
 
 
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
+
 def _compose_with_lines(text: str) -> tuple[Any, dict[PathKey, int]]:
     """Parse YAML safely and remember the line of every key and list item."""
     node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -269,6 +438,11 @@ def _compose_with_lines(text: str) -> tuple[Any, dict[PathKey, int]]:
 
     def walk(n: yaml.Node, path: PathKey) -> Any:
         lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, (yaml.MappingNode, yaml.SequenceNode)) and n.tag not in _PLAIN_TAGS:
+            # Scalars go through SafeLoader's constructor (which refuses unknown tags); a tag
+            # on a mapping or list (``!!python/object/apply``) must be refused here.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"tag {n.tag!r} is not allowed", n.start_mark)
         if isinstance(n, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in n.value:
@@ -329,6 +503,23 @@ def _apply_env(
     return touched
 
 
+def _data_path(data: Any, loc: tuple[Any, ...]) -> PathKey:
+    """``loc`` without pydantic's inner labels (a discriminated union's tag, for instance):
+    a non-final part that is not a key of the data at that point is dropped."""
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif not last:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
 def load_settings(
     path: Path | str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -358,7 +549,7 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            loc: PathKey = tuple(err["loc"])
+            loc = _data_path(data, tuple(err["loc"]))
             from_env = any(loc[: len(p)] == p or (p[: len(loc)] == loc and loc not in lines)
                            for p in env_paths)
             line = None
@@ -391,13 +582,11 @@ def _check_cross_references(
 ) -> None:
     """Listeners that could not all bind: the same port on the same or a wildcard address."""
     bound: list[tuple[str, int, str]] = []
-    sockets: list[tuple[PathKey, str, int]] = [
-        (("dicom", "listeners", i), lst.host, lst.port)
-        for i, lst in enumerate(settings.dicom.listeners)
-    ] + [
-        (("hl7", "listeners", i), lst.host, lst.port)
-        for i, lst in enumerate(settings.hl7.listeners)
-    ]
+    sockets: list[tuple[PathKey, str, int]] = []
+    sockets += [(("dicom", "listeners", i), lst.host, lst.port)
+                for i, lst in enumerate(settings.dicom.listeners)]
+    sockets += [(("hl7", "listeners", i), lst.host, lst.port)
+                for i, lst in enumerate(settings.hl7.listeners)]
     for where, host, port in sockets:
         for other_host, other_port, other in bound:
             if port == other_port and (host == other_host or host in _WILDCARD_HOSTS

@@ -8,18 +8,24 @@ stay open for probes and scrapers. It must never write to the store directly.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from engine import __version__
+from engine.admin.queues import QUEUE_OPENAPI, add_queue_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
+from engine.egress.queues import QueueAdmin
 from engine.errors import InvalidInput
 from engine.observability.logging import get_logger
 from engine.observability.metrics import render
+from engine.pipeline import dryrun
+from engine.pipeline.rulesets import RulesManager
 from engine.worklist.mapping import check_item
 from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
 from engine.worklist.query import Column, Constraint, Criterion, is_wildcard, parse_date_range
@@ -102,9 +108,45 @@ OPENAPI: dict[str, Any] = {
                                                             "maximum": 1000}},
                 {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
             "responses": {"200": {"description": "{total, items}"}}}},
+        "/api/v1/routes": {"get": {
+            "summary": "The ruleset in use: routes in evaluation order, profiles, load and "
+                       "reload status, routing counts and open series/study groups",
+            "responses": {"200": {"description": "ruleset status"}}}},
+        "/api/v1/routes/test": {"post": {
+            "summary": "Dry run: which routes a DICOM object matches and why, the before/after "
+                       "diff of each morph, the destinations. Nothing is stored or sent.",
+            "parameters": [
+                {"name": "calling_ae", "in": "query", "schema": {"type": "string"}},
+                {"name": "called_ae", "in": "query", "schema": {"type": "string"}},
+                {"name": "source_ip", "in": "query", "schema": {"type": "string"}},
+                {"name": "time", "in": "query", "schema": {"type": "string"},
+                 "description": "evaluation time, ISO 8601 (default: now)"}],
+            "requestBody": {"required": True, "content": {
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+            "responses": {"200": {"description": "the dry run (routes, decisions, morphs)"},
+                          "400": {"description": "not a readable DICOM file"},
+                          "413": {"description": "file too large"}}}},
+        "/api/v1/routes/unmatched": {"get": {
+            "summary": "Instances no route matched (kept in the spool and journal), newest "
+                       "first",
+            "parameters": [
+                {"name": "limit", "in": "query", "schema": {"type": "integer",
+                                                            "maximum": 1000}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "{total, items}"}}}},
+        "/api/v1/routes/reload": {"post": {
+            "summary": "Reload the routes folder now (as SIGHUP does); an invalid folder keeps "
+                       "the rules in use",
+            "responses": {"200": {"description": "reloaded"},
+                          "422": {"description": "invalid; previous rules kept, problems "
+                                                 "listed"}}}},
     },
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
 }
+OPENAPI["paths"].update(QUEUE_OPENAPI)
+_MAX_DRY_RUN_BODY = 256 * 1024 * 1024
 _HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2",
                                 "text/plain", "application/octet-stream"})
 _MAX_HL7_BODY = 1024 * 1024
@@ -196,8 +238,11 @@ class AdminServer:
     """The admin HTTP endpoint of one engine."""
 
     def __init__(self, host: str, port: int, store: Store, probes: dict[str, Probe],
-                 token: str | None, worklist: WorklistService | None = None) -> None:
+                 token: str | None, worklist: WorklistService | None = None,
+                 rules: RulesManager | None = None, queues: QueueAdmin | None = None) -> None:
         self._worklist = worklist
+        self._rules = rules
+        self._queues = queues
         self._host = host
         self._port = port
         self._store = store
@@ -221,6 +266,13 @@ class AdminServer:
             app.router.add_get(r"/api/v1/worklist/{id:\d+}", self.get_worklist_item)
             app.router.add_delete(r"/api/v1/worklist/{id:\d+}", self.delete_worklist_item)
             app.router.add_get("/api/v1/hl7/messages", self.list_hl7_messages)
+        if self._rules is not None:
+            app.router.add_get("/api/v1/routes", self.routes_status)
+            app.router.add_post("/api/v1/routes/test", self.routes_test)
+            app.router.add_get("/api/v1/routes/unmatched", self.routes_unmatched)
+            app.router.add_post("/api/v1/routes/reload", self.routes_reload)
+        if self._queues is not None:
+            add_queue_routes(app, self._queues)  # delivery queues and dead letters
         return app
 
     @web.middleware
@@ -362,3 +414,52 @@ class AdminServer:
         total, records = await self._wl().hl7_messages(codes or None, limit, offset)
         return web.json_response({"total": total,
                                   "items": [hl7_record_json(r) for r in records]})
+
+    # --- routes ------------------------------------------------------------------------------
+    def _rm(self) -> RulesManager:
+        assert self._rules is not None  # routes exist only with a rules manager
+        return self._rules
+
+    async def routes_status(self, request: web.Request) -> web.Response:
+        body = self._rm().status()
+        body["counts"] = await self._store.routing_counts()
+        body["open_groups"] = [
+            {"id": g.id, "route": g.route, "level": g.level, "key": g.key,
+             "instances": g.members, "fires_at": g.deadline}
+            for g in await self._store.open_routing_groups()]
+        return web.json_response(body)
+
+    async def routes_test(self, request: web.Request) -> web.Response:
+        data = await request.content.read(_MAX_DRY_RUN_BODY + 1)
+        if len(data) > _MAX_DRY_RUN_BODY:
+            return web.json_response({"error": "file too large"}, status=413)
+        if not data:
+            return web.json_response({"error": "send a DICOM file as the request body"},
+                                     status=400)
+        when = None
+        if request.query.get("time"):
+            try:
+                when = datetime.fromisoformat(request.query["time"]).astimezone()
+            except ValueError:
+                raise _bad_request("time is ISO 8601, e.g. 2026-11-25T22:30") from None
+        rules = self._rm()
+        context = dryrun.context_for(
+            calling_ae=request.query.get("calling_ae", ""),
+            called_ae=request.query.get("called_ae", ""),
+            source_ip=request.query.get("source_ip", request.remote or ""), when=when)
+        # Parsing and morphing a large object takes longer than the loop may be held.
+        run = await asyncio.to_thread(dryrun.dry_run, data, rules.current, rules.keys, context,
+                                      request.query.get("name", "upload"))
+        return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
+
+    async def routes_unmatched(self, request: web.Request) -> web.Response:
+        limit, offset = _paging(request)
+        total, items = await self._store.unmatched_instances(limit, offset)
+        return web.json_response({"total": total, "items": [instance_json(i) for i in items]})
+
+    async def routes_reload(self, request: web.Request) -> web.Response:
+        rules = self._rm()
+        ok = await rules.reload("api")
+        body = {"ok": ok, "ruleset": rules.current.version,
+                "problems": [str(p) for p in rules.last_failure or []]}
+        return web.json_response(body, status=200 if ok else 422)

@@ -9,6 +9,7 @@ the only place with SQLite SQL; it must not decide policy (see ``store.decide_du
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -16,7 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.durable import sqlite_outbox, sqlite_routing
+from engine.durable.routing import (
+    BuildGroupRows,
+    FiredGroup,
+    OpenGroup,
+    RoutingCommitResult,
+    RoutingPlan,
+)
 from engine.durable.store import (
+    DeadLetter,
     Hl7Apply,
     Hl7CommitResult,
     Hl7Disposition,
@@ -26,10 +36,16 @@ from engine.durable.store import (
     InstanceCommitResult,
     InstanceOutcome,
     InstanceRecord,
+    NewOutboxRow,
+    OutboxResult,
+    OutboxRow,
+    OutboxState,
+    QueueStats,
     StoredInstance,
     decide_duplicate,
 )
 from engine.errors import StorageFailure
+from engine.observability.logging import get_logger
 from engine.worklist.model import (
     StoredWorklistItem,
     WorklistItem,
@@ -40,6 +56,7 @@ from engine.worklist.model import (
 from engine.worklist.query import AnyOf, Column, Constraint, Criterion
 
 T = TypeVar("T")
+log = get_logger("engine.durable.sqlite")
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -130,6 +147,71 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX worklist_name_ideographic ON worklist_items (patient_name_ideographic_norm);
     CREATE INDEX worklist_name_phonetic ON worklist_items (patient_name_phonetic_norm);
     CREATE INDEX worklist_status ON worklist_items (status, updated_at)
+    """,
+    # 3: the transactional outbox (D3). A row freezes everything its sender needs in
+    # ``payload`` (JSON: spool path, morph steps, rendered message...), so a retry sends the
+    # same bytes. Routing inserts rows and marks the journal entry routed in one transaction.
+    # Times are epoch seconds (REAL) because the dispatcher compares them on every lease.
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        source_table TEXT NOT NULL,
+        source_id INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        study_instance_uid TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        done_at REAL
+    );
+    CREATE INDEX outbox_ready ON outbox (destination, state, next_attempt_at);
+    CREATE INDEX outbox_study ON outbox (destination, study_instance_uid, id)
+        WHERE state IN ('pending', 'leased');
+    CREATE INDEX outbox_dead ON outbox (state, destination, id) WHERE state = 'dead';
+    ALTER TABLE hl7_messages ADD COLUMN routed_at TEXT
+    """,
+    # 4: routing (issue 5). ``routing_outcome`` says what routing made of a journal entry
+    # (routed, grouped, discarded, unmatched): unmatched objects stay visible and listable.
+    # Series/study triggers wait in ``routing_groups`` (one open group per route and series or
+    # study; its frozen decision as JSON) with their members, so the quiet-period timers are
+    # rebuilt from here at start. SQL in sqlite_routing.py.
+    """
+    ALTER TABLE instances ADD COLUMN routing_outcome TEXT;
+    ALTER TABLE hl7_messages ADD COLUMN routing_outcome TEXT;
+    CREATE INDEX hl7_messages_unrouted ON hl7_messages (id) WHERE routed_at IS NULL;
+    CREATE INDEX instances_unmatched ON instances (id) WHERE routing_outcome = 'unmatched';
+    CREATE TABLE routing_groups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        route TEXT NOT NULL,
+        level TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        study_instance_uid TEXT,
+        state TEXT NOT NULL DEFAULT 'open',
+        decision TEXT NOT NULL,
+        quiet_seconds REAL NOT NULL,
+        max_wait_seconds REAL NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        fired_at REAL,
+        fire_reason TEXT
+    );
+    CREATE UNIQUE INDEX routing_groups_open ON routing_groups (route, level, group_key)
+        WHERE state = 'open';
+    CREATE INDEX routing_groups_study ON routing_groups (study_instance_uid)
+        WHERE state = 'open';
+    CREATE TABLE routing_group_members (
+        group_id INTEGER NOT NULL REFERENCES routing_groups (id),
+        instance_id INTEGER NOT NULL REFERENCES instances (id),
+        PRIMARY KEY (group_id, instance_id)
+    ) WITHOUT ROWID
     """,
 )
 
@@ -270,8 +352,11 @@ class SqliteStore:
         self.path = path
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
+        self._cconn: sqlite3.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
 
     # --- plumbing ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -304,6 +389,27 @@ class SqliteStore:
         self._wconn = await loop.run_in_executor(self._writer, self._connect)
         await self._write(self._migrate)
         self._rconn = await loop.run_in_executor(self._reader, self._connect)
+        # Checkpoints copy the WAL into the database file and fsync it: done inline they land
+        # on whichever commit crosses the threshold (a multi-millisecond stall for the peer
+        # waiting on it), so the writer never checkpoints and this task does it beside it.
+        await self._write(lambda c: c.execute("PRAGMA wal_autocheckpoint=0").fetchone())
+        self._cconn = await loop.run_in_executor(self._checkpointer, self._connect)
+        self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(),
+                                                    name="sqlite-checkpoint")
+
+    async def _checkpoint_loop(self, interval: float = 0.5) -> None:
+        conn = self._cconn
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(
+                    self._checkpointer,
+                    lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            except sqlite3.Error as exc:
+                # A busy or failed checkpoint only delays the copy; the WAL keeps the data.
+                log.debug("durable.sqlite.checkpoint_skipped", detail=str(exc))
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -327,6 +433,19 @@ class SqliteStore:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+            self._checkpoint_task = None
+        if self._cconn is not None:
+            cconn = self._cconn
+            with contextlib.suppress(sqlite3.Error):
+                await loop.run_in_executor(
+                    self._checkpointer,
+                    lambda: cconn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+            await loop.run_in_executor(self._checkpointer, cconn.close)
+            self._cconn = None
         if self._rconn is not None:
             await loop.run_in_executor(self._reader, self._rconn.close)
             self._rconn = None
@@ -335,6 +454,7 @@ class SqliteStore:
             self._wconn = None
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
+        self._checkpointer.shutdown(wait=True)
 
     async def ping(self) -> bool:
         try:
@@ -669,3 +789,96 @@ class SqliteStore:
             return counts
 
         return await self._read(run)
+
+    # --- outbox (D3): thin wrappers; the SQL is in sqlite_outbox.py --------------------------
+    async def _outbox_write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._write(fn)
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"outbox {what} failed: {exc}") from exc
+
+    async def enqueue_outbox(self, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
+        return await self._outbox_write(
+            "enqueue", lambda c: sqlite_outbox.enqueue(c, rows, now))
+
+    async def lease_outbox(self, destination: str, owner: str, now: float,
+                           lease_seconds: float, limit: int, per_study: bool = False
+                           ) -> list[OutboxRow]:
+        return await self._outbox_write("lease", lambda c: sqlite_outbox.lease(
+            c, destination, owner, now, lease_seconds, limit, per_study))
+
+    async def record_outbox(self, owner: str, results: Sequence[OutboxResult], now: float
+                            ) -> int:
+        return await self._outbox_write(
+            "record", lambda c: sqlite_outbox.record(c, owner, results, now))
+
+    async def release_outbox_leases(self, owner_prefix: str, keep_owner: str) -> int:
+        return await self._outbox_write(
+            "release", lambda c: sqlite_outbox.release_leases(c, owner_prefix, keep_owner))
+
+    async def outbox_stats(self, destinations: Sequence[str]) -> list[QueueStats]:
+        return await self._read(lambda c: sqlite_outbox.stats(c, destinations))
+
+    async def list_dead_letters(self, destination: str | None, limit: int = 100,
+                                offset: int = 0) -> list[DeadLetter]:
+        return await self._read(
+            lambda c: sqlite_outbox.list_dead(c, destination, limit, offset))
+
+    async def count_dead_letters(self, destination: str | None) -> int:
+        return await self._read(lambda c: sqlite_outbox.count_dead(c, destination))
+
+    async def retry_dead_letters(self, destination: str, ids: Sequence[int] | None,
+                                 now: float) -> int:
+        return await self._outbox_write(
+            "retry", lambda c: sqlite_outbox.retry_dead(c, destination, ids, now))
+
+    async def purge_dead_letters(self, destination: str, ids: Sequence[int] | None) -> int:
+        return await self._outbox_write(
+            "purge", lambda c: sqlite_outbox.purge_dead(c, destination, ids))
+
+    async def purge_done_outbox(self, done_before: float, limit: int = 10_000) -> int:
+        return await self._outbox_write(
+            "purge", lambda c: sqlite_outbox.purge_done(c, done_before, limit))
+
+    async def outbox_rows(self, destination: str | None = None,
+                          states: Sequence[OutboxState] = ()) -> list[dict[str, object]]:
+        return await self._read(lambda c: sqlite_outbox.rows(c, destination, states))
+
+    # --- routing (SQL in sqlite_routing.py) --------------------------------------------------
+    async def commit_routing(self, plans: Sequence[RoutingPlan], now_iso: str, now: float
+                             ) -> list[RoutingCommitResult]:
+        try:
+            return await self._write(
+                lambda c: sqlite_routing.commit_routing(c, plans, now_iso, now))
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"routing commit failed: {exc}") from exc
+
+    async def fire_routing_group(self, group_id: int, reason: str, now: float,
+                                 build: BuildGroupRows) -> FiredGroup | None:
+        try:
+            return await self._write(
+                lambda c: sqlite_routing.fire_group(c, group_id, reason, now, build))
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"routing group commit failed: {exc}") from exc
+
+    async def open_routing_groups(self, study_instance_uid: str | None = None
+                                  ) -> list[OpenGroup]:
+        return await self._read(lambda c: sqlite_routing.open_groups(c, study_instance_uid))
+
+    async def unrouted_instances(self, after_id: int, limit: int) -> list[StoredInstance]:
+        return await self._read(lambda c: sqlite_routing.unrouted_instances(c, after_id, limit))
+
+    async def instances_by_ids(self, ids: Sequence[int]) -> list[StoredInstance]:
+        return await self._read(lambda c: sqlite_routing.instances_by_ids(c, ids))
+
+    async def unrouted_hl7_messages(self, after_id: int, limit: int
+                                    ) -> list[Hl7JournalRecord]:
+        return await self._read(lambda c: sqlite_routing.unrouted_hl7(c, after_id, limit))
+
+    async def unmatched_instances(self, limit: int, offset: int
+                                  ) -> tuple[int, list[StoredInstance]]:
+        return await self._read(
+            lambda c: sqlite_routing.unmatched_instances(c, limit, offset))
+
+    async def routing_counts(self) -> dict[str, int]:
+        return await self._read(sqlite_routing.routing_counts)

@@ -12,11 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.settings import StorageSettings
 from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
 from engine.worklist.query import Constraint
+
+if TYPE_CHECKING:
+    from engine.durable.routing import (
+        BuildGroupRows,
+        FiredGroup,
+        OpenGroup,
+        RoutingCommitResult,
+        RoutingPlan,
+    )
 
 
 class DuplicatePolicy(StrEnum):
@@ -156,6 +165,94 @@ class Hl7JournalRecord:
     worklist_item_ids: tuple[int, ...]
 
 
+
+# --- outbox (D3) -----------------------------------------------------------------------------
+class OutboxState(StrEnum):
+    """Where an outbox row is in its life: routed rows start ``pending``."""
+
+    PENDING = "pending"  # waiting for its ``next_attempt_at``
+    LEASED = "leased"  # a worker holds it until ``lease_until`` (then it comes back)
+    DONE = "done"  # delivered (kept for a while as an audit trail, then purged)
+    DEAD = "dead"  # given up on: an operator retries or purges it
+
+
+@dataclass(frozen=True, slots=True)
+class NewOutboxRow:
+    """A row to enqueue. The router writes these in its own transaction (with the journal's
+    "routed" mark); :meth:`Store.enqueue_outbox` is for operators, tests, the demo and benches."""
+
+    destination: str
+    kind: str
+    payload: str  # JSON, frozen: a retry sends exactly what the first attempt sent
+    source_table: str = "instances"
+    source_id: int = 0
+    route: str = ""
+    study_instance_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A row as the dispatcher leased it (``attempts`` already counts this lease)."""
+
+    id: int
+    destination: str
+    kind: str
+    source_table: str
+    source_id: int
+    route: str
+    payload: str
+    study_instance_uid: str | None
+    attempts: int
+    created_at: float  # epoch seconds
+    last_error: str | None
+
+
+class OutboxVerdict(StrEnum):
+    """What the dispatcher decided for one leased row."""
+
+    DONE = "done"
+    RETRY = "retry"  # back to pending at ``next_attempt_at``
+    DEAD = "dead"
+    RELEASE = "release"  # not tried after all (shutdown, ordering): the attempt is given back
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxResult:
+    id: int
+    verdict: OutboxVerdict
+    next_attempt_at: float | None = None  # RETRY (and optionally RELEASE)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One destination's queue: counts by state and the age of its oldest undelivered row."""
+
+    destination: str
+    pending: int
+    leased: int
+    dead: int
+    oldest_created_at: float | None  # of pending and leased rows
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered row, with the error that gave it up."""
+
+    id: int
+    destination: str
+    kind: str
+    source_table: str
+    source_id: int
+    route: str
+    study_instance_uid: str | None
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    payload: str
+
+
 class WorklistTxn(Protocol):
     """The worklist inside one open transaction, on the store's writer thread (synchronous)."""
 
@@ -253,6 +350,85 @@ class Store(Protocol):
         ...
 
     async def worklist_counts(self) -> dict[WorklistStatus, int]: ...
+
+    # --- routing (engine.durable.routing) ----------------------------------------------------
+    async def commit_routing(self, plans: Sequence[RoutingPlan], now_iso: str, now: float
+                             ) -> list[RoutingCommitResult]:
+        """Apply ``plans`` in ONE transaction (D3): per plan, mark the journal entry routed if it
+        was not yet, insert its outbox rows and join its series/study groups."""
+        ...
+
+    async def fire_routing_group(self, group_id: int, reason: str, now: float,
+                                 build: BuildGroupRows) -> FiredGroup | None:
+        """Insert an open group's outbox rows (built by ``build`` inside the transaction) and
+        mark it fired; None when it is no longer open."""
+        ...
+
+    async def open_routing_groups(self, study_instance_uid: str | None = None
+                                  ) -> list[OpenGroup]: ...
+
+    async def unrouted_instances(self, after_id: int, limit: int) -> list[StoredInstance]: ...
+
+    async def instances_by_ids(self, ids: Sequence[int]) -> list[StoredInstance]: ...
+
+    async def unrouted_hl7_messages(self, after_id: int, limit: int
+                                    ) -> list[Hl7JournalRecord]:
+        """Accepted (AA) HL7 messages not routed yet, with their raw bytes."""
+        ...
+
+    async def unmatched_instances(self, limit: int, offset: int
+                                  ) -> tuple[int, list[StoredInstance]]: ...
+
+    async def routing_counts(self) -> dict[str, int]: ...
+
+    # --- outbox (D3): the dispatcher's side; SQL in sqlite_outbox.py ------------------------
+    async def enqueue_outbox(self, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
+        """Insert pending rows (ready at ``now``) in one transaction; their ids."""
+        ...
+
+    async def lease_outbox(self, destination: str, owner: str, now: float,
+                           lease_seconds: float, limit: int, per_study: bool = False
+                           ) -> list[OutboxRow]:
+        """Take up to ``limit`` ready rows of ``destination`` for ``owner`` until
+        ``now + lease_seconds`` (expired leases of that destination come back first); each
+        lease counts as an attempt. ``per_study``: a row is taken only when every earlier
+        undelivered row of its study is ready and taken with it."""
+        ...
+
+    async def record_outbox(self, owner: str, results: Sequence[OutboxResult], now: float
+                            ) -> int:
+        """Apply the dispatcher's verdicts in one transaction; rows no longer leased by
+        ``owner`` (lease expired and taken by another) are left alone. Rows changed."""
+        ...
+
+    async def release_outbox_leases(self, owner_prefix: str, keep_owner: str) -> int:
+        """Give back leases of earlier runs of this node (owner starting with
+        ``owner_prefix``, other than ``keep_owner``) without counting them as attempts."""
+        ...
+
+    async def outbox_stats(self, destinations: Sequence[str]) -> list[QueueStats]: ...
+
+    async def list_dead_letters(self, destination: str | None, limit: int = 100,
+                                offset: int = 0) -> list[DeadLetter]: ...
+
+    async def count_dead_letters(self, destination: str | None) -> int: ...
+
+    async def retry_dead_letters(self, destination: str, ids: Sequence[int] | None,
+                                 now: float) -> int:
+        """Dead rows (all of the destination's, or ``ids``) back to pending with a fresh
+        attempt count; how many."""
+        ...
+
+    async def purge_dead_letters(self, destination: str, ids: Sequence[int] | None) -> int: ...
+
+    async def purge_done_outbox(self, done_before: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` delivered rows older than ``done_before``."""
+        ...
+
+    async def outbox_rows(self, destination: str | None = None,
+                          states: Sequence[OutboxState] = ()) -> list[dict[str, object]]:
+        """Every matching row as a dict (tests and small diagnostics only: unbounded)."""
+        ...
 
 
 def open_store(settings: StorageSettings) -> Store:

@@ -141,6 +141,128 @@ MWL_FIND_REQUESTS = Counter(
     registry=REGISTRY,
 )
 
+# --- routing (rules, morphs, outbox) --------------------------------------------------------
+RULES_ROUTES = Gauge(
+    "radflow_rules_routes", "Routes in the ruleset in use.", registry=REGISTRY
+)
+RULES_RELOADS = Counter(
+    "radflow_rules_reloads_total",
+    "Ruleset reloads (SIGHUP or a change in the routes folder), by outcome (ok, failed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RULES_LAST_RELOAD_OK = Gauge(
+    "radflow_rules_last_reload_ok",
+    "0 while the last reload failed (the previous ruleset stays in use), else 1.",
+    registry=REGISTRY,
+)
+ROUTING_ENTRIES = Counter(
+    "radflow_routing_entries_total",
+    "Journal entries routed, by source (instances, hl7_messages) and outcome (routed, grouped, "
+    "discarded, unmatched).",
+    ["source", "outcome"],
+    registry=REGISTRY,
+)
+ROUTING_ROUTE_MATCHES = Counter(
+    "radflow_routing_route_matches_total", "Events a route matched.", ["route"],
+    registry=REGISTRY,
+)
+ROUTING_OUTBOX_ROWS = Counter(
+    "radflow_routing_outbox_rows_total", "Outbox rows written by routing, by destination.",
+    ["destination"],
+    registry=REGISTRY,
+)
+ROUTING_SECONDS = Histogram(
+    "radflow_routing_seconds",
+    "Time to route one batch of journal entries (read, evaluate, one transaction).",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+ROUTING_BATCH = Histogram(
+    "radflow_routing_batch_size", "Journal entries routed in one transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+ROUTING_GROUPS_OPEN = Gauge(
+    "radflow_routing_groups_open", "Series/study groups waiting for their trigger.",
+    registry=REGISTRY,
+)
+ROUTING_GROUPS_FIRED = Counter(
+    "radflow_routing_groups_fired_total",
+    "Series/study groups fired, by level and reason (quiet, max_wait, study_complete).",
+    ["level", "reason"],
+    registry=REGISTRY,
+)
+ROUTING_QUEUE_DROPPED = Counter(
+    "radflow_routing_queue_dropped_total",
+    "Events the router's queue could not take (routed later from the journal by the sweep).",
+    registry=REGISTRY,
+)
+ROUTING_FAILURES = Counter(
+    "radflow_routing_failures_total",
+    "Journal entries that could not be routed this time (retried by the sweep), by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+# --- delivery (D3 outbox, dispatcher, senders) ----------------------------------------------
+OUTBOX_ROWS = Gauge(
+    "radflow_outbox_rows",
+    "Outbox rows per destination and state (pending, leased, dead), refreshed periodically.",
+    ["destination", "state"],
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "radflow_outbox_oldest_age_seconds",
+    "Age of the oldest undelivered (pending or leased) row per destination; 0 when empty.",
+    ["destination"],
+    registry=REGISTRY,
+)
+DELIVERY_ATTEMPTS = Counter(
+    "radflow_delivery_attempts_total",
+    "Delivery attempts (rows handed to a sender) per destination.",
+    ["destination"],
+    registry=REGISTRY,
+)
+DELIVERY_OUTCOMES = Counter(
+    "radflow_delivery_outcomes_total",
+    "Attempt outcomes per destination: delivered, retry, dead_letter, released.",
+    ["destination", "outcome"],
+    registry=REGISTRY,
+)
+DELIVERY_SEND_SECONDS = Histogram(
+    "radflow_delivery_send_seconds",
+    "Time one row took to send (for batched protocols: its batch's time), per destination.",
+    ["destination"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+             10.0, 30.0),
+    registry=REGISTRY,
+)
+DELIVERY_CIRCUIT_STATE = Gauge(
+    "radflow_delivery_circuit_state",
+    "Circuit breaker per destination: 0 closed, 1 open (resting), 2 half-open (probing).",
+    ["destination"],
+    registry=REGISTRY,
+)
+EGRESS_DIMSE_ASSOCIATIONS = Counter(
+    "radflow_egress_dimse_associations_total",
+    "Outgoing associations requested, by outcome (established, rejected, failed).",
+    ["destination", "outcome"],
+    registry=REGISTRY,
+)
+EGRESS_DIMSE_RECONNECTS = Counter(
+    "radflow_egress_dimse_reconnects_total",
+    "Associations lost in the middle of a batch and re-opened to resend, by reason.",
+    ["destination", "reason"],
+    registry=REGISTRY,
+)
+EGRESS_TRANSCODED = Counter(
+    "radflow_egress_transcoded_total",
+    "Instances re-encoded because the destination accepts none of their stored syntax.",
+    ["destination"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The Prometheus text exposition of every metric."""

@@ -129,6 +129,12 @@ def default_config(data_dir: Path, dicom_port: int, http_port: int) -> dict[str,
     if "hl7" in Settings.model_fields:
         # Keep the MLLP listener off its well-known port, which parallel tests would share.
         config["hl7"] = {"listeners": [{"host": HOST, "port": free_port()}]}
+    if "routing" in Settings.model_fields:
+        # An empty routes folder of the test's own: the shipped routes/ name destinations
+        # this config does not have. Tests about routing put their route files here.
+        routes = data_dir / "routes"
+        routes.mkdir(parents=True, exist_ok=True)
+        config["routing"] = {"routes_dir": str(routes), "reload_poll_seconds": 0.5}
     return config
 
 

@@ -390,5 +390,7 @@ def test_check_config_applies_environment_overrides(
     clean_environment: pytest.MonkeyPatch,
 ) -> None:
     clean_environment.setenv("RADFLOW_DICOM__LISTENERS__0__PORT", "104")
+    # An empty config has no destinations: point routing at an empty folder, not routes/.
+    clean_environment.setenv("RADFLOW_ROUTING__ROUTES_DIR", str(tmp_path))
     assert main(["check-config", "--config", str(write(tmp_path, ""))]) == 0
     assert "RADFLOW@0.0.0.0:104" in capsys.readouterr().out

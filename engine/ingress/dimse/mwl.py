@@ -75,9 +75,22 @@ def answer_for(query: MwlQuery, item: WorklistItem) -> Dataset:
 def handle_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider) -> Iterator[FindAnswer]:
     """EVT_C_FIND for the Modality Worklist Information Model - FIND."""
     started = time.perf_counter()
-    outcome = "success"
-    sent = 0
     calling = event.assoc.requestor.ae_title
+    state = _FindState()
+
+    def account(outcome: str) -> None:
+        # Called before the last answer: pynetdicom stops iterating after a final status, so
+        # code after that yield would only run when the generator is garbage-collected.
+        if state.done:
+            return
+        state.done = True
+        elapsed = time.perf_counter() - started
+        MWL_FIND_SECONDS.labels(policy.name).observe(elapsed)
+        MWL_FIND_MATCHES.labels(policy.name).inc(state.sent)
+        MWL_FIND_REQUESTS.labels(policy.name, outcome).inc()
+        log.info("ingress.dimse.c_find.answered", listener=policy.name, calling_ae=calling,
+                 outcome=outcome, matches=state.sent, seconds=round(elapsed, 6))
+
     try:
         try:
             query = MwlQuery.parse(event.identifier,
@@ -91,28 +104,31 @@ def handle_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider) -> Itera
         except Exception as exc:
             status = DimseStatus.OUT_OF_RESOURCES if isinstance(exc, _TooMany) \
                 else c_find_status_for(exc)
-            outcome = exc.reason if isinstance(exc, RadflowError) else "internal_error"
+            reason = exc.reason if isinstance(exc, RadflowError) else "internal_error"
             log_fn = log.warning if isinstance(exc, RadflowError) else log.exception
-            log_fn("ingress.dimse.c_find.failed", listener=policy.name, reason=outcome,
+            log_fn("ingress.dimse.c_find.failed", listener=policy.name, reason=reason,
                    status=f"0x{int(status):04X}", detail=str(exc), calling_ae=calling)
+            account(reason)
             yield _failure(status, error_comment(exc)), None
             return
         pending = DimseStatus.PENDING_WARNING if query.unsupported else DimseStatus.PENDING
         for stored in hits:
             if event.is_cancelled:
-                outcome = "cancelled"
+                account("cancelled")
                 yield DimseStatus.CANCEL, None
                 return
             yield pending, answer_for(query, stored.item)
-            sent += 1
+            state.sent += 1
+        account("success")
         yield DimseStatus.SUCCESS, None
     finally:
-        elapsed = time.perf_counter() - started
-        MWL_FIND_SECONDS.labels(policy.name).observe(elapsed)
-        MWL_FIND_MATCHES.labels(policy.name).inc(sent)
-        MWL_FIND_REQUESTS.labels(policy.name, outcome).inc()
-        log.info("ingress.dimse.c_find.answered", listener=policy.name, calling_ae=calling,
-                 outcome=outcome, matches=sent, seconds=round(elapsed, 6))
+        account("aborted")  # no-op unless the association went away mid-answer
+
+
+@dataclass
+class _FindState:
+    sent: int = 0
+    done: bool = False
 
 
 class _TooMany(RadflowError):

@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from engine.bus import EventBus
 from engine.durable.group_commit import GroupCommit
 from engine.errors import TransientError
+from engine.events import OrderReceived
 from engine.ingress.hl7.ack import AckError, Hl7ErrorCode, build_ack
 from engine.ingress.hl7.message import Hl7Message, Hl7ParseError, escape
 from engine.observability.logging import get_logger
@@ -37,9 +39,10 @@ class Hl7Intake:
     """Answers each received HL7 message, durably."""
 
     def __init__(self, worklist: WorklistService, settings: Hl7Settings,
-                 has_room: Callable[[], bool]) -> None:
+                 has_room: Callable[[], bool], bus: EventBus | None = None) -> None:
         self._settings = settings
         self._has_room = has_room
+        self._bus = bus
         self._group: GroupCommit[Hl7Received, Hl7Outcome] = GroupCommit(
             "hl7", worklist.accept_hl7_batch, batch_sizes=HL7_COMMIT_BATCH,
             commit_seconds=HL7_COMMIT_SECONDS)
@@ -71,6 +74,14 @@ class Hl7Intake:
                 raw=raw, message=message, parse_error=parse_error, peer_host=peer_host,
                 listener=listener, received_at=now.isoformat()))
         ack = self._ack(message, outcome, now)
+        if self._bus is not None and outcome.code == "AA" and not outcome.duplicate and \
+                outcome.journal_id is not None:
+            # After the commit (D1): routing picks the message up; if the bus drops the
+            # event, routing's sweep finds the unrouted journal row.
+            self._bus.publish(OrderReceived(
+                occurred_at=now, journal_id=outcome.journal_id, message_type=message_type,
+                control_id=message.control_id if message else "", peer_host=peer_host,
+                listener=listener))
         HL7_MESSAGES.labels(message_type, outcome.code).inc()
         HL7_MESSAGE_SECONDS.observe(time.perf_counter() - started)
         log_fn = log.info if outcome.code == "AA" else log.warning

@@ -1,0 +1,101 @@
+"""Record types of routing's durable state: outbox rows to insert, plans, and open groups.
+
+The pipeline builds a :class:`RoutingPlan` per journal entry (outbox rows plus the series/study
+groups the entry joins) and the store applies a batch of plans in one transaction
+(:meth:`~engine.durable.store.Store.commit_routing`). Series and study triggers wait in
+:class:`OpenGroup` rows until their quiet period or maximum wait ends, or
+``study_complete`` fires them; the outbox rows of a fired group are built inside the firing
+transaction by a pure function the pipeline passes in (:data:`BuildGroupRows`). Plain data
+only: no SQL, no policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from engine.durable.store import NewOutboxRow
+
+if TYPE_CHECKING:
+    from engine.durable.store import StoredInstance
+
+SourceTable = Literal["instances", "hl7_messages"]
+#: what routing made of one journal entry
+RoutingOutcome = Literal["routed", "grouped", "discarded", "unmatched"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupJoin:
+    """An instance joining the open series/study group of a route (opened if needed)."""
+
+    route: str
+    level: Literal["series", "study"]
+    key: str  # the Series or Study Instance UID
+    study_instance_uid: str | None
+    quiet_seconds: float
+    max_wait_seconds: float
+    #: the route's decision (destinations, frozen morph steps) as JSON; the latest member's
+    #: ruleset wins, so a reload before the group fires is taken into account
+    decision: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPlan:
+    """What routing decided for one journal entry, applied in one transaction with others.
+    ``rows`` are :class:`~engine.durable.store.NewOutboxRow` (destination, kind, payload JSON,
+    source, route, study)."""
+
+    source_table: SourceTable
+    source_id: int
+    outcome: RoutingOutcome
+    rows: tuple[NewOutboxRow, ...] = ()
+    groups: tuple[GroupJoin, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenGroup:
+    """A series/study group waiting to fire."""
+
+    id: int
+    route: str
+    level: str
+    key: str
+    study_instance_uid: str | None
+    first_at: float  # epoch seconds
+    last_at: float
+    quiet_seconds: float
+    max_wait_seconds: float
+    members: int
+
+    @property
+    def deadline(self) -> float:
+        """When the group fires: after the quiet period, at the latest at the maximum wait."""
+        return min(self.last_at + self.quiet_seconds, self.first_at + self.max_wait_seconds)
+
+    def reason_at(self, now: float) -> str:
+        return "max_wait" if now >= self.first_at + self.max_wait_seconds else "quiet"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingCommitResult:
+    """One plan's result: ``applied`` is False when the entry had been routed already (a replay
+    racing a bus event), in which case nothing was written for it."""
+
+    applied: bool
+    outbox_rows: int
+    groups: tuple[OpenGroup, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FiredGroup:
+    group: OpenGroup
+    reason: str
+    outbox_rows: int
+    instances: int
+
+
+#: builds a fired group's outbox rows inside the transaction: (decision JSON, member instances
+#: that are not superseded, fire reason, group) -> rows. Pure; runs on the store's thread.
+BuildGroupRows = Callable[[str, "Sequence[StoredInstance]", str, OpenGroup],
+                          list[NewOutboxRow]]

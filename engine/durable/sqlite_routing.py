@@ -1,0 +1,201 @@
+"""SQLite SQL of routing: the routing transaction, unrouted replay, groups, unmatched listing.
+
+Each function takes the connection of the store's writer (or reader) thread; :class:`~engine.
+durable.sqlite.SqliteStore` calls them through thin methods. :func:`commit_routing` is the D3
+transaction: for a batch of plans it marks each journal entry routed (only if it was not
+already: a replay and a bus event may race), inserts the entry's outbox rows and records the
+series/study groups it joined — all or nothing. :func:`fire_group` turns an open group into
+outbox rows in one transaction with the group's state change. No routing policy lives here:
+plans are built by the pipeline, a fired group's rows by the function it passes in.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from engine.durable.routing import (
+    BuildGroupRows,
+    FiredGroup,
+    OpenGroup,
+    RoutingCommitResult,
+    RoutingPlan,
+)
+from engine.durable.store import Hl7JournalEntry, Hl7JournalRecord, NewOutboxRow, StoredInstance
+
+_GROUP_COLUMNS = ("id, route, level, group_key, study_instance_uid, first_at, last_at, "
+                  "quiet_seconds, max_wait_seconds, "
+                  "(SELECT COUNT(*) FROM routing_group_members m WHERE m.group_id = g.id)")
+_SOURCE_TABLES = {"instances": "instances", "hl7_messages": "hl7_messages"}
+
+
+def _instances() -> tuple[str, Any]:
+    # The instance columns and row mapping are the journal's own (one definition).
+    from engine.durable import sqlite
+
+    return sqlite._INSTANCE_COLUMNS, sqlite._row_to_instance
+
+
+def _group(row: Sequence[Any]) -> OpenGroup:
+    return OpenGroup(id=int(row[0]), route=row[1], level=row[2], key=row[3],
+                     study_instance_uid=row[4], first_at=float(row[5]), last_at=float(row[6]),
+                     quiet_seconds=float(row[7]), max_wait_seconds=float(row[8]),
+                     members=int(row[9]))
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: float) -> None:
+    conn.executemany(
+        "INSERT INTO outbox (destination, kind, source_table, source_id, route, payload, "
+        "study_instance_uid, state, attempts, next_attempt_at, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?,?, 'pending', 0, ?, ?, ?)",
+        [(r.destination, r.kind, r.source_table, r.source_id, r.route, r.payload,
+          r.study_instance_uid, now, now, now) for r in rows])
+
+
+def commit_routing(conn: sqlite3.Connection, plans: Sequence[RoutingPlan], now_iso: str,
+                   now: float) -> list[RoutingCommitResult]:
+    results: list[RoutingCommitResult] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for plan in plans:
+            table = _SOURCE_TABLES[plan.source_table]
+            marked = conn.execute(
+                f"UPDATE {table} SET routed_at = ?, routing_outcome = ? "
+                "WHERE id = ? AND routed_at IS NULL",
+                (now_iso, plan.outcome, plan.source_id)).rowcount
+            if marked == 0:
+                results.append(RoutingCommitResult(False, 0, ()))
+                continue
+            _insert_rows(conn, plan.rows, now)
+            groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)
+            results.append(RoutingCommitResult(True, len(plan.rows), groups))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _join(conn: sqlite3.Connection, instance_id: int, join: Any, now: float) -> OpenGroup:
+    row = conn.execute(
+        "SELECT id FROM routing_groups WHERE route = ? AND level = ? AND group_key = ? "
+        "AND state = 'open'", (join.route, join.level, join.key)).fetchone()
+    if row is None:
+        cur = conn.execute(
+            "INSERT INTO routing_groups (route, level, group_key, study_instance_uid, decision, "
+            "quiet_seconds, max_wait_seconds, first_at, last_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (join.route, join.level, join.key, join.study_instance_uid, join.decision,
+             join.quiet_seconds, join.max_wait_seconds, now, now))
+        group_id = int(cur.lastrowid or 0)
+    else:
+        group_id = int(row[0])
+        conn.execute(
+            "UPDATE routing_groups SET last_at = ?, decision = ?, quiet_seconds = ?, "
+            "max_wait_seconds = ? WHERE id = ?",
+            (now, join.decision, join.quiet_seconds, join.max_wait_seconds, group_id))
+    conn.execute("INSERT OR IGNORE INTO routing_group_members (group_id, instance_id) "
+                 "VALUES (?, ?)", (group_id, instance_id))
+    found = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM routing_groups g WHERE id = ?",
+                         (group_id,)).fetchone()
+    return _group(found)
+
+
+def open_groups(conn: sqlite3.Connection, study_instance_uid: str | None = None
+                ) -> list[OpenGroup]:
+    if study_instance_uid is None:
+        rows = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM routing_groups g "
+                            "WHERE state = 'open' ORDER BY id").fetchall()
+    else:
+        rows = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM routing_groups g "
+                            "WHERE state = 'open' AND study_instance_uid = ? ORDER BY id",
+                            (study_instance_uid,)).fetchall()
+    return [_group(r) for r in rows]
+
+
+def fire_group(conn: sqlite3.Connection, group_id: int, reason: str, now: float,
+               build: BuildGroupRows) -> FiredGroup | None:
+    """Fire one open group: its outbox rows and its state, in one transaction; None when the
+    group is no longer open (fired meanwhile)."""
+    columns, to_instance = _instances()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute(f"SELECT {_GROUP_COLUMNS}, decision FROM routing_groups g "
+                           "WHERE id = ? AND state = 'open'", (group_id,)).fetchone()
+        if row is None:
+            conn.execute("ROLLBACK")
+            return None
+        group = _group(row)
+        members = [to_instance(r) for r in conn.execute(
+            f"SELECT {', '.join('i.' + c.strip() for c in columns.split(','))} "
+            "FROM routing_group_members m JOIN instances i ON i.id = m.instance_id "
+            "WHERE m.group_id = ? AND i.superseded = 0 ORDER BY i.id", (group_id,))]
+        rows = build(str(row[10]), members, reason, group)
+        _insert_rows(conn, rows, now)
+        conn.execute("UPDATE routing_groups SET state = 'fired', fired_at = ?, fire_reason = ? "
+                     "WHERE id = ?", (now, reason, group_id))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return FiredGroup(group, reason, len(rows), len(members))
+
+
+def unrouted_instances(conn: sqlite3.Connection, after_id: int, limit: int
+                       ) -> list[StoredInstance]:
+    columns, to_instance = _instances()
+    rows = conn.execute(f"SELECT {columns} FROM instances WHERE routed_at IS NULL AND id > ? "
+                        "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+    return [to_instance(r) for r in rows]
+
+
+def instances_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[StoredInstance]:
+    columns, to_instance = _instances()
+    out: list[StoredInstance] = []
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start:start + 500])
+        marks = ",".join("?" * len(chunk))
+        out.extend(to_instance(r) for r in conn.execute(
+            f"SELECT {columns} FROM instances WHERE id IN ({marks}) ORDER BY id", chunk))
+    return out
+
+
+def unrouted_hl7(conn: sqlite3.Connection, after_id: int, limit: int
+                 ) -> list[Hl7JournalRecord]:
+    """Accepted (AA) messages not routed yet, raw bytes included; AE/AR messages changed
+    nothing and are never routed."""
+    rows = conn.execute(
+        "SELECT id, sending_application, sending_facility, control_id, message_type, "
+        "trigger_event, peer_host, listener, received_at, ack_code, errors_json, text, "
+        "worklist_item_ids, raw FROM hl7_messages WHERE routed_at IS NULL AND id > ? "
+        "AND ack_code = 'AA' ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+    return [Hl7JournalRecord(
+        id=int(r[0]), entry=Hl7JournalEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                                            bytes(r[13])),
+        ack_code=r[9], errors_json=r[10], text=r[11],
+        worklist_item_ids=tuple(json.loads(r[12]))) for r in rows]
+
+
+def unmatched_instances(conn: sqlite3.Connection, limit: int, offset: int
+                        ) -> tuple[int, list[StoredInstance]]:
+    columns, to_instance = _instances()
+    total = int(conn.execute("SELECT COUNT(*) FROM instances WHERE routing_outcome = "
+                             "'unmatched'").fetchone()[0])
+    rows = conn.execute(f"SELECT {columns} FROM instances WHERE routing_outcome = 'unmatched' "
+                        "ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+    return total, [to_instance(r) for r in rows]
+
+
+def routing_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Journal entries by routing outcome (``unrouted`` for those not routed yet)."""
+    counts: dict[str, int] = {}
+    for table, where in (("instances", ""), ("hl7_messages", " WHERE ack_code = 'AA'")):
+        for outcome, n in conn.execute(
+                f"SELECT COALESCE(routing_outcome, CASE WHEN routed_at IS NULL THEN 'unrouted' "
+                f"ELSE 'routed' END), COUNT(*) FROM {table}{where} GROUP BY 1"):
+            counts[f"{table}.{outcome}"] = int(n)
+    counts["groups.open"] = int(conn.execute(
+        "SELECT COUNT(*) FROM routing_groups WHERE state = 'open'").fetchone()[0])
+    counts["outbox.rows"] = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    return counts

@@ -1,0 +1,230 @@
+"""STOW-RS sender: spooled instances to a DICOMweb endpoint (PS3.18 10.5) with aiohttp.
+
+Owns the HTTP side: batching a lease into requests by count and size, the
+``multipart/related; type="application/dicom"`` body (whole Part 10 files, streamed from the
+spool unless a morph or a transcode needs the dataset), bearer or basic authentication, TLS
+verification (on unless the site turns it off), and the classification of the answer: 200 all
+stored; 202 some stored (each instance listed in FailedSOPSequence classified by its
+FailureReason); 400/409 and other 4xx permanent; 5xx, 429, 401/403 and timeouts transient. It
+must not decide retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from engine.egress.classify import Verdict, classify_http, classify_stow_failure
+from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
+from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from engine.egress.objects import morphed, part10_bytes, spool_file
+from engine.observability.logging import get_logger
+from engine.settings import DicomwebDestination, HttpAuth
+
+log = get_logger("engine.egress.dicomweb")
+
+_FAILED_SOP_SEQUENCE = "00081198"
+_REFERENCED_SOP_INSTANCE_UID = "00081155"
+_FAILURE_REASON = "00081197"
+_BODY_EXCERPT = 300
+
+
+def auth_headers(auth: HttpAuth | None) -> dict[str, str]:
+    if auth is None:
+        return {}
+    if auth.type == "bearer":
+        token = auth.token.get_secret_value() if auth.token else ""
+        return {"Authorization": f"Bearer {token}"}
+    basic = aiohttp.BasicAuth(auth.username or "",
+                              auth.password.get_secret_value() if auth.password else "")
+    return {"Authorization": basic.encode()}
+
+
+def ssl_option(url: str, verify: bool) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl`` argument: verification with the system CAs unless turned off."""
+    if not url.startswith("https:"):
+        return True
+    return ssl.create_default_context() if verify else False
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    index: int
+    obj: DicomObject
+    size: int
+
+
+def plan_requests(parts: Sequence[_Part], max_count: int, max_bytes: int) -> list[list[_Part]]:
+    """Consecutive groups of at most ``max_count`` parts and ``max_bytes`` bytes (a single
+    larger instance still goes alone)."""
+    out: list[list[_Part]] = []
+    current: list[_Part] = []
+    size = 0
+    for part in parts:
+        if current and (len(current) >= max_count or size + part.size > max_bytes):
+            out.append(current)
+            current, size = [], 0
+        current.append(part)
+        size += part.size
+    if current:
+        out.append(current)
+    return out
+
+
+def failed_instances(body: Any) -> dict[str, int]:
+    """SOP Instance UID → FailureReason from a STOW-RS response (DICOM JSON)."""
+    out: dict[str, int] = {}
+    if not isinstance(body, dict):
+        return out
+    for item in (body.get(_FAILED_SOP_SEQUENCE) or {}).get("Value") or []:
+        uid = ((item.get(_REFERENCED_SOP_INSTANCE_UID) or {}).get("Value") or [""])[0]
+        reason = ((item.get(_FAILURE_REASON) or {}).get("Value") or [0])[0]
+        if uid:
+            out[str(uid)] = int(reason or 0)
+    return out
+
+
+class StowSender:
+    """One worker's STOW-RS client for one destination."""
+
+    def __init__(self, name: str, config: DicomwebDestination, spool_root: Path,
+                 morph: MorphFn | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.spool_root = spool_root
+        self.morph = morph
+        self.max_batch = config.batch_max_count
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Accept": "application/dicom+json", **auth_headers(config.auth)}
+        self._sent_uid: dict[int, str] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                connector=aiohttp.TCPConnector(
+                    limit=1, ssl=ssl_option(self.config.url, self.config.verify_tls)))
+        return self._session
+
+    async def idle(self) -> None:
+        return None  # aiohttp closes idle keep-alive connections itself
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
+        outcomes: list[SendOutcome | None] = [None] * len(batch)
+        parts: list[_Part] = []
+        for i, delivery in enumerate(batch):
+            try:
+                obj = DicomObject.of(delivery)
+                size = obj.size_bytes
+                if size is None:
+                    path = await asyncio.to_thread(spool_file, obj, self.spool_root)
+                    size = path.stat().st_size
+                parts.append(_Part(i, obj, size))
+            except DeliveryError as exc:
+                outcomes[i] = failed(exc)
+        for group in plan_requests(parts, self.config.batch_max_count,
+                                   self.config.batch_max_bytes):
+            for part, outcome in zip(group, await self._post(group), strict=True):
+                outcomes[part.index] = outcome
+        return [o if o is not None else failed(TransientDeliveryError("not sent"))
+                for o in outcomes]
+
+    def _bodies(self, group: Sequence[_Part]) -> list[tuple[_Part, bytes | DeliveryError]]:
+        out: list[tuple[_Part, bytes | DeliveryError]] = []
+        for part in group:
+            try:
+                path = spool_file(part.obj, self.spool_root)
+                if part.obj.morph:
+                    ds = morphed(path, part.obj.morph, self.morph, part.obj.secret_fingerprint)
+                    # A morph may remap UIDs: the answer names the instance actually sent.
+                    self._sent_uid[part.index] = str(ds.get("SOPInstanceUID", ""))
+                    data = part10_bytes(ds)
+                else:
+                    data = path.read_bytes()
+                out.append((part, data))
+            except DeliveryError as exc:
+                out.append((part, exc))
+            except OSError as exc:
+                out.append((part, PermanentDeliveryError(f"cannot read spool file: {exc}",
+                                                         reason="spool_missing")))
+        return out
+
+    async def _post(self, group: Sequence[_Part]) -> list[SendOutcome]:
+        started = time.perf_counter()
+        bodies = await asyncio.to_thread(self._bodies, group)
+        result: dict[int, SendOutcome] = {
+            p.index: failed(b) for p, b in bodies if isinstance(b, DeliveryError)}
+        sendable = [(p, b) for p, b in bodies if isinstance(b, bytes)]
+        if sendable:
+            boundary = f"radflow-{secrets.token_hex(12)}"
+            chunks: list[bytes] = []
+            for _part, data in sendable:
+                chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+                           data, b"\r\n"]
+            chunks.append(f"--{boundary}--\r\n".encode())
+            headers = {**self._headers, "Content-Type":
+                       f'multipart/related; type="application/dicom"; boundary={boundary}'}
+            for part, outcome in zip([p for p, _ in sendable],
+                                     await self._request(b"".join(chunks), headers,
+                                                         [p for p, _ in sendable]),
+                                     strict=True):
+                result[part.index] = outcome
+        seconds = time.perf_counter() - started
+        for outcome in result.values():
+            outcome.seconds = seconds
+        return [result[p.index] for p in group]
+
+    async def _request(self, body: bytes, headers: dict[str, str], parts: Sequence[_Part]
+                       ) -> list[SendOutcome]:
+        try:
+            async with self._client().post(self.config.url, data=body,
+                                           headers=headers) as resp:
+                status = resp.status
+                text = await resp.text(errors="replace")
+        except TimeoutError:
+            err = TransientDeliveryError(f"no STOW-RS answer within {self.config.timeout:g} s",
+                                         reason="timeout")
+            return [failed(err) for _ in parts]
+        except aiohttp.ClientError as exc:
+            err = TransientDeliveryError(f"STOW-RS request failed: {exc}", reason="unreachable")
+            return [failed(err) for _ in parts]
+        try:
+            doc: Any = json.loads(text) if text.strip() else None
+        except ValueError:
+            doc = None
+        failures = failed_instances(doc)
+        verdict = classify_http(status, api="stow")
+        out: list[SendOutcome] = []
+        for part in parts:
+            uid = self._sent_uid.pop(part.index, "") or part.obj.sop_instance_uid
+            notes = {"status": status}
+            if uid in failures:
+                reason = failures[uid]
+                v = classify_stow_failure(reason)
+                cls = PermanentDeliveryError if v is Verdict.PERMANENT else TransientDeliveryError
+                out.append(SendOutcome(cls(f"STOW-RS {status}: instance failed, reason "
+                                           f"0x{reason:04X}", reason=f"stow_{reason:04x}",
+                                           status=status), 0.0, notes))
+            elif verdict is Verdict.DELIVERED:
+                out.append(SendOutcome(None, 0.0, notes))
+            else:
+                cls = PermanentDeliveryError if verdict is Verdict.PERMANENT \
+                    else TransientDeliveryError
+                out.append(SendOutcome(cls(f"STOW-RS answered HTTP {status}: "
+                                           f"{text[:_BODY_EXCERPT]}", reason=f"http_{status}",
+                                           status=status), 0.0, notes))
+        return out

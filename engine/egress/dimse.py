@@ -1,0 +1,499 @@
+"""C-STORE SCU sender: spooled instances to a PACS or AI node over DIMSE (pynetdicom).
+
+Owns one association per worker (reused across batches, released after ``idle_close``
+seconds), the presentation contexts it proposes, the choice between streaming the spool file
+and re-encoding it, and the classification of each C-STORE response (``classify``). It must not
+decide retries: every failure becomes a transient or permanent outcome for the dispatcher.
+
+Presentation contexts: per SOP class, one context with only the stored transfer syntax (so an
+SCP that supports it cannot pick another and force a needless transcode), plus one with the
+destination's fallbacks. An instance whose stored syntax was accepted, and which needs no morph,
+is sent straight from the spool file without being decoded (``send_c_store(path)`` with
+pynetdicom's ``STORE_SEND_CHUNKED_DATASET``, set once in ``engine.app.configure_libraries``).
+Otherwise it is decoded, morphed, and transcoded to the first fallback the SCP accepted.
+
+Why TCP_NODELAY (the ~45 ms stall per C-STORE): pynetdicom's DUL thread writes each P-DATA-TF
+PDU with its own ``socket.send`` - the command set in one small write, then the dataset in one
+or more. With Nagle's algorithm on, a small segment is held back while an earlier one is still
+unacknowledged; the SCP has nothing to say until the dataset is complete, so it delays its ACK
+(Linux: up to ~40 ms, the delayed-ACK timer). Write-write-read on one connection therefore
+stalls once per message: ~22 instances/s. Setting TCP_NODELAY on the association's socket as
+soon as it is established sends every PDU at once.
+
+The "unexpected C-STORE … association lost" pitfall: pynetdicom's association reactor and
+``send_c_store`` hand the response queue over with a busy-wait on a flag that can be stale, so
+the reactor occasionally takes the C-STORE-RSP itself (logging "Received unexpected C-STORE
+service message"), drops it, and the sender waits out the DIMSE timeout and aborts. TCP_NODELAY
+makes responses fast enough to hit that window. radflow's SCU associations never serve requests,
+so the reactor's non-blocking queue read is turned off for them (the race is gone); and as a
+second line, a send that gets no response aborts the association, reconnects and resends every
+instance of the batch that had no response yet (at-least-once: the SCP may see one twice, with
+the same SOP Instance UID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.presentation import PresentationContext
+
+from engine.egress.classify import Verdict, classify_dimse
+from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
+from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from engine.egress.objects import morphed, spool_file, transcode
+from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from engine.observability.logging import get_logger
+from engine.observability.metrics import (
+    EGRESS_DIMSE_ASSOCIATIONS,
+    EGRESS_DIMSE_RECONNECTS,
+    EGRESS_TRANSCODED,
+)
+from engine.settings import ClientTlsSettings, DimseDestination
+
+log = get_logger("engine.egress.dimse")
+
+#: PS3.8 9.3.2.2: at most 128 presentation contexts per association
+MAX_CONTEXTS = 128
+#: resends of the same batch after an association loss before the rest is left to the
+#: dispatcher's backoff
+MAX_RECONNECTS = 2
+#: pynetdicom's DUL thread sleeps this long when it has nothing to do (its default, 1 ms, is a
+#: floor on every response's latency; 0.2 ms halves that cost and still idles at ~1% CPU)
+DUL_LOOP_DELAY = 0.0002
+
+
+class AssociationLost(TransientDeliveryError):
+    """The association ended (or went silent) while a C-STORE had no response."""
+
+    reason = "association_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    index: int
+    obj: DicomObject
+
+
+def plan_contexts(objs: Sequence[DicomObject], fallbacks: Sequence[str]
+                  ) -> list[tuple[str, tuple[str, ...]]]:
+    """(SOP class, transfer syntaxes) to propose for ``objs``, in first-seen order: the stored
+    syntax alone, then the fallbacks, per SOP class."""
+    out: dict[tuple[str, tuple[str, ...]], None] = {}
+    for obj in objs:
+        out[(obj.sop_class_uid, (obj.transfer_syntax_uid,))] = None
+        out[(obj.sop_class_uid, tuple(fallbacks))] = None
+    return list(out)
+
+
+def chunk_by_contexts(items: Sequence[_Item], fallbacks: Sequence[str],
+                      limit: int = MAX_CONTEXTS) -> list[list[_Item]]:
+    """Split ``items`` (in order) so each part needs at most ``limit`` contexts."""
+    parts: list[list[_Item]] = []
+    current: list[_Item] = []
+    needed: set[tuple[str, tuple[str, ...]]] = set()
+    for item in items:
+        extra = set(plan_contexts([item.obj], fallbacks)) - needed
+        if current and len(needed) + len(extra) > limit:
+            parts.append(current)
+            current, needed = [], set()
+            extra = set(plan_contexts([item.obj], fallbacks))
+        current.append(item)
+        needed |= extra
+    if current:
+        parts.append(current)
+    return parts
+
+
+def client_ssl_context(tls: ClientTlsSettings) -> ssl.SSLContext:
+    """A client context: verification on unless the site turned it off, TLS 1.2 at least."""
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _quiet_reactor(assoc: Association) -> None:
+    """Close pynetdicom's response race for an SCU-only association (see module docstring):
+    the association reactor's non-blocking read is the only ``get_msg(block=False)`` caller,
+    and on an association that never serves requests every message belongs to the ``send_*``
+    call blocked on the queue."""
+    dimse = assoc.dimse
+    blocking_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            return None, None
+        return blocking_get(block=True)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def _park_reactor(assoc: Association) -> None:
+    """Pause the association reactor for good (it only serves requests, and an SCU
+    association gets none); release and abort restart it to finish."""
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def dataset_offset(path: Path) -> int:
+    """Where the dataset starts in a Part 10 file: after the preamble, ``DICM`` and the file
+    meta group, whose length (0002,0000) is its first element (PS3.10 7.1)."""
+    with open(path, "rb") as fh:
+        head = fh.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        return 144 + int.from_bytes(head[140:144], "little")
+    _meta, offset = split_dataset(path)  # no group length: let pydicom walk the group
+    return int(offset)
+
+
+def c_store_rq_command(message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                       priority: int = 0x0002) -> bytes:
+    """The C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR Little Endian as PS3.7 6.3.1
+    requires. Built directly: pynetdicom builds it through a pydicom Dataset and its encoder,
+    ~0.9 ms per message, more than the rest of a small instance's send."""
+    body = b"".join((
+        _element(0x0002, _ui(sop_class_uid)),  # Affected SOP Class UID
+        _element(0x0100, _US.pack(0x0001)),  # Command Field: C-STORE-RQ
+        _element(0x0110, _US.pack(message_id)),  # Message ID
+        _element(0x0700, _US.pack(priority)),  # Priority
+        _element(0x0800, _US.pack(0x0000)),  # Command Data Set Type: a dataset follows
+        _element(0x1000, _ui(sop_instance_uid)),  # Affected SOP Instance UID
+    ))
+    return _element(0x0000, _UL.pack(len(body))) + body  # Command Group Length
+
+
+_US = struct.Struct("<H")
+_UL = struct.Struct("<I")
+_TAG = struct.Struct("<HHI")
+
+
+def _ui(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw  # UI pads to even length with NUL
+
+
+def _element(elem: int, value: bytes) -> bytes:
+    return _TAG.pack(0x0000, elem, len(value)) + value
+
+
+def pdata_pdus(context_id: int, command: bytes, dataset: bytes | memoryview,
+               max_pdu: int) -> list[bytes | memoryview]:
+    """The P-DATA-TF PDUs of one DIMSE message (PS3.8 9.3.5, E.2): each PDU carries one PDV
+    item - item length, presentation context id, message control header (bit 0: command,
+    bit 1: last fragment), fragment - with at most ``max_pdu`` bytes per PDU (0: no limit)."""
+    room = max_pdu - 6 if max_pdu else max(len(command), len(dataset), 1)
+    out: list[bytes | memoryview] = []
+
+    def add(data: bytes | memoryview, is_command: bool) -> None:
+        view = memoryview(data)
+        chunks = [view[i:i + room] for i in range(0, len(view), room)] or [view]
+        for n, chunk in enumerate(chunks):
+            mch = (0x01 if is_command else 0x00) | (0x02 if n == len(chunks) - 1 else 0x00)
+            out.append(_PDATA_HEADER.pack(0x04, 0x00, 6 + len(chunk), 2 + len(chunk),
+                                          context_id, mch))
+            out.append(chunk)
+
+    add(command, True)
+    add(dataset, False)
+    return out
+
+
+_PDATA_HEADER = struct.Struct(">BBIIBB")
+
+
+def _send_direct(assoc: Association, context_id: int, command: bytes, dataset: bytes) -> None:
+    """Write one message's P-DATA-TF PDUs to the socket with one ``sendall``.
+
+    pynetdicom hands each PDU to its DUL thread, which encodes and writes it on its next loop
+    turn: for a 0.5 MB instance to a peer taking 16 KiB PDUs that is 32 hand-overs between two
+    threads contending for the GIL, ~5 ms per instance. Here the PDUs are framed in the calling
+    thread and written at once; the DUL thread keeps reading (the response, an abort), and its
+    state machine stays in Sta6, since sending P-DATA does not change it. Plain TCP only: an SSL
+    socket must not be written by one thread while another reads it, so TLS uses the DUL.
+    """
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is None:
+        raise AssociationLost("the association has no socket")
+    max_pdu = int(assoc.acceptor.maximum_length or 0)
+    sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
+
+
+def _set_nodelay(assoc: Association) -> None:
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DimseSender:
+    """One worker's C-STORE SCU for one destination (not thread-safe: one batch at a time)."""
+
+    def __init__(self, name: str, config: DimseDestination, spool_root: Path,
+                 morph: MorphFn | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.spool_root = spool_root
+        self.morph = morph
+        self.max_batch = config.batch_size
+        self._fallbacks = tuple(config.transfer_syntaxes)
+        self._ae = AE(ae_title=config.calling_ae_title)
+        self._ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        self._ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        self._ae.acse_timeout = config.timeout
+        self._ae.dimse_timeout = config.timeout
+        self._ae.network_timeout = config.timeout
+        self._ae.connection_timeout = min(config.timeout, 15.0)
+        self._ae.maximum_pdu_size = config.max_pdu_size
+        self._tls = ((client_ssl_context(config.tls),
+                      config.tls.server_hostname or config.host) if config.tls else None)
+        self._assoc: Association | None = None
+        self._proposed: set[tuple[str, tuple[str, ...]]] = set()
+        self._last_used = 0.0
+        self._msg_id = 0
+        self._lock = threading.Lock()  # one batch at a time, even if misused
+
+    # --- the Sender protocol ---------------------------------------------------------------
+    async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
+        return await asyncio.to_thread(self.send_batch, batch)
+
+    async def idle(self) -> None:
+        if self._assoc is not None and \
+                time.monotonic() - self._last_used >= self.config.idle_close:
+            await asyncio.to_thread(self._release)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._release)
+
+    # --- the worker thread -----------------------------------------------------------------
+    def send_batch(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
+        """Deliver ``batch`` in order (blocking)."""
+        with self._lock:
+            outcomes: list[SendOutcome | None] = [None] * len(batch)
+            items: list[_Item] = []
+            for i, delivery in enumerate(batch):
+                try:
+                    items.append(_Item(i, DicomObject.of(delivery)))
+                except DeliveryError as exc:
+                    outcomes[i] = failed(exc)
+            for part in chunk_by_contexts(items, self._fallbacks):
+                self._send_part(part, outcomes)
+            self._last_used = time.monotonic()
+            return [o if o is not None else failed(TransientDeliveryError("not sent"))
+                    for o in outcomes]
+
+    def _send_part(self, part: list[_Item], outcomes: list[SendOutcome | None]) -> None:
+        pending = list(part)
+        reconnects = 0
+        while pending:
+            try:
+                assoc = self._association_for([it.obj for it in pending])
+            except DeliveryError as exc:
+                for it in pending:
+                    outcomes[it.index] = failed(exc)
+                return
+            try:
+                while pending:
+                    item = pending[0]
+                    outcomes[item.index] = self._store_one(assoc, item.obj)
+                    pending.pop(0)
+            except AssociationLost as exc:
+                # Everything from ``item`` on had no response: abort, reconnect, resend.
+                self._abort()
+                reconnects += 1
+                EGRESS_DIMSE_RECONNECTS.labels(self.name, exc.reason).inc()
+                log.warning("egress.dimse.association_lost", destination=self.name,
+                            unanswered=len(pending), reconnect=reconnects, detail=str(exc))
+                if reconnects > MAX_RECONNECTS:
+                    for it in pending:
+                        outcomes[it.index] = failed(exc)
+                    return
+
+    def _store_one(self, assoc: Association, obj: DicomObject) -> SendOutcome:
+        started = time.perf_counter()
+        notes: dict[str, Any] = {}
+        try:
+            path = spool_file(obj, self.spool_root)
+            context = self._context_for(assoc, obj)
+            dataset: Path | Dataset
+            if obj.morph or context.transfer_syntax[0] != obj.transfer_syntax_uid:
+                ds = morphed(path, obj.morph, self.morph, obj.secret_fingerprint)
+                target = str(context.transfer_syntax[0])
+                if target != obj.transfer_syntax_uid:
+                    ds = transcode(ds, target)
+                    EGRESS_TRANSCODED.labels(self.name).inc()
+                    notes["transcoded_to"] = target
+                if obj.morph:
+                    notes["morphed"] = len(obj.morph)
+                dataset = ds
+            else:
+                dataset = path
+            status = self._c_store(assoc, obj, context, dataset)
+        except DeliveryError as exc:
+            if isinstance(exc, AssociationLost):
+                raise
+            return failed(exc, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        code = int(status)
+        notes["status"] = f"0x{code:04X}"
+        verdict = classify_dimse(code)
+        if verdict is Verdict.DELIVERED:
+            return SendOutcome(None, seconds, notes)
+        cls = PermanentDeliveryError if verdict is Verdict.PERMANENT else TransientDeliveryError
+        return SendOutcome(cls(f"C-STORE answered 0x{code:04X}", reason=f"status_{code:04x}",
+                               status=code), seconds, notes)
+
+    def _c_store(self, assoc: Association, obj: DicomObject, context: PresentationContext,
+                 dataset: Path | Dataset) -> int:
+        """One C-STORE on ``context``; the response status.
+
+        pynetdicom's ``send_c_store`` is not used: it pauses the association reactor with a
+        sleep-polled hand-over on every call (up to ~1 ms each, and the race described above),
+        and builds the command through pydicom. radflow parks that reactor once per
+        association (:func:`_park_reactor`), builds the command itself, writes the PDUs
+        (:func:`_send_direct`) and reads the response from pynetdicom's DIMSE queue.
+        """
+        if not assoc.is_established:
+            raise AssociationLost("association ended")
+        self._msg_id = self._msg_id % 65535 + 1
+        try:
+            if isinstance(dataset, Path):
+                # Streamed from the spool: the dataset bytes after the file meta, unchanged.
+                with open(dataset, "rb") as fh:
+                    fh.seek(dataset_offset(dataset))
+                    data = fh.read()
+            else:
+                ts = context.transfer_syntax[0]
+                encoded = encode(dataset, ts.is_implicit_VR, ts.is_little_endian,
+                                 ts.is_deflated)
+                if encoded is None:
+                    raise ValueError("pydicom could not encode the dataset")
+                data = encoded
+        except (OSError, ValueError) as exc:
+            raise PermanentDeliveryError(f"cannot send: {exc}", reason="unsendable") from exc
+        sop_class, sop_instance = obj.sop_class_uid, obj.sop_instance_uid
+        if isinstance(dataset, Dataset):
+            # A morph may remap UIDs: the command names the instance actually sent.
+            sop_class = str(dataset.get("SOPClassUID", sop_class))
+            sop_instance = str(dataset.get("SOPInstanceUID", sop_instance))
+        command = c_store_rq_command(self._msg_id, sop_class, sop_instance)
+        context_id = int(context.context_id or 0)
+        try:
+            if self._tls is None:
+                _send_direct(assoc, context_id, command, data)
+            else:
+                req = C_STORE()
+                req.MessageID = self._msg_id
+                req.AffectedSOPClassUID = sop_class
+                req.AffectedSOPInstanceUID = sop_instance
+                req.Priority = 0x0002
+                req.DataSet = io.BytesIO(data)
+                assoc.dimse.send_msg(req, context_id)
+            _cx, rsp = assoc.dimse.get_msg(block=True)
+        except OSError as exc:
+            raise AssociationLost(f"connection error: {exc}") from exc
+        if rsp is None:
+            # The DIMSE timeout passed, or the peer aborted / closed the connection.
+            raise AssociationLost("no C-STORE response (timeout or association lost)")
+        if not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo != self._msg_id:
+            raise AssociationLost(f"unexpected answer {type(rsp).__name__} to C-STORE "
+                                  f"{self._msg_id}")
+        status = rsp.Status
+        if status is None:
+            raise AssociationLost("C-STORE response without a status")
+        return int(status)
+
+    # --- associations ----------------------------------------------------------------------
+    def _context_for(self, assoc: Association, obj: DicomObject) -> PresentationContext:
+        accepted = [cx for cx in assoc.accepted_contexts
+                    if cx.abstract_syntax == obj.sop_class_uid]
+        for cx in accepted:
+            if cx.transfer_syntax[0] == obj.transfer_syntax_uid:
+                return cx
+        for ts in self._fallbacks:  # the destination's order of preference
+            for cx in accepted:
+                if cx.transfer_syntax[0] == ts:
+                    return cx
+        raise PermanentDeliveryError(
+            f"{self.config.ae_title} accepts SOP class {obj.sop_class_uid} in none of the "
+            f"proposed transfer syntaxes", reason="context_rejected")
+
+    def _association_for(self, objs: Sequence[DicomObject]) -> Association:
+        needed = set(plan_contexts(objs, self._fallbacks))
+        assoc = self._assoc
+        if assoc is not None and assoc.is_established and needed <= self._proposed:
+            return assoc
+        # Keep the contexts already in use when they fit: mixed batches then reuse one
+        # association instead of renegotiating on every change of SOP class.
+        wanted = needed | self._proposed if len(needed | self._proposed) <= MAX_CONTEXTS \
+            else needed
+        self._release()
+        ordered = sorted(wanted)
+        contexts = [build_context(sop, list(ts)) for sop, ts in ordered]
+        started = time.perf_counter()
+        try:
+            assoc = self._ae.associate(
+                self.config.host, self.config.port, contexts=contexts,
+                ae_title=self.config.ae_title, max_pdu=self.config.max_pdu_size,
+                tls_args=self._tls)
+        except (OSError, RuntimeError, ValueError) as exc:
+            EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, "failed").inc()
+            raise TransientDeliveryError(f"cannot associate: {exc}",
+                                         reason="unreachable") from exc
+        if not assoc.is_established:
+            outcome = "rejected" if assoc.is_rejected else "failed"
+            EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, outcome).inc()
+            # Refused (wrong AE title, not allowed) is a site configuration matter and not
+            # this object's fault: transient, so fixing the config lets the queue drain.
+            raise TransientDeliveryError(
+                f"association {outcome} by {self.config.ae_title}@{self.config.host}:"
+                f"{self.config.port}", reason=f"association_{outcome}")
+        _set_nodelay(assoc)
+        _quiet_reactor(assoc)
+        _park_reactor(assoc)
+        assoc.dul._run_loop_delay = DUL_LOOP_DELAY
+        EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, "established").inc()
+        log.info("egress.dimse.associated", destination=self.name,
+                 called_ae=self.config.ae_title, calling_ae=self.config.calling_ae_title,
+                 contexts=len(contexts), accepted=len(assoc.accepted_contexts),
+                 seconds=round(time.perf_counter() - started, 4))
+        self._assoc = assoc
+        self._proposed = set(ordered)
+        return assoc
+
+    def _release(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        self._proposed = set()
+        if assoc is None:
+            return
+        if assoc.is_established:
+            try:
+                assoc.release()
+            except Exception:  # the peer vanished: nothing left to release politely
+                assoc.abort()
+            log.debug("egress.dimse.released", destination=self.name)
+
+    def _abort(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        self._proposed = set()
+        if assoc is not None and not assoc.is_aborted:
+            assoc.abort()

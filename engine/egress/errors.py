@@ -1,0 +1,41 @@
+"""What a sender may say about a delivery that did not succeed: transient or permanent.
+
+Senders only classify (DESIGN.md, "senders only classify"): they raise
+:class:`TransientDeliveryError` when the same bytes may succeed later (peer down, timeout, Out of
+Resources, HTTP 5xx/429, HL7 ``AR``) and :class:`PermanentDeliveryError` when they never will
+(the peer refuses this content). The dispatcher alone turns that into attempts, backoff, circuit
+breaking and dead letters. This module holds no policy and imports nothing but the root errors.
+"""
+
+from __future__ import annotations
+
+from engine.errors import RadflowError
+
+
+class DeliveryError(RadflowError):
+    """A delivery failed; ``reason`` is a short label for metrics and logs, ``detail`` the
+    peer's own words (a status, an HTTP body excerpt, an ERR segment)."""
+
+    reason = "delivery_failed"
+    transient: bool = True
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 status: int | str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        self.status = status
+
+
+class TransientDeliveryError(DeliveryError):
+    """The destination cannot take it now; the same bytes may succeed later."""
+
+    reason = "transient"
+    transient = True
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The destination (or radflow) will never accept this row as it is: dead-letter it."""
+
+    reason = "permanent"
+    transient = False

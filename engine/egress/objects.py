@@ -1,0 +1,104 @@
+"""Spooled instances on their way out: read, morph, transcode, encode. Blocking; runs on a
+sender's worker thread, never on the event loop.
+
+With no morph the spool file is sent as it is (streamed by the caller, never decoded). A morph
+(``engine.morph.apply_frozen_morph``, frozen in the row, so a retry produces the same bytes)
+or a transfer syntax the destination does not accept needs the dataset decoded: compressed pixel
+data is decompressed with pydicom's pixel handlers (pylibjpeg and its plugins, the ``codecs``
+extra) to Explicit VR Little Endian, or re-compressed when the destination only takes another
+compressed syntax and pydicom has an encoder for it. This module must not talk to peers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from engine.egress.delivery import DicomObject, MorphFn
+from engine.egress.errors import PermanentDeliveryError
+
+
+def spool_file(obj: DicomObject, spool_root: Path) -> Path:
+    """The spooled file; a missing one is permanent (the journal lost its bytes)."""
+    path = obj.path_in(spool_root)
+    if not path.is_file():
+        raise PermanentDeliveryError(f"spool file {obj.spool_path} is missing",
+                                     reason="spool_missing")
+    return path
+
+
+def read_dataset(path: Path) -> Dataset:
+    try:
+        return dcmread(path)
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise PermanentDeliveryError(f"spool file {path.name} cannot be read: {exc}",
+                                     reason="unreadable") from exc
+
+
+def morphed(path: Path, steps: Sequence[Mapping[str, Any]], morph: MorphFn | None,
+            fingerprint: str | None = None) -> Dataset:
+    """The spooled dataset with ``steps`` applied (an empty list: unchanged)."""
+    if not steps:
+        return read_dataset(path)
+    if morph is None:
+        raise PermanentDeliveryError(
+            "the row carries morph steps but this radflow has no engine.morph",
+            reason="morph_unavailable")
+    try:
+        result = morph(path.read_bytes(), list(steps), fingerprint)
+    except PermanentDeliveryError:
+        raise
+    except Exception as exc:
+        # Morphs are pure and deterministic: failing now means failing on every retry.
+        raise PermanentDeliveryError(f"morph failed: {exc}", reason="morph_failed") from exc
+    if isinstance(result, Dataset):
+        return result
+    if isinstance(result, bytes | bytearray | memoryview):
+        try:
+            return dcmread(io.BytesIO(bytes(result)), force=True)
+        except Exception as exc:
+            raise PermanentDeliveryError(f"morph returned unreadable bytes: {exc}",
+                                         reason="morph_failed") from exc
+    raise PermanentDeliveryError(f"morph returned {type(result).__name__}",
+                                 reason="morph_failed")
+
+
+def transcode(ds: Dataset, target: str) -> Dataset:
+    """``ds`` re-encoded for ``target`` (in place): decompress, then compress if asked."""
+    meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
+    source = UID(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    want = UID(target)
+    if source == want:
+        return ds
+    try:
+        if source.is_compressed and "PixelData" in ds:
+            ds.decompress()  # pixel handlers; leaves Explicit VR Little Endian
+        if want.is_compressed:
+            ds.compress(want)
+    except Exception as exc:
+        # No decoder or encoder installed for this pair (or damaged pixel data): the same
+        # object fails the same way next time.
+        raise PermanentDeliveryError(
+            f"cannot transcode {source.name} to {want.name}: {exc}", reason="transcode_failed"
+        ) from exc
+    ds.file_meta = meta
+    meta.TransferSyntaxUID = want
+    if not want.is_compressed:
+        # pynetdicom re-encodes for the context's syntax; the dataset must say which encoding
+        # it is in now, or it refuses a mismatch with its file meta.
+        ds.set_original_encoding(want.is_implicit_VR, want.is_little_endian,
+                                 ds.original_character_set)
+    return ds
+
+
+def part10_bytes(ds: Dataset) -> bytes:
+    """``ds`` as a Part 10 file (STOW-RS sends whole files)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

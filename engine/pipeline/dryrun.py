@@ -1,0 +1,146 @@
+"""Dry runs: which routes an object would match and why, each morph's before/after diff, and
+the destinations — without writing or sending anything.
+
+Shared by ``radflow rules test`` and ``POST /api/v1/routes/test``. The object is read from the
+bytes given (a Part 10 file); the routing context (calling/called AE, source, time) is what the
+caller says. Morph previews run on copies with the site secret, exactly as a sender would.
+It must not touch the store, the spool or the network.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from engine.morph import Change, MorphError, MorphKeys, apply_steps, diff
+from engine.rules.ruleset import Decision, DicomSubject, RouteTrace, RoutingContext, Ruleset
+
+
+@dataclass
+class MorphPreview:
+    route: str
+    destinations: tuple[str, ...]
+    steps: list[str]
+    changes: list[Change] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class DryRun:
+    label: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    decisions: list[Decision]
+    traces: list[RouteTrace]
+    previews: list[MorphPreview]
+    error: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.error:
+            return "error"
+        if not self.decisions:
+            return "unmatched"
+        if all(d.discard for d in self.decisions):
+            return "discarded"
+        return "routed"
+
+
+def dry_run(data: bytes, ruleset: Ruleset, keys: MorphKeys, context: RoutingContext,
+            label: str = "object") -> DryRun:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.get("SOPInstanceUID")  # a broken file fails here, not halfway through the rules
+    except Exception as exc:
+        return DryRun(label, "", "", [], [], [], error=f"not a readable DICOM file: {exc}")
+    decisions, traces = ruleset.explain("dicom", DicomSubject(ds, context))
+    previews = []
+    for decision in decisions:
+        if not decision.morph:
+            continue
+        preview = MorphPreview(decision.route, decision.destinations,
+                               [s.describe() for s in decision.morph])
+        before: Dataset = copy.deepcopy(ds)
+        after: Dataset = copy.deepcopy(ds)
+        try:
+            apply_steps(after, decision.morph, keys)
+            preview.changes = diff(before, after)
+        except MorphError as exc:
+            preview.error = str(exc)
+        previews.append(preview)
+    return DryRun(label, str(ds.get("SOPInstanceUID", "")), str(ds.get("StudyInstanceUID", "")),
+                  decisions, traces, previews)
+
+
+def context_for(calling_ae: str = "", called_ae: str = "", source_ip: str = "",
+                listener: str = "", when: dt.datetime | None = None) -> RoutingContext:
+    return RoutingContext(calling_ae=calling_ae, called_ae=called_ae, source_ip=source_ip,
+                          listener=listener, now=when or dt.datetime.now().astimezone())
+
+
+def to_json(run: DryRun) -> dict[str, Any]:
+    return {
+        "file": run.label, "outcome": run.outcome, "error": run.error,
+        "sop_instance_uid": run.sop_instance_uid, "study_instance_uid": run.study_instance_uid,
+        "routes": [{
+            "name": t.route.name, "source": t.route.source, "trigger": t.route.trigger.level,
+            "considered": t.considered, "matched": t.matched, "note": t.note or None,
+            "why": [{"matched": o.matched, "reason": o.reason.strip(),
+                     "depth": (len(o.reason) - len(o.reason.lstrip(" "))) // 2}
+                    for o in t.reasons],
+        } for t in run.traces],
+        "decisions": [{
+            "route": d.route, "trigger": d.trigger.describe(),
+            "destinations": list(d.destinations), "discard": d.discard, "stop": d.stop,
+            "fallback": d.fallback, "morph": [s.describe() for s in d.morph],
+        } for d in run.decisions],
+        "morphs": [{
+            "route": p.route, "destinations": list(p.destinations), "steps": p.steps,
+            "error": p.error,
+            "changes": [{"path": c.path, "kind": c.kind, "before": c.before, "after": c.after}
+                        for c in p.changes],
+        } for p in run.previews],
+    }
+
+
+def render_text(run: DryRun) -> str:
+    """The dry run as a person reads it in a terminal."""
+    lines = [f"{run.label}: {run.outcome.upper()}"
+             + (f" (SOP Instance UID {run.sop_instance_uid})" if run.sop_instance_uid else "")]
+    if run.error:
+        lines.append(f"  {run.error}")
+        return "\n".join(lines)
+    for t in run.traces:
+        mark = "MATCH" if t.matched else ("  -  " if not t.considered else "no   ")
+        head = f"  [{mark}] {t.route.name} ({t.route.trigger.level}; {t.route.source})"
+        if t.note:
+            head += f" — {t.note}"
+        lines.append(head)
+        for o in t.reasons:
+            lines.append(f"      {'✓' if o.matched else '✗'} {o.reason}")
+    if not run.decisions:
+        lines.append("  no route matched: the object would be kept as unmatched "
+                     "(GET /api/v1/routes/unmatched)")
+    for d in run.decisions:
+        if d.discard:
+            lines.append(f"  -> {d.route}: discarded (stop, no destinations)")
+            continue
+        lines.append(f"  -> {d.route}: {', '.join(d.destinations)} "
+                     f"[{d.trigger.describe()}]" + (" (fallback)" if d.fallback else ""))
+    for p in run.previews:
+        lines.append(f"  morph for {p.route} ({', '.join(p.destinations)}):")
+        for step in p.steps:
+            lines.append(f"      step: {step}")
+        if p.error:
+            lines.append(f"      ERROR: {p.error}")
+        for change in p.changes:
+            lines.append(f"      {change}")
+        if not p.changes and not p.error:
+            lines.append("      (no attribute changed)")
+    return "\n".join(lines)

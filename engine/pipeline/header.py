@@ -1,0 +1,170 @@
+"""Reading the attributes routes look at from a spooled file, fast.
+
+pydicom's ``dcmread`` of a header costs 0.5–0.9 ms per instance here, a fifth of what intake
+itself costs; routing must add less than a tenth. The routes of a ruleset name a small, known
+set of top-level attributes, so :func:`read_header` walks the element headers of the file
+(Explicit or Implicit VR Little Endian, the syntaxes nearly every modality sends), skips
+everything else without decoding it — sequences included — and hands pydicom a dataset made of
+just the wanted raw elements, which pydicom decodes on access as usual (character sets, VRs).
+Anything unusual (deflate, big endian, a ruleset that reads sequences or private attributes,
+a structure this walker does not expect) goes to ``dcmread``. It reads files and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Collection
+from typing import Final
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+_EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"
+_IMPLICIT_LE: Final = "1.2.840.10008.1.2"
+_LONG_VRS: Final = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
+                              b"UN", b"UR", b"UT", b"UV"})
+_ITEM: Final = 0xFFFEE000
+_ITEM_END: Final = 0xFFFEE00D
+_SEQ_END: Final = 0xFFFEE0DD
+_PIXEL_DATA: Final = 0x7FE00010
+_UNDEFINED: Final = 0xFFFFFFFF
+_CHARSET: Final = 0x00080005
+_HEAD: Final = 64 * 1024
+_U16 = struct.Struct("<H").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+_TAG = struct.Struct("<HH").unpack_from
+
+
+class _Unusual(Exception):
+    """Something this walker leaves to pydicom."""
+
+
+def read_full_header(path: str) -> Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def read_header(path: str, tags: Collection[int] | None = None) -> Dataset:
+    """A dataset holding (at least) the top-level ``tags`` of the file at ``path``; every
+    attribute up to Pixel Data when ``tags`` is None."""
+    if tags is None:
+        return read_full_header(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_HEAD)
+            try:
+                return _walk(data, frozenset(tags) | {_CHARSET})
+            except _Unusual:
+                if len(data) < _HEAD:
+                    raise
+                data += fh.read()  # a header larger than the first read
+                return _walk(data, frozenset(tags) | {_CHARSET})
+    except (_Unusual, struct.error, IndexError):
+        return read_full_header(path)
+
+
+def _tag(buf: bytes, pos: int) -> int:
+    group, elem = _TAG(buf, pos)
+    return int((group << 16) | elem)
+
+
+def _walk(buf: bytes, wanted: frozenset[int]) -> Dataset:
+    if buf[128:132] != b"DICM":
+        raise _Unusual
+    pos = 132
+    syntax = ""
+    while pos + 8 <= len(buf) and _U16(buf, pos)[0] == 0x0002:
+        tag = _tag(buf, pos)
+        vr = buf[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            length = _U32(buf, pos + 8)[0]
+            pos += 12
+        else:
+            length = _U16(buf, pos + 6)[0]
+            pos += 8
+        if tag == 0x00020010:
+            syntax = buf[pos:pos + length].decode("ascii", "replace").strip(" \x00")
+        pos += length
+    if syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
+        raise _Unusual
+    implicit = syntax == _IMPLICIT_LE
+    found: dict[int, RawDataElement] = {}
+    highest = max(wanted)
+    end = len(buf)
+    while pos < end:
+        if pos + 8 > end:
+            raise _Unusual  # the header continues past what was read
+        tag = _tag(buf, pos)
+        if tag >= _PIXEL_DATA or tag > highest:
+            break
+        vr: bytes | None
+        if implicit:
+            vr = None
+            length = _U32(buf, pos + 4)[0]
+            start = pos + 8
+        else:
+            vr = buf[pos + 4:pos + 6]
+            if vr in _LONG_VRS:
+                length = _U32(buf, pos + 8)[0]
+                start = pos + 12
+            else:
+                length = _U16(buf, pos + 6)[0]
+                start = pos + 8
+        if length == _UNDEFINED:
+            pos = _skip_sequence(buf, start, implicit or vr == b"UN", 0)
+            continue
+        if start + length > end:
+            raise _Unusual
+        if tag in wanted:
+            found[tag] = RawDataElement(Tag(tag), vr.decode("ascii") if vr else None, length,
+                                        buf[start:start + length], start, implicit, True)
+        pos = start + length
+    return Dataset(found)
+
+
+def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
+    """The offset after an undefined-length sequence starting at ``pos`` (its first item)."""
+    if depth > 16:
+        raise _Unusual
+    end = len(buf)
+    while True:
+        if pos + 8 > end:
+            raise _Unusual
+        tag = _tag(buf, pos)
+        length = _U32(buf, pos + 4)[0]
+        pos += 8
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise _Unusual
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        pos = _skip_item(buf, pos, implicit, depth)
+
+
+def _skip_item(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
+    end = len(buf)
+    while True:
+        if pos + 8 > end:
+            raise _Unusual
+        tag = _tag(buf, pos)
+        if tag == _ITEM_END:
+            return pos + 8
+        if implicit:
+            vr = None
+            length = _U32(buf, pos + 4)[0]
+            start = pos + 8
+        else:
+            vr = buf[pos + 4:pos + 6]
+            if vr in _LONG_VRS:
+                length = _U32(buf, pos + 8)[0]
+                start = pos + 12
+            else:
+                length = _U16(buf, pos + 6)[0]
+                start = pos + 8
+        if length == _UNDEFINED:
+            pos = _skip_sequence(buf, start, implicit or vr == b"UN", depth + 1)
+        else:
+            pos = start + length

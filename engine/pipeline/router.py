@@ -1,0 +1,348 @@
+"""The router: journal entries in, outbox rows out, one transaction per batch (D3).
+
+:class:`Router` subscribes to ``InstanceStored`` and ``OrderReceived`` and queues their journal
+ids (bounded; a full queue drops the id, counted, and the sweep finds the entry later: the
+journal is the truth, the bus may drop). A worker takes every id waiting, reads the journal
+rows, and in a worker thread reads each object's header from the spool, evaluates the current
+ruleset and builds a plan: outbox rows for instance/order routes, group joins for series/study
+routes, and the outcome (routed, grouped, discarded, unmatched). The store applies the batch in
+ONE transaction that also marks each entry routed; an entry routed meanwhile (replay racing the
+bus) is skipped inside that transaction, so no entry is ever routed twice.
+
+Series/study routes wait in durable groups; a timer fires each group after its quiet period
+(or maximum wait) and :meth:`study_complete` fires a study's groups at once (the MPPS work calls
+it). Groups and unrouted entries are rebuilt from the store at start. The router never sends
+and never morphs: senders apply the frozen morph steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from engine.durable.routing import GroupJoin, OpenGroup, RoutingOutcome, RoutingPlan, SourceTable
+from engine.durable.spool import Spool
+from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
+from engine.events import InstanceStored, OrderReceived
+from engine.ingress.hl7.message import Hl7Message, Hl7ParseError
+from engine.observability.logging import get_logger
+from engine.observability.metrics import (
+    ROUTING_BATCH,
+    ROUTING_ENTRIES,
+    ROUTING_FAILURES,
+    ROUTING_GROUPS_FIRED,
+    ROUTING_GROUPS_OPEN,
+    ROUTING_OUTBOX_ROWS,
+    ROUTING_QUEUE_DROPPED,
+    ROUTING_ROUTE_MATCHES,
+    ROUTING_SECONDS,
+)
+from engine.pipeline import payload
+from engine.pipeline.header import read_header
+from engine.pipeline.rulesets import RulesManager
+from engine.rules.ruleset import Decision, DicomSubject, Hl7Subject, RoutingContext, Ruleset
+
+log = get_logger("engine.pipeline")
+
+_BATCH_MAX: Final = 256
+_REPLAY_PAGE: Final = 500
+_GATHER_SECONDS: Final = 0.025
+
+
+def _local(received_at: str) -> dt.datetime:
+    """Time windows use the local time the object arrived (stable across replays)."""
+    try:
+        return dt.datetime.fromisoformat(received_at).astimezone()
+    except ValueError:
+        return dt.datetime.now().astimezone()
+
+
+class Router:
+    """Routes the journal through the current ruleset into the outbox."""
+
+    def __init__(self, store: Store, spool: Spool, rules: RulesManager, *,
+                 default_charset: str = "8859/1", sweep_seconds: float = 30.0,
+                 queue_size: int = 50_000) -> None:
+        self._store = store
+        self._spool = spool
+        self._rules = rules
+        self._default_charset = default_charset
+        self._sweep_seconds = sweep_seconds
+        self._queue: asyncio.Queue[tuple[SourceTable, int]] = asyncio.Queue(queue_size)
+        self._groups: dict[int, OpenGroup] = {}
+        self._groups_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._routing = asyncio.Lock()  # one batch at a time: the worker, a sweep, a replay
+        self.running = False
+
+    # --- life cycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        for group in await self._store.open_routing_groups():
+            self._groups[group.id] = group
+        ROUTING_GROUPS_OPEN.set(len(self._groups))
+        self.running = True
+        self._tasks = [asyncio.create_task(self._recover(), name="router-replay"),
+                       asyncio.create_task(self._work(), name="router"),
+                       asyncio.create_task(self._sweep(), name="router-sweep"),
+                       asyncio.create_task(self._timers(), name="router-groups")]
+
+    async def _recover(self) -> None:
+        # In the background: a backlog of unrouted entries (a crash, a long outage) must not
+        # hold the listeners closed; new arrivals are routed meanwhile (each entry once).
+        try:
+            replayed = await self.replay()
+        except Exception:
+            log.exception("routing.replay_failed")
+            return
+        if replayed or self._groups:
+            log.info("routing.recovered", replayed=replayed, open_groups=len(self._groups))
+
+    async def stop(self) -> None:
+        """Stop taking work; an entry still queued is unrouted and replayed at the next start."""
+        self.running = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # --- bus subscribers (never block, never raise) ---------------------------------------------
+    def on_instance_stored(self, event: InstanceStored) -> None:
+        self._enqueue("instances", event.journal_id)
+
+    def on_order_received(self, event: OrderReceived) -> None:
+        self._enqueue("hl7_messages", event.journal_id)
+
+    def _enqueue(self, table: SourceTable, journal_id: int) -> None:
+        if not self.running:
+            return  # routed from the journal at the next start
+        try:
+            self._queue.put_nowait((table, journal_id))
+        except asyncio.QueueFull:
+            ROUTING_QUEUE_DROPPED.inc()
+
+    # --- the worker ----------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            first = await self._queue.get()
+            # Routing is off the acknowledgement path: waiting a moment lets one fsync'd
+            # transaction carry many entries instead of one each.
+            await asyncio.sleep(_GATHER_SECONDS)
+            batch = [first]
+            while len(batch) < _BATCH_MAX and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._route_ids(batch)
+            except Exception:
+                # The entries stay unrouted in the journal; the sweep takes them again.
+                ROUTING_FAILURES.labels("batch").inc()
+                log.exception("routing.batch_failed", entries=len(batch))
+
+    async def _route_ids(self, batch: Sequence[tuple[SourceTable, int]]) -> None:
+        instance_ids = [i for t, i in batch if t == "instances"]
+        hl7_ids = {i for t, i in batch if t == "hl7_messages"}
+        instances = [s for s in await self._store.instances_by_ids(instance_ids)
+                     if s.routed_at is None] if instance_ids else []
+        messages: list[Hl7JournalRecord] = []
+        if hl7_ids:
+            # Unrouted AA messages from the lowest queued id on: usually exactly the batch.
+            page = await self._store.unrouted_hl7_messages(min(hl7_ids) - 1, len(hl7_ids) + 50)
+            messages = [m for m in page if m.id in hl7_ids]
+        await self.route(instances, messages)
+
+    async def route(self, instances: Sequence[StoredInstance],
+                    messages: Sequence[Hl7JournalRecord] = ()) -> int:
+        """Route these journal entries in one transaction; the number newly routed."""
+        if not instances and not messages:
+            return 0
+        async with self._routing:
+            started = time.perf_counter()
+            ruleset = self._rules.current
+            plans = await asyncio.to_thread(self._plan_all, ruleset, instances, messages)
+            if not plans:
+                return 0
+            now = time.time()
+            results = await self._store.commit_routing(
+                plans, dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), now)
+            applied = 0
+            for plan, result in zip(plans, results, strict=True):
+                if not result.applied:
+                    continue
+                applied += 1
+                ROUTING_ENTRIES.labels(plan.source_table, plan.outcome).inc()
+                for row in plan.rows:
+                    ROUTING_OUTBOX_ROWS.labels(row.destination).inc()
+                for group in result.groups:
+                    self._groups[group.id] = group
+                if plan.outcome == "unmatched":
+                    log.info("routing.unmatched", source=plan.source_table,
+                             journal_id=plan.source_id)
+            if any(r.groups for r in results):
+                ROUTING_GROUPS_OPEN.set(len(self._groups))
+                self._groups_changed.set()
+            ROUTING_BATCH.observe(len(plans))
+            ROUTING_SECONDS.observe(time.perf_counter() - started)
+            return applied
+
+    # --- planning (worker thread: file reads and pure evaluation) ----------------------------
+    def _plan_all(self, ruleset: Ruleset, instances: Sequence[StoredInstance],
+                  messages: Sequence[Hl7JournalRecord]) -> list[RoutingPlan]:
+        plans: list[RoutingPlan] = []
+        for stored in instances:
+            try:
+                plans.append(self.plan_instance(ruleset, stored))
+            except Exception as exc:
+                ROUTING_FAILURES.labels("unreadable_object").inc()
+                log.error("routing.instance_failed", journal_id=stored.id,
+                          sop_instance_uid=stored.record.sop_instance_uid, error=str(exc))
+        for record in messages:
+            plans.append(self.plan_message(ruleset, record))
+        return plans
+
+    def plan_instance(self, ruleset: Ruleset, stored: StoredInstance) -> RoutingPlan:
+        rec = stored.record
+        context = RoutingContext(calling_ae=rec.calling_ae, called_ae=rec.called_ae,
+                                 source_ip=rec.peer_host, listener=rec.listener,
+                                 now=_local(rec.received_at))
+        path = str(self._spool.path_of(rec.spool_path))
+        tags = ruleset.header_tags
+        subject = DicomSubject(lambda: read_header(path, tags), context)
+        decisions = ruleset.evaluate("dicom", subject)
+        keys = self._rules.keys
+        rows = []
+        joins = []
+        for decision in decisions:
+            ROUTING_ROUTE_MATCHES.labels(decision.route).inc()
+            if decision.discard:
+                continue
+            level = decision.trigger.level
+            key = rec.series_instance_uid if level == "series" else rec.study_instance_uid
+            if decision.trigger.is_group and key:
+                joins.append(GroupJoin(
+                    route=decision.route, level=level,  # type: ignore[arg-type]
+                    key=key, study_instance_uid=rec.study_instance_uid,
+                    quiet_seconds=decision.trigger.quiet_seconds or 60.0,
+                    max_wait_seconds=decision.trigger.max_wait_seconds or 3600.0,
+                    decision=payload.decision_json(decision, ruleset.version,
+                                                   ruleset.destination_types,
+                                                   keys.fingerprint)))
+            else:
+                # No Study/Series UID to group by: deliver it on its own rather than never.
+                rows.extend(payload.instance_rows(stored, decision, ruleset.version,
+                                                  ruleset.destination_types, keys.fingerprint))
+        return RoutingPlan("instances", stored.id, _outcome(decisions, bool(rows), bool(joins)),
+                           tuple(rows), tuple(joins))
+
+    def plan_message(self, ruleset: Ruleset, record: Hl7JournalRecord) -> RoutingPlan:
+        e = record.entry
+        context = RoutingContext(source_ip=e.peer_host, listener=e.listener,
+                                 now=_local(e.received_at))
+        try:
+            message = Hl7Message.parse(e.raw, self._default_charset)
+        except Hl7ParseError:
+            return RoutingPlan("hl7_messages", record.id, "unmatched")
+        decisions = ruleset.evaluate("order", Hl7Subject(message, context))
+        rows = []
+        for decision in decisions:
+            ROUTING_ROUTE_MATCHES.labels(decision.route).inc()
+            rows.extend(payload.hl7_rows(record, decision, ruleset.version,
+                                         ruleset.destination_types))
+        return RoutingPlan("hl7_messages", record.id, _outcome(decisions, bool(rows), False),
+                           tuple(rows))
+
+    # --- replay and sweep ----------------------------------------------------------------------
+    async def replay(self) -> int:
+        """Route every unrouted journal entry (start, sweep); the number routed."""
+        total = 0
+        after = 0
+        while True:
+            page = await self._store.unrouted_instances(after, _REPLAY_PAGE)
+            if not page:
+                break
+            total += await self.route(page)
+            after = page[-1].id
+        after = 0
+        while True:
+            messages = await self._store.unrouted_hl7_messages(after, _REPLAY_PAGE)
+            if not messages:
+                break
+            total += await self.route((), messages)
+            after = messages[-1].id
+        return total
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_seconds)
+            if not self._queue.empty():
+                continue  # the worker is busy with exactly these entries
+            try:
+                routed = await self.replay()
+                if routed:
+                    log.warning("routing.swept", entries=routed)
+            except Exception:
+                log.exception("routing.sweep_failed")
+
+    # --- series / study groups -----------------------------------------------------------------
+    async def _timers(self) -> None:
+        while True:
+            self._groups_changed.clear()
+            now = time.time()
+            due = [g for g in self._groups.values() if g.deadline <= now]
+            for group in due:
+                await self._fire(group, group.reason_at(now))
+            if due:
+                continue
+            wait = min((g.deadline for g in self._groups.values()), default=now + 3600) - now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, 0.05)):
+                    await self._groups_changed.wait()
+
+    async def _fire(self, group: OpenGroup, reason: str) -> None:
+        try:
+            fired = await self._store.fire_routing_group(group.id, reason, time.time(),
+                                                         payload.group_rows)
+        except Exception:
+            log.exception("routing.group_fire_failed", group_id=group.id, route=group.route)
+            # Try again after a quiet period rather than spinning on a failing store.
+            now = time.time()
+            self._groups[group.id] = dataclasses.replace(group, first_at=now, last_at=now)
+            return
+        self._groups.pop(group.id, None)
+        ROUTING_GROUPS_OPEN.set(len(self._groups))
+        if fired is None:
+            return
+        ROUTING_GROUPS_FIRED.labels(group.level, reason).inc()
+        log.info("routing.group_fired", route=group.route, level=group.level,
+                 key=group.key, reason=reason, instances=fired.instances,
+                 outbox_rows=fired.outbox_rows)
+
+    async def study_complete(self, study_instance_uid: str) -> int:
+        """Fire the study's open series/study groups now (MPPS evidence that the study is
+        complete); the number of groups fired. Entries not routed yet are routed first, so
+        every stored instance of the study is in its groups."""
+        await self.replay()
+        fired = 0
+        for group in await self._store.open_routing_groups(study_instance_uid):
+            await self._fire(group, "study_complete")
+            fired += 1
+        return fired
+
+    @property
+    def open_groups(self) -> list[OpenGroup]:
+        return sorted(self._groups.values(), key=lambda g: g.deadline)
+
+
+def _outcome(decisions: Sequence[Decision], rows: bool, joins: bool) -> RoutingOutcome:
+    if rows:
+        return "routed"
+    if joins:
+        return "grouped"
+    if decisions:
+        return "discarded"
+    return "unmatched"

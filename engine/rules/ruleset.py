@@ -1,0 +1,292 @@
+"""A compiled ruleset and its pure evaluation: an event and its context in, decisions out.
+
+:meth:`Ruleset.evaluate` walks the routes in their visible order (file names, then position in
+the file) with the semantics users know from mercure: every matching route fires (fan-out); a
+matching route with ``stop: true`` ends the walk (with no destinations it is a discard rule);
+``fallback: true`` routes are looked at only when no other route matched; when nothing matches
+the result is empty and the caller keeps the object as *unmatched*. :meth:`Ruleset.explain` is
+the same walk with a reason for every predicate (dry runs). A Ruleset is immutable: a reload
+builds a new one and swaps the reference. This module must not read files, the store or the
+clock (the time is in the :class:`RoutingContext`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydicom.dataset import Dataset
+
+from engine.ingress.hl7.message import Hl7Message
+from engine.morph.ops import MorphStep
+from engine.morph.paths import AttrPath, find, text_values
+from engine.rules.match import Node, Outcome
+from engine.rules.model import TriggerLevel
+
+EventKind = Literal["dicom", "order", "procedure_step"]
+#: which trigger levels an event kind can fire
+LEVELS_OF: dict[EventKind, tuple[TriggerLevel, ...]] = {
+    "dicom": ("instance", "series", "study"),
+    "order": ("order",),
+    "procedure_step": ("procedure_step",),
+}
+GROUP_LEVELS: frozenset[str] = frozenset({"series", "study"})
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class RoutingContext:
+    """Where an event came from and when it is evaluated."""
+
+    calling_ae: str = ""
+    called_ae: str = ""
+    source_ip: str = ""
+    listener: str = ""
+    #: local wall-clock time of the evaluation (time-of-day and weekday windows read it)
+    now: dt.datetime = field(default_factory=lambda: dt.datetime(2000, 1, 3, 12, 0))
+
+
+def _context_values(ctx: RoutingContext, name: str, event: str) -> list[str] | None:
+    if name == "time":
+        return [ctx.now.strftime("%H:%M")]
+    if name == "weekday":
+        return [_WEEKDAYS[ctx.now.weekday()]]
+    if name == "event":
+        return [event]
+    value = {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae,
+             "source_ip": ctx.source_ip, "listener": ctx.listener}.get(name, "")
+    return [value] if value else None
+
+
+class DicomSubject:
+    """A DICOM object as predicates see it; the dataset is loaded on the first attribute read
+    (routes that only look at the context never parse the file)."""
+
+    def __init__(self, dataset: Dataset | Callable[[], Dataset], context: RoutingContext,
+                 event: str = "instance") -> None:
+        self._dataset = dataset if isinstance(dataset, Dataset) else None
+        self._loader = None if isinstance(dataset, Dataset) else dataset
+        self.context_ = context
+        self._event = event
+        self._cache: dict[str, list[str] | None] = {}
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            assert self._loader is not None
+            self._dataset = self._loader()
+        return self._dataset
+
+    def attr(self, path: AttrPath) -> list[str] | None:
+        # Many routes read the same few attributes: decode each once per event.
+        if path.text in self._cache:
+            return self._cache[path.text]
+        values = self._attr(path)
+        self._cache[path.text] = values
+        return values
+
+    def _attr(self, path: AttrPath) -> list[str] | None:
+        elems = find(self.dataset, path)
+        if not elems:
+            return None
+        values: list[str] = []
+        for elem in elems:
+            if elem.VR == "SQ":
+                if elem.value:
+                    values.append(f"<{len(elem.value)} item(s)>")
+            else:
+                values.extend(v.strip() for v in text_values(elem))
+                if not values and isinstance(elem.value, bytes | bytearray) and elem.value:
+                    values.append(f"<{len(elem.value)} bytes>")
+        return values or None
+
+    def hl7(self, path: str) -> list[str] | None:
+        return None
+
+    def context(self, name: str) -> list[str] | None:
+        return _context_values(self.context_, name, self._event)
+
+
+class Hl7Subject:
+    """An HL7 v2 message as predicates see it (``hl7:`` paths; any repetition matches unless
+    the path names one)."""
+
+    def __init__(self, message: Hl7Message, context: RoutingContext) -> None:
+        self.message = message
+        self.context_ = context
+
+    def attr(self, path: AttrPath) -> list[str] | None:
+        return None
+
+    def hl7(self, path: str) -> list[str] | None:
+        try:
+            if "[" in path.split("-", 1)[-1]:
+                values = [self.message.get(path)]
+            else:
+                values = self.message.get_all(path)
+        except ValueError:
+            return None
+        found = [v for v in values if v]
+        return found or None
+
+    def context(self, name: str) -> list[str] | None:
+        return _context_values(self.context_, name, "order")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    level: TriggerLevel
+    quiet_seconds: float | None = None
+    max_wait_seconds: float | None = None
+
+    @property
+    def is_group(self) -> bool:
+        return self.level in GROUP_LEVELS
+
+    def describe(self) -> str:
+        if not self.is_group:
+            return self.level
+        return (f"{self.level} (complete after {self.quiet_seconds:g} s quiet, at most "
+                f"{self.max_wait_seconds:g} s)")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One compiled route."""
+
+    name: str
+    description: str
+    source: str  # file:line
+    trigger: Trigger
+    match: Node
+    destinations: tuple[str, ...]
+    morph: tuple[MorphStep, ...]
+    morph_labels: tuple[str, ...]  # as written: profile names and inline op names
+    stop: bool
+    fallback: bool
+    enabled: bool = True
+
+    def applies_to(self, kind: EventKind) -> bool:
+        return self.enabled and self.trigger.level in LEVELS_OF[kind]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A route that fired: where the object goes and how it is changed on the way."""
+
+    route: str
+    trigger: Trigger
+    destinations: tuple[str, ...]
+    morph: tuple[MorphStep, ...]
+    stop: bool
+    fallback: bool
+
+    @property
+    def discard(self) -> bool:
+        return not self.destinations
+
+
+@dataclass(frozen=True)
+class RouteTrace:
+    """One route's part in a dry run."""
+
+    route: Route
+    considered: bool  # False: skipped (other trigger, disabled, after a stop, fallback unused)
+    matched: bool
+    reasons: tuple[Outcome, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    routes: tuple[Route, ...]
+    profiles: Mapping[str, tuple[MorphStep, ...]]
+    version: str  # a digest of every file's bytes
+    files: tuple[str, ...]
+    destination_types: Mapping[str, str]
+    #: the top-level tags the routes' predicates read (a reader may parse only these); None
+    #: when some predicate reads a sequence or private attribute (parse everything)
+    header_tags: frozenset[int] | None = None
+
+    def evaluate(self, kind: EventKind, subject: DicomSubject | Hl7Subject) -> list[Decision]:
+        """The decisions for one event (empty: unmatched)."""
+        decisions: list[Decision] = []
+        stopped = False
+        for route in self.routes:
+            if route.fallback or not route.applies_to(kind):
+                continue
+            if route.match.test(subject):
+                decisions.append(_decision(route))
+                if route.stop:
+                    stopped = True
+                    break
+        if decisions or stopped:
+            return decisions
+        for route in self.routes:
+            if route.fallback and route.applies_to(kind) and route.match.test(subject):
+                decisions.append(_decision(route))
+                if route.stop:
+                    break
+        return decisions
+
+    def explain(self, kind: EventKind, subject: DicomSubject | Hl7Subject
+                ) -> tuple[list[Decision], list[RouteTrace]]:
+        """:meth:`evaluate` with the reasons: the decisions and a trace for every route."""
+        traces: list[RouteTrace] = []
+        decisions: list[Decision] = []
+        stopped_by: str | None = None
+        for route in self.routes:
+            if route.fallback:
+                continue
+            if not route.enabled:
+                traces.append(RouteTrace(route, False, False, (), "disabled"))
+                continue
+            if not route.applies_to(kind):
+                traces.append(RouteTrace(route, False, False, (),
+                                         f"trigger {route.trigger.level} does not apply to "
+                                         f"this event"))
+                continue
+            if stopped_by is not None:
+                traces.append(RouteTrace(route, False, False, (), f"after stop in {stopped_by}"))
+                continue
+            reasons = route.match.explain(subject)
+            matched = reasons[0].matched
+            traces.append(RouteTrace(route, True, matched, tuple(reasons)))
+            if matched:
+                decisions.append(_decision(route))
+                if route.stop:
+                    stopped_by = route.name
+        use_fallback = not decisions and stopped_by is None
+        fallback_stopped = False
+        for route in self.routes:
+            if not route.fallback:
+                continue
+            if not use_fallback or not route.applies_to(kind) or fallback_stopped:
+                note = "fallback: another route matched" if not use_fallback else \
+                    ("disabled" if not route.enabled else "after stop" if fallback_stopped
+                     else f"trigger {route.trigger.level} does not apply to this event")
+                traces.append(RouteTrace(route, False, False, (), note))
+                continue
+            reasons = route.match.explain(subject)
+            matched = reasons[0].matched
+            traces.append(RouteTrace(route, True, matched, tuple(reasons), "fallback"))
+            if matched:
+                decisions.append(_decision(route))
+                fallback_stopped = route.stop
+        return decisions, traces
+
+    def route(self, name: str) -> Route | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None
+
+
+def _decision(route: Route) -> Decision:
+    return Decision(route.name, route.trigger, route.destinations, route.morph, route.stop,
+                    route.fallback)
+
+
+EMPTY_RULESET = Ruleset((), {}, "empty", (), {})
