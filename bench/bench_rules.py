@@ -39,7 +39,7 @@ from engine.pipeline.router import Router  # noqa: E402
 from engine.rules.loader import load_ruleset  # noqa: E402
 from engine.rules.ruleset import DicomSubject, RoutingContext  # noqa: E402
 from tests.helpers import dicomgen  # noqa: E402
-from tests.helpers.proc import RadflowProcess, storescu, store_responses  # noqa: E402
+from tests.helpers.proc import RadflowProcess, store_responses, storescu  # noqa: E402
 
 SECRET = "bench-secret"
 DESTINATIONS = {f"dest{i}": "dimse" for i in range(10)}
@@ -228,9 +228,11 @@ def main() -> None:
             routed = [intake(files, work / f"routed{i}", routes) for i in range(2)]
             intake_us = statistics.median(plain) / len(files) * 1e6
             routed_us = statistics.median(routed) / len(files) * 1e6
-            print(f"intake storescu -> radflow, no routes : {len(files) / statistics.median(plain):7.0f}"
+            plain_rate = len(files) / statistics.median(plain)
+            routed_rate = len(files) / statistics.median(routed)
+            print(f"intake storescu -> radflow, no routes : {plain_rate:7.0f}"
                   f" inst/s  ({intake_us / 1000:.2f} ms per instance)")
-            print(f"intake storescu -> radflow, 50 routes : {len(files) / statistics.median(routed):7.0f}"
+            print(f"intake storescu -> radflow, 50 routes : {routed_rate:7.0f}"
                   f" inst/s  ({routed_us / 1000:.2f} ms per instance, "
                   f"{(routed_us / intake_us - 1) * 100:+.1f} %)\n")
         width = max(len(r[0]) for r in rows)

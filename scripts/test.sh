@@ -3,5 +3,5 @@
 # Python packages into .venv) and run the whole suite. Extra arguments go to pytest.
 . "$(dirname "$0")/_env.sh"
 apt_install dcmtk orthanc orthanc-dicomweb
-install_radflow "[test]"
+install_radflow "[test,codecs]"
 exec "$VPY" -m pytest -n "${RADFLOW_TEST_WORKERS:-2}" "$@"

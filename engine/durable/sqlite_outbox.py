@@ -125,23 +125,35 @@ def lease(conn: sqlite3.Connection, destination: str, owner: str, now: float,
 
 def _ordered_candidates(conn: sqlite3.Connection, params: dict[str, Any]) -> list[int]:
     limit = int(params["limit"])
-    taken: list[int] = []
-    last_of_study: dict[str, int] = {}
-    # A window a few times the page: rows skipped as "not first of their study" are common
-    # when a study's rows have different backoffs.
+    # A window a few times the page: a study's rows may be spread across it when they have
+    # different backoffs.
     window = conn.execute(_CANDIDATES, {**params, "window": limit * 4}).fetchall()
+    by_study: dict[str, list[int]] = {}
+    for row_id, study in window:
+        if study is not None:
+            by_study.setdefault(study, []).append(row_id)
+    taken: list[int] = []
+    seen: set[str] = set()
     for row_id, study in window:
         if len(taken) >= limit:
             break
         if study is None:
             taken.append(row_id)
             continue
-        after = last_of_study.get(study, -1)
-        first = conn.execute(_NEXT_OF_STUDY, {"dest": params["dest"], "study": study,
-                                              "after": after}).fetchone()[0]
-        if first == row_id:
-            taken.append(row_id)
-            last_of_study[study] = row_id
+        if study in seen:
+            continue
+        seen.add(study)
+        # The study's run: its first undelivered row, then each next one, while they are
+        # ready candidates of this window.
+        ready = sorted(by_study[study])
+        after = -1
+        for candidate in ready:
+            nxt = conn.execute(_NEXT_OF_STUDY, {"dest": params["dest"], "study": study,
+                                                "after": after}).fetchone()[0]
+            if nxt != candidate or len(taken) >= limit:
+                break
+            taken.append(candidate)
+            after = candidate
     return taken
 
 

@@ -77,10 +77,12 @@ def transcode(ds: Dataset, target: str) -> Dataset:
     if source == want:
         return ds
     try:
+        # generate_instance_uid=False: pydicom 3 gives a (de)compressed dataset a new SOP
+        # Instance UID by default; a forwarded instance must keep its identity.
         if source.is_compressed and "PixelData" in ds:
-            ds.decompress()  # pixel handlers; leaves Explicit VR Little Endian
+            ds.decompress(generate_instance_uid=False)  # leaves Explicit VR Little Endian
         if want.is_compressed:
-            ds.compress(want)
+            ds.compress(want, generate_instance_uid=False)
     except Exception as exc:
         # No decoder or encoder installed for this pair (or damaged pixel data): the same
         # object fails the same way next time.

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from engine.morph import MorphKeys, morph_bytes, read_dataset, steps_from_json
 from tests.helpers import dicomgen
-from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, storescu, store_responses
+from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, store_responses, storescu
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(240)]
 

@@ -33,7 +33,7 @@ def test_table_is_the_standards_size_and_shape() -> None:
 def test_basic_profile_actions(ds: Dataset) -> None:
     out = run(ds, {"op": "deidentify"})
     assert out.PatientName == "" and out.PatientBirthDate == ""
-    assert "OtherPatientIDs" not in out and "InstitutionName" not in out or \
+    assert ("OtherPatientIDs" not in out and "InstitutionName" not in out) or \
         out.InstitutionName in ("", "ANONYMOUS")
     assert out.StudyInstanceUID != ds.StudyInstanceUID
     assert out.SOPClassUID == ds.SOPClassUID

@@ -216,7 +216,8 @@ def test_fan_out_stop_fallback_and_unmatched(tmp_path: Path) -> None:
     qa = rs.evaluate("dicom", subject(PatientID="QA-1"))
     assert [d.route for d in qa] == ["discard-qa"] and qa[0].discard
     # after-stop matches everything, so the fallback never runs for DICOM here; without it:
-    write(tmp_path, "10.yaml", RULES.replace("      - {name: after-stop, destinations: [pacs]}\n", ""))
+    without = RULES.replace("      - {name: after-stop, destinations: [pacs]}\n", "")
+    write(tmp_path, "10.yaml", without)
     rs = load(tmp_path)
     assert [d.route for d in rs.evaluate("dicom", subject(Modality="US"))] == ["fallback"]
     assert rs.evaluate("dicom", subject(Modality="XA")) == []  # unmatched
