@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -158,11 +159,11 @@ class Engine:
         await self.dimse.start()
         self._stop_steps.append(
             ("dimse", lambda: self.dimse.stop(self.settings.engine.shutdown_grace)))
+        grace = self.settings.engine.shutdown_grace
         for listener in self.mllp:
             await listener.start()
-            self._stop_steps.append(
-                (f"mllp:{listener.config.name}",
-                 lambda lst=listener: lst.stop(self.settings.engine.shutdown_grace)))
+            self._stop_steps.append((f"mllp:{listener.config.name}",
+                                     functools.partial(listener.stop, grace)))
         log.info("engine.started", site=self.settings.site.name)
 
     async def _recover_spool(self) -> None:

@@ -249,9 +249,13 @@ class WorklistService:
             return []
         now = now_iso()
 
+        # Planning is pure and the costliest step: done here, it overlaps the writer thread's
+        # previous commit instead of holding the single writer (and its lock) for every batch.
+        plans = [self._plan(received) for received in items]
+
         def apply(txn: WorklistTxn, index: int) -> Hl7Disposition:
             # Runs on the store's writer thread, inside the message's savepoint.
-            return self._decide(txn, items[index], now)
+            return self._decide(txn, items[index], plans[index], now)
 
         results = await self.store.commit_hl7_batch([_entry(r) for r in items], apply)
         outcomes = []
@@ -263,7 +267,8 @@ class WorklistService:
                                  worklist_item_ids=disp.worklist_item_ids)
             outcomes.append(outcome)
             msg = received.message
-            log.info("worklist.hl7.applied" if not result.duplicate else "worklist.hl7.duplicate",
+            # Debug: ingress.hl7.ack_sent already logs every message at info.
+            log.debug("worklist.hl7.applied" if not result.duplicate else "worklist.hl7.duplicate",
                      journal_id=result.journal_id, ack_code=outcome.code,
                      message_type=f"{msg.message_type}^{msg.trigger_event}" if msg else None,
                      control_id=msg.control_id if msg else None,
@@ -272,15 +277,26 @@ class WorklistService:
                      errors=[_error_key(e) for e in outcome.errors] or None)
         return outcomes
 
-    def _decide(self, txn: WorklistTxn, received: Hl7Received, now: str) -> Hl7Disposition:
+    def _plan(self, received: Hl7Received) -> WorklistChange | Exception | None:
+        """The message's planned change, or the exception planning raised (None: unparsed)."""
+        if received.message is None:
+            return None
+        try:
+            return self.mapping.plan(received.message)
+        except Exception as exc:
+            return exc
+
+    def _decide(self, txn: WorklistTxn, received: Hl7Received,
+                plan: WorklistChange | Exception | None, now: str) -> Hl7Disposition:
         msg = received.message
-        if msg is None:
+        if msg is None or plan is None:
             text = received.parse_error or "unparseable message"
             return _disposition(AckCode.APPLICATION_REJECT,
                                 (AckError(code=Hl7ErrorCode.DATA_TYPE_ERROR, text=text),), text)
         try:
-            change = self.mapping.plan(msg)
-            ids = apply_change(txn, change, now)
+            if isinstance(plan, Exception):
+                raise plan
+            ids = apply_change(txn, plan, now)
         except UnsupportedMessage as exc:
             return _disposition(AckCode.APPLICATION_REJECT, (exc.ack_error(),), exc.text)
         except Hl7ContentError as exc:
