@@ -324,11 +324,7 @@ class AdminServer:
         return web.json_response(OPENAPI)
 
     async def list_instances(self, request: web.Request) -> web.Response:
-        try:
-            limit = max(1, min(int(request.query.get("limit", "100")), 1000))
-            offset = max(int(request.query.get("offset", "0")), 0)
-        except ValueError:
-            return web.json_response({"error": "limit and offset are integers"}, status=400)
+        limit, offset = _paging(request)
         items = await self._store.list_instances(limit, offset)
         total = await self._store.count_instances()
         return web.json_response({"total": total, "items": [instance_json(i) for i in items]})
