@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=None)
     args = parser.parse_args(argv)
     install_signal_handlers()
+    from engine.observability.logging import configure_logging
+
+    configure_logging("warning", "console")  # the in-process sender's per-row lines are debug
     parts = {int(p) for p in args.parts.split(",")}
     datas = [ensure_dataset(args.data_dir, s) for s in specs(args.quick)]
     work = Path(tempfile.mkdtemp(prefix="radflow-bench-egress-"))

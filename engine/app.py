@@ -29,6 +29,7 @@ from engine.egress.dispatcher import Dispatcher
 from engine.egress.queues import QueueAdmin
 from engine.events import InstanceStored, OrderReceived
 from engine.ingress.dimse.intake import StoreIntake
+from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
@@ -36,6 +37,7 @@ from engine.ingress.hl7.listener import MllpListener
 from engine.observability.logging import get_logger
 from engine.pipeline.router import Router
 from engine.pipeline.rulesets import RulesManager
+from engine.procedure.service import ProcedureStepService
 from engine.settings import Settings
 from engine.worklist.mapping import load_mapping
 from engine.worklist.service import WorklistService
@@ -83,8 +85,12 @@ class Engine:
             default_charset=settings.hl7.default_charset)
         mwl = MwlProvider(self.bridge, self.worklist, wl.find_timeout)
         # --- end worklist ---
+        # --- procedure steps (MPPS): N-CREATE / N-SET -> worklist status, events, completeness
+        self.procedure_steps = ProcedureStepService(self.store, self.bus)
+        mpps = MppsProvider(self.bridge, self.procedure_steps, settings.dicom.store_timeout)
+        # --- end procedure steps ---
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
-                                    lambda: self.bridge.closing, mwl)
+                                    lambda: self.bridge.closing, mwl, mpps)
         self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room,
                                     self.bus)
         # --- routing (D3): journal -> rules -> outbox; invalid routes raise SettingsError ---
@@ -95,6 +101,10 @@ class Engine:
         self.bus.subscribe(InstanceStored, self.router.on_instance_stored)
         self.bus.subscribe(OrderReceived, self.router.on_order_received)
         # --- end routing ---
+        # MPPS completeness: fire study-level routes as soon as a COMPLETED step's instances
+        # are all here (the quiet-period timer stays the fallback).
+        self.procedure_steps.study_complete = self.router.study_complete
+        self.bus.subscribe(InstanceStored, self.procedure_steps.on_instance_stored)
         # --- delivery (D3): outbox -> per-destination workers -> senders ---
         secret = settings.routing.secret
         self.dispatcher = Dispatcher(
@@ -135,6 +145,8 @@ class Engine:
         self._stop_steps.append(("rules", self.rules.stop))
         await self.router.start()  # replays unrouted journal entries, rebuilds group timers
         self._stop_steps.append(("router", self.router.stop))
+        await self.procedure_steps.start()  # rebuilds the MPPS completeness watch
+        self._stop_steps.append(("procedure-steps", self.procedure_steps.stop))
         # Delivery workers: after the stores, stopped before them (in-flight batches finish).
         await self.dispatcher.start()
         self._stop_steps.append(
@@ -151,7 +163,8 @@ class Engine:
                  "listeners": self._probe_listeners, "rules": self.rules.probe},
                 http.token.get_secret_value() if http.token else None,
                 worklist=self.worklist, rules=self.rules,
-                queues=QueueAdmin(self.store, self.settings.destinations, self.dispatcher))
+                queues=QueueAdmin(self.store, self.settings.destinations, self.dispatcher),
+                procedure_steps=self.procedure_steps)
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
 

@@ -79,3 +79,41 @@ class DuplicateRejected(InvalidInput):
     """A second, different instance with a known SOP Instance UID, refused by policy."""
 
     reason = "duplicate_rejected"
+
+
+# --- Modality Performed Procedure Step (engine.procedure); statuses in engine.status -----------
+class ProcedureStepError(InvalidInput):
+    """An MPPS N-CREATE / N-SET that PS3.4 Annex F says to refuse; ``tags`` name the
+    attributes at fault (sent back as the Attribute Identifier List when there are any)."""
+
+    reason = "procedure_step"
+
+    def __init__(self, message: str, tags: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.tags = tags
+
+
+class DuplicateProcedureStep(ProcedureStepError):
+    reason = "duplicate_sop_instance"
+
+
+class NoSuchProcedureStep(ProcedureStepError):
+    reason = "no_such_object_instance"
+
+
+class ProcedureStepFinal(ProcedureStepError):
+    """The step is COMPLETED or DISCONTINUED: it may no longer be updated (PS3.4 F.7.2.2.3)."""
+
+    reason = "may_no_longer_be_updated"
+
+
+class MissingAttribute(ProcedureStepError):
+    reason = "missing_attribute"
+
+
+class MissingAttributeValue(ProcedureStepError):
+    reason = "missing_attribute_value"
+
+
+class InvalidAttributeValue(ProcedureStepError):
+    reason = "invalid_attribute_value"

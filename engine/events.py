@@ -57,3 +57,34 @@ class OrderReceived(Event):
     control_id: str
     peer_host: str
     listener: str
+
+
+# --- Modality Performed Procedure Step (engine.procedure) ------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProcedureStepEvent(Event):
+    """A committed MPPS fact; ``journal_id`` is its ``procedure_step_events`` row."""
+
+    journal_id: int
+    sop_instance_uid: str
+    study_instance_uid: str
+    accession_number: str
+    worklist_item_ids: tuple[int, ...]
+    unscheduled: bool
+    calling_ae: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureStepStarted(ProcedureStepEvent):
+    """An N-CREATE (IN PROGRESS) was committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureStepCompleted(ProcedureStepEvent):
+    """An N-SET to COMPLETED was committed, with the instances the step lists."""
+
+    expected_instances: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureStepDiscontinued(ProcedureStepEvent):
+    """An N-SET to DISCONTINUED was committed."""

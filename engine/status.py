@@ -25,6 +25,13 @@ class DimseStatus(IntEnum):
     INVALID_ATTRIBUTE_VALUE = 0x0106
     MISSING_ATTRIBUTE = 0x0120
     PROCESSING_FAILURE = 0x0110
+    # --- MPPS (PS3.4 F.7.2.1.2 / F.7.2.2.3 / F.7.2.2.4; general codes from PS3.7 C) ---
+    NO_SUCH_ATTRIBUTE = 0x0105
+    MISSING_ATTRIBUTE_VALUE = 0x0121
+    ATTRIBUTE_VALUE_OUT_OF_RANGE = 0x0116  # a warning on N-CREATE / N-SET
+    #: PS3.4 Table F.7.2-2: a step no longer IN PROGRESS answers N-SET with 0110 (Processing
+    #: failure) plus this Error Comment and Error ID. (0xC310 is a UPS status, PS3.4 CC.2.)
+    PPS_MAY_NO_LONGER_BE_UPDATED = 0x0110
     # PS3.4 B.2.3 (Storage), C.4.1.1.4 (Find)
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
@@ -79,6 +86,31 @@ def c_find_status_for(exc: BaseException) -> DimseStatus:
         if isinstance(exc, exc_type):
             return status
     return DimseStatus.UNABLE_TO_PROCESS
+
+
+#: PS3.4 Table F.7.2-2, sent with PPS_MAY_NO_LONGER_BE_UPDATED
+PPS_FINAL_ERROR_COMMENT = "Performed Procedure Step Object may no longer be updated"
+PPS_FINAL_ERROR_ID = 0xA710  # Error ID (0000,0903) is US
+
+_MPPS_TABLE: tuple[tuple[type[BaseException], DimseStatus], ...] = (
+    (errors.DuplicateProcedureStep, DimseStatus.DUPLICATE_SOP_INSTANCE),
+    (errors.NoSuchProcedureStep, DimseStatus.NO_SUCH_OBJECT_INSTANCE),
+    (errors.ProcedureStepFinal, DimseStatus.PPS_MAY_NO_LONGER_BE_UPDATED),
+    (errors.MissingAttribute, DimseStatus.MISSING_ATTRIBUTE),
+    (errors.MissingAttributeValue, DimseStatus.MISSING_ATTRIBUTE_VALUE),
+    (errors.InvalidAttributeValue, DimseStatus.INVALID_ATTRIBUTE_VALUE),
+    (errors.InvalidInput, DimseStatus.INVALID_ATTRIBUTE_VALUE),
+    (errors.TransientError, DimseStatus.PROCESSING_FAILURE),
+)
+
+
+def mpps_status_for(exc: BaseException) -> DimseStatus:
+    """The N-CREATE / N-SET status for ``exc``; anything unexpected is Processing failure
+    (0x0110): nothing was committed and the modality may send again."""
+    for exc_type, status in _MPPS_TABLE:
+        if isinstance(exc, exc_type):
+            return status
+    return DimseStatus.PROCESSING_FAILURE
 
 
 def error_comment(exc: BaseException) -> str:

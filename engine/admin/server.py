@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import __version__
+from engine.admin.procedure_steps import PROCEDURE_STEP_OPENAPI, add_procedure_step_routes
 from engine.admin.queues import QUEUE_OPENAPI, add_queue_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.queues import QueueAdmin
@@ -26,6 +27,7 @@ from engine.observability.logging import get_logger
 from engine.observability.metrics import render
 from engine.pipeline import dryrun
 from engine.pipeline.rulesets import RulesManager
+from engine.procedure.service import ProcedureStepService
 from engine.worklist.mapping import check_item
 from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
 from engine.worklist.query import Column, Constraint, Criterion, is_wildcard, parse_date_range
@@ -146,6 +148,7 @@ OPENAPI: dict[str, Any] = {
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
 }
 OPENAPI["paths"].update(QUEUE_OPENAPI)
+OPENAPI["paths"].update(PROCEDURE_STEP_OPENAPI)
 _MAX_DRY_RUN_BODY = 256 * 1024 * 1024
 _HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2",
                                 "text/plain", "application/octet-stream"})
@@ -239,7 +242,9 @@ class AdminServer:
 
     def __init__(self, host: str, port: int, store: Store, probes: dict[str, Probe],
                  token: str | None, worklist: WorklistService | None = None,
-                 rules: RulesManager | None = None, queues: QueueAdmin | None = None) -> None:
+                 rules: RulesManager | None = None, queues: QueueAdmin | None = None,
+                 procedure_steps: ProcedureStepService | None = None) -> None:
+        self._procedure_steps = procedure_steps
         self._worklist = worklist
         self._rules = rules
         self._queues = queues
@@ -273,6 +278,8 @@ class AdminServer:
             app.router.add_post("/api/v1/routes/reload", self.routes_reload)
         if self._queues is not None:
             add_queue_routes(app, self._queues)  # delivery queues and dead letters
+        if self._procedure_steps is not None:
+            add_procedure_step_routes(app, self._procedure_steps)  # MPPS
         return app
 
     @web.middleware

@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.durable import sqlite_outbox, sqlite_routing
+from engine.durable import sqlite_mpps, sqlite_outbox, sqlite_routing
 from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
@@ -46,6 +46,13 @@ from engine.durable.store import (
 )
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
+from engine.procedure.model import (
+    NewProcedureStep,
+    PpsStatus,
+    ProcedureStep,
+    ProcedureStepCommit,
+    StepUpdate,
+)
 from engine.worklist.model import (
     StoredWorklistItem,
     WorklistItem,
@@ -213,6 +220,53 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (group_id, instance_id)
     ) WITHOUT ROWID
     """,
+    # 5: Modality Performed Procedure Steps (issue 4; SQL in sqlite_mpps.py). One row per step
+    # with its full attributes as DICOM JSON (as received, then as updated) and its worklist
+    # link; ``procedure_step_events`` is the journal of Started/Completed/Discontinued facts
+    # (routed like instances: ``routed_at``/``routing_outcome``); ``procedure_step_instances``
+    # keeps the instances a COMPLETED step lists, the evidence that its study is complete.
+    """
+    CREATE TABLE procedure_steps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sop_instance_uid TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        study_instance_uid TEXT NOT NULL DEFAULT '',
+        accession_number TEXT NOT NULL DEFAULT '',
+        patient_id TEXT NOT NULL DEFAULT '',
+        performed_procedure_step_id TEXT NOT NULL DEFAULT '',
+        modality TEXT NOT NULL DEFAULT '',
+        calling_ae TEXT NOT NULL DEFAULT '',
+        worklist_item_ids TEXT NOT NULL DEFAULT '[]',
+        unscheduled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        complete_at TEXT,
+        dataset TEXT NOT NULL
+    );
+    CREATE INDEX procedure_steps_study ON procedure_steps (study_instance_uid);
+    CREATE INDEX procedure_steps_awaiting ON procedure_steps (id)
+        WHERE status = 'COMPLETED' AND complete_at IS NULL;
+    CREATE TABLE procedure_step_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        step_id INTEGER NOT NULL REFERENCES procedure_steps (id),
+        operation TEXT NOT NULL,
+        status TEXT NOT NULL,
+        received TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        routed_at TEXT,
+        routing_outcome TEXT
+    );
+    CREATE INDEX procedure_step_events_unrouted ON procedure_step_events (id)
+        WHERE routed_at IS NULL;
+    CREATE TABLE procedure_step_instances (
+        step_id INTEGER NOT NULL REFERENCES procedure_steps (id),
+        sop_instance_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL DEFAULT '',
+        series_instance_uid TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (step_id, sop_instance_uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX procedure_step_instances_uid ON procedure_step_instances (sop_instance_uid)
+    """,
 )
 
 # Query columns by name: Column values are checked against this whitelist before they reach SQL.
@@ -338,6 +392,19 @@ _INSTANCE_COLUMNS = (
 )
 
 
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: BEGIN IMMEDIATE takes the write lock up front (no upgrade
+    deadlock), COMMIT on success, ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _row_to_instance(row: Sequence[Any]) -> StoredInstance:
     return StoredInstance(
         id=row[0], version=row[1], routed_at=row[2], superseded=bool(row[3]),
@@ -420,16 +487,11 @@ class SqliteStore:
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -474,16 +536,8 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> list[InstanceCommitResult]:
             if sync is not None:
                 sync()
-            results: list[InstanceCommitResult] = []
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for item in batch:
-                    results.append(self._commit_one(conn, item))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return results
+            with _transaction(conn):
+                return [self._commit_one(conn, item) for item in batch]
 
         try:
             return await self._write(run)
@@ -564,16 +618,9 @@ class SqliteStore:
                                ) -> list[Hl7CommitResult]:
         def run(conn: sqlite3.Connection) -> list[Hl7CommitResult]:
             txn = _WorklistTxn(conn)
-            results: list[Hl7CommitResult] = []
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for index, entry in enumerate(entries):
-                    results.append(self._commit_hl7_one(conn, txn, entry, index, apply))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return results
+            with _transaction(conn):
+                return [self._commit_hl7_one(conn, txn, entry, index, apply)
+                        for index, entry in enumerate(entries)]
 
         try:
             return await self._write(run)
@@ -722,14 +769,8 @@ class SqliteStore:
     async def add_worklist_items(self, items: Sequence[WorklistItem]) -> list[int]:
         def run(conn: sqlite3.Connection) -> list[int]:
             txn = _WorklistTxn(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [txn.insert_item(item) for item in items]
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return ids
+            with _transaction(conn):
+                return [txn.insert_item(item) for item in items]
 
         try:
             return await self._write(run)
@@ -740,19 +781,13 @@ class SqliteStore:
                                    change: Callable[[WorklistItem], WorklistItem]
                                    ) -> StoredWorklistItem | None:
         def run(conn: sqlite3.Connection) -> StoredWorklistItem | None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 row = conn.execute("SELECT id, data FROM worklist_items WHERE id = ?",
                                    (item_id,)).fetchone()
                 if row is None:
-                    conn.execute("ROLLBACK")
                     return None
                 new = change(_row_to_item(row).item)
                 _WorklistTxn(conn).update_item(item_id, new)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return StoredWorklistItem(item_id, new)
 
         try:
@@ -882,3 +917,38 @@ class SqliteStore:
 
     async def routing_counts(self) -> dict[str, int]:
         return await self._read(sqlite_routing.routing_counts)
+
+    # --- procedure steps (MPPS): thin wrappers; the SQL is in sqlite_mpps.py -------------------
+    async def _mpps_write(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._write(fn)
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"procedure step {what} failed: {exc}") from exc
+
+    async def create_procedure_step(self, new: NewProcedureStep, decide: sqlite_mpps.LinkDecision
+                                    ) -> ProcedureStepCommit:
+        return await self._mpps_write(
+            "create", lambda c: sqlite_mpps.create_step(c, new, decide))
+
+    async def set_procedure_step(self, sop_instance_uid: str,
+                                 change: Callable[[ProcedureStep], StepUpdate],
+                                 decide: Callable[[PpsStatus], sqlite_mpps.LinkDecision],
+                                 now: str) -> ProcedureStepCommit:
+        return await self._mpps_write("set", lambda c: sqlite_mpps.set_step(
+            c, sop_instance_uid, change, decide, now))
+
+    async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None:
+        return await self._read(lambda c: sqlite_mpps.get_step(c, sop_instance_uid))
+
+    async def list_procedure_steps(self, status: str | None = None,
+                                   unscheduled: bool | None = None, limit: int = 100,
+                                   offset: int = 0) -> tuple[int, list[ProcedureStep]]:
+        return await self._read(
+            lambda c: sqlite_mpps.list_steps(c, status, unscheduled, limit, offset))
+
+    async def procedure_steps_awaiting(self) -> list[tuple[ProcedureStep, tuple[str, ...]]]:
+        return await self._read(sqlite_mpps.awaiting)
+
+    async def mark_procedure_step_complete(self, step_id: int, now: str) -> bool:
+        return await self._mpps_write(
+            "complete", lambda c: sqlite_mpps.mark_complete(c, step_id, now))

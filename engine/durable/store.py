@@ -26,6 +26,14 @@ if TYPE_CHECKING:
         RoutingCommitResult,
         RoutingPlan,
     )
+    from engine.procedure.model import (
+        NewProcedureStep,
+        PpsStatus,
+        ProcedureStep,
+        ProcedureStepCommit,
+        StepUpdate,
+        WorklistLink,
+    )
 
 
 class DuplicatePolicy(StrEnum):
@@ -429,6 +437,39 @@ class Store(Protocol):
                           states: Sequence[OutboxState] = ()) -> list[dict[str, object]]:
         """Every matching row as a dict (tests and small diagnostics only: unbounded)."""
         ...
+
+    # --- procedure steps (MPPS, engine.procedure); SQL in sqlite_mpps.py ----------------------
+    async def create_procedure_step(
+        self, new: NewProcedureStep,
+        decide: Callable[[Sequence[StoredWorklistItem]], WorklistLink]) -> ProcedureStepCommit:
+        """In ONE transaction: refuse a known SOP Instance UID (``DuplicateProcedureStep``),
+        link the worklist items ``decide`` picks among those with the step's Study Instance
+        UIDs or Accession Numbers (and write their new status), insert the step and its
+        Started journal row."""
+        ...
+
+    async def set_procedure_step(
+        self, sop_instance_uid: str, change: Callable[[ProcedureStep], StepUpdate],
+        decide: Callable[[PpsStatus], Callable[[Sequence[StoredWorklistItem]], WorklistLink]],
+        now: str) -> ProcedureStepCommit:
+        """In ONE transaction: ``NoSuchProcedureStep`` for an unknown UID; ``change`` (pure,
+        may raise to refuse) gives the new state; a final state also moves the linked items
+        (``decide``), journals the event and keeps a COMPLETED step's listed instances (the
+        result names those not in the instance journal yet)."""
+        ...
+
+    async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None: ...
+
+    async def list_procedure_steps(self, status: str | None = None,
+                                   unscheduled: bool | None = None, limit: int = 100,
+                                   offset: int = 0) -> tuple[int, list[ProcedureStep]]: ...
+
+    async def procedure_steps_awaiting(self) -> list[tuple[ProcedureStep, tuple[str, ...]]]:
+        """COMPLETED steps listing instances whose study is not marked complete yet, each
+        with the listed SOP Instance UIDs not received yet."""
+        ...
+
+    async def mark_procedure_step_complete(self, step_id: int, now: str) -> bool: ...
 
 
 def open_store(settings: StorageSettings) -> Store:

@@ -263,6 +263,27 @@ EGRESS_TRANSCODED = Counter(
     registry=REGISTRY,
 )
 
+# --- procedure steps (MPPS) -----------------------------------------------------------------
+MPPS_REQUESTS = Counter(
+    "radflow_mpps_requests_total",
+    "MPPS N-CREATE / N-SET requests, by operation (create, set) and outcome (the resulting "
+    "state, or the refusal reason).",
+    ["operation", "outcome"],
+    registry=REGISTRY,
+)
+MPPS_SECONDS = Histogram(
+    "radflow_mpps_seconds",
+    "MPPS N-CREATE / N-SET handling time, request to status (commit included).",
+    ["operation"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+MPPS_STUDIES_COMPLETE = Counter(
+    "radflow_mpps_studies_complete_total",
+    "Studies marked complete because every instance a COMPLETED MPPS lists has arrived.",
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The Prometheus text exposition of every metric."""

@@ -143,13 +143,22 @@ class _Walker:
         return pos
 
     def sequence(self, pos: int, end: int, depth: int) -> int:
-        while True:
+        """Items of an undefined-length sequence, up to and past its delimiter."""
+        return self._items(pos, end, depth, delimited=True)
+
+    def defined_sequence(self, pos: int, end: int, depth: int) -> None:
+        """The items of a sequence with a defined length must fill it exactly."""
+        self._items(pos, end, depth, delimited=False)
+
+    def _items(self, pos: int, end: int, depth: int, *, delimited: bool) -> int:
+        while delimited or pos < end:
             if pos + 8 > end:
-                raise MalformedDataset("truncated: sequence has no delimiter")
+                raise MalformedDataset("truncated: sequence has no delimiter" if delimited
+                                       else "truncated item header inside a sequence")
             tag = self._tag(pos)
             length = self.u32(self.buf, pos + 4)[0]
             pos += 8
-            if tag == _SEQUENCE_DELIMITER:
+            if delimited and tag == _SEQUENCE_DELIMITER:
                 return pos
             if tag != _ITEM:
                 raise MalformedDataset(f"expected an item in a sequence, found {_fmt(tag)}")
@@ -160,24 +169,7 @@ class _Walker:
                     raise MalformedDataset("truncated: sequence item runs past the end")
                 self.dataset(pos, pos + length, depth, in_item=False)
                 pos += length
-
-    def defined_sequence(self, pos: int, end: int, depth: int) -> None:
-        """The items of a sequence with a defined length must fill it exactly."""
-        while pos < end:
-            if pos + 8 > end:
-                raise MalformedDataset("truncated item header inside a sequence")
-            tag = self._tag(pos)
-            length = self.u32(self.buf, pos + 4)[0]
-            pos += 8
-            if tag != _ITEM:
-                raise MalformedDataset(f"expected an item in a sequence, found {_fmt(tag)}")
-            if length == _UNDEFINED:
-                pos = self.dataset(pos, end, depth, in_item=True)
-            else:
-                if pos + length > end:
-                    raise MalformedDataset("sequence item runs past its sequence")
-                self.dataset(pos, pos + length, depth, in_item=False)
-                pos += length
+        return pos
 
     def fragments(self, pos: int, end: int) -> int:
         while True:

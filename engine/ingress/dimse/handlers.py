@@ -23,6 +23,7 @@ from pynetdicom.events import Event
 
 from engine.errors import RadflowError
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
+from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
 from engine.ingress.dimse.mwl import MwlProvider, handle_find
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
@@ -235,12 +236,15 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
         DIMSE_STORE_SECONDS.labels(policy.name).observe(time.perf_counter() - started)
 
 
-def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | None = None
-             ) -> list[tuple[Any, ...]]:
+def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | None = None,
+             mpps: MppsProvider | None = None) -> list[tuple[Any, ...]]:
     """Every (event, handler, arguments) binding of one listener, in one place."""
     worklist = [(evt.EVT_C_FIND, handle_find, [policy, mwl])] if mwl is not None else []
+    procedure_steps = [(evt.EVT_N_CREATE, handle_n_create, [policy, mpps]),
+                       (evt.EVT_N_SET, handle_n_set, [policy, mpps])] if mpps is not None else []
     return [
         *worklist,
+        *procedure_steps,
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_REQUESTED, handle_requested, [policy]),
         (evt.EVT_USER_ID, handle_user_id, [policy]),

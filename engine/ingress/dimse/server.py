@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
     Verification,
 )
@@ -27,6 +28,7 @@ from engine.ingress.dimse.intake import (
     IMPLEMENTATION_VERSION_NAME,
     StoreIntake,
 )
+from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.observability.logging import get_logger
 from engine.settings import DicomListener
@@ -39,9 +41,10 @@ _QUERY_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.84
                              "1.2.840.10008.1.2.1.99"})
 
 
-def build_ae(config: DicomListener, *, worklist: bool = False) -> AE:
+def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = False) -> AE:
     """An acceptor AE with radflow's contexts, limits and identity (``worklist``: also the
-    Modality Worklist Information Model - FIND)."""
+    Modality Worklist Information Model - FIND; ``mpps``: also Modality Performed Procedure
+    Step, N-CREATE / N-SET)."""
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -64,6 +67,10 @@ def build_ae(config: DicomListener, *, worklist: bool = False) -> AE:
     if worklist:
         query_syntaxes = [ts for ts in syntaxes if ts in _QUERY_SYNTAXES]
         ae.add_supported_context(ModalityWorklistInformationFind, query_syntaxes)
+    if mpps:
+        # Attribute and Modification Lists are small datasets, like C-FIND identifiers.
+        ae.add_supported_context(ModalityPerformedProcedureStep,
+                                 [ts for ts in syntaxes if ts in _QUERY_SYNTAXES])
     return ae
 
 
@@ -71,11 +78,13 @@ class DimseListeners:
     """All DICOM listeners of the engine, started and stopped together."""
 
     def __init__(self, configs: list[DicomListener], intake: StoreIntake,
-                 is_closing: Callable[[], bool], mwl: MwlProvider | None = None) -> None:
+                 is_closing: Callable[[], bool], mwl: MwlProvider | None = None,
+                 mpps: MppsProvider | None = None) -> None:
         self._configs = configs
         self._intake = intake
         self._is_closing = is_closing
         self._mwl = mwl
+        self._mpps = mpps
         self._servers: list[tuple[DicomListener, ThreadedAssociationServer]] = []
 
     @property
@@ -84,11 +93,11 @@ class DimseListeners:
 
     async def start(self) -> None:
         for config in self._configs:
-            ae = build_ae(config, worklist=self._mwl is not None)
+            ae = build_ae(config, worklist=self._mwl is not None, mpps=self._mpps is not None)
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
                 ae.start_server, (config.host, config.port), block=False,
-                evt_handlers=bindings(policy, self._intake, self._mwl))
+                evt_handlers=bindings(policy, self._intake, self._mwl, self._mpps))
             assert server is not None  # non-blocking start_server always returns the server
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,

@@ -1,0 +1,204 @@
+"""SQLite SQL of Modality Performed Procedure Steps (migration 5): steps, their event journal,
+the instances a COMPLETED step lists, and the worklist link, each change in ONE transaction.
+
+:func:`create_step` and :func:`set_step` run on the store's writer thread: they read what the
+domain needs, call the pure decisions passed in from :mod:`engine.procedure` (the N-SET rules,
+the worklist link and its transitions), then write the step, the linked worklist items and a
+journal row for the event, and commit — so a modality's success status always means all of it
+is durable. No MPPS policy lives here. :class:`~engine.durable.sqlite.SqliteStore` calls these
+functions through thin methods.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import DuplicateProcedureStep, NoSuchProcedureStep
+from engine.procedure.model import (
+    NewProcedureStep,
+    PpsStatus,
+    ProcedureStep,
+    ProcedureStepCommit,
+    StepUpdate,
+    WorklistLink,
+)
+from engine.worklist.model import StoredWorklistItem
+
+#: the domain's link decision over candidate worklist items (see ``procedure.worklist_link``)
+LinkDecision = Callable[[Sequence[StoredWorklistItem]], WorklistLink]
+
+_RECEIVED = ("(SELECT COUNT(*) FROM procedure_step_instances x WHERE x.step_id = s.id "
+             "AND EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = "
+             "x.sop_instance_uid))")
+_COLUMNS = (
+    "s.id, s.sop_instance_uid, s.status, s.study_instance_uid, s.accession_number, "
+    "s.patient_id, s.performed_procedure_step_id, s.modality, s.calling_ae, "
+    "s.worklist_item_ids, s.unscheduled, s.created_at, s.updated_at, "
+    "(SELECT COUNT(*) FROM procedure_step_instances x WHERE x.step_id = s.id), "
+    f"{_RECEIVED}, s.complete_at, s.dataset")
+
+
+def _step(row: Sequence[Any]) -> ProcedureStep:
+    return ProcedureStep(
+        id=int(row[0]), sop_instance_uid=row[1], status=PpsStatus(row[2]),
+        study_instance_uid=row[3], accession_number=row[4], patient_id=row[5],
+        performed_procedure_step_id=row[6], modality=row[7], calling_ae=row[8],
+        worklist_item_ids=tuple(json.loads(row[9])), unscheduled=bool(row[10]),
+        created_at=row[11], updated_at=row[12], expected_instances=int(row[13]),
+        received_instances=int(row[14]), complete_at=row[15], dataset_json=row[16])
+
+
+def _read_step(conn: sqlite3.Connection, uid: str) -> ProcedureStep | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM procedure_steps s WHERE sop_instance_uid = ?",
+                       (uid,)).fetchone()
+    return _step(row) if row else None
+
+
+def _items(conn: sqlite3.Connection, sql: str, params: Sequence[Any]
+           ) -> list[StoredWorklistItem]:
+    from engine.durable.sqlite import _row_to_item  # one definition of the item row
+
+    return [_row_to_item(r) for r in conn.execute(sql, params)]
+
+
+def _write_link(conn: sqlite3.Connection, link: WorklistLink) -> None:
+    from engine.durable.sqlite import _WorklistTxn
+
+    txn = _WorklistTxn(conn)
+    for stored in link.updates:
+        txn.update_item(stored.id, stored.item)
+
+
+def _event(conn: sqlite3.Connection, step_id: int, operation: str, status: PpsStatus,
+           received: str, now: str) -> int:
+    cur = conn.execute(
+        "INSERT INTO procedure_step_events (step_id, operation, status, received, received_at)"
+        " VALUES (?,?,?,?,?)", (step_id, operation, status.value, received, now))
+    return int(cur.lastrowid or 0)
+
+
+def create_step(conn: sqlite3.Connection, new: NewProcedureStep, decide: LinkDecision
+                ) -> ProcedureStepCommit:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM procedure_steps WHERE sop_instance_uid = ?",
+                        (new.sop_instance_uid,)).fetchone():
+            raise DuplicateProcedureStep("a Performed Procedure Step with this SOP Instance "
+                                         "UID exists")
+        studies = sorted({k.study_instance_uid for k in new.keys if k.study_instance_uid})
+        accessions = sorted({k.accession_number for k in new.keys if k.accession_number})
+        terms: list[str] = []
+        params: list[str] = []
+        if studies:
+            terms.append(f"study_instance_uid IN ({','.join('?' * len(studies))})")
+            params += studies
+        if accessions:
+            terms.append(f"accession_number IN ({','.join('?' * len(accessions))})")
+            params += accessions
+        candidates = _items(conn, "SELECT id, data FROM worklist_items WHERE "
+                            + " OR ".join(terms) + " ORDER BY id", params) if terms else []
+        link = decide(candidates) if new.keys else WorklistLink((), ())
+        _write_link(conn, link)
+        cur = conn.execute(
+            "INSERT INTO procedure_steps (sop_instance_uid, status, study_instance_uid, "
+            "accession_number, patient_id, performed_procedure_step_id, modality, calling_ae, "
+            "worklist_item_ids, unscheduled, created_at, updated_at, dataset) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (new.sop_instance_uid, PpsStatus.IN_PROGRESS.value, new.study_instance_uid,
+             new.accession_number, new.patient_id, new.performed_procedure_step_id,
+             new.modality, new.calling_ae, json.dumps(list(link.item_ids)),
+             int(not link.item_ids), new.received_at, new.received_at, new.dataset_json))
+        step_id = int(cur.lastrowid or 0)
+        event_id = _event(conn, step_id, "create", PpsStatus.IN_PROGRESS, new.dataset_json,
+                          new.received_at)
+        step = _read_step(conn, new.sop_instance_uid)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    assert step is not None
+    return ProcedureStepCommit(step, event_id, link)
+
+
+def set_step(conn: sqlite3.Connection, uid: str, change: Callable[[ProcedureStep], StepUpdate],
+             decide: Callable[[PpsStatus], LinkDecision], now: str) -> ProcedureStepCommit:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        step = _read_step(conn, uid)
+        if step is None:
+            raise NoSuchProcedureStep("no Performed Procedure Step with this SOP Instance UID")
+        update = change(step)  # pure; raises to refuse (and the transaction rolls back)
+        conn.execute("UPDATE procedure_steps SET status = ?, dataset = ?, updated_at = ? "
+                     "WHERE id = ?", (update.status.value, update.dataset_json, now, step.id))
+        event_id: int | None = None
+        link = WorklistLink(step.worklist_item_ids, ())
+        missing: tuple[str, ...] = ()
+        if update.status.is_final:
+            ids = list(step.worklist_item_ids)
+            linked = _items(conn, "SELECT id, data FROM worklist_items WHERE id IN "
+                            f"({','.join('?' * len(ids))}) ORDER BY id", ids) if ids else []
+            link = decide(update.status)(linked)
+            _write_link(conn, link)
+            event_id = _event(conn, step.id, "set", update.status, update.modification_json,
+                              now)
+            if update.status is PpsStatus.COMPLETED and update.expected:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO procedure_step_instances (step_id, "
+                    "sop_instance_uid, sop_class_uid, series_instance_uid) VALUES (?,?,?,?)",
+                    [(step.id, e.sop_instance_uid, e.sop_class_uid, e.series_instance_uid)
+                     for e in update.expected])
+                missing = _missing(conn, step.id)
+        after = _read_step(conn, uid)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    assert after is not None
+    return ProcedureStepCommit(after, event_id, link, missing)
+
+
+def _missing(conn: sqlite3.Connection, step_id: int) -> tuple[str, ...]:
+    return tuple(r[0] for r in conn.execute(
+        "SELECT x.sop_instance_uid FROM procedure_step_instances x WHERE x.step_id = ? AND "
+        "NOT EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = x.sop_instance_uid)"
+        " ORDER BY x.sop_instance_uid", (step_id,)))
+
+
+def get_step(conn: sqlite3.Connection, uid: str) -> ProcedureStep | None:
+    return _read_step(conn, uid)
+
+
+def list_steps(conn: sqlite3.Connection, status: str | None, unscheduled: bool | None,
+               limit: int, offset: int) -> tuple[int, list[ProcedureStep]]:
+    terms: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        terms.append("s.status = ?")
+        params.append(status)
+    if unscheduled is not None:
+        terms.append("s.unscheduled = ?")
+        params.append(int(unscheduled))
+    where = (" WHERE " + " AND ".join(terms)) if terms else ""
+    total = int(conn.execute(f"SELECT COUNT(*) FROM procedure_steps s{where}",
+                             params).fetchone()[0])
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM procedure_steps s{where} ORDER BY s.id DESC "
+                        "LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
+    return total, [_step(r) for r in rows]
+
+
+def awaiting(conn: sqlite3.Connection) -> list[tuple[ProcedureStep, tuple[str, ...]]]:
+    """COMPLETED steps whose study is not marked complete yet, with their missing instances
+    (rebuilt at start: the completeness watch keeps these in memory)."""
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM procedure_steps s WHERE s.status = "
+                        "'COMPLETED' AND s.complete_at IS NULL AND EXISTS (SELECT 1 FROM "
+                        "procedure_step_instances x WHERE x.step_id = s.id) ORDER BY s.id"
+                        ).fetchall()
+    return [(step, _missing(conn, step.id)) for step in map(_step, rows)]
+
+
+def mark_complete(conn: sqlite3.Connection, step_id: int, now: str) -> bool:
+    return conn.execute("UPDATE procedure_steps SET complete_at = ? WHERE id = ? AND "
+                        "complete_at IS NULL", (now, step_id)).rowcount > 0

@@ -1,0 +1,210 @@
+"""The procedure step service: MPPS N-CREATE / N-SET made durable, told, and used as evidence.
+
+:class:`ProcedureStepService` runs on the loop. It commits each checked N-CREATE / N-SET in one
+store transaction together with the linked worklist items (their moves decided by
+:func:`~engine.procedure.model.worklist_link`, i.e. the worklist's own transition rules) and
+the event's journal row, and only then publishes ``ProcedureStepStarted`` / ``Completed`` /
+``Discontinued``. It keeps, in memory and rebuilt from the store at start, the instances that
+COMPLETED steps list and that have not arrived yet; when the last one arrives (checked at N-SET
+time against the instance journal, then on every ``InstanceStored``) it marks the step's study
+complete and calls the router's ``study_complete`` at once. It must not decode DIMSE messages
+(the handlers do) nor hold SQL (the store does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+from pydicom.dataset import Dataset
+
+from engine.bus import EventBus
+from engine.durable.store import Store
+from engine.events import (
+    InstanceStored,
+    ProcedureStepCompleted,
+    ProcedureStepDiscontinued,
+    ProcedureStepEvent,
+    ProcedureStepStarted,
+)
+from engine.observability.logging import get_logger
+from engine.observability.metrics import MPPS_STUDIES_COMPLETE
+from engine.procedure.model import (
+    NewProcedureStep,
+    PpsStatus,
+    ProcedureStep,
+    ProcedureStepCommit,
+    StepUpdate,
+    WorklistLink,
+    apply_set,
+    worklist_link,
+)
+from engine.worklist.model import StoredWorklistItem
+
+log = get_logger("engine.procedure")
+
+StudyComplete = Callable[[str], Awaitable[int]]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class ProcedureStepService:
+    """Performed procedure steps of one engine."""
+
+    def __init__(self, store: Store, bus: EventBus,
+                 study_complete: StudyComplete | None = None) -> None:
+        self.store = store
+        self._bus = bus
+        #: the router's ``study_complete`` (set by the engine once the router exists)
+        self.study_complete = study_complete
+        # COMPLETED steps still waiting for listed instances: step id -> missing UIDs, and the
+        # reverse index so an InstanceStored costs one dict lookup when nothing waits for it.
+        self._missing: dict[int, set[str]] = {}
+        self._by_sop: dict[str, set[int]] = {}
+        self._steps: dict[int, ProcedureStep] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Rebuild the completeness watch; steps whose instances all arrived while radflow was
+        down are completed now."""
+        for step, missing in await self.store.procedure_steps_awaiting():
+            self._watch(step, missing)
+        for step_id in [s for s, m in self._missing.items() if not m]:
+            self._spawn(self._complete(step_id))
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- N-CREATE / N-SET (called through the bridge) ------------------------------------------
+    async def create(self, new: NewProcedureStep) -> ProcedureStep:
+        """Commit a checked N-CREATE; raises ``DuplicateProcedureStep`` or a store failure."""
+        now = now_iso()
+
+        def decide(candidates: Sequence[StoredWorklistItem]) -> WorklistLink:
+            return worklist_link(candidates, new.keys, PpsStatus.IN_PROGRESS, now)
+
+        commit = await self.store.create_procedure_step(new, decide)
+        step = commit.step
+        self._report(commit, "create")
+        self._publish(ProcedureStepStarted, commit)
+        return step
+
+    async def set(self, sop_instance_uid: str, modification: Dataset) -> ProcedureStep:
+        """Commit an N-SET; raises ``NoSuchProcedureStep``, ``ProcedureStepFinal`` or an
+        attribute error (nothing changed then)."""
+        now = now_iso()
+
+        def change(step: ProcedureStep) -> StepUpdate:
+            return apply_set(step, modification)
+
+        def decide(status: PpsStatus) -> Callable[[Sequence[StoredWorklistItem]], WorklistLink]:
+            return lambda items: worklist_link(items, (), status, now)
+
+        commit = await self.store.set_procedure_step(sop_instance_uid, change, decide, now)
+        step = commit.step
+        self._report(commit, "set")
+        if step.status is PpsStatus.COMPLETED and commit.event_id is not None:
+            self._publish(ProcedureStepCompleted, commit,
+                          expected_instances=step.expected_instances)
+            if step.expected_instances:
+                self._watch(step, commit.missing)
+                log.info("mpps.completeness.waiting", sop_instance_uid=step.sop_instance_uid,
+                         study_instance_uid=step.study_instance_uid,
+                         expected=step.expected_instances, missing=len(commit.missing))
+                if not commit.missing:
+                    # Every listed instance is already in the journal: complete now, off the
+                    # modality's answer path.
+                    self._spawn(self._complete(step.id))
+        elif step.status is PpsStatus.DISCONTINUED and commit.event_id is not None:
+            self._publish(ProcedureStepDiscontinued, commit)
+        return step
+
+    def _report(self, commit: ProcedureStepCommit, operation: str) -> None:
+        step = commit.step
+        log.info(f"mpps.{'created' if operation == 'create' else 'set'}",
+                 sop_instance_uid=step.sop_instance_uid, status=step.status.value,
+                 study_instance_uid=step.study_instance_uid,
+                 accession_number=step.accession_number, calling_ae=step.calling_ae,
+                 worklist_item_ids=list(step.worklist_item_ids),
+                 worklist_updated=[s.id for s in commit.link.updates])
+        if operation == "create" and step.unscheduled:
+            log.warning("mpps.unscheduled", sop_instance_uid=step.sop_instance_uid,
+                        study_instance_uid=step.study_instance_uid,
+                        accession_number=step.accession_number, calling_ae=step.calling_ae)
+        for item_id, status in commit.link.refused:
+            log.warning("mpps.worklist_conflict", sop_instance_uid=step.sop_instance_uid,
+                        worklist_item_id=item_id, worklist_status=status,
+                        mpps_status=step.status.value)
+
+    def _publish(self, kind: type[ProcedureStepEvent], commit: ProcedureStepCommit,
+                 **extra: int) -> None:
+        step = commit.step
+        assert commit.event_id is not None
+        # After the commit: a dropped event is still in procedure_step_events (routed_at NULL).
+        self._bus.publish(kind(
+            occurred_at=datetime.now(UTC), journal_id=commit.event_id,
+            sop_instance_uid=step.sop_instance_uid, study_instance_uid=step.study_instance_uid,
+            accession_number=step.accession_number, worklist_item_ids=step.worklist_item_ids,
+            unscheduled=step.unscheduled, calling_ae=step.calling_ae, **extra))
+
+    # --- completeness from evidence ------------------------------------------------------------
+    def _watch(self, step: ProcedureStep, missing: Sequence[str]) -> None:
+        self._steps[step.id] = step
+        self._missing[step.id] = set(missing)
+        for uid in missing:
+            self._by_sop.setdefault(uid, set()).add(step.id)
+
+    def on_instance_stored(self, event: InstanceStored) -> None:
+        """Bus subscriber: never blocks, never raises."""
+        step_ids = self._by_sop.pop(event.sop_instance_uid, None)
+        if not step_ids:
+            return
+        for step_id in step_ids:
+            missing = self._missing.get(step_id)
+            if missing is None:
+                continue
+            missing.discard(event.sop_instance_uid)
+            if not missing:
+                self._spawn(self._complete(step_id))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _complete(self, step_id: int) -> None:
+        step = self._steps.pop(step_id, None)
+        self._missing.pop(step_id, None)
+        if step is None:
+            return
+        try:
+            if not await self.store.mark_procedure_step_complete(step_id, now_iso()):
+                return  # marked already (a concurrent path got there first)
+            MPPS_STUDIES_COMPLETE.inc()
+            fired = 0
+            if self.study_complete is not None and step.study_instance_uid:
+                fired = await self.study_complete(step.study_instance_uid)
+            log.info("mpps.study_complete", sop_instance_uid=step.sop_instance_uid,
+                     study_instance_uid=step.study_instance_uid,
+                     expected=step.expected_instances, received=step.expected_instances,
+                     groups_fired=fired)
+        except Exception:
+            # The quiet-period timer stays as the fallback; the next start retries this step.
+            log.exception("mpps.study_complete_failed", sop_instance_uid=step.sop_instance_uid)
+
+    # --- reads (API) ---------------------------------------------------------------------------
+    async def get(self, sop_instance_uid: str) -> ProcedureStep | None:
+        return await self.store.get_procedure_step(sop_instance_uid)
+
+    async def list(self, status: PpsStatus | None = None, unscheduled: bool | None = None,
+                   limit: int = 100, offset: int = 0) -> tuple[int, list[ProcedureStep]]:
+        return await self.store.list_procedure_steps(
+            status.value if status else None, unscheduled, limit, offset)
