@@ -32,14 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_DATA_DIR,
     LOOPBACK,
     BenchData,
@@ -106,7 +106,8 @@ class Sink:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def storescu(port: int, files: Sequence[Path], ae: str = "SINK") -> subprocess.CompletedProcess[str]:
+def storescu(port: int, files: Sequence[Path], ae: str = "SINK"
+             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([dcmtk_tool("storescu"), "-aec", ae, LOOPBACK, str(port),
                            *map(str, files)], env=nodelay_env(), capture_output=True, text=True,
                           timeout=600, check=False)
@@ -369,23 +370,24 @@ def part_backlog(data: BenchData, work: Path, rows_total: int) -> None:
     cfg = radflow_config(work, dest_port, dicom_port=port, http_port=http, mllp_port=mllp,
                          retry={"initial_delay": 0.5, "max_delay": 2.0,
                                 "circuit_failures": 3, "circuit_cooldown": 1.0})
-    spool = cfg.parent / "spool"
-    # The backlog's objects: the small set copied into radflow's spool, each referenced by
-    # many rows (a drain measures the queue, not the disk).
-    target = spool / "objects" / "bench"
-    shutil.copytree(data.root, target)
-    import pydicom
-
-    objects = []
-    for path in sorted(target.rglob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        objects.append({"spool_path": str(path.relative_to(spool)),
-                        "sop_class_uid": str(ds.SOPClassUID),
-                        "sop_instance_uid": str(ds.SOPInstanceUID),
-                        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)})
     proc = start_radflow(cfg, http, port)
     sink: Sink | None = None
     try:
+        spool = cfg.parent / "spool"
+        # Copied after start-up (radflow removes spool files without a journal row at start).
+        # The backlog's objects: the small set copied into radflow's spool, each referenced by
+        # many rows (a drain measures the queue, not the disk).
+        target = spool / "objects" / "bench"
+        shutil.copytree(data.root, target)
+        import pydicom
+
+        objects = []
+        for path in sorted(target.rglob("*.dcm")):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            objects.append({"spool_path": str(path.relative_to(spool)),
+                            "sop_class_uid": str(ds.SOPClassUID),
+                            "sop_instance_uid": str(ds.SOPInstanceUID),
+                            "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)})
         rss_idle = rss_mb(proc.pid)
         db = sqlite3.connect(cfg.parent / "radflow.db", timeout=60)
         now = time.time()
@@ -406,15 +408,19 @@ def part_backlog(data: BenchData, work: Path, rows_total: int) -> None:
             return int(db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'done'"
                                   ).fetchone()[0])
 
+        def settled() -> int:
+            return int(db.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('done', 'dead')"
+                                  ).fetchone()[0])
+
         tried = int(db.execute("SELECT COUNT(*) FROM outbox WHERE attempts > 0").fetchone()[0])
         sink = Sink(work, "backlog", port=dest_port).start()
         t0 = time.perf_counter()
         draining: list[float] = []
         last = time.perf_counter()
-        while done() < rows_total:
+        while settled() < rows_total:
             time.sleep(0.25)
             draining.append(rss_mb(proc.pid))
-            if time.perf_counter() - last > 600:
+            if time.perf_counter() - last > 900:
                 break
         elapsed = time.perf_counter() - t0
         finished = done()

@@ -27,7 +27,13 @@ from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
 from engine.egress.dispatcher import Dispatcher
 from engine.egress.queues import QueueAdmin
-from engine.events import InstanceStored, OrderReceived
+from engine.events import (
+    InstanceStored,
+    OrderReceived,
+    ProcedureStepCompleted,
+    ProcedureStepDiscontinued,
+    ProcedureStepStarted,
+)
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
@@ -100,6 +106,10 @@ class Engine:
                              sweep_seconds=settings.routing.sweep_seconds)
         self.bus.subscribe(InstanceStored, self.router.on_instance_stored)
         self.bus.subscribe(OrderReceived, self.router.on_order_received)
+        # MPPS events → routing (trigger: procedure_step)
+        for step_event in (ProcedureStepStarted, ProcedureStepCompleted,
+                           ProcedureStepDiscontinued):
+            self.bus.subscribe(step_event, self.router.on_procedure_step)
         # --- end routing ---
         # MPPS completeness: fire study-level routes as soon as a COMPLETED step's instances
         # are all here (the quiet-period timer stays the fallback).

@@ -19,8 +19,11 @@ from engine.durable.store import NewOutboxRow
 
 if TYPE_CHECKING:
     from engine.durable.store import StoredInstance
+    from engine.procedure.model import ProcedureStep
+    from engine.worklist.model import StoredWorklistItem
 
-SourceTable = Literal["instances", "hl7_messages"]
+# procedure_step_events: MPPS Started/Completed/Discontinued facts (issue 4 → routing)
+SourceTable = Literal["instances", "hl7_messages", "procedure_step_events"]
 #: what routing made of one journal entry
 RoutingOutcome = Literal["routed", "grouped", "discarded", "unmatched"]
 
@@ -38,6 +41,21 @@ class GroupJoin:
     #: the route's decision (destinations, frozen morph steps) as JSON; the latest member's
     #: ruleset wins, so a reload before the group fires is taken into account
     decision: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureStepEventRecord:
+    """One unrouted ``procedure_step_events`` row with what routing it needs: the step (as it
+    is now), the attributes the event received (DICOM JSON: the N-CREATE Attribute List or the
+    N-SET Modification List) and the step's linked worklist items (purged ones are absent)."""
+
+    id: int
+    operation: str  # create | set
+    status: str  # IN PROGRESS | COMPLETED | DISCONTINUED
+    received: str
+    received_at: str  # ISO 8601 UTC
+    step: ProcedureStep
+    worklist_items: tuple[StoredWorklistItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

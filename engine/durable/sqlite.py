@@ -22,6 +22,7 @@ from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
     OpenGroup,
+    ProcedureStepEventRecord,
     RoutingCommitResult,
     RoutingPlan,
 )
@@ -909,6 +910,13 @@ class SqliteStore:
     async def unrouted_hl7_messages(self, after_id: int, limit: int
                                     ) -> list[Hl7JournalRecord]:
         return await self._read(lambda c: sqlite_routing.unrouted_hl7(c, after_id, limit))
+
+    async def unrouted_procedure_step_events(self, after_id: int, limit: int,
+                                             ids: Sequence[int] | None = None
+                                             ) -> list[ProcedureStepEventRecord]:
+        # MPPS events → routing
+        return await self._read(lambda c: sqlite_routing.unrouted_procedure_step_events(
+            c, after_id, limit, ids))
 
     async def unmatched_instances(self, limit: int, offset: int
                                   ) -> tuple[int, list[StoredInstance]]:

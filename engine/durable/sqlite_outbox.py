@@ -78,17 +78,32 @@ def _row(r: Sequence[Any]) -> OutboxRow:
 class _Txn:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error) on an autocommit
     connection: the writer lock is taken at the start, so the transaction never has to
-    upgrade a read lock (and fail with SQLITE_BUSY) half-way."""
+    upgrade a read lock (and fail with SQLITE_BUSY) half-way.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this transaction
+    only). Leases and delivery verdicts use it: they share the one writer with the intake
+    journal, whose every commit must reach the disk before a peer hears "yes", and an fsync per
+    delivered page would compete with that. Losing the last such commits in a power cut only
+    makes rows go out again (delivery is at least once); WAL keeps commits in order, so the
+    next durable commit makes every earlier one durable too.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, *, durable: bool = True) -> None:
         self._conn = conn
+        self._durable = durable
 
     def __enter__(self) -> sqlite3.Connection:
+        if not self._durable:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("BEGIN IMMEDIATE")
         return self._conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        try:
+            self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        finally:
+            if not self._durable:
+                self._conn.execute("PRAGMA synchronous=FULL")  # the store's setting
 
 
 def enqueue(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
@@ -110,7 +125,7 @@ def lease(conn: sqlite3.Connection, destination: str, owner: str, now: float,
           lease_seconds: float, limit: int, per_study: bool = False) -> list[OutboxRow]:
     params: dict[str, Any] = {"dest": destination, "owner": owner, "now": now,
                               "until": now + lease_seconds, "limit": limit}
-    with _Txn(conn):
+    with _Txn(conn, durable=False):
         conn.execute(_RECLAIM, params)
         if per_study:
             ids = _ordered_candidates(conn, params)
@@ -162,7 +177,7 @@ def record(conn: sqlite3.Connection, owner: str, results: Sequence[OutboxResult]
     """Apply verdicts; each statement checks the lease is still ours."""
     changed = 0
     owned = "WHERE id = ? AND state = 'leased' AND lease_owner = ?"
-    with _Txn(conn):
+    with _Txn(conn, durable=False):
         for res in results:
             if res.verdict is OutboxVerdict.DONE:
                 cur = conn.execute(

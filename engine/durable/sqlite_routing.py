@@ -20,6 +20,7 @@ from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
     OpenGroup,
+    ProcedureStepEventRecord,
     RoutingCommitResult,
     RoutingPlan,
 )
@@ -28,7 +29,8 @@ from engine.durable.store import Hl7JournalEntry, Hl7JournalRecord, NewOutboxRow
 _GROUP_COLUMNS = ("id, route, level, group_key, study_instance_uid, first_at, last_at, "
                   "quiet_seconds, max_wait_seconds, "
                   "(SELECT COUNT(*) FROM routing_group_members m WHERE m.group_id = g.id)")
-_SOURCE_TABLES = {"instances": "instances", "hl7_messages": "hl7_messages"}
+_SOURCE_TABLES = {"instances": "instances", "hl7_messages": "hl7_messages",
+                  "procedure_step_events": "procedure_step_events"}
 
 
 def _instances() -> tuple[str, Any]:
@@ -177,6 +179,38 @@ def unrouted_hl7(conn: sqlite3.Connection, after_id: int, limit: int
         worklist_item_ids=tuple(json.loads(r[12]))) for r in rows]
 
 
+def unrouted_procedure_step_events(conn: sqlite3.Connection, after_id: int, limit: int,
+                                   ids: Sequence[int] | None = None
+                                   ) -> list[ProcedureStepEventRecord]:
+    """MPPS event journal rows not routed yet (all after ``after_id``, or only ``ids``), each
+    with its step and the step's linked worklist items."""
+    from engine.durable import sqlite_mpps  # one definition of the step row and item rows
+
+    sql = (f"SELECT e.id, e.operation, e.status, e.received, e.received_at, "
+           f"{sqlite_mpps._COLUMNS} FROM procedure_step_events e "
+           "JOIN procedure_steps s ON s.id = e.step_id WHERE e.routed_at IS NULL ")
+    if ids is None:
+        rows = conn.execute(sql + "AND e.id > ? ORDER BY e.id LIMIT ?",
+                            (after_id, limit)).fetchall()
+    else:
+        wanted = list(ids)[:limit]
+        if not wanted:
+            return []
+        rows = conn.execute(sql + f"AND e.id IN ({','.join('?' * len(wanted))}) ORDER BY e.id",
+                            wanted).fetchall()
+    out: list[ProcedureStepEventRecord] = []
+    for r in rows:
+        step = sqlite_mpps._step(r[5:])
+        item_ids = list(step.worklist_item_ids)
+        items = sqlite_mpps._items(
+            conn, f"SELECT id, data FROM worklist_items WHERE id IN "
+                  f"({','.join('?' * len(item_ids))}) ORDER BY id", item_ids) if item_ids else []
+        out.append(ProcedureStepEventRecord(
+            id=int(r[0]), operation=r[1], status=r[2], received=r[3], received_at=r[4],
+            step=step, worklist_items=tuple(items)))
+    return out
+
+
 def unmatched_instances(conn: sqlite3.Connection, limit: int, offset: int
                         ) -> tuple[int, list[StoredInstance]]:
     columns, to_instance = _instances()
@@ -190,7 +224,8 @@ def unmatched_instances(conn: sqlite3.Connection, limit: int, offset: int
 def routing_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Journal entries by routing outcome (``unrouted`` for those not routed yet)."""
     counts: dict[str, int] = {}
-    for table, where in (("instances", ""), ("hl7_messages", " WHERE ack_code = 'AA'")):
+    for table, where in (("instances", ""), ("hl7_messages", " WHERE ack_code = 'AA'"),
+                         ("procedure_step_events", "")):
         for outcome, n in conn.execute(
                 f"SELECT COALESCE(routing_outcome, CASE WHEN routed_at IS NULL THEN 'unrouted' "
                 f"ELSE 'routed' END), COUNT(*) FROM {table}{where} GROUP BY 1"):

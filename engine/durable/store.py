@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         BuildGroupRows,
         FiredGroup,
         OpenGroup,
+        ProcedureStepEventRecord,
         RoutingCommitResult,
         RoutingPlan,
     )
@@ -382,6 +383,14 @@ class Store(Protocol):
     async def unrouted_hl7_messages(self, after_id: int, limit: int
                                     ) -> list[Hl7JournalRecord]:
         """Accepted (AA) HL7 messages not routed yet, with their raw bytes."""
+        ...
+
+    # MPPS events → routing
+    async def unrouted_procedure_step_events(self, after_id: int, limit: int,
+                                             ids: Sequence[int] | None = None
+                                             ) -> list[ProcedureStepEventRecord]:
+        """``procedure_step_events`` rows not routed yet (after ``after_id``, or only ``ids``),
+        with their step and its linked worklist items."""
         ...
 
     async def unmatched_instances(self, limit: int, offset: int

@@ -199,40 +199,46 @@ class Dispatcher:
         sender = self._factory(q.name, q.config)
         try:
             while not self._stopping:
-                now = self._clock()
-                permit = q.breaker.permit(now)
-                DELIVERY_CIRCUIT_STATE.labels(q.name).set(int(q.breaker.state))
-                if not permit.allowed:
-                    await sender.idle()
-                    await q.wait(permit.wait)
-                    continue
-                limit = 1 if permit.probe else sender.max_batch
                 try:
-                    rows = await self.store.lease_outbox(
-                        q.name, self.owner, now, self.delivery.lease_seconds, limit,
-                        q.config.per_study_order)
-                except StorageFailure as exc:
-                    if permit.probe:
-                        q.breaker.release_probe()
-                    log.error("outbox.lease_failed", destination=q.name, error=str(exc))
+                    await self._turn(q, sender)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # A bug, not a delivery failure: say so loudly, keep the destination served
+                    # (rows of the failed turn stay leased and come back after lease_seconds).
+                    log.exception("egress.worker_error", destination=q.name, slot=slot)
                     await q.wait(_STORE_RETRY)
-                    continue
-                if not rows:
-                    if permit.probe:
-                        q.breaker.release_probe()
-                    await sender.idle()
-                    await q.wait(self.delivery.poll_interval)
-                    continue
-                await self._deliver(q, sender, rows, probe=permit.probe)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # A bug, not a delivery failure: the worker must not vanish silently.
-            log.exception("egress.worker_crashed", destination=q.name, slot=slot)
-            raise
         finally:
             with contextlib.suppress(Exception):
                 await sender.close()
+
+    async def _turn(self, q: _Queue, sender: Sender) -> None:
+        """One lease → send → record cycle, or one wait."""
+        now = self._clock()
+        permit = q.breaker.permit(now)
+        DELIVERY_CIRCUIT_STATE.labels(q.name).set(int(q.breaker.state))
+        if not permit.allowed:
+            await sender.idle()
+            await q.wait(permit.wait)
+            return
+        limit = 1 if permit.probe else sender.max_batch
+        try:
+            rows = await self.store.lease_outbox(
+                q.name, self.owner, now, self.delivery.lease_seconds, limit,
+                q.config.per_study_order)
+        except StorageFailure as exc:
+            if permit.probe:
+                q.breaker.release_probe()
+            log.error("outbox.lease_failed", destination=q.name, error=str(exc))
+            await q.wait(_STORE_RETRY)
+            return
+        if not rows:
+            if permit.probe:
+                q.breaker.release_probe()
+            await sender.idle()
+            await q.wait(self.delivery.poll_interval)
+            return
+        await self._deliver(q, sender, rows, probe=permit.probe)
 
     async def _deliver(self, q: _Queue, sender: Sender, rows: Sequence[OutboxRow],
                        probe: bool) -> None:

@@ -25,10 +25,17 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from engine.durable.routing import GroupJoin, OpenGroup, RoutingOutcome, RoutingPlan, SourceTable
+from engine.durable.routing import (
+    GroupJoin,
+    OpenGroup,
+    ProcedureStepEventRecord,
+    RoutingOutcome,
+    RoutingPlan,
+    SourceTable,
+)
 from engine.durable.spool import Spool
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
-from engine.events import InstanceStored, OrderReceived
+from engine.events import InstanceStored, OrderReceived, ProcedureStepEvent
 from engine.ingress.hl7.message import Hl7Message, Hl7ParseError
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
@@ -44,6 +51,7 @@ from engine.observability.metrics import (
 )
 from engine.pipeline import payload
 from engine.pipeline.header import read_header
+from engine.pipeline.procedure_steps import plan_procedure_step
 from engine.pipeline.rulesets import RulesManager
 from engine.rules.ruleset import Decision, DicomSubject, Hl7Subject, RoutingContext, Ruleset
 
@@ -119,6 +127,10 @@ class Router:
     def on_order_received(self, event: OrderReceived) -> None:
         self._enqueue("hl7_messages", event.journal_id)
 
+    def on_procedure_step(self, event: ProcedureStepEvent) -> None:
+        """ProcedureStepStarted / Completed / Discontinued (MPPS → routing)."""
+        self._enqueue("procedure_step_events", event.journal_id)
+
     def _enqueue(self, table: SourceTable, journal_id: int) -> None:
         if not self.running:
             return  # routed from the journal at the next start
@@ -154,17 +166,21 @@ class Router:
             # Unrouted AA messages from the lowest queued id on: usually exactly the batch.
             page = await self._store.unrouted_hl7_messages(min(hl7_ids) - 1, len(hl7_ids) + 50)
             messages = [m for m in page if m.id in hl7_ids]
-        await self.route(instances, messages)
+        step_ids = sorted({i for t, i in batch if t == "procedure_step_events"})
+        steps = await self._store.unrouted_procedure_step_events(
+            0, len(step_ids), ids=step_ids) if step_ids else []
+        await self.route(instances, messages, steps)
 
     async def route(self, instances: Sequence[StoredInstance],
-                    messages: Sequence[Hl7JournalRecord] = ()) -> int:
+                    messages: Sequence[Hl7JournalRecord] = (),
+                    steps: Sequence[ProcedureStepEventRecord] = ()) -> int:
         """Route these journal entries in one transaction; the number newly routed."""
-        if not instances and not messages:
+        if not instances and not messages and not steps:
             return 0
         async with self._routing:
             started = time.perf_counter()
             ruleset = self._rules.current
-            plans = await asyncio.to_thread(self._plan_all, ruleset, instances, messages)
+            plans = await asyncio.to_thread(self._plan_all, ruleset, instances, messages, steps)
             if not plans:
                 return 0
             now = time.time()
@@ -192,7 +208,8 @@ class Router:
 
     # --- planning (worker thread: file reads and pure evaluation) ----------------------------
     def _plan_all(self, ruleset: Ruleset, instances: Sequence[StoredInstance],
-                  messages: Sequence[Hl7JournalRecord]) -> list[RoutingPlan]:
+                  messages: Sequence[Hl7JournalRecord],
+                  steps: Sequence[ProcedureStepEventRecord] = ()) -> list[RoutingPlan]:
         plans: list[RoutingPlan] = []
         for stored in instances:
             try:
@@ -203,6 +220,17 @@ class Router:
                           sop_instance_uid=stored.record.sop_instance_uid, error=str(exc))
         for record in messages:
             plans.append(self.plan_message(ruleset, record))
+        for step in steps:
+            try:
+                plan, decisions = plan_procedure_step(ruleset, step)
+            except Exception as exc:
+                ROUTING_FAILURES.labels("procedure_step").inc()
+                log.error("routing.procedure_step_failed", journal_id=step.id,
+                          sop_instance_uid=step.step.sop_instance_uid, error=str(exc))
+                continue
+            for decision in decisions:
+                ROUTING_ROUTE_MATCHES.labels(decision.route).inc()
+            plans.append(plan)
         return plans
 
     def plan_instance(self, ruleset: Ruleset, stored: StoredInstance) -> RoutingPlan:
@@ -274,6 +302,13 @@ class Router:
                 break
             total += await self.route((), messages)
             after = messages[-1].id
+        after = 0
+        while True:
+            steps = await self._store.unrouted_procedure_step_events(after, _REPLAY_PAGE)
+            if not steps:
+                break
+            total += await self.route((), (), steps)
+            after = steps[-1].id
         return total
 
     async def _sweep(self) -> None:

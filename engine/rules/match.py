@@ -6,7 +6,7 @@ subject and one operator::
     {attr: Modality, equals: CT}                  # DICOM keyword, tag, sequence path, private
     {attr: "(0009,\\"ACME 1.1\\",10)", exists: true}
     {context: calling_ae, in: [CT_1, CT_2]}       # calling_ae, called_ae, source_ip, listener,
-                                                  # time, weekday, event
+                                                  # time, weekday, event, state
     {context: source_ip, cidr: [10.20.0.0/16]}
     {context: time, between: ["22:00", "06:00"]}  # wraps midnight
     {hl7: PID-3.1, regex: "^MRN"}                 # HL7 field paths, order events
@@ -36,7 +36,7 @@ Report = Callable[[PathKey, str], None]
 SubjectKind = Literal["attr", "context", "hl7"]
 
 CONTEXT_NAMES: Final = ("calling_ae", "called_ae", "source_ip", "listener", "time", "weekday",
-                        "event")
+                        "event", "state")  # state: a procedure step's MPPS status
 OPERATORS: Final = ("equals", "in", "regex", "exists", "lt", "le", "gt", "ge", "before",
                     "after", "between", "cidr")
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

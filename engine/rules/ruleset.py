@@ -44,6 +44,8 @@ class RoutingContext:
     called_ae: str = ""
     source_ip: str = ""
     listener: str = ""
+    #: procedure_step events: the MPPS status (IN PROGRESS, COMPLETED, DISCONTINUED)
+    state: str = ""
     #: local wall-clock time of the evaluation (time-of-day and weekday windows read it)
     now: dt.datetime = field(default_factory=lambda: dt.datetime(2000, 1, 3, 12, 0))
 
@@ -56,7 +58,8 @@ def _context_values(ctx: RoutingContext, name: str, event: str) -> list[str] | N
     if name == "event":
         return [event]
     value = {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae,
-             "source_ip": ctx.source_ip, "listener": ctx.listener}.get(name, "")
+             "source_ip": ctx.source_ip, "listener": ctx.listener,
+             "state": ctx.state}.get(name, "")
     return [value] if value else None
 
 

@@ -222,7 +222,8 @@ class MllpReceiver:
                     code = self.answer(message)
                     if code is None:
                         continue  # never answer: the sender's ACK timeout
-                    writer.writemessage(message.create_ack(code, message_id=f"ACK{len(self.received)}"))
+                    ack = message.create_ack(code, message_id=f"ACK{len(self.received)}")
+                    writer.writemessage(ack)
                     await writer.drain()
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass

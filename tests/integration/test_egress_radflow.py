@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ from tests.helpers.proc import (
     RadflowFactory,
     RadflowProcess,
     StorescuRun,
-    storescu,
     store_responses,
+    storescu,
 )
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(240),

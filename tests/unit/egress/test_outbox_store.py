@@ -53,7 +53,7 @@ async def test_rows_wait_for_their_next_attempt_and_other_destinations(store: Sq
 async def test_an_expired_lease_comes_back_and_the_old_owner_cannot_record(store: SqliteStore
                                                                           ) -> None:
     (row_id,) = await store.enqueue_outbox(rows(1), T0)
-    (leased,) = await store.lease_outbox("pacs", "crashed", T0, 60, 10)
+    await store.lease_outbox("pacs", "crashed", T0, 60, 10)
     assert await store.lease_outbox("pacs", "other", T0 + 59, 60, 10) == []
     (back,) = await store.lease_outbox("pacs", "other", T0 + 61, 60, 10)
     assert back.id == row_id and back.attempts == 2  # the crashed attempt stays counted

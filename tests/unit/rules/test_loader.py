@@ -135,7 +135,7 @@ def test_the_shipped_routes_load_with_the_shipped_config(capsys: pytest.CaptureF
         if name.startswith("RADFLOW_"):
             monkeypatch.delenv(name)
     assert main(["check-config", "--config", "config/radflow.yaml"]) == 0
-    assert "6 routes" in capsys.readouterr().out
+    assert "7 routes" in capsys.readouterr().out  # 7: + 45-procedure-status-to-ris (MPPS)
 
 
 def test_profiles_compose_and_cycles_are_found(tmp_path: Path) -> None:

@@ -1,0 +1,184 @@
+"""MPPS events routed end to end: pynetdicom as the modality's MPPS SCU against a running
+radflow whose route ``trigger: {on: procedure_step}`` sends status updates to an HL7
+destination and forwards the MPPS to another MPPS SCP. After the N-CREATE and after the N-SET
+COMPLETED the outbox (SQLite) holds the rows: an ORM^O01 (ORC-1 SC, ORC-5 IP then CM) rendered
+at routing time, and the N-CREATE / N-SET forward the egress MPPS sender reads. Nothing
+listens at the destinations: this is about routing, not delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+
+from engine.ingress.hl7.message import Hl7Message
+from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+DAY = "20261125"
+ROUTES = """\
+version: 1
+routes:
+  - name: status-to-ris
+    trigger: {on: procedure_step}
+    match: {context: calling_ae, equals: CT01}
+    destinations: [ris]
+  - name: mpps-to-peer
+    trigger: {on: procedure_step}
+    match: {attr: Modality, equals: CT}
+    destinations: [peer]
+"""
+
+
+def order(patient_id: str) -> bytes:
+    segments = [
+        f"MSH|^~\\&|RIS|HOSP|RADFLOW|RAD|{DAY}120000||ORM^O01^ORM_O01|C-{patient_id}|P|2.5.1",
+        f"PID|1||{patient_id}^^^HOSP^MR||Doe^{patient_id}||19700101|F",
+        f"ORC|NW|O-{patient_id}|F-{patient_id}||||^^^{DAY}083000",
+        f"OBR|1|O-{patient_id}|F-{patient_id}|PROC^Procedure^L||||||||||||||"
+        f"ACC-{patient_id}|RP-{patient_id}|||||CT",
+    ]
+    return ("\r".join(segments) + "\r").encode("ascii")
+
+
+def http(rf: RadflowProcess, path: str, body: bytes | None = None) -> Any:
+    req = urllib.request.Request(f"http://{HOST}:{rf.http_port}{path}", data=body,
+                                 method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": "x-application/hl7-v2+er7"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def create_attrs(wl: dict[str, Any]) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ssa = Dataset()
+    ssa.StudyInstanceUID = wl["study_instance_uid"]
+    ssa.ReferencedStudySequence = []
+    ssa.AccessionNumber = wl["accession_number"]
+    ssa.RequestedProcedureID = wl["requested_procedure_id"]
+    ssa.RequestedProcedureDescription = ""
+    ssa.ScheduledProcedureStepID = wl["scheduled_procedure_step_id"]
+    ssa.ScheduledProcedureStepDescription = ""
+    ssa.ScheduledProtocolCodeSequence = []
+    ds.ScheduledStepAttributesSequence = [ssa]
+    ds.PatientName = "Doe^X"
+    ds.PatientID = wl["patient_id"]
+    ds.PerformedProcedureStepID = "PPS1"
+    ds.PerformedStationAETitle = "CT01"
+    ds.PerformedProcedureStepStartDate = DAY
+    ds.PerformedProcedureStepStartTime = "0900"
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepEndDate = ""
+    ds.PerformedProcedureStepEndTime = ""
+    ds.Modality = "CT"
+    ds.PerformedSeriesSequence = []
+    return ds
+
+
+def completed_attrs() -> Dataset:
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = "COMPLETED"
+    ds.PerformedProcedureStepEndDate = DAY
+    ds.PerformedProcedureStepEndTime = "0930"
+    series = Dataset()
+    series.SeriesInstanceUID = generate_uid()
+    series.RetrieveAETitle = ""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ref.ReferencedSOPInstanceUID = generate_uid()
+    series.ReferencedImageSequence = [ref]
+    ds.PerformedSeriesSequence = [series]
+    return ds
+
+
+def outbox(rf: RadflowProcess) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{rf.db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(
+            "SELECT * FROM outbox WHERE source_table = 'procedure_step_events' ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def wait_rows(rf: RadflowProcess, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    rows = outbox(rf)
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = outbox(rf)
+    assert len(rows) == count, (rows, rf.diagnostics())
+    return rows
+
+
+def test_create_and_completed_produce_outbox_rows(radflow: RadflowFactory) -> None:
+    rf = radflow({"destinations": {
+        "ris": {"type": "hl7", "host": HOST, "port": free_port()},
+        "peer": {"type": "mpps", "ae_title": "PEER", "host": HOST, "port": free_port()},
+    }}, start=False)
+    routes_dir = rf.config["routing"]["routes_dir"]
+    with open(f"{routes_dir}/45-mpps.yaml", "w", encoding="utf-8") as f:
+        f.write(ROUTES)
+    rf.start()
+    assert http(rf, "/api/v1/worklist", order("P-ROUTE"))["ack_code"] == "AA"
+    wl = http(rf, "/api/v1/worklist?patient_id=P-ROUTE")["items"][0]
+
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
+    assert assoc.is_established
+    try:
+        uid = generate_uid()
+        status, _ = assoc.send_n_create(create_attrs(wl), ModalityPerformedProcedureStep, uid)
+        assert int(status.Status) == 0x0000
+        created = wait_rows(rf, 2)
+        status, _ = assoc.send_n_set(completed_attrs(), ModalityPerformedProcedureStep, uid)
+        assert int(status.Status) == 0x0000
+        rows = wait_rows(rf, 4)
+    finally:
+        assoc.release()
+    # The N-SET added rows; the N-CREATE's rows are the same rows, with the same payloads.
+    assert [(r["id"], r["payload"]) for r in rows[:2]] == \
+        [(r["id"], r["payload"]) for r in created]
+
+    by_dest: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        assert row["study_instance_uid"] == wl["study_instance_uid"]
+        by_dest.setdefault(row["destination"], []).append(json.loads(row["payload"]))
+    assert [r["route"] for r in rows if r["destination"] == "ris"] == ["status-to-ris"] * 2
+
+    ris = by_dest["ris"]
+    messages = [Hl7Message.parse(p["message"].encode("latin-1")) for p in ris]
+    assert [m.get("ORC-1") for m in messages] == ["SC", "SC"]
+    assert [m.get("ORC-5") for m in messages] == ["IP", "CM"]
+    for m, p in zip(messages, ris, strict=True):
+        assert m.get("MSH-9.1") == "ORM" and m.get("MSH-9.2") == "O01"
+        assert m.control_id == p["control_id"]
+        assert m.get("ORC-2") == "O-P-ROUTE" and m.get("ORC-3") == "F-P-ROUTE"
+        assert m.get("OBR-18") == "ACC-P-ROUTE" and m.get("PID-3.1") == "P-ROUTE"
+    assert messages[0].control_id != messages[1].control_id
+
+    peer = by_dest["peer"]
+    assert [p["mpps"]["operation"] for p in peer] == ["create", "set"]
+    assert {p["mpps"]["sop_instance_uid"] for p in peer} == {uid}
+    assert Dataset.from_json(peer[1]["mpps"]["dataset"]).PerformedProcedureStepStatus \
+        == "COMPLETED"
+
+    conn = sqlite3.connect(f"file:{rf.db_path}?mode=ro", uri=True, timeout=10)
+    try:
+        outcomes = [r[0] for r in conn.execute(
+            "SELECT routing_outcome FROM procedure_step_events ORDER BY id")]
+    finally:
+        conn.close()
+    assert outcomes == ["routed", "routed"]

@@ -1,0 +1,187 @@
+"""Routing of MPPS events: the store's unrouted event rows, the planner, the routing commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from engine.durable.sqlite import SqliteStore
+from engine.ingress.hl7.message import Hl7Message
+from engine.pipeline.procedure_steps import plan_procedure_step
+from engine.procedure.model import (
+    PpsStatus,
+    ProcedureStep,
+    StepUpdate,
+    WorklistLink,
+    apply_set,
+    check_create,
+    worklist_link,
+)
+from engine.rules.loader import load_ruleset
+from engine.rules.ruleset import Ruleset
+from engine.worklist.model import StoredWorklistItem, WorklistItem
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+NOW = "2026-11-25T09:00:00.000+00:00"
+ROUTES = """\
+version: 1
+routes:
+  - name: status-to-ris
+    trigger: {on: procedure_step}
+    match: {context: calling_ae, equals: CT01}
+    destinations: [ris]
+  - name: completed-to-peer
+    trigger: procedure_step
+    match:
+      all:
+        - {attr: Modality, equals: CT}
+        - {context: state, in: [IN PROGRESS, COMPLETED]}
+    destinations: [peer, fhir-ehr]
+  - name: images
+    destinations: [pacs]
+"""
+DESTINATIONS = {"ris": "hl7", "peer": "mpps", "fhir-ehr": "fhir", "pacs": "dimse"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "radflow.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def ruleset(tmp_path: Path) -> Ruleset:
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "10-mpps.yaml").write_text(ROUTES)
+    return load_ruleset(routes, DESTINATIONS, has_secret=False, uid_prefix="1.2.3.")
+
+
+def create_attrs(calling: str = "CT01") -> Dataset:
+    ds = Dataset()
+    ssa = Dataset()
+    ssa.StudyInstanceUID = STUDY
+    ssa.AccessionNumber = "ACC1"
+    ssa.RequestedProcedureID = "RP1"
+    ssa.ScheduledProcedureStepID = "SPS1"
+    ds.ScheduledStepAttributesSequence = [ssa]
+    ds.PatientID = "P1"
+    ds.PatientName = "Doe^Jane"
+    ds.PerformedProcedureStepID = "PPS1"
+    ds.PerformedStationAETitle = calling
+    ds.PerformedProcedureStepStartDate = "20261125"
+    ds.PerformedProcedureStepStartTime = "0900"
+    ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    ds.PerformedProcedureStepEndDate = ""
+    ds.PerformedProcedureStepEndTime = ""
+    ds.Modality = "CT"
+    return ds
+
+
+def final_attrs(status: str) -> Dataset:
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepEndDate = "20261125"
+    ds.PerformedProcedureStepEndTime = "0930"
+    series = Dataset()
+    series.SeriesInstanceUID = STUDY + ".2"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ref.ReferencedSOPInstanceUID = STUDY + ".2.1"
+    series.ReferencedImageSequence = [ref]
+    ds.PerformedSeriesSequence = [series]
+    return ds
+
+
+async def mpps(store: SqliteStore, final: str | None, calling: str = "CT01") -> str:
+    await store.add_worklist_items([WorklistItem(
+        patient_id="P1", issuer_of_patient_id="HOSP", patient_name="Doe^Jane",
+        accession_number="ACC1", requested_procedure_id="RP1", study_instance_uid=STUDY,
+        placer_order_number="O-1", filler_order_number="F-1",
+        scheduled_procedure_step_id="SPS1", modality="CT", source="HIS")])
+    uid = generate_uid()
+    new = check_create(uid, create_attrs(calling), calling_ae=calling, received_at=NOW)
+
+    def link(items: Sequence[StoredWorklistItem]) -> WorklistLink:
+        return worklist_link(items, new.keys, PpsStatus.IN_PROGRESS, NOW)
+
+    await store.create_procedure_step(new, link)
+    if final is not None:
+        def change(step: ProcedureStep) -> StepUpdate:
+            return apply_set(step, final_attrs(final))
+
+        await store.set_procedure_step(
+            uid, change, lambda s: lambda items: worklist_link(items, (), s, NOW), NOW)
+    return uid
+
+
+async def test_create_and_completed_become_outbox_rows(store: SqliteStore,
+                                                       ruleset: Ruleset) -> None:
+    uid = await mpps(store, "COMPLETED")
+    records = await store.unrouted_procedure_step_events(0, 100)
+    assert [(r.operation, r.status) for r in records] == [("create", "IN PROGRESS"),
+                                                          ("set", "COMPLETED")]
+    assert records[0].worklist_items and records[0].step.sop_instance_uid == uid
+    plans = [plan_procedure_step(ruleset, r)[0] for r in records]
+    assert [p.outcome for p in plans] == ["routed", "routed"]
+    # hl7 + mpps per event; the fhir destination is not supported yet (no row)
+    assert [sorted(r.destination for r in p.rows) for p in plans] == [["peer", "ris"]] * 2
+
+    results = await store.commit_routing(plans, NOW, 1.0)
+    assert all(r.applied for r in results)
+    assert await store.unrouted_procedure_step_events(0, 100) == []
+    again = await store.commit_routing(plans, NOW, 2.0)  # a replay racing the bus
+    assert not any(r.applied for r in again)
+
+    rows = await store.outbox_rows()
+    assert len(rows) == 4
+    by_dest: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        assert row["source_table"] == "procedure_step_events"
+        by_dest.setdefault(str(row["destination"]), []).append(
+            json.loads(str(row["payload"])))
+    forwards = by_dest["peer"]
+    assert [f["mpps"]["operation"] for f in forwards] == ["create", "set"]  # type: ignore[index]
+    assert all(f["mpps"]["sop_instance_uid"] == uid for f in forwards)  # type: ignore[index]
+    created = Dataset.from_json(forwards[0]["mpps"]["dataset"])  # type: ignore[index]
+    assert created.PerformedProcedureStepStatus == "IN PROGRESS"
+    modified = Dataset.from_json(forwards[1]["mpps"]["dataset"])  # type: ignore[index]
+    assert modified.PerformedProcedureStepStatus == "COMPLETED"
+    statuses = []
+    for payload in by_dest["ris"]:
+        assert payload["kind"] == "hl7" and payload["message_type"] == "ORM^O01"
+        msg = Hl7Message.parse(str(payload["message"]).encode("ascii"))
+        assert msg.control_id == payload["control_id"]
+        assert msg.get("ORC-2") == "O-1" and msg.get("OBR-18") == "ACC1"
+        assert msg.get("PID-3.1") == "P1"
+        statuses.append(msg.get("ORC-5"))
+    assert statuses == ["IP", "CM"]
+
+
+async def test_state_and_calling_ae_select_routes(store: SqliteStore,
+                                                  ruleset: Ruleset) -> None:
+    await mpps(store, "DISCONTINUED", calling="MR01")
+    records = await store.unrouted_procedure_step_events(0, 100)
+    plans = [plan_procedure_step(ruleset, r)[0] for r in records]
+    # MR01: not the RIS route; DISCONTINUED: not the forward route
+    assert [(p.outcome, [r.destination for r in p.rows]) for p in plans] == [
+        ("routed", ["peer"]), ("unmatched", [])]
+    await store.commit_routing(plans, NOW, 1.0)
+    counts = await store.routing_counts()
+    assert counts["procedure_step_events.routed"] == 1
+    assert counts["procedure_step_events.unmatched"] == 1
+
+
+async def test_only_the_ids_asked_for(store: SqliteStore) -> None:
+    await mpps(store, "COMPLETED")
+    records = await store.unrouted_procedure_step_events(0, 100)
+    wanted = await store.unrouted_procedure_step_events(0, 1, ids=[records[1].id])
+    assert [r.id for r in wanted] == [records[1].id]
+    assert await store.unrouted_procedure_step_events(0, 10, ids=[]) == []
