@@ -72,9 +72,11 @@ MAX_CONTEXTS = 128
 #: resends of the same batch after an association loss before the rest is left to the
 #: dispatcher's backoff
 MAX_RECONNECTS = 2
-#: pynetdicom's DUL thread sleeps this long when it has nothing to do (its default, 1 ms, is a
-#: floor on every response's latency; 0.2 ms halves that cost and still idles at ~1% CPU)
-DUL_LOOP_DELAY = 0.001
+#: pynetdicom's DUL thread sleeps this long between polls of the socket when it has nothing to
+#: do. Its default (1 ms) adds up to 1 ms to every response; much shorter polls make that thread
+#: compete for the GIL with intake's own threads in the same process. 0.5 ms is between the two
+#: (A/B runs on this shared machine differed less than their noise).
+DUL_LOOP_DELAY = 0.0005
 
 
 class AssociationLost(TransientDeliveryError):

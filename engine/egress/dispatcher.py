@@ -106,6 +106,14 @@ def node_name() -> str:
 
 
 @dataclass
+class _Slot:
+    """One worker's pipeline: the next page being leased, the last verdicts being written."""
+
+    prefetch: asyncio.Task[list[OutboxRow]] | None = None
+    record: asyncio.Task[None] | None = None
+
+
+@dataclass
 class _Queue:
     name: str
     config: DestinationConfig
@@ -197,10 +205,11 @@ class Dispatcher:
     # --- the worker ------------------------------------------------------------------------
     async def _worker(self, q: _Queue, slot: int) -> None:
         sender = self._factory(q.name, q.config)
+        state = _Slot()
         try:
             while not self._stopping:
                 try:
-                    await self._turn(q, sender)
+                    await self._turn(q, sender, state)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -210,23 +219,40 @@ class Dispatcher:
                     await q.wait(_STORE_RETRY)
         finally:
             with contextlib.suppress(Exception):
+                await self._settle(q, state)
+            with contextlib.suppress(Exception):
                 await sender.close()
 
-    async def _turn(self, q: _Queue, sender: Sender) -> None:
-        """One lease → send → record cycle, or one wait."""
+    async def _lease(self, q: _Queue, limit: int) -> list[OutboxRow]:
+        return await self.store.lease_outbox(q.name, self.owner, self._clock(),
+                                             self.delivery.lease_seconds, limit,
+                                             q.config.per_study_order)
+
+    async def _turn(self, q: _Queue, sender: Sender, state: _Slot) -> None:
+        """One lease → send → record cycle, or one wait.
+
+        Pipelined: while a full page is being sent, the next page is leased, and a page's
+        verdicts are written while the next one is sent, so the store's single writer never
+        holds the sender up. A prefetched page is given back (not counted as an attempt) when
+        the destination just failed.
+        """
         now = self._clock()
         permit = q.breaker.permit(now)
         DELIVERY_CIRCUIT_STATE.labels(q.name).set(int(q.breaker.state))
         if not permit.allowed:
+            await self._give_back_prefetch(q, state)
             await sender.idle()
             await q.wait(permit.wait)
             return
         limit = 1 if permit.probe else sender.max_batch
         try:
-            rows = await self.store.lease_outbox(
-                q.name, self.owner, now, self.delivery.lease_seconds, limit,
-                q.config.per_study_order)
+            if state.prefetch is not None and not permit.probe:
+                rows, state.prefetch = await state.prefetch, None
+            else:
+                await self._give_back_prefetch(q, state)
+                rows = await self._lease(q, limit)
         except StorageFailure as exc:
+            state.prefetch = None
             if permit.probe:
                 q.breaker.release_probe()
             log.error("outbox.lease_failed", destination=q.name, error=str(exc))
@@ -238,10 +264,37 @@ class Dispatcher:
             await sender.idle()
             await q.wait(self.delivery.poll_interval)
             return
-        await self._deliver(q, sender, rows, probe=permit.probe)
+        if not permit.probe and len(rows) >= limit:
+            state.prefetch = asyncio.create_task(self._lease(q, limit))
+        results, failed_batch = await self._deliver(q, sender, rows, probe=permit.probe)
+        if state.record is not None:
+            await state.record
+        state.record = asyncio.create_task(self._write_verdicts(q, results, self._clock()))
+        if failed_batch:
+            await self._give_back_prefetch(q, state)
+
+    async def _give_back_prefetch(self, q: _Queue, state: _Slot) -> None:
+        task, state.prefetch = state.prefetch, None
+        if task is None:
+            return
+        try:
+            rows = await task
+        except StorageFailure:
+            return
+        if rows:
+            await self._write_verdicts(
+                q, [OutboxResult(r.id, OutboxVerdict.RELEASE) for r in rows], self._clock())
+
+    async def _settle(self, q: _Queue, state: _Slot) -> None:
+        """At the end of a worker: the last verdicts written, a prefetched page given back."""
+        if state.record is not None:
+            await state.record
+            state.record = None
+        await self._give_back_prefetch(q, state)
 
     async def _deliver(self, q: _Queue, sender: Sender, rows: Sequence[OutboxRow],
-                       probe: bool) -> None:
+                       probe: bool) -> tuple[list[OutboxResult], bool]:
+        """Send ``rows``; their verdicts, and whether the batch counted as a failure."""
         DELIVERY_ATTEMPTS.labels(q.name).inc(len(rows))
         outcomes: dict[int, SendOutcome] = {}
         deliveries: list[Delivery] = []
@@ -264,7 +317,7 @@ class Dispatcher:
                 if outcome.error is not None and outcome.error.transient and \
                         d.study_instance_uid and q.config.per_study_order:
                     blocked.add(d.study_instance_uid)
-        await self._record(q, rows, outcomes, released, probe)
+        return self._verdicts(q, rows, outcomes, released, probe)
 
     def _groups(self, q: _Queue, deliveries: list[Delivery]) -> list[list[Delivery]]:
         if not q.config.per_study_order:
@@ -300,9 +353,10 @@ class Dispatcher:
             results = [failed(err, time.perf_counter() - started) for _ in batch]
         return results
 
-    async def _record(self, q: _Queue, rows: Sequence[OutboxRow],
-                      outcomes: Mapping[int, SendOutcome], released: set[int],
-                      probe: bool) -> None:
+    def _verdicts(self, q: _Queue, rows: Sequence[OutboxRow],
+                  outcomes: Mapping[int, SendOutcome], released: set[int], probe: bool
+                  ) -> tuple[list[OutboxResult], bool]:
+        """Each row's verdict (done, retry at, dead, released), the breaker updated."""
         now = self._clock()
         results: list[OutboxResult] = []
         delivered = transient = 0
@@ -338,7 +392,8 @@ class Dispatcher:
                 DELIVERY_OUTCOMES.labels(q.name, "retry").inc()
                 log.info(f"egress.{kind}.failed", destination=q.name, row=row.id,
                          attempt=row.attempts, retry_in=round(delay, 2), error=text)
-        if delivered or not transient:
+        failed_batch = not delivered and transient > 0
+        if not failed_batch:
             if q.breaker.state is not CircuitState.CLOSED:
                 log.info("egress.circuit_closed", destination=q.name)
             q.breaker.record_success()
@@ -347,6 +402,10 @@ class Dispatcher:
                         failures=q.breaker.failures, probe=probe,
                         rest_seconds=round(q.breaker.open_until - now, 2))
         DELIVERY_CIRCUIT_STATE.labels(q.name).set(int(q.breaker.state))
+        return results, failed_batch
+
+    async def _write_verdicts(self, q: _Queue, results: Sequence[OutboxResult], now: float
+                              ) -> None:
         while True:
             try:
                 await self.store.record_outbox(self.owner, results, now)
