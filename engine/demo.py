@@ -196,22 +196,25 @@ async def _walk(engine: Any, ports: dict[str, int], pacs_dir: Path, pacs_seen: _
     writer.close()
 
     print("\n2. the scanner asks the worklist")
-    found = await asyncio.to_thread(_find, ports["dicom"], accession)
+    found, study_uid = await asyncio.to_thread(_find, ports["dicom"], accession)
     _say("C-FIND", f"{len(found)} scheduled step(s) for accession {accession}"
          + (f": {found[0]}" if found else ""))
 
     print("\n3. the scanner starts the procedure (MPPS)")
-    mpps_uid, mpps = await asyncio.to_thread(_mpps, ports["dicom"], "create", None)
+    step = {"accession": accession, "patient_id": patient_id, "study_uid": study_uid}
+    mpps_uid, mpps = await asyncio.to_thread(_mpps, ports["dicom"], "create", None, step)
     _say("MPPS", mpps)
 
     print("\n4. a small CT study is stored")
-    study = _study(accession, patient_id, 6)
+    study = _study(accession, patient_id, 6, study_uid)
     statuses = await asyncio.to_thread(_store, ports["dicom"], study)
     _say("C-STORE", f"{len(study)} instances, statuses: "
          + ", ".join(f"0x{s:04X}" for s in sorted(set(statuses))))
 
     print("\n5. the scanner completes the procedure (MPPS)")
-    _uid, mpps = await asyncio.to_thread(_mpps, ports["dicom"], "set", mpps_uid)
+    step["series_uid"] = str(study[0].SeriesInstanceUID)
+    step["images"] = ",".join(f"{ds.SOPClassUID}/{ds.SOPInstanceUID}" for ds in study)
+    _uid, mpps = await asyncio.to_thread(_mpps, ports["dicom"], "set", mpps_uid, step)
     _say("MPPS", mpps)
 
     print("\n6. routing and delivery")
@@ -278,12 +281,12 @@ async def _enqueue_directly(engine: Any) -> None:
     engine.dispatcher.wake()
 
 
-def _study(accession: str, patient_id: str, count: int) -> list[Any]:
+def _study(accession: str, patient_id: str, count: int, study_uid: str = "") -> list[Any]:
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-    study, series = generate_uid(), generate_uid()
+    study, series = study_uid or generate_uid(), generate_uid()
     out = []
     for n in range(1, count + 1):
         ds = Dataset()
@@ -302,7 +305,7 @@ def _study(accession: str, patient_id: str, count: int) -> list[Any]:
     return out
 
 
-def _find(port: int, accession: str) -> list[str]:
+def _find(port: int, accession: str) -> tuple[list[str], str]:
     from pydicom.dataset import Dataset
     from pynetdicom import AE
     from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
@@ -311,26 +314,30 @@ def _find(port: int, accession: str) -> list[str]:
     ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate(HOST, port, ae_title="RADFLOW")
     if not assoc.is_established:
-        return []
+        return [], ""
     query = Dataset()
     query.AccessionNumber = accession
     query.PatientName = ""
+    query.StudyInstanceUID = ""
     sps = Dataset()
     sps.Modality = ""
     sps.ScheduledProcedureStepStartDate = ""
     sps.ScheduledStationAETitle = ""
     query.ScheduledProcedureStepSequence = [sps]
     found = []
+    study_uid = ""
     for status, ident in assoc.send_c_find(query, ModalityWorklistInformationFind):
         if status is not None and status.Status in (0xFF00, 0xFF01) and ident is not None:
             step = ident.ScheduledProcedureStepSequence[0]
             found.append(f"{ident.PatientName} {step.Modality} on "
                          f"{step.ScheduledProcedureStepStartDate}")
+            study_uid = study_uid or str(ident.get("StudyInstanceUID", ""))
     assoc.release()
-    return found
+    return found, study_uid
 
 
-def _mpps(port: int, operation: str, uid: str | None) -> tuple[str | None, str]:
+def _mpps(port: int, operation: str, uid: str | None, step: dict[str, str]
+          ) -> tuple[str | None, str]:
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
     from pynetdicom import AE
@@ -347,13 +354,44 @@ def _mpps(port: int, operation: str, uid: str | None) -> tuple[str | None, str]:
         if not assoc.accepted_contexts:
             return None, "not available in this build (MPPS context not accepted)"
         ds = Dataset()
+        now_date, now_time = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
         if operation == "create":
             uid = generate_uid()
-            ds.PerformedProcedureStepStatus = "IN PROGRESS"
+            item = Dataset()  # PS3.4 Table F.7.2-1: the scheduled step this one performs
+            item.StudyInstanceUID = step["study_uid"] or generate_uid()
+            item.AccessionNumber = step["accession"]
+            item.RequestedProcedureID = f"RP{step['accession']}"
+            item.ScheduledProcedureStepID = f"SPS{step['accession']}"
+            ds.ScheduledStepAttributesSequence = [item]
+            ds.PatientName, ds.PatientID = "DEMO^PATIENT", step["patient_id"]
             ds.PerformedProcedureStepID = "DEMO1"
+            ds.PerformedStationAETitle = "DEMO_CT"
+            ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = \
+                now_date, now_time
+            ds.PerformedProcedureStepStatus = "IN PROGRESS"
+            ds.Modality = "CT"
+            ds.PerformedSeriesSequence = []
             status, _ = assoc.send_n_create(ds, ModalityPerformedProcedureStep, uid)
         else:
+            assert uid is not None
             ds.PerformedProcedureStepStatus = "COMPLETED"
+            ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = \
+                now_date, now_time
+            series = Dataset()  # what the step produced (final state, Table F.7.2-1)
+            series.SeriesInstanceUID = step["series_uid"]
+            series.PerformingPhysicianName = ""
+            series.OperatorsName = ""
+            series.ProtocolName = "CT Chest"
+            series.SeriesDescription = "Axial"
+            series.RetrieveAETitle = ""
+            refs = []
+            for pair in step["images"].split(","):
+                ref = Dataset()
+                ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = pair.split("/")
+                refs.append(ref)
+            series.ReferencedImageSequence = refs
+            series.ReferencedNonImageCompositeSOPInstanceSequence = []
+            ds.PerformedSeriesSequence = [series]
             status, _ = assoc.send_n_set(ds, ModalityPerformedProcedureStep, uid)
         code = getattr(status, "Status", None)
         return uid, (f"N-{operation.upper()} -> 0x{code:04X}" if code is not None
