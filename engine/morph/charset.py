@@ -12,12 +12,12 @@ not change a dataset whose text already fits (the bytes of untouched elements st
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterable
 from typing import Final
 
-from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
+
+from engine.charsets import fits
 
 UTF8_TERM: Final = "ISO_IR 192"
 #: VRs whose values are text encoded with the Specific Character Set (PS3.5 6.1.2.3)
@@ -31,43 +31,6 @@ def declared_terms(ds: Dataset) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     return tuple(str(v) for v in value)
-
-
-def _codecs_for(terms: tuple[str, ...]) -> list[str] | None:
-    names: list[str] = []
-    for term in terms or ("ISO_IR 6",):
-        term = term.strip()
-        if term in ("", "ISO_IR 6", "ISO 2022 IR 6"):
-            # The default repertoire is ASCII (pydicom reads it leniently as Latin-1, but a
-            # writer must not put Latin-1 bytes into a dataset that declares none).
-            names.append("ascii")
-            continue
-        codec = python_encoding.get(term)
-        if codec is None:
-            return None
-        names.append(codecs.lookup(codec).name)
-    return names
-
-
-def fits(texts: Iterable[str], terms: tuple[str, ...]) -> bool:
-    """Whether every text can be written in the set named by ``terms``.
-
-    With ISO 2022 code extensions pydicom switches between the declared sets inside a value,
-    so each character must fit one of them; otherwise one codec must take the whole text.
-    """
-    names = _codecs_for(terms)
-    if names is None:
-        return False
-    extended = len(terms) > 1 or any("2022" in t for t in terms)
-    for text in texts:
-        if not text or text.isascii():
-            continue
-        if any(_encodes(text, n) for n in names):
-            continue
-        if extended and all(any(_encodes(ch, n) for n in names) for ch in text):
-            continue
-        return False
-    return True
 
 
 def to_utf8(ds: Dataset) -> None:
@@ -97,9 +60,3 @@ def ensure_fits(ds: Dataset, texts: Iterable[str]) -> bool:
     return True
 
 
-def _encodes(text: str, codec: str) -> bool:
-    try:
-        text.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True

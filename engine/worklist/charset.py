@@ -9,9 +9,10 @@ or build datasets.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterable
 from typing import Final
+
+from engine.charsets import codecs_for, fits
 
 #: DICOM's answer when nothing narrower fits
 UTF8: Final = ("ISO_IR 192",)
@@ -43,21 +44,6 @@ _HL7_TO_DICOM: Final[dict[str, tuple[str, ...]]] = {
     "BIG-5": UTF8,
 }
 
-# Python codecs able to encode everything a DICOM set can hold, for the encodability check.
-_DICOM_CODECS: Final[dict[str, str]] = {
-    "": "ascii", "ISO_IR 6": "ascii", "ISO 2022 IR 6": "ascii",
-    "ISO_IR 100": "latin_1", "ISO 2022 IR 100": "latin_1",
-    "ISO_IR 101": "iso8859_2", "ISO_IR 109": "iso8859_3", "ISO_IR 110": "iso8859_4",
-    "ISO_IR 144": "iso8859_5", "ISO_IR 127": "iso8859_6", "ISO_IR 126": "iso8859_7",
-    "ISO_IR 138": "iso8859_8", "ISO_IR 148": "iso8859_9", "ISO_IR 203": "iso8859_15",
-    "ISO_IR 192": "utf_8", "GB18030": "gb18030", "GBK": "gbk",
-    "ISO_IR 13": "shift_jis", "ISO 2022 IR 13": "shift_jis",
-    "ISO 2022 IR 87": "iso2022_jp", "ISO 2022 IR 159": "iso2022_jp_2",
-    "ISO 2022 IR 149": "euc_kr", "ISO 2022 IR 58": "gb2312",
-    "ISO_IR 166": "tis_620", "ISO 2022 IR 166": "tis_620",
-}
-
-
 def dicom_charset(hl7_charset: str) -> tuple[str, ...]:
     """The DICOM Specific Character Set for an HL7 canonical character set name.
 
@@ -67,29 +53,7 @@ def dicom_charset(hl7_charset: str) -> tuple[str, ...]:
 
 
 def is_known_dicom_charset(terms: Iterable[str]) -> bool:
-    return all(t in _DICOM_CODECS for t in terms)
-
-
-def fits(texts: Iterable[str], terms: tuple[str, ...]) -> bool:
-    """Whether every text can be encoded with one of the sets named by ``terms``.
-
-    A text passes when one codec of the set encodes it whole, or, for ISO 2022 sets, when each
-    character fits one of them (pydicom switches sets with escape sequences inside a value).
-    """
-    names = [_DICOM_CODECS.get(t) for t in (terms or ("",))]
-    if any(n is None for n in names):
-        return False
-    usable = [codecs.lookup(n).name for n in names if n is not None]
-    iso2022 = any(t.startswith("ISO 2022") for t in terms)
-    for text in texts:
-        if not text or text.isascii():
-            continue
-        if any(_encodes(text, c) for c in usable):
-            continue
-        if iso2022 and all(any(_encodes(ch, c) for c in usable) for ch in text):
-            continue
-        return False
-    return True
+    return codecs_for(tuple(terms)) is not None
 
 
 def choose(hl7_charset: str, texts: Iterable[str]) -> tuple[str, ...]:
@@ -101,11 +65,3 @@ def choose(hl7_charset: str, texts: Iterable[str]) -> tuple[str, ...]:
         # default repertoire is what every modality reads.
         return terms if terms and terms[0] == "" else ()
     return terms if fits(values, terms) else UTF8
-
-
-def _encodes(text: str, codec: str) -> bool:
-    try:
-        text.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
