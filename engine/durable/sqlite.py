@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from engine.durable.routing import (
     RoutingCommitResult,
     RoutingPlan,
 )
+from engine.durable.sqlite_txn import transaction
 from engine.durable.store import (
     DeadLetter,
     Hl7Apply,
@@ -393,19 +394,6 @@ _INSTANCE_COLUMNS = (
 )
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: BEGIN IMMEDIATE takes the write lock up front (no upgrade
-    deadlock), COMMIT on success, ROLLBACK on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def _row_to_instance(row: Sequence[Any]) -> StoredInstance:
     return StoredInstance(
         id=row[0], version=row[1], routed_at=row[2], superseded=bool(row[3]),
@@ -488,7 +476,7 @@ class SqliteStore:
         for version, script in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue
-            with _transaction(conn):
+            with transaction(conn):
                 for statement in script.split(";"):
                     if statement.strip():
                         conn.execute(statement)
@@ -537,7 +525,7 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> list[InstanceCommitResult]:
             if sync is not None:
                 sync()
-            with _transaction(conn):
+            with transaction(conn):
                 return [self._commit_one(conn, item) for item in batch]
 
         try:
@@ -619,7 +607,7 @@ class SqliteStore:
                                ) -> list[Hl7CommitResult]:
         def run(conn: sqlite3.Connection) -> list[Hl7CommitResult]:
             txn = _WorklistTxn(conn)
-            with _transaction(conn):
+            with transaction(conn):
                 return [self._commit_hl7_one(conn, txn, entry, index, apply)
                         for index, entry in enumerate(entries)]
 
@@ -770,7 +758,7 @@ class SqliteStore:
     async def add_worklist_items(self, items: Sequence[WorklistItem]) -> list[int]:
         def run(conn: sqlite3.Connection) -> list[int]:
             txn = _WorklistTxn(conn)
-            with _transaction(conn):
+            with transaction(conn):
                 return [txn.insert_item(item) for item in items]
 
         try:
@@ -782,7 +770,7 @@ class SqliteStore:
                                    change: Callable[[WorklistItem], WorklistItem]
                                    ) -> StoredWorklistItem | None:
         def run(conn: sqlite3.Connection) -> StoredWorklistItem | None:
-            with _transaction(conn):
+            with transaction(conn):
                 row = conn.execute("SELECT id, data FROM worklist_items WHERE id = ?",
                                    (item_id,)).fetchone()
                 if row is None:

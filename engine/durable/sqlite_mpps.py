@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine.durable.sqlite_txn import transaction
 from engine.errors import DuplicateProcedureStep, NoSuchProcedureStep
 from engine.procedure.model import (
     NewProcedureStep,
@@ -82,8 +83,7 @@ def _event(conn: sqlite3.Connection, step_id: int, operation: str, status: PpsSt
 
 def create_step(conn: sqlite3.Connection, new: NewProcedureStep, decide: LinkDecision
                 ) -> ProcedureStepCommit:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if conn.execute("SELECT 1 FROM procedure_steps WHERE sop_instance_uid = ?",
                         (new.sop_instance_uid,)).fetchone():
             raise DuplicateProcedureStep("a Performed Procedure Step with this SOP Instance "
@@ -115,18 +115,13 @@ def create_step(conn: sqlite3.Connection, new: NewProcedureStep, decide: LinkDec
         event_id = _event(conn, step_id, "create", PpsStatus.IN_PROGRESS, new.dataset_json,
                           new.received_at)
         step = _read_step(conn, new.sop_instance_uid)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     assert step is not None
     return ProcedureStepCommit(step, event_id, link)
 
 
 def set_step(conn: sqlite3.Connection, uid: str, change: Callable[[ProcedureStep], StepUpdate],
              decide: Callable[[PpsStatus], LinkDecision], now: str) -> ProcedureStepCommit:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         step = _read_step(conn, uid)
         if step is None:
             raise NoSuchProcedureStep("no Performed Procedure Step with this SOP Instance UID")
@@ -152,10 +147,6 @@ def set_step(conn: sqlite3.Connection, uid: str, change: Callable[[ProcedureStep
                      for e in update.expected])
                 missing = _missing(conn, step.id)
         after = _read_step(conn, uid)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     assert after is not None
     return ProcedureStepCommit(after, event_id, link, missing)
 

@@ -24,6 +24,7 @@ from engine.durable.routing import (
     RoutingCommitResult,
     RoutingPlan,
 )
+from engine.durable.sqlite_txn import transaction
 from engine.durable.store import Hl7JournalEntry, Hl7JournalRecord, NewOutboxRow, StoredInstance
 
 _GROUP_COLUMNS = ("id, route, level, group_key, study_instance_uid, first_at, last_at, "
@@ -59,8 +60,7 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: fl
 def commit_routing(conn: sqlite3.Connection, plans: Sequence[RoutingPlan], now_iso: str,
                    now: float) -> list[RoutingCommitResult]:
     results: list[RoutingCommitResult] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for plan in plans:
             table = _SOURCE_TABLES[plan.source_table]
             marked = conn.execute(
@@ -73,10 +73,6 @@ def commit_routing(conn: sqlite3.Connection, plans: Sequence[RoutingPlan], now_i
             _insert_rows(conn, plan.rows, now)
             groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)
             results.append(RoutingCommitResult(True, len(plan.rows), groups))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return results
 
 
@@ -121,12 +117,10 @@ def fire_group(conn: sqlite3.Connection, group_id: int, reason: str, now: float,
     """Fire one open group: its outbox rows and its state, in one transaction; None when the
     group is no longer open (fired meanwhile)."""
     columns, to_instance = _instances()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         row = conn.execute(f"SELECT {_GROUP_COLUMNS}, decision FROM routing_groups g "
                            "WHERE id = ? AND state = 'open'", (group_id,)).fetchone()
         if row is None:
-            conn.execute("ROLLBACK")
             return None
         group = _group(row)
         members = [to_instance(r) for r in conn.execute(
@@ -137,10 +131,6 @@ def fire_group(conn: sqlite3.Connection, group_id: int, reason: str, now: float,
         _insert_rows(conn, rows, now)
         conn.execute("UPDATE routing_groups SET state = 'fired', fired_at = ?, fire_reason = ? "
                      "WHERE id = ?", (now, reason, group_id))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return FiredGroup(group, reason, len(rows), len(members))
 
 
