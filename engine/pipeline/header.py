@@ -69,6 +69,16 @@ def _tag(buf: bytes, pos: int) -> int:
     return int((group << 16) | elem)
 
 
+def _header(buf: bytes, pos: int, implicit: bool) -> tuple[bytes | None, int, int]:
+    """The VR (None when implicit), value length and value offset of the element at ``pos``."""
+    if implicit:
+        return None, _U32(buf, pos + 4)[0], pos + 8
+    vr = buf[pos + 4:pos + 6]
+    if vr in _LONG_VRS:
+        return vr, _U32(buf, pos + 8)[0], pos + 12
+    return vr, _U16(buf, pos + 6)[0], pos + 8
+
+
 def _walk(buf: bytes, wanted: frozenset[int]) -> Dataset:
     if buf[128:132] != b"DICM":
         raise _Unusual
@@ -76,12 +86,7 @@ def _walk(buf: bytes, wanted: frozenset[int]) -> Dataset:
     syntax = ""
     while pos + 8 <= len(buf) and _U16(buf, pos)[0] == 0x0002:
         tag = _tag(buf, pos)
-        if buf[pos + 4:pos + 6] in _LONG_VRS:
-            length = _U32(buf, pos + 8)[0]
-            pos += 12
-        else:
-            length = _U16(buf, pos + 6)[0]
-            pos += 8
+        _, length, pos = _header(buf, pos, implicit=False)
         if tag == 0x00020010:
             syntax = buf[pos:pos + length].decode("ascii", "replace").strip(" \x00")
         pos += length
@@ -97,19 +102,7 @@ def _walk(buf: bytes, wanted: frozenset[int]) -> Dataset:
         tag = _tag(buf, pos)
         if tag >= _PIXEL_DATA or tag > highest:
             break
-        vr: bytes | None
-        if implicit:
-            vr = None
-            length = _U32(buf, pos + 4)[0]
-            start = pos + 8
-        else:
-            vr = buf[pos + 4:pos + 6]
-            if vr in _LONG_VRS:
-                length = _U32(buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                length = _U16(buf, pos + 6)[0]
-                start = pos + 8
+        vr, length, start = _header(buf, pos, implicit)
         if length == _UNDEFINED:
             pos = _skip_sequence(buf, start, implicit or vr == b"UN", 0)
             continue
@@ -151,18 +144,7 @@ def _skip_item(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
         tag = _tag(buf, pos)
         if tag == _ITEM_END:
             return pos + 8
-        item_vr: bytes | None = None
-        if implicit:
-            length = _U32(buf, pos + 4)[0]
-            start = pos + 8
-        else:
-            item_vr = buf[pos + 4:pos + 6]
-            if item_vr in _LONG_VRS:
-                length = _U32(buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                length = _U16(buf, pos + 6)[0]
-                start = pos + 8
+        item_vr, length, start = _header(buf, pos, implicit)
         if length == _UNDEFINED:
             pos = _skip_sequence(buf, start, implicit or item_vr == b"UN", depth + 1)
         else:
