@@ -22,6 +22,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from engine.durable.sqlite_txn import transaction
 from engine.durable.store import (
     DeadLetter,
     NewOutboxRow,
@@ -75,40 +76,9 @@ def _row(r: Sequence[Any]) -> OutboxRow:
                      float(r[9]), r[10])
 
 
-class _Txn:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error) on an autocommit
-    connection: the writer lock is taken at the start, so the transaction never has to
-    upgrade a read lock (and fail with SQLITE_BUSY) half-way.
-
-    ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this transaction
-    only). Leases and delivery verdicts use it: they share the one writer with the intake
-    journal, whose every commit must reach the disk before a peer hears "yes", and an fsync per
-    delivered page would compete with that. Losing the last such commits in a power cut only
-    makes rows go out again (delivery is at least once); WAL keeps commits in order, so the
-    next durable commit makes every earlier one durable too.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, *, durable: bool = True) -> None:
-        self._conn = conn
-        self._durable = durable
-
-    def __enter__(self) -> sqlite3.Connection:
-        if not self._durable:
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("BEGIN IMMEDIATE")
-        return self._conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-        finally:
-            if not self._durable:
-                self._conn.execute("PRAGMA synchronous=FULL")  # the store's setting
-
-
 def enqueue(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
     ids: list[int] = []
-    with _Txn(conn):
+    with transaction(conn):
         for r in rows:
             cur = conn.execute(
                 "INSERT INTO outbox (destination, kind, source_table, source_id, route, "
@@ -125,7 +95,7 @@ def lease(conn: sqlite3.Connection, destination: str, owner: str, now: float,
           lease_seconds: float, limit: int, per_study: bool = False) -> list[OutboxRow]:
     params: dict[str, Any] = {"dest": destination, "owner": owner, "now": now,
                               "until": now + lease_seconds, "limit": limit}
-    with _Txn(conn, durable=False):
+    with transaction(conn, durable=False):
         conn.execute(_RECLAIM, params)
         if per_study:
             ids = _ordered_candidates(conn, params)
@@ -177,7 +147,7 @@ def record(conn: sqlite3.Connection, owner: str, results: Sequence[OutboxResult]
     """Apply verdicts; each statement checks the lease is still ours."""
     changed = 0
     owned = "WHERE id = ? AND state = 'leased' AND lease_owner = ?"
-    with _Txn(conn, durable=False):
+    with transaction(conn, durable=False):
         for res in results:
             if res.verdict is OutboxVerdict.DONE:
                 cur = conn.execute(
@@ -208,7 +178,7 @@ def record(conn: sqlite3.Connection, owner: str, results: Sequence[OutboxResult]
 def release_leases(conn: sqlite3.Connection, owner_prefix: str, keep_owner: str) -> int:
     """Leases of an earlier run of this node: that process is gone, so they come back now
     instead of after ``lease_seconds`` (the attempt stays counted: it may have crashed us)."""
-    with _Txn(conn):
+    with transaction(conn):
         cur = conn.execute(
             "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL "
             "WHERE state = 'leased' AND lease_owner LIKE ? ESCAPE '\\' AND lease_owner != ?",
@@ -281,7 +251,7 @@ def retry_dead(conn: sqlite3.Connection, destination: str, ids: Sequence[int] | 
     """Back to pending with a fresh attempt count (the give-up clock restarts from the
     operator's decision; ``created_at`` is kept, so the age shown stays honest)."""
     changed = 0
-    with _Txn(conn):
+    with transaction(conn):
         for chunk in _chunks(ids):
             where, params = _dead_filter(destination, chunk)
             changed += conn.execute(
@@ -292,7 +262,7 @@ def retry_dead(conn: sqlite3.Connection, destination: str, ids: Sequence[int] | 
 
 def purge_dead(conn: sqlite3.Connection, destination: str, ids: Sequence[int] | None) -> int:
     changed = 0
-    with _Txn(conn):
+    with transaction(conn):
         for chunk in _chunks(ids):
             where, params = _dead_filter(destination, chunk)
             changed += conn.execute(f"DELETE FROM outbox {where}", params).rowcount
@@ -300,7 +270,7 @@ def purge_dead(conn: sqlite3.Connection, destination: str, ids: Sequence[int] | 
 
 
 def purge_done(conn: sqlite3.Connection, done_before: float, limit: int) -> int:
-    with _Txn(conn):
+    with transaction(conn):
         return int(conn.execute(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'done' "
             "AND done_at < ? LIMIT ?)", (done_before, limit)).rowcount)

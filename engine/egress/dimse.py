@@ -37,7 +37,6 @@ import asyncio
 import io
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
+from engine.dimse_wire import c_store_rq_command, pdata_pdus
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
@@ -167,61 +167,6 @@ def dataset_offset(path: Path) -> int:
         return 144 + int.from_bytes(head[140:144], "little")
     _meta, offset = split_dataset(path)  # no group length: let pydicom walk the group
     return int(offset)
-
-
-def c_store_rq_command(message_id: int, sop_class_uid: str, sop_instance_uid: str,
-                       priority: int = 0x0002) -> bytes:
-    """The C-STORE-RQ command set (PS3.7 9.3.1.1), Implicit VR Little Endian as PS3.7 6.3.1
-    requires. Built directly: pynetdicom builds it through a pydicom Dataset and its encoder,
-    ~0.9 ms per message, more than the rest of a small instance's send."""
-    body = b"".join((
-        _element(0x0002, _ui(sop_class_uid)),  # Affected SOP Class UID
-        _element(0x0100, _US.pack(0x0001)),  # Command Field: C-STORE-RQ
-        _element(0x0110, _US.pack(message_id)),  # Message ID
-        _element(0x0700, _US.pack(priority)),  # Priority
-        _element(0x0800, _US.pack(0x0000)),  # Command Data Set Type: a dataset follows
-        _element(0x1000, _ui(sop_instance_uid)),  # Affected SOP Instance UID
-    ))
-    return _element(0x0000, _UL.pack(len(body))) + body  # Command Group Length
-
-
-_US = struct.Struct("<H")
-_UL = struct.Struct("<I")
-_TAG = struct.Struct("<HHI")
-
-
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw  # UI pads to even length with NUL
-
-
-def _element(elem: int, value: bytes) -> bytes:
-    return _TAG.pack(0x0000, elem, len(value)) + value
-
-
-def pdata_pdus(context_id: int, command: bytes, dataset: bytes | memoryview,
-               max_pdu: int) -> list[bytes | memoryview]:
-    """The P-DATA-TF PDUs of one DIMSE message (PS3.8 9.3.5, E.2): each PDU carries one PDV
-    item - item length, presentation context id, message control header (bit 0: command,
-    bit 1: last fragment), fragment - with at most ``max_pdu`` bytes per PDU (0: no limit)."""
-    room = max_pdu - 6 if max_pdu else max(len(command), len(dataset), 1)
-    out: list[bytes | memoryview] = []
-
-    def add(data: bytes | memoryview, is_command: bool) -> None:
-        view = memoryview(data)
-        chunks = [view[i:i + room] for i in range(0, len(view), room)] or [view]
-        for n, chunk in enumerate(chunks):
-            mch = (0x01 if is_command else 0x00) | (0x02 if n == len(chunks) - 1 else 0x00)
-            out.append(_PDATA_HEADER.pack(0x04, 0x00, 6 + len(chunk), 2 + len(chunk),
-                                          context_id, mch))
-            out.append(chunk)
-
-    add(command, True)
-    add(dataset, False)
-    return out
-
-
-_PDATA_HEADER = struct.Struct(">BBIIBB")
 
 
 def _send_direct(assoc: Association, context_id: int, command: bytes, dataset: bytes) -> None:

@@ -21,6 +21,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from engine import dimse_wire, reactor
 from engine.errors import RadflowError
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
@@ -130,6 +131,8 @@ def handle_conn_open(event: Event) -> None:
     sock = event.assoc.dul.socket
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reactor.install(event.assoc)
+    dimse_wire.fast_responses(event.assoc)
 
 
 def handle_requested(event: Event, policy: ListenerPolicy) -> None:

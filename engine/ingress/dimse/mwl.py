@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from engine import charsets
 from engine.bridge import LoopBridge
 from engine.errors import RadflowError
 from engine.observability.logging import get_logger
@@ -65,7 +66,7 @@ def _sort_key(stored: StoredWorklistItem) -> tuple[str, str, int]:
 def answer_for(query: MwlQuery, item: WorklistItem) -> Dataset:
     """The answer dataset, in the item's character set when that can hold it, else UTF-8."""
     ds = query.response(item)
-    if not charset.fits(item_texts(item), item.specific_character_set):
+    if not charsets.fits(item_texts(item), item.specific_character_set):
         # pydicom would refuse to encode it (writing validation is RAISE) and pynetdicom
         # would then fail the whole C-FIND with 0xC312; UTF-8 holds every name.
         ds.SpecificCharacterSet = charset.UTF8[0]

@@ -1,54 +1,20 @@
-"""The bytes radflow's senders write themselves: the C-STORE-RQ command set and P-DATA-TF
-framing (checked against pynetdicom's own encoder), STOW-RS batching and FailedSOPSequence
-parsing, HL7 rendering with escaping, FHIR request choice."""
+"""The bytes radflow's senders write themselves: STOW-RS batching and FailedSOPSequence
+parsing, HL7 rendering with escaping, FHIR request choice, presentation-context planning. The
+DIMSE command sets and P-DATA framing are in ``tests/unit/test_dimse_wire.py``."""
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from pydicom.uid import CTImageStorage
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
 
 from engine.egress.delivery import Delivery, DicomObject
 from engine.egress.dicomweb import _Part, failed_instances, plan_requests
-from engine.egress.dimse import c_store_rq_command, chunk_by_contexts, pdata_pdus, plan_contexts
+from engine.egress.dimse import chunk_by_contexts, plan_contexts
 from engine.egress.errors import PermanentDeliveryError
 from engine.egress.fhir import request_for
 from engine.egress.hl7 import render_segments, wire_bytes
 
 UID = "1.2.826.0.1.3680043.8.498.1234567"  # odd length: padded with NUL
-
-
-def test_command_set_matches_pynetdicom() -> None:
-    req = C_STORE()
-    req.MessageID = 7
-    req.AffectedSOPClassUID = CTImageStorage
-    req.AffectedSOPInstanceUID = UID
-    req.Priority = 2
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    msg.command_set.CommandDataSetType = 0x0000
-    theirs = encode(msg.command_set, True, True)
-    assert c_store_rq_command(7, CTImageStorage, UID) == theirs
-
-
-def test_pdata_fragments_respect_the_peer_maximum() -> None:
-    command, data = b"C" * 10, bytes(range(256)) * 100  # 25,600 bytes
-    pdus = pdata_pdus(3, command, data, max_pdu=4096)
-    headers = [bytes(p) for p in pdus[0::2]]
-    chunks = [bytes(p) for p in pdus[1::2]]
-    assert b"".join(chunks[1:]) == data and chunks[0] == command
-    for header, chunk in zip(headers, chunks, strict=True):
-        kind, _r, pdu_len, item_len, cid, _mch = struct.unpack(">BBIIBB", header)
-        assert (kind, cid) == (0x04, 3)
-        assert item_len == len(chunk) + 2 and pdu_len == item_len + 4
-        assert pdu_len <= 4096
-    mchs = [h[-1] for h in headers]
-    assert mchs[0] == 0x03  # command, last fragment
-    assert mchs[1:-1] == [0x00] * (len(mchs) - 2) and mchs[-1] == 0x02
 
 
 def obj(sop: str, ts: str) -> DicomObject:

@@ -1,0 +1,229 @@
+"""Event-driven run loops for pynetdicom's two per-association threads (acceptor side).
+
+pynetdicom 3.0 drives each association with two polling loops: the DUL thread checks its
+socket and its outgoing queue and sleeps 1 ms when both are empty, and the association thread
+sleeps 1 ms before every look at its message queue. On this 2-core machine that costs 3-5 ms per
+DIMSE exchange (each request waits for a poll to notice it, and each response waits for the
+DUL's next poll) and keeps both threads waking a thousand times a second while idle, competing
+for the GIL with the intake's own work. This module owns one thing: replacing those two sleeps
+with waits that end the moment there is work, while keeping pynetdicom's own per-iteration
+logic (state machine, ARTIM and idle timers, release and abort handling) exactly as it is.
+
+How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
+put on its outgoing queue writes to; the association thread waits on an event that every put
+on its incoming queues sets. Both waits are bounded (``_IDLE_WAIT``) so flags set from other
+threads (kill, timers) are still seen promptly. Installed per association from the
+``EVT_CONN_OPEN`` handler, before pynetdicom starts either thread.
+
+It must not change what goes on the wire or how pynetdicom negotiates, and it must not hold a
+lock while calling back into pynetdicom. Written by hand because pynetdicom offers no hook for
+its loop strategy; it is tied to pynetdicom 3.0's reactor attributes, which
+``tests/unit/test_reactor.py`` pins so an upgrade that moves them fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+from engine.observability.logging import get_logger
+
+log = get_logger("engine.reactor")
+
+#: Longest a loop sleeps without a wake-up: the granularity of the ARTIM and idle timers and
+#: of kill flags set from other threads. Work never waits for it.
+_IDLE_WAIT = 0.02
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A FIFO queue that calls ``wake`` after every put."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _Waker:
+    """A socket pair the DUL thread can ``select`` on beside the peer's socket."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        # Full of wake-ups already (or closed at the end): the reader wakes anyway.
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
+def install(assoc: Association) -> None:
+    """Give an acceptor association, whose threads have not started yet, the event-driven
+    loops. Call from ``EVT_CONN_OPEN``."""
+    dul = assoc.dul
+    waker = _Waker()
+    activity = threading.Event()
+    dul.to_provider_queue = _WakingQueue(waker.wake)
+    dul.to_user_queue = _WakingQueue(activity.set)
+    assoc.dimse.msg_queue = _WakingQueue(activity.set)
+    original_kill_dul = dul.kill_dul
+
+    def kill_dul() -> None:
+        original_kill_dul()
+        waker.wake()
+
+    def stop_dul() -> bool:
+        # pynetdicom's version polls ``is_alive`` while the loop may be parked in ``select``.
+        if dul.state_machine.current_state != "Sta1":
+            return False
+        dul._kill_thread = True
+        waker.wake()
+        if threading.current_thread() is not dul:
+            dul.join()
+        return True
+
+    dul.kill_dul = kill_dul  # type: ignore[method-assign]
+    dul.stop_dul = stop_dul  # type: ignore[method-assign]
+    # ``Thread.run`` is looked up on the instance; pynetdicom bound its own loop as the
+    # thread's target, which ``run`` would otherwise call.
+    dul.run = lambda: _run_dul(dul, waker)  # type: ignore[method-assign]
+    assoc._run_reactor = lambda: _run_association(assoc, activity)  # type: ignore[method-assign]
+
+
+def _wait_for_socket(dul: DULServiceProvider, waker: _Waker) -> None:
+    transport = dul.socket
+    sock = getattr(transport, "socket", None)
+    watched: list[Any] = [waker.reader]
+    if sock is not None and getattr(transport, "_is_connected", False):
+        # Data already decrypted into the TLS buffer is invisible to select.
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        watched.append(sock)
+    # A socket closed under us raises: the next pass of the loop sees it closed.
+    with contextlib.suppress(OSError, ValueError):
+        select.select(watched, [], [], _IDLE_WAIT)
+    waker.drain()
+
+
+def _run_dul(dul: DULServiceProvider, waker: _Waker) -> None:
+    """pynetdicom's ``DULServiceProvider.run_reactor``, with the idle sleep replaced by a wait
+    on the socket and the wake-up pair."""
+    dul._idle_timer.start()
+    try:
+        while True:
+            if not dul.assoc._dul_ready.is_set():
+                dul.assoc._dul_ready.set()
+            if dul._kill_thread:
+                break
+            if dul.artim_timer.expired:
+                dul.event_queue.put("Evt18")
+            try:
+                if dul._process_recv_primitive():
+                    pass
+                elif dul._is_transport_event():
+                    dul._idle_timer.restart()
+            except Exception as exc:  # pynetdicom's own policy: any failure aborts
+                log.error("dimse.dul.failed", error=str(exc), exc_info=True)
+                _abort_hard(dul)
+                return
+            try:
+                event = dul.event_queue.get(block=False)
+            except queue.Empty:
+                if dul.to_provider_queue.empty():
+                    _wait_for_socket(dul, waker)
+                continue
+            dul.state_machine.do_action(event)
+    finally:
+        waker.close()
+
+
+def _abort_hard(dul: DULServiceProvider) -> None:
+    """Bypass the state machine, as pynetdicom does, so the A-ABORT is sent whatever its state."""
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source = 0x02
+    abort_pdu.reason_diagnostic = 0x00
+    if dul.socket is not None:
+        with contextlib.suppress(OSError):
+            dul.socket.send(abort_pdu.encode())
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
+
+
+def _run_association(assoc: Association, activity: threading.Event) -> None:
+    """pynetdicom's ``Association._run_reactor`` (acceptor), waiting on ``activity`` instead of
+    sleeping 1 ms before every look at the queues."""
+    assoc._is_paused = False
+    while not assoc._kill:
+        # The pause checkpoint, as in pynetdicom: ``send_*`` calls from handlers stop the loop.
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        # Cleared before looking, so a put that lands after the look still ends the wait.
+        activity.clear()
+        context_id, msg = assoc.dimse.get_msg(block=False)
+        if msg:
+            assoc._serve_request(msg, context_id)  # type: ignore[arg-type]
+        if _finished(assoc):
+            return
+        if not msg:
+            activity.wait(_IDLE_WAIT)
+
+
+def _finished(assoc: Association) -> bool:
+    """Release, abort, a dead DUL or the network timeout: pynetdicom's end-of-loop checks."""
+    from pynetdicom import evt  # local: keeps this module's import cheap for the CLI
+
+    if assoc.is_established and assoc.acse.is_release_requested():
+        assoc.acse.send_release(is_response=True)
+        assoc.is_released = True
+        assoc.is_established = False
+        evt.trigger(assoc, evt.EVT_RELEASED, {})
+        assoc.kill()
+        return True
+    if assoc.acse.is_aborted():
+        assoc.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
+        assoc.is_aborted = True
+        assoc.is_established = False
+        evt.trigger(assoc, evt.EVT_ABORTED, {})
+        assoc.kill()
+        return True
+    if not assoc.dul.is_alive():
+        assoc.kill()
+        return True
+    if assoc.dul.idle_timer_expired():
+        log.error("dimse.association.network_timeout")
+        if assoc.network_timeout_response == "A-RELEASE":
+            assoc._is_paused = True
+            assoc._reactor_checkpoint.wait()
+            assoc.release()
+            assoc._is_paused = False
+        else:
+            assoc.abort()
+        assoc.kill()
+        return True
+    return False

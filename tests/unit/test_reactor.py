@@ -1,0 +1,122 @@
+"""The event-driven association loops (engine.reactor) on a real pynetdicom acceptor.
+
+The first test pins the pynetdicom internals the loops rely on, so an upgrade that moves them
+fails here rather than in production. The others drive an in-process acceptor with the loops
+installed through EVT_CONN_OPEN, as radflow's listener does, with a pynetdicom requestor:
+echo, release, a peer abort, an abort from another thread, and the network timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from engine import reactor
+from tests.helpers.proc import free_port
+
+
+def test_the_pynetdicom_internals_it_relies_on_are_there() -> None:
+    for name in ("_process_recv_primitive", "_is_transport_event", "kill_dul", "stop_dul",
+                 "idle_timer_expired", "receive_pdu"):
+        assert callable(getattr(DULServiceProvider, name)), name
+    for name in ("_run_reactor", "_serve_request", "kill", "abort", "release"):
+        assert callable(getattr(Association, name)), name
+    ae = AE()
+    assoc = Association(ae, "acceptor")
+    dul = assoc.dul
+    for name in ("to_provider_queue", "to_user_queue", "event_queue", "artim_timer",
+                 "state_machine", "_idle_timer", "_kill_thread"):
+        assert hasattr(dul, name), name
+    for name in ("_reactor_checkpoint", "_dul_ready", "_kill", "_is_paused"):
+        assert hasattr(assoc, name), name
+    assert hasattr(assoc.dimse, "msg_queue")
+
+
+class _Server:
+    def __init__(self, network_timeout: float = 30.0) -> None:
+        self.events: list[str] = []
+        self.port = free_port()
+        ae = AE(ae_title="REACTOR")
+        ae.add_supported_context(Verification)
+        ae.network_timeout = network_timeout
+        handlers = [
+            (evt.EVT_CONN_OPEN, lambda e: reactor.install(e.assoc)),
+            (evt.EVT_RELEASED, lambda e: self.events.append("released")),
+            (evt.EVT_ABORTED, lambda e: self.events.append("aborted")),
+            (evt.EVT_CONN_CLOSE, lambda e: self.events.append("closed")),
+        ]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=handlers)
+
+    def wait_for(self, event: str, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if event in self.events:
+                return True
+            time.sleep(0.01)
+        return False
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    s = _Server()
+    yield s
+    s.server.shutdown()
+
+
+def _associate(port: int) -> Association:
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="REACTOR")
+    assert assoc.is_established
+    return assoc
+
+
+def test_echoes_then_release(server: _Server) -> None:
+    assoc = _associate(server.port)
+    for _ in range(50):
+        status = assoc.send_c_echo()
+        assert status.Status == 0x0000
+    assoc.release()
+    assert assoc.is_released
+    assert server.wait_for("released") and server.wait_for("closed")
+
+
+def test_peer_abort_ends_the_association(server: _Server) -> None:
+    assoc = _associate(server.port)
+    assoc.abort()
+    assert server.wait_for("aborted") and server.wait_for("closed")
+
+
+def test_abort_from_another_thread(server: _Server) -> None:
+    assoc = _associate(server.port)
+    deadline = time.monotonic() + 5
+    while not server.server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ours = server.server.active_associations[0]
+    threading.Thread(target=ours.abort).start()
+    assert server.wait_for("closed")
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert assoc.is_aborted
+
+
+def test_network_timeout_ends_an_idle_association() -> None:
+    s = _Server(network_timeout=0.3)
+    try:
+        assoc = _associate(s.port)
+        assert s.wait_for("closed", timeout=5.0)
+        deadline = time.monotonic() + 5
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not assoc.is_established
+    finally:
+        s.server.shutdown()
