@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-from typing import Any
+from typing import Any, Final
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -62,7 +62,11 @@ def c_store_rq_command(message_id: int, sop_class_uid: str, sop_instance_uid: st
 
 
 #: Command Field of each response radflow frames itself (PS3.7 E.1)
-_RESPONSE_FIELDS: dict[type, int] = {C_STORE: 0x8001, C_FIND: 0x8020, C_ECHO: 0x8030}
+C_STORE_RSP: Final = 0x8001
+C_FIND_RSP: Final = 0x8020
+C_ECHO_RSP: Final = 0x8030
+_RESPONSE_FIELDS: dict[type, int] = {C_STORE: C_STORE_RSP, C_FIND: C_FIND_RSP,
+                                     C_ECHO: C_ECHO_RSP}
 
 
 def response_command(command_field: int, message_id: int, sop_class_uid: str | None,
@@ -111,36 +115,45 @@ def pdata_pdus(context_id: int, command: bytes, dataset: bytes | memoryview | No
     return out
 
 
-def plain_socket(assoc: Association) -> socket.socket | None:
-    """The association's TCP socket when radflow may write to it from another thread: plain
-    TCP only (an SSL socket must not be written by one thread while another reads it)."""
-    transport = assoc.dul.socket
+def direct_socket(assoc: Association) -> socket.socket | None:
+    """The association's TCP socket when radflow may write responses to it itself: plain TCP
+    (an SSL socket must not be written by one thread while another reads it) and no
+    EVT_DIMSE_SENT handler that expects to see each message (pynetdicom's debug tracing)."""
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
     sock = getattr(transport, "socket", None)
-    if type(sock) is socket.socket:  # an SSLSocket is a subclass: excluded on purpose
-        return sock
-    return None
+    if type(sock) is not socket.socket:  # an SSLSocket is a subclass: excluded on purpose
+        return None
+    if assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        return None
+    return sock
+
+
+def send_response(assoc: Association, sock: socket.socket, context_id: int, command: bytes,
+                  dataset: bytes | None = None) -> None:
+    """Write one response (command set, optional dataset) with one ``sendall``, from the
+    association thread, where pynetdicom would have queued it for the DUL. The DUL thread only
+    reads meanwhile, and the state machine stays in Sta6 (sending P-DATA does not move it); a
+    release or abort is sent by the DUL only after the association thread is back in its loop,
+    so it can never overtake this response."""
+    max_pdu = int(assoc.requestor.maximum_length or 0)
+    # If the peer went away, the DUL sees the closed connection and ends the association.
+    with contextlib.suppress(OSError):
+        sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
 
 
 def fast_responses(assoc: Association) -> None:
-    """Send this acceptor association's plain C-STORE, C-FIND and C-ECHO responses as
-    pre-framed bytes.
-
-    The response is written by the association thread with one ``sendall`` where pynetdicom
-    would queue it for the DUL; the DUL thread only reads meanwhile, and the state machine stays
-    in Sta6 (sending P-DATA does not move it). A release or abort is sent by the DUL only after
-    the association thread comes back to its loop, so it can never overtake a response. A C-FIND
-    identifier is already encoded by pynetdicom (in the negotiated transfer syntax) and is sent
-    as it is.
-    """
+    """Send this acceptor association's plain C-STORE, C-FIND and C-ECHO responses through
+    :func:`send_response`; anything else (or a TLS socket) goes through pynetdicom. A C-FIND
+    identifier is already encoded by pynetdicom in the negotiated transfer syntax and is sent
+    as it is."""
     dimse = assoc.dimse
     pynetdicom_send = dimse.send_msg
 
     def send_msg(primitive: Any, context_id: int) -> None:
         field = _RESPONSE_FIELDS.get(type(primitive))
-        sock = plain_socket(assoc)
-        if (field is None or sock is None or primitive.MessageIDBeingRespondedTo is None
-                or getattr(primitive, "OffendingElement", None) is not None
-                or assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        sock = direct_socket(assoc) if field is not None else None
+        if (sock is None or field is None or primitive.MessageIDBeingRespondedTo is None
+                or getattr(primitive, "OffendingElement", None) is not None):
             pynetdicom_send(primitive, context_id)
             return
         identifier = getattr(primitive, "Identifier", None)
@@ -153,9 +166,6 @@ def fast_responses(assoc: Association) -> None:
                               if getattr(primitive, "AffectedSOPInstanceUID", None) else None),
             has_dataset=dataset is not None,
             error_comment=getattr(primitive, "ErrorComment", None))
-        max_pdu = int(assoc.requestor.maximum_length or 0)
-        # If the peer went away, the DUL sees the closed connection and ends the association.
-        with contextlib.suppress(OSError):
-            sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
+        send_response(assoc, sock, context_id, command, dataset)
 
     dimse.send_msg = send_msg  # type: ignore[method-assign]

@@ -13,20 +13,21 @@ event loop: it runs on association threads.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import BaseTag
 
 from engine.errors import InvalidInput
+from engine.worklist.answer import Getter, Leaf, Node, Seq, element_order, to_bytes, to_dataset
 from engine.worklist.model import (
     KEYWORDS,
     SPS_KEYWORDS,
@@ -394,24 +395,35 @@ class MwlQuery:
         """The exact PS3.4 check (the store's candidates are a superset)."""
         return all(check(item) for check in self.checks)
 
-    def response(self, item: WorklistItem) -> Dataset:
-        """The answer for ``item``: the requested keys (and their requested nesting) only."""
-        ds = Dataset()
-        ds.add_new(0x00080005, "CS", list(item.specific_character_set) or "")
+    def response(self, item: WorklistItem, charset: Sequence[str] | None = None) -> Dataset:
+        """The answer for ``item``: the requested keys (and their requested nesting) only,
+        declaring ``charset`` (default: the item's own Specific Character Set)."""
+        return to_dataset(self.answer_shape, item,
+                          item.specific_character_set if charset is None else charset)
+
+    def response_bytes(self, item: WorklistItem, charset: Sequence[str], implicit: bool
+                       ) -> bytes | None:
+        """:meth:`response` already encoded (Little Endian), or None: send the Dataset."""
+        return to_bytes(self.answer_shape, item, charset, implicit)
+
+    @functools.cached_property
+    def answer_shape(self) -> list[Node]:
+        """Every answer's elements, compiled once from the identifier."""
+        nodes: list[Node] = []
         for elem in self.identifier:
             tag = elem.tag
             if tag == 0x00080005 or tag.is_private or tag.element == 0:
                 continue
             kw = elem.keyword
             if kw == _SPS_SEQUENCE:
-                requested = elem.value[0] if elem.value else None
-                ds.add_new(tag, "SQ", DicomSequence([_sps(item, requested)]))
+                sps = _sps_shape(elem.value[0] if elem.value else None)
+                nodes.append(Seq(tag, functools.partial(_one_item, sps)))
             elif kw in _CODE_KEYWORDS:
-                requested = elem.value[0] if elem.value else None
-                ds.add_new(tag, "SQ", _codes(getattr(item, _CODE_KEYWORDS[kw]), requested))
+                nodes.append(_codes_shape(tag, _CODE_KEYWORDS[kw],
+                                          elem.value[0] if elem.value else None))
             else:
-                _put(ds, tag, kw, elem.VR, item)
-        return ds
+                nodes.append(_leaf(tag, kw, elem.VR))
+        return element_order(nodes)
 
 
 def _attr_check(attr: str, test: Callable[[str], bool]) -> Check:
@@ -429,61 +441,74 @@ def _item_time(item: WorklistItem) -> str:
     return norm_time(t) if t else "000000.000000"
 
 
-def _value_of(item: WorklistItem, kw: str) -> Any:
+def _no_value(_: Any) -> None:
+    return None
+
+
+def _no_items(_: Any) -> tuple[()]:
+    return ()
+
+
+def _one_item(nodes: list[Node], item: WorklistItem) -> tuple[tuple[list[Node], Any]]:
+    return ((nodes, item),)
+
+
+def _getter(kw: str) -> Getter | None:
+    """Where ``kw``'s value comes from, or None for a key radflow does not keep."""
     if kw == "ScheduledProcedureStepStatus":
-        return _SPS_STATUS.get(item.status, "")
+        return lambda item: _SPS_STATUS.get(item.status, "")
     attr = KEYWORDS.get(kw)
-    return getattr(item, attr) if attr is not None else None
+    if attr is None:
+        return None
+    return operator.attrgetter(attr)
 
 
-def _put(ds: Dataset, tag: BaseTag, kw: str, vr: str, item: WorklistItem) -> None:
-    value = _value_of(item, kw)
+def _leaf(tag: int, kw: str, vr: str) -> Node:
     if vr == "SQ":
-        ds.add_new(tag, "SQ", DicomSequence())
-        return
-    if value is None:
+        return Seq(tag, _no_items)
+    getter = _getter(kw)
+    if getter is None:
         # A key radflow does not keep: returned empty (zero length), as PS3.4 allows.
-        ds.add_new(tag, vr, None)
-        return
-    ds.add_new(tag, _VR.get(kw, vr), value if value != "" else None)
+        return Leaf(tag, vr, _no_value)
+    return Leaf(tag, _VR.get(kw, vr), getter)
 
 
-def _sps(item: WorklistItem, requested: Dataset | None) -> Dataset:
-    out = Dataset()
+def _sps_shape(requested: Dataset | None) -> list[Node]:
+    nodes: list[Node] = []
     if requested is None or len(requested) == 0:
         # An empty sequence item asks for everything the step has (PS3.4 C.2.2.2.6).
         for kw in _SPS_ORDER:
-            if kw == "ScheduledProtocolCodeSequence":
-                out.ScheduledProtocolCodeSequence = _codes(item.scheduled_protocol_code, None)
+            tag = int(tag_for_keyword(kw) or 0)
+            if kw in _CODE_KEYWORDS:
+                nodes.append(_codes_shape(tag, _CODE_KEYWORDS[kw], None))
             else:
-                value = _value_of(item, kw)
-                out.add_new(kw, _VR[kw], value or None)
-        return out
+                nodes.append(Leaf(tag, _VR[kw], _getter(kw) or _no_value))
+        return element_order(nodes)
     for elem in requested:
         if elem.tag.is_private or elem.tag.element == 0:
             continue
         kw = elem.keyword
         if kw in _CODE_KEYWORDS:
-            sub = elem.value[0] if elem.value else None
-            out.add_new(elem.tag, "SQ", _codes(getattr(item, _CODE_KEYWORDS[kw]), sub))
+            nodes.append(_codes_shape(elem.tag, _CODE_KEYWORDS[kw],
+                                      elem.value[0] if elem.value else None))
         else:
-            _put(out, elem.tag, kw, elem.VR, item)
-    return out
+            nodes.append(_leaf(elem.tag, kw, elem.VR))
+    return element_order(nodes)
 
 
-def _codes(codes: Sequence[CodeItem], requested: Dataset | None) -> DicomSequence:
-    items = []
+_CODE_PARTS: Final = {"CodeValue": operator.attrgetter("value"),
+                      "CodingSchemeDesignator": operator.attrgetter("scheme"),
+                      "CodeMeaning": operator.attrgetter("meaning")}
+
+
+def _codes_shape(tag: int, attr: str, requested: Dataset | None) -> Seq:
     wanted = ([e.keyword for e in requested] if requested is not None and len(requested)
               else ["CodeValue", "CodingSchemeDesignator", "CodeMeaning"])
-    for code in codes:
-        ds = Dataset()
-        for kw in wanted:
-            value = {"CodeValue": code.value, "CodingSchemeDesignator": code.scheme,
-                     "CodeMeaning": code.meaning}.get(kw)
-            if kw in _VR:
-                setattr(ds, kw, value or None)
-        items.append(ds)
-    return DicomSequence(items)
+    parts = element_order([Leaf(int(tag_for_keyword(kw) or 0), _VR[kw],
+                                _CODE_PARTS.get(kw, _no_value))
+                           for kw in dict.fromkeys(wanted) if kw in _VR])
+    source = operator.attrgetter(attr)
+    return Seq(tag, lambda item: tuple((parts, code) for code in source(item)))
 
 
 def item_texts(item: WorklistItem) -> list[str]:

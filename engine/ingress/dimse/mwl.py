@@ -4,8 +4,11 @@
 the worklist through the one :class:`~engine.bridge.LoopBridge` (the store answers from its
 indexes on its reader thread), makes the exact PS3.4 check and builds each answer here, on the
 association's own thread, so the event loop only ever runs the indexed lookup. Answers go out
-one by one as Pending, with C-CANCEL checked between them; failures become named statuses from
-``engine.status``. It must not hold module state, talk SQL or ``await``.
+one by one as Pending, with C-CANCEL checked between them; on a plain-TCP association in a Little
+Endian syntax each is encoded from the query's compiled shape and written straight to the peer
+(``engine.worklist.answer``, ``engine.dimse_wire``), otherwise pynetdicom encodes and sends the
+Dataset. Failures become named statuses from ``engine.status``. It must not hold module state,
+talk SQL or ``await``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
-from engine import charsets
+from engine import charsets, dimse_wire
 from engine.bridge import LoopBridge
 from engine.errors import RadflowError
 from engine.observability.logging import get_logger
@@ -63,14 +67,53 @@ def _sort_key(stored: StoredWorklistItem) -> tuple[str, str, int]:
             stored.id)
 
 
+def answer_charset(item: WorklistItem) -> tuple[str, ...]:
+    """The item's character set when that can hold its texts, else UTF-8."""
+    if charsets.fits(item_texts(item), item.specific_character_set):
+        return item.specific_character_set
+    # pydicom would refuse to encode it (writing validation is RAISE) and pynetdicom would
+    # then fail the whole C-FIND with 0xC312; UTF-8 holds every name.
+    return charset.UTF8
+
+
 def answer_for(query: MwlQuery, item: WorklistItem) -> Dataset:
-    """The answer dataset, in the item's character set when that can hold it, else UTF-8."""
-    ds = query.response(item)
-    if not charsets.fits(item_texts(item), item.specific_character_set):
-        # pydicom would refuse to encode it (writing validation is RAISE) and pynetdicom
-        # would then fail the whole C-FIND with 0xC312; UTF-8 holds every name.
-        ds.SpecificCharacterSet = charset.UTF8[0]
-    return ds
+    """The answer dataset, in :func:`answer_charset`."""
+    return query.response(item, answer_charset(item))
+
+
+class _DirectAnswers:
+    """Pending answers written straight to the association (see ``engine.dimse_wire``):
+    encoded from the query's compiled shape instead of through pydicom and pynetdicom."""
+
+    def __init__(self, event: Event, query: MwlQuery) -> None:
+        self._assoc = event.assoc
+        self._query = query
+        self._context_id = int(event.context.context_id)
+        self._implicit = str(event.context.transfer_syntax) == ImplicitVRLittleEndian
+        self._message_id = int(event.request.MessageID or 0)
+        self._sop_class = str(event.request.AffectedSOPClassUID or "")
+
+    @classmethod
+    def for_event(cls, event: Event, query: MwlQuery) -> _DirectAnswers | None:
+        if dimse_wire.direct_socket(event.assoc) is None:
+            return None
+        if str(event.context.transfer_syntax) not in (ImplicitVRLittleEndian,
+                                                      ExplicitVRLittleEndian):
+            return None  # deflate and big endian: pynetdicom's encoder
+        return cls(event, query)
+
+    def send(self, status: int, item: WorklistItem) -> bool:
+        """Send one pending answer; False when it must go through pynetdicom instead."""
+        sock = dimse_wire.direct_socket(self._assoc)
+        if sock is None:
+            return False
+        identifier = self._query.response_bytes(item, answer_charset(item), self._implicit)
+        if identifier is None:
+            return False
+        command = dimse_wire.response_command(dimse_wire.C_FIND_RSP, self._message_id,
+                                              self._sop_class, status, has_dataset=True)
+        dimse_wire.send_response(self._assoc, sock, self._context_id, command, identifier)
+        return True
 
 
 def handle_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider) -> Iterator[FindAnswer]:
@@ -113,12 +156,14 @@ def handle_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider) -> Itera
             yield _failure(status, error_comment(exc)), None
             return
         pending = DimseStatus.PENDING_WARNING if query.unsupported else DimseStatus.PENDING
+        direct = _DirectAnswers.for_event(event, query)
         for stored in hits:
             if event.is_cancelled:
                 account("cancelled")
                 yield DimseStatus.CANCEL, None
                 return
-            yield pending, answer_for(query, stored.item)
+            if direct is None or not direct.send(int(pending), stored.item):
+                yield pending, answer_for(query, stored.item)
             state.sent += 1
         account("success")
         yield DimseStatus.SUCCESS, None
