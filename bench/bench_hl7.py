@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     LOOPBACK,
     format_table,
     free_ports,
@@ -99,7 +99,8 @@ async def _sender(port: int, messages: list[bytes], acks: dict[str, int]) -> Non
         writer.close()
 
 
-async def send_all(port: int, messages: list[bytes], connections: int) -> tuple[float, dict[str, int]]:
+async def send_all(port: int, messages: list[bytes], connections: int
+                   ) -> tuple[float, dict[str, int]]:
     groups = [messages[i::connections] for i in range(connections)]
     acks: dict[str, int] = {}
     started = time.perf_counter()
@@ -161,8 +162,9 @@ def main() -> int:
                     stop_process(proc)  # type: ignore[arg-type]
                 rate = n / elapsed
                 rates[(name, connections)] = rate
+                ack_codes = " ".join(f"{k}={v}" for k, v in sorted(acks.items()))
                 rows.append([name, str(connections), str(n), f"{rate:8.1f}",
-                             f"{elapsed:6.2f}", " ".join(f"{k}={v}" for k, v in sorted(acks.items()))])
+                             f"{elapsed:6.2f}", ack_codes])
                 print(f"  {name:13s} conn={connections}: {rate:8.1f} msg/s {acks}", flush=True)
     print()
     print("HL7 ORM^O01 over MLLP, each answered before the next is sent on its connection")

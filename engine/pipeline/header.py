@@ -5,7 +5,8 @@ itself costs; routing must add less than a tenth. The routes of a ruleset name a
 set of top-level attributes, so :func:`read_header` walks the element headers of the file
 (Explicit or Implicit VR Little Endian, the syntaxes nearly every modality sends), skips
 everything else without decoding it — sequences included — and hands pydicom a dataset made of
-just the wanted raw elements, which pydicom decodes on access as usual (character sets, VRs).
+just the wanted raw elements, which pydicom decodes on access as usual (VRs, and the character
+set recorded as the dataset's original one, as ``dcmread`` does, so no access looks it up again).
 Anything unusual (deflate, big endian, a ruleset that reads sequences or private attributes,
 a structure this walker does not expect) goes to ``dcmread``. It reads files and nothing else.
 """
@@ -17,9 +18,10 @@ from collections.abc import Collection
 from typing import Final
 
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import BaseTag
 
 _EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE: Final = "1.2.840.10008.1.2"
@@ -32,9 +34,12 @@ _PIXEL_DATA: Final = 0x7FE00010
 _UNDEFINED: Final = 0xFFFFFFFF
 _CHARSET: Final = 0x00080005
 _HEAD: Final = 64 * 1024
-_U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<I").unpack_from
-_TAG = struct.Struct("<HH").unpack_from
+_EXPLICIT = struct.Struct("<HH2sH").unpack_from  # group, element, VR, short value length
+_IMPLICIT = struct.Struct("<HHI").unpack_from  # group, element, value length
+#: Specific Character Set value as read -> its encodings (nearly every file of a site says the
+#: same thing: convert it once)
+_ENCODINGS: dict[bytes, str | list[str]] = {}
 
 
 class _Unusual(Exception):
@@ -64,19 +69,18 @@ def read_header(path: str, tags: Collection[int] | None = None) -> Dataset:
         return read_full_header(path)
 
 
-def _tag(buf: bytes, pos: int) -> int:
-    group, elem = _TAG(buf, pos)
-    return int((group << 16) | elem)
-
-
-def _header(buf: bytes, pos: int, implicit: bool) -> tuple[bytes | None, int, int]:
-    """The VR (None when implicit), value length and value offset of the element at ``pos``."""
+def _header(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """The tag, VR (None when implicit), value length and value offset of the element at
+    ``pos`` (item headers read the same as implicit ones)."""
     if implicit:
-        return None, _U32(buf, pos + 4)[0], pos + 8
-    vr = buf[pos + 4:pos + 6]
+        group, elem, length = _IMPLICIT(buf, pos)
+        return (group << 16) | elem, None, length, pos + 8
+    group, elem, vr, length = _EXPLICIT(buf, pos)
     if vr in _LONG_VRS:
-        return vr, _U32(buf, pos + 8)[0], pos + 12
-    return vr, _U16(buf, pos + 6)[0], pos + 8
+        if pos + 12 > len(buf):
+            raise _Unusual  # the header continues past what was read
+        return (group << 16) | elem, vr, _U32(buf, pos + 8)[0], pos + 12
+    return (group << 16) | elem, vr, length, pos + 8
 
 
 def _walk(buf: bytes, wanted: frozenset[int]) -> Dataset:
@@ -84,35 +88,52 @@ def _walk(buf: bytes, wanted: frozenset[int]) -> Dataset:
         raise _Unusual
     pos = 132
     syntax = ""
-    while pos + 8 <= len(buf) and _U16(buf, pos)[0] == 0x0002:
-        tag = _tag(buf, pos)
-        _, length, pos = _header(buf, pos, implicit=False)
+    while pos + 8 <= len(buf):
+        tag, _, length, start = _header(buf, pos, implicit=False)
+        if tag >> 16 != 0x0002:
+            break
         if tag == 0x00020010:
-            syntax = buf[pos:pos + length].decode("ascii", "replace").strip(" \x00")
-        pos += length
+            syntax = buf[start:start + length].decode("ascii", "replace").strip(" \x00")
+        pos = start + length
     if syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
         raise _Unusual
     implicit = syntax == _IMPLICIT_LE
     found: dict[BaseTag, DataElement | RawDataElement] = {}
-    highest = max(wanted)
+    highest = min(max(wanted), _PIXEL_DATA - 1)
     end = len(buf)
     while pos < end:
         if pos + 8 > end:
             raise _Unusual  # the header continues past what was read
-        tag = _tag(buf, pos)
-        if tag >= _PIXEL_DATA or tag > highest:
+        tag, vr, length, start = _header(buf, pos, implicit)
+        if tag > highest:
             break
-        vr, length, start = _header(buf, pos, implicit)
         if length == _UNDEFINED:
             pos = _skip_sequence(buf, start, implicit or vr == b"UN", 0)
             continue
-        if start + length > end:
+        pos = start + length
+        if pos > end:
             raise _Unusual
         if tag in wanted:
-            found[Tag(tag)] = RawDataElement(Tag(tag), vr.decode("ascii") if vr else None, length,
-                                        buf[start:start + length], start, implicit, True)
-        pos = start + length
-    return Dataset(found)
+            key = BaseTag(tag)
+            found[key] = RawDataElement(key, vr.decode("ascii") if vr else None, length,
+                                        buf[start:pos], start, implicit, True)
+    ds = Dataset(found)
+    ds.set_original_encoding(implicit, True, _encoding(found.get(BaseTag(_CHARSET))))
+    return ds
+
+
+def _encoding(charset: DataElement | RawDataElement | None) -> str | list[str]:
+    """The encodings of a Specific Character Set element, as ``dcmread`` records them."""
+    if not isinstance(charset, RawDataElement):
+        return default_encoding  # absent (the walker keeps every element raw)
+    raw = charset.value or b""
+    found = _ENCODINGS.get(raw)
+    if found is None:
+        found = convert_encodings(convert_raw_data_element(charset).value)
+        if len(_ENCODINGS) < 64:
+            _ENCODINGS[raw] = found
+    # a copy: a caller may extend the list (pydicom never does, but it is not ours to share)
+    return list(found) if isinstance(found, list) else found
 
 
 def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
@@ -123,8 +144,8 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
     while True:
         if pos + 8 > end:
             raise _Unusual
-        tag = _tag(buf, pos)
-        length = _U32(buf, pos + 4)[0]
+        group, elem, length = _IMPLICIT(buf, pos)
+        tag = (group << 16) | elem
         pos += 8
         if tag == _SEQ_END:
             return pos
@@ -141,10 +162,9 @@ def _skip_item(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
     while True:
         if pos + 8 > end:
             raise _Unusual
-        tag = _tag(buf, pos)
+        tag, item_vr, length, start = _header(buf, pos, implicit)
         if tag == _ITEM_END:
             return pos + 8
-        item_vr, length, start = _header(buf, pos, implicit)
         if length == _UNDEFINED:
             pos = _skip_sequence(buf, start, implicit or item_vr == b"UN", depth + 1)
         else:

@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+from prometheus_client import Counter
+
 from engine.durable.routing import (
     GroupJoin,
     OpenGroup,
@@ -37,6 +39,7 @@ from engine.durable.spool import Spool
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.events import InstanceStored, OrderReceived, ProcedureStepEvent
 from engine.ingress.hl7.message import Hl7Message, Hl7ParseError
+from engine.morph import MorphKeys
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     ROUTING_BATCH,
@@ -60,6 +63,16 @@ log = get_logger("engine.pipeline")
 _BATCH_MAX: Final = 256
 _REPLAY_PAGE: Final = 500
 _GATHER_SECONDS: Final = 0.025
+_COUNTERS: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+
+
+def _count(metric: Counter, *labels: str) -> None:
+    # labels() costs more than the increment (several per instance), and a child never changes.
+    key = (metric, labels)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = metric.labels(*labels)
+    child.inc()
 
 
 def _local(received_at: str) -> dt.datetime:
@@ -86,6 +99,7 @@ class Router:
         self._groups_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._routing = asyncio.Lock()  # one batch at a time: the worker, a sweep, a replay
+        self._payloads: tuple[Ruleset, MorphKeys, payload.PayloadCache] | None = None
         self.running = False
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -191,9 +205,9 @@ class Router:
                 if not result.applied:
                     continue
                 applied += 1
-                ROUTING_ENTRIES.labels(plan.source_table, plan.outcome).inc()
+                _count(ROUTING_ENTRIES, plan.source_table, plan.outcome)
                 for row in plan.rows:
-                    ROUTING_OUTBOX_ROWS.labels(row.destination).inc()
+                    _count(ROUTING_OUTBOX_ROWS, row.destination)
                 for group in result.groups:
                     self._groups[group.id] = group
                 if plan.outcome == "unmatched":
@@ -229,9 +243,18 @@ class Router:
                           sop_instance_uid=step.step.sop_instance_uid, error=str(exc))
                 continue
             for decision in decisions:
-                ROUTING_ROUTE_MATCHES.labels(decision.route).inc()
+                _count(ROUTING_ROUTE_MATCHES, decision.route)
             plans.append(plan)
         return plans
+
+    def _payload_cache(self, ruleset: Ruleset) -> payload.PayloadCache:
+        # Made afresh when a reload swaps the ruleset (or the keys): a payload freezes both.
+        keys = self._rules.keys
+        if self._payloads is None or self._payloads[0] is not ruleset \
+                or self._payloads[1] is not keys:
+            self._payloads = (ruleset, keys, payload.PayloadCache(
+                ruleset.version, ruleset.destination_types, keys.fingerprint))
+        return self._payloads[2]
 
     def plan_instance(self, ruleset: Ruleset, stored: StoredInstance) -> RoutingPlan:
         rec = stored.record
@@ -242,11 +265,12 @@ class Router:
         tags = ruleset.header_tags
         subject = DicomSubject(lambda: read_header(path, tags), context)
         decisions = ruleset.evaluate("dicom", subject)
-        keys = self._rules.keys
+        payloads = self._payload_cache(ruleset)
+        obj: str | None = None  # the instance's part of every row, serialized once
         rows = []
         joins = []
         for decision in decisions:
-            ROUTING_ROUTE_MATCHES.labels(decision.route).inc()
+            _count(ROUTING_ROUTE_MATCHES, decision.route)
             if decision.discard:
                 continue
             level = decision.trigger.level
@@ -257,13 +281,11 @@ class Router:
                     key=key, study_instance_uid=rec.study_instance_uid,
                     quiet_seconds=decision.trigger.quiet_seconds or 60.0,
                     max_wait_seconds=decision.trigger.max_wait_seconds or 3600.0,
-                    decision=payload.decision_json(decision, ruleset.version,
-                                                   ruleset.destination_types,
-                                                   keys.fingerprint)))
+                    decision=payloads.decision_json(decision)))
             else:
                 # No Study/Series UID to group by: deliver it on its own rather than never.
-                rows.extend(payload.instance_rows(stored, decision, ruleset.version,
-                                                  ruleset.destination_types, keys.fingerprint))
+                obj = payload.object_text(stored) if obj is None else obj
+                rows.extend(payloads.rows(decision).rows(stored, obj))
         return RoutingPlan("instances", stored.id, _outcome(decisions, bool(rows), bool(joins)),
                            tuple(rows), tuple(joins))
 
@@ -278,7 +300,7 @@ class Router:
         decisions = ruleset.evaluate("order", Hl7Subject(message, context))
         rows = []
         for decision in decisions:
-            ROUTING_ROUTE_MATCHES.labels(decision.route).inc()
+            _count(ROUTING_ROUTE_MATCHES, decision.route)
             rows.extend(payload.hl7_rows(record, decision, ruleset.version,
                                          ruleset.destination_types))
         return RoutingPlan("hl7_messages", record.id, _outcome(decisions, bool(rows), False),

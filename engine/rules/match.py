@@ -16,7 +16,9 @@ subject and one operator::
 A subject with several values (multi-valued attributes, every item of a sequence) matches when
 any value does; ``exists`` means present with a non-empty value. ``ignore_case: true`` applies
 to equals, in and regex. Compiling reports every problem with its key path; testing is pure
-(the clock comes in through the context). This module must not touch files or the store.
+(the clock comes in through the context). :func:`split_guard` exposes a tree's first test when
+it is a plain membership test on an attribute, so a ruleset can check it cheaply before the
+rest. This module must not touch files or the store.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ CONTEXT_NAMES: Final = ("calling_ae", "called_ae", "source_ip", "listener", "tim
 OPERATORS: Final = ("equals", "in", "regex", "exists", "lt", "le", "gt", "ge", "before",
                     "after", "between", "cidr")
 WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: distinct values a regex predicate remembers its answer for (the values of a study repeat),
+#: and the longest one worth keeping
+_REGEX_MEMO: Final = 256
+_REGEX_MEMO_CHARS: Final = 256
 
 
 class Subject(Protocol):
@@ -157,10 +163,11 @@ class Predicate(Node):
     check: Callable[[list[str] | None], bool]
     shown: str  # the operator and operand as written, for reasons
     label: str = "predicate"
+    #: equals/in without ignore_case: the check is exactly "some value is one of these"
+    choices: frozenset[str] | None = None
 
     def _values(self, subject: Subject) -> list[str] | None:
-        if self.kind == "attr":
-            assert self.attr_path is not None
+        if self.attr_path is not None:
             return subject.attr(self.attr_path)
         if self.kind == "hl7":
             return subject.hl7(self.name)
@@ -180,6 +187,24 @@ class Predicate(Node):
 
     def uses(self) -> set[SubjectKind]:
         return {self.kind}
+
+
+def split_guard(node: Node) -> tuple[Predicate, Node | None] | None:
+    """``(guard, rest)`` when the first thing ``node`` tests is a :attr:`Predicate.choices`
+    test on an attribute: ``node`` matches exactly when the guard does and then ``rest`` does
+    (None: nothing more). Only the first test qualifies, so checking the guard first reads no
+    attribute the tree would not have read first itself."""
+    if isinstance(node, Predicate):
+        first, rest = node, None
+    elif isinstance(node, All) and node.children and isinstance(node.children[0], Predicate):
+        first = node.children[0]
+        others = node.children[1:]
+        rest = None if not others else others[0] if len(others) == 1 else All(others)
+    else:
+        return None
+    if first.kind != "attr" or first.choices is None:
+        return None
+    return first, rest
 
 
 # --- operators ------------------------------------------------------------------------------
@@ -222,6 +247,32 @@ def _any(values: list[str] | None, fn: Callable[[str], bool]) -> bool:
     return bool(values) and any(fn(v) for v in values or ())
 
 
+def _choices(op: str, operand: Any, name: str, ignore_case: bool) -> frozenset[str] | None:
+    """The values an equals/in predicate accepts as they are (None: another kind of test)."""
+    if ignore_case or op not in ("equals", "in"):
+        return None
+    if op == "equals":
+        return frozenset({_scalar(operand, name)})
+    return frozenset(_scalar(o, name) for o in operand)
+
+
+def _memo(search: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``search`` remembering its answers: instances of a study repeat their descriptions."""
+    seen: dict[str, bool] = {}
+
+    def remembered(text: str) -> bool:
+        found = seen.get(text)
+        if found is None:
+            found = search(text)
+            if len(text) <= _REGEX_MEMO_CHARS:
+                if len(seen) >= _REGEX_MEMO:
+                    seen.clear()
+                seen[text] = found
+        return found
+
+    return remembered
+
+
 def _compile_operator(op: str, operand: Any, kind: SubjectKind, name: str, ignore_case: bool,
                       where: PathKey, report: Report) -> Callable[[list[str] | None], bool] | None:
     fold: Callable[[str], str] = (lambda s: s.casefold()) if ignore_case else (lambda s: s)
@@ -236,7 +287,8 @@ def _compile_operator(op: str, operand: Any, kind: SubjectKind, name: str, ignor
             return None
         target = fold(_scalar(operand, name))
         if not ignore_case:
-            # The hot path of most routes: a set-free membership test, no closures per value.
+            # The hot path of most routes: a set-free membership test, no closures per value
+            # (split_guard relies on equals and in being exactly membership of _choices).
             return lambda v: v is not None and target in v
         return lambda v: _any(v, lambda x: fold(x.strip()) == target)
     if op == "in":
@@ -258,7 +310,8 @@ def _compile_operator(op: str, operand: Any, kind: SubjectKind, name: str, ignor
         except RegexError as exc:
             report((*where, op), str(exc))
             return None
-        return lambda v: _any(v, regex.search)
+        search = _memo(regex.search)
+        return lambda v: _any(v, search)
     if op in ("lt", "le", "gt", "ge"):
         if isinstance(operand, bool) or not isinstance(operand, (int, float)):
             report((*where, op), f"{op} takes a number (use before/after for dates)")
@@ -447,4 +500,5 @@ def _predicate(raw: Mapping[str, Any], where: PathKey, report: Report) -> Node |
     operand = raw[op]
     shown = f"{op} {_show(operand)}"
     return Predicate(kind=kind, name=name, attr_path=attr_path, op=op, check=check,
-                     shown=shown + (" (ignore case)" if ignore_case else ""))
+                     shown=shown + (" (ignore case)" if ignore_case else ""),
+                     choices=_choices(op, operand, name, ignore_case))

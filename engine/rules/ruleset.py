@@ -6,8 +6,10 @@ matching route with ``stop: true`` ends the walk (with no destinations it is a d
 ``fallback: true`` routes are looked at only when no other route matched; when nothing matches
 the result is empty and the caller keeps the object as *unmatched*. :meth:`Ruleset.explain` is
 the same walk with a reason for every predicate (dry runs). A Ruleset is immutable: a reload
-builds a new one and swaps the reference. This module must not read files, the store or the
-clock (the time is in the :class:`RoutingContext`).
+builds a new one and swaps the reference; building it also prepares the walk of each event kind
+(the routes that apply, their decisions, and each route's guard: a first membership test on an
+attribute, checked before the rest of its match). This module must not read files, the store
+or the clock (the time is in the :class:`RoutingContext`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.valuerep import AMBIGUOUS_VR
 
 from engine.ingress.hl7.message import Hl7Message
 from engine.morph.ops import MorphStep
 from engine.morph.paths import AttrPath, find, text_values
-from engine.rules.match import Node, Outcome
+from engine.rules.match import Node, Outcome, split_guard
 from engine.rules.model import TriggerLevel
 
 EventKind = Literal["dicom", "order", "procedure_step"]
@@ -84,14 +88,14 @@ class DicomSubject:
 
     def attr(self, path: AttrPath) -> list[str] | None:
         # Many routes read the same few attributes: decode each once per event.
-        if path.text in self._cache:
+        try:
             return self._cache[path.text]
-        values = self._attr(path)
-        self._cache[path.text] = values
-        return values
+        except KeyError:
+            values = self._cache[path.text] = self._attr(path)
+            return values
 
     def _attr(self, path: AttrPath) -> list[str] | None:
-        elems = find(self.dataset, path)
+        elems = _elements(self.dataset, path)
         if not elems:
             return None
         values: list[str] = []
@@ -110,6 +114,26 @@ class DicomSubject:
 
     def context(self, name: str) -> list[str] | None:
         return _context_values(self.context_, name, self._event)
+
+
+def _elements(ds: Dataset, path: AttrPath) -> list[DataElement]:
+    """``find(ds, path)``; a top-level public element still raw is converted as ``ds[tag]``
+    would convert it, without the per-access costs of Dataset (it stays raw in ``ds``)."""
+    leaf = path.steps[0]
+    encoding = ds.original_character_set
+    if len(path.steps) > 1 or leaf.tag is None or leaf.private is not None or not encoding:
+        return find(ds, path)
+    elem = ds.get_item(leaf.tag)
+    if elem is None:
+        return []
+    if not isinstance(elem, RawDataElement):
+        return [elem]
+    if elem.VR == "SQ":
+        return find(ds, path)
+    converted = convert_raw_data_element(elem, encoding=encoding, ds=ds)
+    if converted.VR == "SQ" or converted.VR in AMBIGUOUS_VR:
+        return find(ds, path)  # Dataset fixes these up with the rest of the dataset
+    return [converted]
 
 
 class Hl7Subject:
@@ -191,6 +215,36 @@ class Decision:
         return not self.destinations
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A route as :meth:`Ruleset.evaluate` walks it."""
+
+    route: Route
+    decision: Decision
+    #: the match's first test when it is "some value of this attribute is one of ``allowed``"
+    guard: AttrPath | None
+    allowed: frozenset[str]
+    rest: Node | None  # what must hold besides the guard (None: nothing)
+
+    @classmethod
+    def of(cls, route: Route) -> _Step:
+        split = split_guard(route.match)
+        if split is None:
+            return cls(route, _decision(route), None, frozenset(), route.match)
+        guard, rest = split
+        assert guard.attr_path is not None and guard.choices is not None
+        return cls(route, _decision(route), guard.attr_path, guard.choices, rest)
+
+    def fires(self, subject: DicomSubject | Hl7Subject) -> bool:
+        if self.guard is not None:
+            # Most routes fail on their first test (Modality, say): a set lookup on the
+            # subject's cached values instead of a walk through the match tree.
+            values = subject.attr(self.guard)
+            if values is None or self.allowed.isdisjoint(values):
+                return False
+        return self.rest is None or self.rest.test(subject)
+
+
 @dataclass(frozen=True)
 class RouteTrace:
     """One route's part in a dry run."""
@@ -212,25 +266,33 @@ class Ruleset:
     #: the top-level tags the routes' predicates read (a reader may parse only these); None
     #: when some predicate reads a sequence or private attribute (parse everything)
     header_tags: frozenset[int] | None = None
+    #: per event kind: the (ordinary, fallback) routes that apply, in order
+    _walks: Mapping[EventKind, tuple[tuple[_Step, ...], tuple[_Step, ...]]] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        walks = {}
+        for kind in LEVELS_OF:
+            steps = [_Step.of(r) for r in self.routes if r.applies_to(kind)]
+            walks[kind] = (tuple(s for s in steps if not s.route.fallback),
+                           tuple(s for s in steps if s.route.fallback))
+        object.__setattr__(self, "_walks", walks)
 
     def evaluate(self, kind: EventKind, subject: DicomSubject | Hl7Subject) -> list[Decision]:
         """The decisions for one event (empty: unmatched)."""
+        ordinary, fallbacks = self._walks[kind]
         decisions: list[Decision] = []
-        stopped = False
-        for route in self.routes:
-            if route.fallback or not route.applies_to(kind):
-                continue
-            if route.match.test(subject):
-                decisions.append(_decision(route))
-                if route.stop:
-                    stopped = True
-                    break
-        if decisions or stopped:
+        for step in ordinary:
+            if step.fires(subject):
+                decisions.append(step.decision)
+                if step.route.stop:
+                    return decisions
+        if decisions:
             return decisions
-        for route in self.routes:
-            if route.fallback and route.applies_to(kind) and route.match.test(subject):
-                decisions.append(_decision(route))
-                if route.stop:
+        for step in fallbacks:
+            if step.fires(subject):
+                decisions.append(step.decision)
+                if step.route.stop:
                     break
         return decisions
 
