@@ -124,6 +124,7 @@ class Engine:
         self.dispatcher = Dispatcher(
             self.store, settings.destinations, settings.delivery, settings.storage.spool_dir,
             morph_secret=secret.get_secret_value() if secret else None)
+        self.router.on_rows = self.dispatcher.wake
         # --- end delivery ---
         self.mllp = [MllpListener(cfg, self.hl7_intake) for cfg in settings.hl7.listeners]
         self.admin: AdminServer | None = None

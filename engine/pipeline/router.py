@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from prometheus_client import Counter
@@ -101,6 +101,9 @@ class Router:
         self._routing = asyncio.Lock()  # one batch at a time: the worker, a sweep, a replay
         self._payloads: tuple[Ruleset, MorphKeys, payload.PayloadCache] | None = None
         self.running = False
+        #: told the destinations that just got outbox rows (the dispatcher's ``wake``), so an
+        #: idle sender starts now instead of at its next poll
+        self.on_rows: Callable[[str | None], None] | None = None
 
     # --- life cycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -201,6 +204,7 @@ class Router:
             results = await self._store.commit_routing(
                 plans, dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), now)
             applied = 0
+            destinations: set[str] = set()
             for plan, result in zip(plans, results, strict=True):
                 if not result.applied:
                     continue
@@ -208,6 +212,7 @@ class Router:
                 _count(ROUTING_ENTRIES, plan.source_table, plan.outcome)
                 for row in plan.rows:
                     _count(ROUTING_OUTBOX_ROWS, row.destination)
+                    destinations.add(row.destination)
                 for group in result.groups:
                     self._groups[group.id] = group
                 if plan.outcome == "unmatched":
@@ -216,6 +221,7 @@ class Router:
             if any(r.groups for r in results):
                 ROUTING_GROUPS_OPEN.set(len(self._groups))
                 self._groups_changed.set()
+            self._announce(destinations)
             ROUTING_BATCH.observe(len(plans))
             ROUTING_SECONDS.observe(time.perf_counter() - started)
             return applied
@@ -375,9 +381,17 @@ class Router:
         if fired is None:
             return
         ROUTING_GROUPS_FIRED.labels(group.level, reason).inc()
+        self._announce(None)
         log.info("routing.group_fired", route=group.route, level=group.level,
                  key=group.key, reason=reason, instances=fired.instances,
                  outbox_rows=fired.outbox_rows)
+
+    def _announce(self, destinations: set[str] | None) -> None:
+        """Wake the senders of ``destinations`` (None: every destination)."""
+        if self.on_rows is None:
+            return
+        for name in destinations if destinations is not None else (None,):
+            self.on_rows(name)
 
     async def study_complete(self, study_instance_uid: str) -> int:
         """Fire the study's open series/study groups now (MPPS evidence that the study is
