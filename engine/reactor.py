@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -196,8 +197,6 @@ def _run_association(assoc: Association, activity: threading.Event) -> None:
 
 def _finished(assoc: Association) -> bool:
     """Release, abort, a dead DUL or the network timeout: pynetdicom's end-of-loop checks."""
-    from pynetdicom import evt  # local: keeps this module's import cheap for the CLI
-
     if assoc.is_established and assoc.acse.is_release_requested():
         assoc.acse.send_release(is_response=True)
         assoc.is_released = True
