@@ -20,7 +20,9 @@ becomes outbox rows by destination type:
   ``message`` as text (the egress HL7 sender sends text as is), with ``message_type`` and
   ``control_id``; the other keys as above with ``"kind": "hl7"``.
 
-* ``fhir`` — not supported yet: the decision is logged and no row is written.
+* ``fhir`` — a FHIR R4 ``Task`` for the step, rendered now (:mod:`engine.pipeline.fhir_status`),
+  in ``resource``, which the egress FHIR sender writes with a conditional update on its
+  identifier (the MPPS SOP Instance UID): the start creates the Task, the end updates it.
 
 Rows carry the step's Study Instance UID so that ``per_study_order`` keeps a step's create
 before its set. Pure (no store, no clock); runs in the router's worker thread.
@@ -38,6 +40,7 @@ from pydicom.dataset import Dataset
 from engine.durable.routing import ProcedureStepEventRecord, RoutingOutcome, RoutingPlan
 from engine.durable.store import NewOutboxRow
 from engine.observability.logging import get_logger
+from engine.pipeline.fhir_status import render_task
 from engine.pipeline.hl7_status import MESSAGE_TYPE, render_status_update
 from engine.pipeline.payload import PAYLOAD_VERSION
 from engine.rules.ruleset import Decision, DicomSubject, RoutingContext, Ruleset
@@ -115,6 +118,14 @@ def rows_for(record: ProcedureStepEventRecord, decision: Decision, dataset: Data
                 accession_number=step.accession_number)
             body = {**common, "kind": "hl7", "destination": dest, "message": update.text,
                     "message_type": MESSAGE_TYPE, "control_id": update.control_id}
+        elif kind == "fhir":
+            task = render_task(
+                status=record.status, received_at=record.received_at, dataset=dataset,
+                sop_instance_uid=step.sop_instance_uid,
+                study_instance_uid=step.study_instance_uid,
+                accession_number=step.accession_number, patient_id=step.patient_id,
+                items=[s.item for s in record.worklist_items])
+            body = {**common, "kind": "fhir", "destination": dest, "resource": task}
         else:
             log.warning("routing.procedure_step.unsupported_destination", route=decision.route,
                         destination=name, type=kind, journal_id=record.id)

@@ -2,8 +2,9 @@
 radflow whose route ``trigger: {on: procedure_step}`` sends status updates to an HL7
 destination and forwards the MPPS to another MPPS SCP. After the N-CREATE and after the N-SET
 COMPLETED the outbox (SQLite) holds the rows: an ORM^O01 (ORC-1 SC, ORC-5 IP then CM) rendered
-at routing time, and the N-CREATE / N-SET forward the egress MPPS sender reads. Nothing
-listens at the destinations: this is about routing, not delivery.
+at routing time, and the N-CREATE / N-SET forward the egress MPPS sender reads (nothing listens
+at those destinations: that test is about routing). The FHIR test is about delivery: an aiohttp
+FHIR endpoint gets one Task, created at the start and updated in place at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from engine.ingress.hl7.message import Hl7Message
+from tests.helpers.peers import FhirServer
 from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -182,3 +184,71 @@ def test_create_and_completed_produce_outbox_rows(radflow: RadflowFactory) -> No
     finally:
         conn.close()
     assert outcomes == ["routed", "routed"]
+
+
+class _FhirInThread:
+    """The FHIR test endpoint on an event loop of its own thread, for a synchronous test."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(FhirServer().start(), self.loop).result(10)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_procedure_step_status_reaches_a_fhir_ehr_as_one_task(radflow: RadflowFactory) -> None:
+    fhir = _FhirInThread()
+    try:
+        rf = radflow({"destinations": {"ehr": {"type": "fhir",
+                                               "base_url": fhir.server.base_url}}},
+                     start=False)
+        with open(f"{rf.config['routing']['routes_dir']}/45-ehr.yaml", "w",
+                  encoding="utf-8") as f:
+            f.write("version: 1\nroutes:\n  - name: status-to-ehr\n"
+                    "    trigger: {on: procedure_step}\n    destinations: [ehr]\n")
+        rf.start()
+        assert http(rf, "/api/v1/worklist", order("P-FHIR"))["ack_code"] == "AA"
+        wl = http(rf, "/api/v1/worklist?patient_id=P-FHIR")["items"][0]
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(ModalityPerformedProcedureStep)
+        assoc = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
+        assert assoc.is_established
+        uid = generate_uid()
+        key = ("Task", f"urn:dicom:uid|urn:oid:{uid}")
+        try:
+            status, _ = assoc.send_n_create(create_attrs(wl), ModalityPerformedProcedureStep,
+                                            uid)
+            assert int(status.Status) == 0x0000
+            deadline = time.monotonic() + 20
+            while key not in fhir.server.resources and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert fhir.server.resources[key]["status"] == "in-progress", rf.diagnostics()
+            status, _ = assoc.send_n_set(completed_attrs(), ModalityPerformedProcedureStep, uid)
+            assert int(status.Status) == 0x0000
+            deadline = time.monotonic() + 20
+            while fhir.server.resources[key]["status"] != "completed" \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            assoc.release()
+        task = fhir.server.resources[key]
+        assert task["status"] == "completed"
+        assert task["focus"]["identifier"]["value"] == "ACC-P-FHIR"
+        assert task["for"]["identifier"]["value"] == "P-FHIR"
+        assert task["executionPeriod"] == {"start": f"{DAY[:4]}-{DAY[4:6]}-{DAY[6:]}T09:00:00",
+                                           "end": f"{DAY[:4]}-{DAY[4:6]}-{DAY[6:]}T09:30:00"}
+        # one Task, created then updated in place by conditional update on its identifier
+        assert [k for k in fhir.server.resources if k[0] == "Task"] == [key]
+        assert [m for m, _ in fhir.server.requests] == ["PUT", "PUT"]
+    finally:
+        fhir.close()

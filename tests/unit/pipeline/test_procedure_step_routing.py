@@ -131,8 +131,9 @@ async def test_create_and_completed_become_outbox_rows(store: SqliteStore,
     assert records[0].worklist_items and records[0].step.sop_instance_uid == uid
     plans = [plan_procedure_step(ruleset, r)[0] for r in records]
     assert [p.outcome for p in plans] == ["routed", "routed"]
-    # hl7 + mpps per event; the fhir destination is not supported yet (no row)
-    assert [sorted(r.destination for r in p.rows) for p in plans] == [["peer", "ris"]] * 2
+    # hl7, mpps and fhir per event
+    assert [sorted(r.destination for r in p.rows) for p in plans] == \
+        [["fhir-ehr", "peer", "ris"]] * 2
 
     results = await store.commit_routing(plans, NOW, 1.0)
     assert all(r.applied for r in results)
@@ -141,7 +142,7 @@ async def test_create_and_completed_become_outbox_rows(store: SqliteStore,
     assert not any(r.applied for r in again)
 
     rows = await store.outbox_rows()
-    assert len(rows) == 4
+    assert len(rows) == 6
     by_dest: dict[str, list[dict[str, object]]] = {}
     for row in rows:
         assert row["source_table"] == "procedure_step_events"
@@ -163,6 +164,22 @@ async def test_create_and_completed_become_outbox_rows(store: SqliteStore,
         assert msg.get("PID-3.1") == "P1"
         statuses.append(msg.get("ORC-5"))
     assert statuses == ["IP", "CM"]
+    tasks = [p["resource"] for p in by_dest["fhir-ehr"]]
+    assert [p["kind"] for p in by_dest["fhir-ehr"]] == ["fhir", "fhir"]
+    assert [t["status"] for t in tasks] == ["in-progress", "completed"]  # type: ignore[index]
+    for task in tasks:
+        assert task["resourceType"] == "Task" and task["intent"] == "order"  # type: ignore[index]
+        # one identifier for both events: the second is an update of the same Task
+        assert task["identifier"] == [{"system": "urn:dicom:uid",  # type: ignore[index]
+                                       "value": f"urn:oid:{uid}"}]
+        assert task["focus"]["identifier"]["value"] == "ACC1"  # type: ignore[index]
+        assert [b["identifier"]["value"] for b in task["basedOn"]] == \
+            ["O-1", "F-1"]  # type: ignore[index]
+        assert task["for"]["identifier"]["value"] == "P1"  # type: ignore[index]
+        assert task["input"][0]["valueOid"] == f"urn:oid:{STUDY}"  # type: ignore[index]
+    assert tasks[0]["executionPeriod"] == {"start": "2026-11-25T09:00:00"}  # type: ignore[index]
+    assert tasks[1]["executionPeriod"] == {"start": "2026-11-25T09:00:00",  # type: ignore[index]
+                                           "end": "2026-11-25T09:30:00"}
 
 
 async def test_state_and_calling_ae_select_routes(store: SqliteStore,
@@ -172,7 +189,7 @@ async def test_state_and_calling_ae_select_routes(store: SqliteStore,
     plans = [plan_procedure_step(ruleset, r)[0] for r in records]
     # MR01: not the RIS route; DISCONTINUED: not the forward route
     assert [(p.outcome, [r.destination for r in p.rows]) for p in plans] == [
-        ("routed", ["peer"]), ("unmatched", [])]
+        ("routed", ["peer", "fhir-ehr"]), ("unmatched", [])]
     await store.commit_routing(plans, NOW, 1.0)
     counts = await store.routing_counts()
     assert counts["procedure_step_events.routed"] == 1
