@@ -23,6 +23,7 @@ from engine.admin.server import AdminServer
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
 from engine.durable.journal import JournalWriter
+from engine.durable.retention import SpoolRetention
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
 from engine.egress.dispatcher import Dispatcher
@@ -78,6 +79,7 @@ class Engine:
         self.settings = settings
         self.store: Store = open_store(settings.storage)
         self.spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024)
+        self.retention = SpoolRetention(self.store, self.spool, settings.storage.retention_days)
         self.bridge = LoopBridge()
         self.bus = EventBus()
         self.journal = JournalWriter(self.store, self.spool)
@@ -169,6 +171,9 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),
                                                name="worklist-maintenance"))
+        if self.retention.retention_days > 0:
+            self._tasks.append(asyncio.create_task(self.retention.run(),
+                                                   name="spool-retention"))
 
         http = self.settings.http
         if http.enabled:

@@ -168,6 +168,9 @@ class StorageSettings(_Strict):
     min_free_mb: int = Field(default=1024, ge=0)
     #: spool files newer than this with no journal row are crash leftovers, removed at start
     orphan_window_hours: float = Field(default=48.0, ge=0)
+    #: instances older than this leave the spool and journal once routed and delivered
+    #: (dead letters keep theirs); 0 keeps everything
+    retention_days: float = Field(default=0.0, ge=0)
 
 
 class HttpSettings(_Strict):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.durable import sqlite_mpps, sqlite_outbox, sqlite_routing
+from engine.durable import sqlite_mpps, sqlite_outbox, sqlite_retention, sqlite_routing
 from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
@@ -29,6 +29,7 @@ from engine.durable.routing import (
 from engine.durable.sqlite_txn import transaction
 from engine.durable.store import (
     DeadLetter,
+    ExpiredInstance,
     Hl7Apply,
     Hl7CommitResult,
     Hl7Disposition,
@@ -268,6 +269,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (step_id, sop_instance_uid)
     ) WITHOUT ROWID;
     CREATE INDEX procedure_step_instances_uid ON procedure_step_instances (sop_instance_uid)
+    """,
+    # 6: spool retention (SQL in sqlite_retention.py): instances by age, and the outbox rows
+    # and group memberships that still need an instance's file.
+    """
+    CREATE INDEX instances_received ON instances (received_at);
+    CREATE INDEX outbox_source ON outbox (source_table, source_id);
+    CREATE INDEX routing_group_members_instance ON routing_group_members (instance_id)
     """,
 )
 
@@ -588,6 +596,14 @@ class SqliteStore:
     async def count_instances(self) -> int:
         return await self._read(
             lambda c: int(c.execute("SELECT COUNT(*) FROM instances").fetchone()[0]))
+
+    async def expired_instances(self, received_before: str, limit: int
+                                ) -> list[ExpiredInstance]:
+        return await self._read(
+            lambda c: sqlite_retention.expired(c, received_before, limit))
+
+    async def forget_instances(self, ids: Sequence[int]) -> int:
+        return await self._write(lambda c: sqlite_retention.forget(c, ids))
 
     async def known_object_ids(self, object_ids: Sequence[str]) -> set[str]:
         def run(conn: sqlite3.Connection) -> set[str]:

@@ -88,6 +88,15 @@ class StoredInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpiredInstance:
+    """A journal row past the spool's retention, with the file to remove."""
+
+    id: int
+    spool_path: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceCommit:
     """One instance to commit in a group commit, with the policy for a known UID."""
 
@@ -307,6 +316,18 @@ class Store(Protocol):
     async def count_instances(self) -> int: ...
 
     async def known_object_ids(self, object_ids: Sequence[str]) -> set[str]: ...
+
+    async def expired_instances(self, received_before: str, limit: int
+                                ) -> list[ExpiredInstance]:
+        """Instances received before ``received_before`` (ISO 8601) whose file nothing needs
+        any more: routed, every outbox row for them delivered (or purged), in no open routing
+        group. Oldest first, at most ``limit``."""
+        ...
+
+    async def forget_instances(self, ids: Sequence[int]) -> int:
+        """Delete these journal rows (and their fired-group memberships), re-checking in the
+        transaction that nothing needs them; the number deleted."""
+        ...
 
     # --- HL7 journal -----------------------------------------------------------------------
     async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply

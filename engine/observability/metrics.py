@@ -69,6 +69,15 @@ JOURNAL_COMMIT_SECONDS = Histogram(
 SPOOL_FREE_BYTES = Gauge(
     "radflow_spool_free_bytes", "Free bytes on the spool's file system.", registry=REGISTRY
 )
+SPOOL_PURGED_INSTANCES = Counter(
+    "radflow_spool_purged_instances_total",
+    "Instances removed from the spool and journal by retention (storage.retention_days).",
+    registry=REGISTRY,
+)
+SPOOL_PURGED_BYTES = Counter(
+    "radflow_spool_purged_bytes_total", "Bytes of spool files removed by retention.",
+    registry=REGISTRY,
+)
 SPOOL_LOW_SPACE = Gauge(
     "radflow_spool_low_space", "1 while the spool is below its free-space threshold.",
     registry=REGISTRY,
