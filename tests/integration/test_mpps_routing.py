@@ -19,6 +19,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from engine.ingress.hl7.message import Hl7Message
@@ -124,22 +125,28 @@ def wait_rows(rf: RadflowProcess, count: int, timeout: float = 15.0) -> list[dic
     return rows
 
 
-def test_create_and_completed_produce_outbox_rows(radflow: RadflowFactory) -> None:
-    rf = radflow({"destinations": {
-        "ris": {"type": "hl7", "host": HOST, "port": free_port()},
-        "peer": {"type": "mpps", "ae_title": "PEER", "host": HOST, "port": free_port()},
-    }}, start=False)
-    routes_dir = rf.config["routing"]["routes_dir"]
-    with open(f"{routes_dir}/45-mpps.yaml", "w", encoding="utf-8") as f:
-        f.write(ROUTES)
+def started_with_routes(radflow: RadflowFactory, destinations: dict[str, Any], routes: str,
+                        patient_id: str) -> tuple[RadflowProcess, dict[str, Any], Association]:
+    """radflow with these destinations and routes, one order for ``patient_id`` in its
+    worklist, and the modality's MPPS association to it: (radflow, worklist item, assoc)."""
+    rf = radflow({"destinations": destinations}, start=False)
+    with open(f"{rf.config['routing']['routes_dir']}/45-mpps.yaml", "w", encoding="utf-8") as f:
+        f.write(routes)
     rf.start()
-    assert http(rf, "/api/v1/worklist", order("P-ROUTE"))["ack_code"] == "AA"
-    wl = http(rf, "/api/v1/worklist?patient_id=P-ROUTE")["items"][0]
-
+    assert http(rf, "/api/v1/worklist", order(patient_id))["ack_code"] == "AA"
+    wl = http(rf, f"/api/v1/worklist?patient_id={patient_id}")["items"][0]
     ae = AE(ae_title="CT01")
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
     assert assoc.is_established
+    return rf, wl, assoc
+
+
+def test_create_and_completed_produce_outbox_rows(radflow: RadflowFactory) -> None:
+    rf, wl, assoc = started_with_routes(radflow, {
+        "ris": {"type": "hl7", "host": HOST, "port": free_port()},
+        "peer": {"type": "mpps", "ae_title": "PEER", "host": HOST, "port": free_port()},
+    }, ROUTES, "P-ROUTE")
     try:
         uid = generate_uid()
         status, _ = assoc.send_n_create(create_attrs(wl), ModalityPerformedProcedureStep, uid)
@@ -209,20 +216,10 @@ class _FhirInThread:
 def test_procedure_step_status_reaches_a_fhir_ehr_as_one_task(radflow: RadflowFactory) -> None:
     fhir = _FhirInThread()
     try:
-        rf = radflow({"destinations": {"ehr": {"type": "fhir",
-                                               "base_url": fhir.server.base_url}}},
-                     start=False)
-        with open(f"{rf.config['routing']['routes_dir']}/45-ehr.yaml", "w",
-                  encoding="utf-8") as f:
-            f.write("version: 1\nroutes:\n  - name: status-to-ehr\n"
-                    "    trigger: {on: procedure_step}\n    destinations: [ehr]\n")
-        rf.start()
-        assert http(rf, "/api/v1/worklist", order("P-FHIR"))["ack_code"] == "AA"
-        wl = http(rf, "/api/v1/worklist?patient_id=P-FHIR")["items"][0]
-        ae = AE(ae_title="CT01")
-        ae.add_requested_context(ModalityPerformedProcedureStep)
-        assoc = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
-        assert assoc.is_established
+        rf, wl, assoc = started_with_routes(
+            radflow, {"ehr": {"type": "fhir", "base_url": fhir.server.base_url}},
+            "version: 1\nroutes:\n  - name: status-to-ehr\n"
+            "    trigger: {on: procedure_step}\n    destinations: [ehr]\n", "P-FHIR")
         uid = generate_uid()
         key = ("Task", f"urn:dicom:uid|urn:oid:{uid}")
         try:
