@@ -1,4 +1,5 @@
-"""Shared fixtures: ``radflow`` (a factory of real radflow processes) and DCMTK availability.
+"""Shared fixtures: ``radflow`` (a factory of real radflow processes), ``store`` (an open
+SQLite store in the test's folder) and DCMTK availability.
 
 ``radflow(overrides)`` writes a config under the test's ``tmp_path`` (data, spool and database
 there too, DICOM and HTTP on free loopback ports), starts ``python -m engine run`` and waits for
@@ -9,7 +10,7 @@ Tests that use DCMTK's tools are skipped when they are not installed.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,19 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from engine.durable.sqlite import SqliteStore  # noqa: E402
 from tests.helpers.proc import RadflowFactory, RadflowProcess, dcmtk_tool  # noqa: E402
 
 __all__ = ["RadflowFactory"]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """An open SQLite store (``radflow.db`` in the test's folder), closed at teardown."""
+    s = SqliteStore(tmp_path / "radflow.db")
+    await s.open()
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ dead-lettered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pydicom
@@ -33,14 +32,6 @@ from tests.helpers.peers import ScriptedScp, Storescp, have_storescp
 from tests.helpers.proc import HOST, free_port
 
 pytestmark = pytest.mark.skipif(not have_storescp(), reason="DCMTK storescp not installed")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

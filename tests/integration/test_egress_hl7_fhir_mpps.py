@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -20,14 +18,6 @@ from engine.settings import FhirDestination, Hl7Destination, MppsDestination
 from tests.helpers.outbox import FAST_RETRY, all_done, running_dispatcher, wait_until
 from tests.helpers.peers import FhirServer, MllpReceiver
 from tests.helpers.proc import HOST
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def orm(control_id: str, note: str = "plain") -> str:

@@ -3,7 +3,7 @@ with Orthanc's own REST API as the witness of what arrived."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +23,6 @@ from tests.helpers.proc import HOST, free_port
 
 pytestmark = [pytest.mark.orthanc,
               pytest.mark.skipif(not have_orthanc(), reason="Orthanc + DICOMweb not installed")]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

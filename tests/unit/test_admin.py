@@ -4,7 +4,6 @@ reasons, metrics, the instances API over a real SQLite store, token auth and Ope
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,14 +28,6 @@ def probe(ok: bool, detail: str) -> Probe:
 
 async def broken_probe() -> tuple[bool, str]:
     raise ConnectionError("database is gone")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,6 @@ def _row(source_id: int) -> NewOutboxRow:
 def _join(key: str) -> GroupJoin:
     return GroupJoin(route="study-route", level="study", key=key, study_instance_uid=key,
                      quiet_seconds=60, max_wait_seconds=3600, decision="{}")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

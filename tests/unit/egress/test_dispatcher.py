@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-import pytest
 
 from engine.durable.sqlite import SqliteStore
 from engine.durable.store import NewOutboxRow, OutboxState
@@ -50,14 +48,6 @@ class ScriptedSender:
 
     async def close(self) -> None:
         self.closed = True
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def dest(concurrency: int = 1, per_study: bool = False) -> Hl7Destination:

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from engine.durable.sqlite import SqliteStore
 from engine.durable.store import NewOutboxRow, OutboxResult, OutboxState, OutboxVerdict
 
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def rows(n: int, dest: str = "pacs", study: str | None = None) -> list[NewOutboxRow]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from engine.durable.sqlite import SqliteStore
@@ -16,14 +13,6 @@ from tests.unit.worklist.hl7_samples import MAPPING_FILE
 @pytest.fixture(scope="session")
 def mapping() -> WorklistMapping:
     return load_mapping(MAPPING_FILE)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture
