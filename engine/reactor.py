@@ -1,4 +1,4 @@
-"""Event-driven run loops for pynetdicom's two per-association threads (acceptor side).
+"""Event-driven run loops for pynetdicom's two per-association threads.
 
 pynetdicom 3.0 drives each association with two polling loops: the DUL thread checks its
 socket and its outgoing queue and sleeps 1 ms when both are empty, and the association thread
@@ -12,8 +12,9 @@ logic (state machine, ARTIM and idle timers, release and abort handling) exactly
 How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
 put on its outgoing queue writes to; the association thread waits on an event that every put
 on its incoming queues sets. Both waits are bounded (``_IDLE_WAIT``) so flags set from other
-threads (kill, timers) are still seen promptly. Installed per association from the
-``EVT_CONN_OPEN`` handler, before pynetdicom starts either thread.
+threads (kill, timers) are still seen promptly. Installed per association before pynetdicom
+starts either thread: on radflow's listeners from the ``EVT_CONN_OPEN`` handler, on its own
+outgoing associations (senders) by :class:`EventDrivenAE`.
 
 It must not change what goes on the wire or how pynetdicom negotiates, and it must not hold a
 lock while calling back into pynetdicom. Written by hand because pynetdicom offers no hook for
@@ -32,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -81,9 +82,20 @@ class _Waker:
         self._writer.close()
 
 
+class EventDrivenAE(AE):
+    """pynetdicom's AE whose requested associations run the event-driven loops.
+
+    ``AE.associate`` creates the association's transport socket between building the
+    association and starting its DUL thread; that step is the one place to install the loops
+    before any thread runs, hence the override of pynetdicom's ``_create_socket``."""
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
+        install(assoc)
+        return super()._create_socket(assoc, address, tls_args)
+
+
 def install(assoc: Association) -> None:
-    """Give an acceptor association, whose threads have not started yet, the event-driven
-    loops. Call from ``EVT_CONN_OPEN``."""
+    """Give an association, whose threads have not started yet, the event-driven loops."""
     dul = assoc.dul
     waker = _Waker()
     activity = threading.Event()

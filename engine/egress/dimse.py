@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
@@ -63,6 +63,7 @@ from engine.observability.metrics import (
     EGRESS_DIMSE_RECONNECTS,
     EGRESS_TRANSCODED,
 )
+from engine.reactor import EventDrivenAE
 from engine.settings import ClientTlsSettings, DimseDestination
 
 log = get_logger("engine.egress.dimse")
@@ -72,11 +73,6 @@ MAX_CONTEXTS = 128
 #: resends of the same batch after an association loss before the rest is left to the
 #: dispatcher's backoff
 MAX_RECONNECTS = 2
-#: pynetdicom's DUL thread sleeps this long between polls of the socket when it has nothing to
-#: do. Its default (1 ms) adds up to 1 ms to every response; much shorter polls make that thread
-#: compete for the GIL with intake's own threads in the same process. 0.5 ms is between the two
-#: (A/B runs on this shared machine differed less than their noise).
-DUL_LOOP_DELAY = 0.0005
 
 
 class AssociationLost(TransientDeliveryError):
@@ -203,7 +199,7 @@ class DimseSender:
         self.morph = morph
         self.max_batch = config.batch_size
         self._fallbacks = tuple(config.transfer_syntaxes)
-        self._ae = AE(ae_title=config.calling_ae_title)
+        self._ae = EventDrivenAE(ae_title=config.calling_ae_title)
         self._ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self._ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self._ae.acse_timeout = config.timeout
@@ -428,7 +424,6 @@ class DimseSender:
         _set_nodelay(assoc)
         _quiet_reactor(assoc)
         _park_reactor(assoc)
-        assoc.dul._run_loop_delay = DUL_LOOP_DELAY
         EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, "established").inc()
         log.info("egress.dimse.associated", destination=self.name,
                  called_ae=self.config.ae_title, calling_ae=self.config.calling_ae_title,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
@@ -27,6 +27,7 @@ from engine.egress.dimse import _quiet_reactor, _set_nodelay, client_ssl_context
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.observability.logging import get_logger
+from engine.reactor import EventDrivenAE
 from engine.settings import MppsDestination
 from engine.status import DimseStatus
 from engine.vr import is_valid_uid
@@ -63,7 +64,7 @@ class MppsSender:
     def __init__(self, name: str, config: MppsDestination) -> None:
         self.name = name
         self.config = config
-        self._ae = AE(ae_title=config.calling_ae_title)
+        self._ae = EventDrivenAE(ae_title=config.calling_ae_title)
         self._ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self._ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         self._ae.acse_timeout = config.timeout

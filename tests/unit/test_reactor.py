@@ -1,4 +1,4 @@
-"""The event-driven association loops (engine.reactor) on a real pynetdicom acceptor.
+"""The event-driven association loops (engine.reactor) on a real pynetdicom acceptor and requestor.
 
 The first test pins the pynetdicom internals the loops rely on, so an upgrade that moves them
 fails here rather than in production. The others drive an in-process acceptor with the loops
@@ -28,6 +28,7 @@ def test_the_pynetdicom_internals_it_relies_on_are_there() -> None:
         assert callable(getattr(DULServiceProvider, name)), name
     for name in ("_run_reactor", "_serve_request", "kill", "abort", "release"):
         assert callable(getattr(Association, name)), name
+    assert callable(AE._create_socket)  # EventDrivenAE's hook
     ae = AE()
     assoc = Association(ae, "acceptor")
     dul = assoc.dul
@@ -120,3 +121,18 @@ def test_network_timeout_ends_an_idle_association() -> None:
         assert not assoc.is_established
     finally:
         s.server.shutdown()
+
+
+def test_a_requested_association_runs_the_loops_too(server: _Server) -> None:
+    ae = reactor.EventDrivenAE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="REACTOR")
+    assert assoc.is_established
+    assert "run" in vars(assoc.dul)  # the event-driven loop, not pynetdicom's polling one
+    for _ in range(20):
+        assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert assoc.is_released
+    assoc.dul.join(5)
+    assert not assoc.dul.is_alive()
+    assert server.wait_for("released")
