@@ -128,17 +128,33 @@ def direct_socket(assoc: Association) -> socket.socket | None:
     return sock
 
 
+def set_nodelay(assoc: Association) -> None:
+    """TCP_NODELAY on the association's socket: with Nagle's algorithm a small PDU written
+    after another waits for the peer's delayed ACK (~40 ms per exchange)."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def write_message(assoc: Association, sock: socket.socket, context_id: int, command: bytes,
+                  dataset: bytes | memoryview | None = None) -> None:
+    """Write one DIMSE message's P-DATA-TF PDUs with one ``sendall``, sized for the peer's
+    maximum PDU length, from the calling thread instead of pynetdicom's DUL. The DUL thread
+    keeps reading, and its state machine stays in Sta6 (sending P-DATA does not move it).
+    Raises ``OSError`` when the connection is gone."""
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    max_pdu = int(peer.maximum_length or 0)
+    sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
+
+
 def send_response(assoc: Association, sock: socket.socket, context_id: int, command: bytes,
                   dataset: bytes | None = None) -> None:
-    """Write one response (command set, optional dataset) with one ``sendall``, from the
-    association thread, where pynetdicom would have queued it for the DUL. The DUL thread only
-    reads meanwhile, and the state machine stays in Sta6 (sending P-DATA does not move it); a
-    release or abort is sent by the DUL only after the association thread is back in its loop,
-    so it can never overtake this response."""
-    max_pdu = int(assoc.requestor.maximum_length or 0)
+    """:func:`write_message` for a response, from the association thread, where pynetdicom
+    would have queued it for the DUL: a release or abort is sent by the DUL only after the
+    association thread is back in its loop, so it can never overtake this response."""
     # If the peer went away, the DUL sees the closed connection and ends the association.
     with contextlib.suppress(OSError):
-        sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
+        write_message(assoc, sock, context_id, command, dataset)
 
 
 def fast_responses(assoc: Association) -> None:

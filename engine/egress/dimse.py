@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import ssl
 import threading
 import time
@@ -51,7 +50,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from engine.dimse_wire import c_store_rq_command, pdata_pdus
+from engine.dimse_wire import c_store_rq_command, set_nodelay, write_message
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
@@ -166,26 +165,17 @@ def dataset_offset(path: Path) -> int:
 
 
 def _send_direct(assoc: Association, context_id: int, command: bytes, dataset: bytes) -> None:
-    """Write one message's P-DATA-TF PDUs to the socket with one ``sendall``.
+    """Write one message's P-DATA-TF PDUs at once (:func:`engine.dimse_wire.write_message`).
 
     pynetdicom hands each PDU to its DUL thread, which encodes and writes it on its next loop
     turn: for a 0.5 MB instance to a peer taking 16 KiB PDUs that is 32 hand-overs between two
-    threads contending for the GIL, ~5 ms per instance. Here the PDUs are framed in the calling
-    thread and written at once; the DUL thread keeps reading (the response, an abort), and its
-    state machine stays in Sta6, since sending P-DATA does not change it. Plain TCP only: an SSL
-    socket must not be written by one thread while another reads it, so TLS uses the DUL.
+    threads contending for the GIL, ~5 ms per instance. Plain TCP only: an SSL socket must not
+    be written by one thread while another reads it, so TLS uses the DUL.
     """
     sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
     if sock is None:
         raise AssociationLost("the association has no socket")
-    max_pdu = int(assoc.acceptor.maximum_length or 0)
-    sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
-
-
-def _set_nodelay(assoc: Association) -> None:
-    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    write_message(assoc, sock, context_id, command, dataset)
 
 
 class DimseSender:
@@ -421,7 +411,7 @@ class DimseSender:
             raise TransientDeliveryError(
                 f"association {outcome} by {self.config.ae_title}@{self.config.host}:"
                 f"{self.config.port}", reason=f"association_{outcome}")
-        _set_nodelay(assoc)
+        set_nodelay(assoc)
         _quiet_reactor(assoc)
         _park_reactor(assoc)
         EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, "established").inc()

@@ -21,9 +21,10 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from engine.dimse_wire import set_nodelay
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, SendOutcome, failed
-from engine.egress.dimse import _quiet_reactor, _set_nodelay, client_ssl_context
+from engine.egress.dimse import _quiet_reactor, client_ssl_context
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.observability.logging import get_logger
@@ -151,7 +152,7 @@ class MppsSender:
             raise TransientDeliveryError(
                 f"MPPS association refused by {cfg.ae_title}@{cfg.host}:{cfg.port}",
                 reason="association_rejected")
-        _set_nodelay(assoc)
+        set_nodelay(assoc)
         _quiet_reactor(assoc)
         self._assoc = assoc
         return assoc

@@ -9,7 +9,6 @@ notification handlers only log and count, so they cannot harm an association.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -127,10 +126,7 @@ def _peer(event: Event) -> tuple[str, str, str]:
 
 # --- notification handlers -------------------------------------------------------------------
 def handle_conn_open(event: Event) -> None:
-    # Nagle's algorithm would hold each small response PDU back for ~40 ms.
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    dimse_wire.set_nodelay(event.assoc)
     reactor.install(event.assoc)
     dimse_wire.fast_responses(event.assoc)
 
