@@ -307,10 +307,10 @@ def _study(accession: str, patient_id: str, count: int, study_uid: str = "") -> 
 
 def _find(port: int, accession: str) -> tuple[list[str], str]:
     from pydicom.dataset import Dataset
-    from pynetdicom import AE
     from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+    from engine.reactor import EventDrivenAE
 
-    ae = AE(ae_title="DEMO_CT")
+    ae = EventDrivenAE(ae_title="DEMO_CT")
     ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate(HOST, port, ae_title="RADFLOW")
     if not assoc.is_established:
@@ -340,12 +340,12 @@ def _mpps(port: int, operation: str, uid: str | None, step: dict[str, str]
           ) -> tuple[str | None, str]:
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
-    from pynetdicom import AE
     from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+    from engine.reactor import EventDrivenAE
 
     if operation == "set" and uid is None:
         return None, "skipped (no MPPS step was created)"
-    ae = AE(ae_title="DEMO_CT")
+    ae = EventDrivenAE(ae_title="DEMO_CT")
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate(HOST, port, ae_title="RADFLOW")
     if not assoc.is_established:
@@ -402,10 +402,10 @@ def _mpps(port: int, operation: str, uid: str | None, step: dict[str, str]
 
 def _store(port: int, study: list[Any]) -> list[int]:
     from pydicom.uid import ExplicitVRLittleEndian
-    from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+    from engine.reactor import EventDrivenAE
 
-    ae = AE(ae_title="CT_1")
+    ae = EventDrivenAE(ae_title="CT_1")
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate(HOST, port, ae_title="RADFLOW")
     if not assoc.is_established:

@@ -196,6 +196,13 @@ def _run_association(assoc: Association, activity: threading.Event) -> None:
         assoc._is_paused = True
         assoc._reactor_checkpoint.wait()
         assoc._is_paused = False
+        # pynetdicom's handshake has a window: a ``send_*`` that clears the checkpoint just
+        # after ``wait`` returned still saw ``_is_paused`` true and goes on, and this thread
+        # would then take its response off the queue ("unexpected C-ECHO service message",
+        # then a DIMSE timeout). Looking again after leaving the pause closes it: a clear that
+        # comes later sees ``_is_paused`` false and waits for the next pause.
+        if not assoc._reactor_checkpoint.is_set():
+            continue
         # Cleared before looking, so a put that lands after the look still ends the wait.
         activity.clear()
         context_id, msg = assoc.dimse.get_msg(block=False)

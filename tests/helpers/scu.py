@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
+from engine.reactor import EventDrivenAE
 from tests.helpers.dicomgen import dataset_bytes
 from tests.helpers.proc import HOST, RadflowProcess
 
@@ -35,7 +36,9 @@ def association(rf: RadflowProcess, contexts: Sequence[Context], *,
                 calling_ae: str = "PYSCU", called_ae: str | None = None,
                 max_pdu: int = 16384) -> Iterator[Association]:
     """An association with ``rf`` proposing ``contexts``; released (or aborted) on exit."""
-    ae = AE(ae_title=calling_ae)
+    # Stock pynetdicom requestors race their own reactor for a fast peer's first response
+    # (see engine.reactor); the event-driven one does not.
+    ae = EventDrivenAE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.maximum_pdu_size = max_pdu
     for abstract_syntax, syntaxes in contexts:

@@ -19,10 +19,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from engine.reactor import EventDrivenAE
 from tests.helpers.proc import HOST, RadflowProcess, dcmtk
 
 pytestmark = pytest.mark.dcmtk
@@ -145,7 +145,7 @@ class Modality:
     """One MPPS SCU association (pynetdicom as the client)."""
 
     def __init__(self, rf: RadflowProcess) -> None:
-        ae = AE(ae_title="CT01")
+        ae = EventDrivenAE(ae_title="CT01")
         ae.add_requested_context(ModalityPerformedProcedureStep)
         self.assoc: Association = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
         assert self.assoc.is_established

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from engine.reactor import EventDrivenAE
 from engine.ingress.hl7.message import Hl7Message
 from tests.helpers.peers import FhirServer
 from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, free_port
@@ -135,7 +135,7 @@ def started_with_routes(radflow: RadflowFactory, destinations: dict[str, Any], r
     rf.start()
     assert http(rf, "/api/v1/worklist", order(patient_id))["ack_code"] == "AA"
     wl = http(rf, f"/api/v1/worklist?patient_id={patient_id}")["items"][0]
-    ae = AE(ae_title="CT01")
+    ae = EventDrivenAE(ae_title="CT01")
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
     assert assoc.is_established

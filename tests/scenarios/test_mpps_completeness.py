@@ -21,9 +21,9 @@ import pytest
 from hl7.client import MLLPClient
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
+from engine.reactor import EventDrivenAE
 from tests.helpers import dicomgen
 from tests.helpers.proc import (
     HOST,
@@ -134,7 +134,7 @@ def test_study_complete_when_last_listed_instance_arrives(radflow: RadflowFactor
     study_uid = str(answer.StudyInstanceUID)
 
     # 2. MPPS IN PROGRESS.
-    ae = AE(ae_title="CT01")
+    ae = EventDrivenAE(ae_title="CT01")
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate(HOST, rf.port, ae_title=rf.ae_title)
     assert assoc.is_established

@@ -73,7 +73,7 @@ def server() -> Iterator[_Server]:
 
 
 def _associate(port: int) -> Association:
-    ae = AE(ae_title="SCU")
+    ae = reactor.EventDrivenAE(ae_title="SCU")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="REACTOR")
     assert assoc.is_established
@@ -88,6 +88,49 @@ def test_echoes_then_release(server: _Server) -> None:
     assoc.release()
     assert assoc.is_released
     assert server.wait_for("released") and server.wait_for("closed")
+
+
+class _LingeringCheckpoint(threading.Event):
+    """A pause checkpoint whose waiter lingers after it is let through, as a thread does when
+    it loses the GIL at that instant: the window in which a ``send_*`` can clear the
+    checkpoint and see the loop still paused."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        passed = super().wait(timeout)
+        time.sleep(0.01)
+        return passed
+
+
+class _LingeringAE(reactor.EventDrivenAE):
+    """Widens both sides of the race so it shows every time: the loop lingers in the pause,
+    and the requestor is slow to pick its response up, as when the GIL goes elsewhere."""
+
+    def _create_socket(self, assoc: Association, address: object, tls_args: object) -> object:
+        assoc._reactor_checkpoint = _LingeringCheckpoint()
+        assoc._reactor_checkpoint.set()
+        sock = super()._create_socket(assoc, address, tls_args)
+        messages = assoc.dimse.msg_queue
+        get = messages.get
+
+        def slow_blocking_get(block: bool = True, timeout: float | None = None) -> object:
+            if block:
+                time.sleep(0.03)
+            return get(block, timeout)
+
+        messages.get = slow_blocking_get  # type: ignore[method-assign]
+        return sock
+
+
+def test_a_response_goes_to_the_request_not_the_loop(server: _Server) -> None:
+    # pynetdicom's own loop lost about one response in 400 this way, each a DIMSE timeout.
+    ae = _LingeringAE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    ae.dimse_timeout = 2
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="REACTOR")
+    assert assoc.is_established
+    statuses = [assoc.send_c_echo().get("Status") for _ in range(10)]
+    assoc.release()
+    assert statuses == [0x0000] * 10
 
 
 def test_peer_abort_ends_the_association(server: _Server) -> None:
