@@ -10,7 +10,9 @@ Three parts, each measured in the same run as its peers, on the same cached data
    stall the sender removes).
 2. **router end to end**: ``storescu → radflow → storescp`` (routing rules + dispatcher) beside
    ``storescu → storescp`` direct and ``storescu → Orthanc → storescp`` (Lua
-   ``OnStoredInstance`` → ``SendToModality``), each timed until the sink's last arrival.
+   ``OnStoredInstance`` → ``SendToModality``), each timed until the sink's last arrival; plus
+   an "fsync-per-ack floor" row (no DICOM: each object written, fsync'd and journalled before a
+   1-byte ack over loopback), the ceiling of any receiver that answers only once it is durable.
 3. **backlog**: 50,000 outbox rows for a destination that is down; radflow's RSS while it waits,
    then the drain rate once the destination (storescp) comes up, and RSS while draining.
 
@@ -27,10 +29,13 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -301,17 +306,107 @@ def orthanc_router(work: Path, sink_port: int) -> tuple[subprocess.Popen[bytes],
     return proc, dicom_port
 
 
+FLOOR = "fsync-per-ack floor"
+
+
+def fsync_floor(data: BenchData, work: Path) -> float:
+    """Objects/s of the fsync-per-ack floor: the ceiling of any receiver that must make each
+    object durable before it answers, on this machine's disk.
+
+    radflow's success status waits for an fsync'd file plus a committed (fsync'd) journal row;
+    DCMTK storescp does neither, so the "direct" row is not a bar a durable receiver can reach.
+    This strips out DICOM and almost all Python work: a sender thread streams ``data.files``
+    (read once up front) over one loopback TCP connection (TCP_NODELAY both sides) as a 4-byte
+    big-endian length plus the bytes, and waits for a 1-byte ack after each, like one storescu
+    association waiting for each response. The receiver thread, per blob: receives it fully,
+    writes it to a new file (O_CREAT|O_EXCL) in a fresh temp dir under ``work``, fsyncs and
+    closes it, appends ~200 bytes to a journal file and fdatasyncs that (the committed row),
+    then acks. Returns count / elapsed, timed by the sender from its first send to its last ack.
+    """
+    blobs = [p.read_bytes() for p in data.files]
+    root = Path(tempfile.mkdtemp(prefix="fsync-floor-", dir=work))
+    errors: list[BaseException] = []
+    listener = socket.create_server((LOOPBACK, 0))
+    listener.settimeout(60)
+
+    def recv_exact(sock: socket.socket, n: int) -> bytearray:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = sock.recv_into(view[got:])
+            if not k:
+                raise ConnectionError(f"peer closed after {got} of {n} bytes")
+            got += k
+        return buf
+
+    def receive() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.settimeout(60)
+                journal = os.open(root / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    for i in range(len(blobs)):
+                        (size,) = struct.unpack(">I", recv_exact(conn, 4))
+                        blob = recv_exact(conn, size)
+                        fd = os.open(root / f"{i:08d}.dcm",
+                                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                        try:
+                            view, done = memoryview(blob), 0
+                            while done < size:
+                                done += os.write(fd, view[done:])
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                        row = f"{i:08d} {size} {time.time_ns()} ".encode().ljust(199, b".")
+                        os.write(journal, row + b"\n")
+                        os.fdatasync(journal)
+                        conn.sendall(b"\x01")
+                finally:
+                    os.close(journal)
+        except BaseException as exc:  # surfaced by the caller after join()
+            errors.append(exc)
+
+    receiver = threading.Thread(target=receive, name="fsync-floor-receiver", daemon=True)
+    receiver.start()
+    try:
+        with socket.create_connection((LOOPBACK, listener.getsockname()[1]), timeout=60) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t0 = time.perf_counter()
+            for blob in blobs:
+                s.sendall(struct.pack(">I", len(blob)))
+                s.sendall(blob)
+                if s.recv(1) != b"\x01":
+                    raise ConnectionError("receiver closed without acknowledging")
+            elapsed = time.perf_counter() - t0
+        receiver.join(60)
+        if errors:
+            raise errors[0]
+        return len(blobs) / elapsed
+    finally:
+        listener.close()
+        receiver.join(60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def part_router(datas: list[BenchData], work: Path, repeat: int) -> None:
     print("\n== 2. End to end: storescu -> router -> storescp, until the sink's last "
           "arrival ==", flush=True)
     rows = []
     for data in datas:
         warm_page_cache(data.files)
-        results: dict[str, list[float]] = {"direct": [], "radflow": [], "orthanc (lua)": []}
+        results: dict[str, list[float]] = {"direct": [], "radflow": [], "orthanc (lua)": [],
+                                           FLOOR: []}
         sender_done: dict[str, list[float]] = {k: [] for k in results}
         for _ in range(repeat):
             for name in results:
                 if name == "orthanc (lua)" and not os.access(ORTHANC, os.X_OK):
+                    continue
+                if name == FLOOR:  # no sink, no DICOM: its sender's view is the whole story
+                    floor_rate = fsync_floor(data, work)
+                    results[name].append(floor_rate)
+                    sender_done[name].append(data.count / floor_rate)
                     continue
                 sink = Sink(work, name).start()
                 router: subprocess.Popen[bytes] | None = None

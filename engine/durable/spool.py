@@ -2,8 +2,10 @@
 
 Owns the on-disk layout ``<spool>/objects/YYYY/MM/DD/HH/<object_id>.dcm`` and ``<spool>/tmp/``.
 Paths are built only from internal ids and the clock, never from anything a peer sent. A write
-goes to ``tmp/``, is fsync'd and renamed into place; the directories the rename touched are
-returned so the journal's group commit can fsync each of them once before its rows commit.
+goes straight to its final name (never over an existing file) and is fsync'd; the directories
+the new entry touched are returned so the journal's group commit can fsync each of them once
+before its rows commit. A file left by a crash mid-write has no row and is removed at the next
+start with the other orphans; ``tmp/`` only holds leftovers of older versions' temp files.
 The spool checks free space and refuses writes below the threshold. It knows nothing of DICOM
 and must not touch the store.
 """
@@ -93,12 +95,26 @@ class Spool:
         """Write ``chunks`` durably under ``object_id``; on any failure nothing stays behind."""
         tm = time.gmtime(when if when is not None else time.time())
         rel_dir = f"objects/{tm.tm_year:04d}/{tm.tm_mon:02d}/{tm.tm_mday:02d}/{tm.tm_hour:02d}"
-        final_dir = self.root / rel_dir
-        tmp_path = self.tmp_dir / f"{object_id}{_TMP_SUFFIX}"
+        rel_path = f"{rel_dir}/{object_id}.dcm"
+        path = self.root / rel_path
         digest = hashlib.sha256()
         size = 0
+        created = False
         try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            dirs = [rel_dir]
+            if rel_dir not in self._durable_dirs:
+                (self.root / rel_dir).mkdir(parents=True, exist_ok=True)
+                parent = Path(rel_dir).parent
+                while str(parent) not in (".", ""):
+                    dirs.append(str(parent))
+                    parent = parent.parent
+                dirs.append(".")
+            # Straight to the final name, no temp file and rename: a file no committed row
+            # names is an orphan whatever its state (its sender got no success status), and
+            # the start-up sweep removes it. One metadata change fewer per object is about a
+            # quarter of a millisecond per instance on this kind of disk.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            created = True
             try:
                 for chunk in chunks:
                     view = memoryview(chunk)
@@ -110,24 +126,16 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            dirs = [rel_dir]
-            if rel_dir not in self._durable_dirs:
-                final_dir.mkdir(parents=True, exist_ok=True)
-                parent = Path(rel_dir).parent
-                while str(parent) not in (".", ""):
-                    dirs.append(str(parent))
-                    parent = parent.parent
-                dirs.append(".")
-            rel_path = f"{rel_dir}/{object_id}.dcm"
-            os.rename(tmp_path, self.root / rel_path)
         except OSError as exc:
-            tmp_path.unlink(missing_ok=True)
+            if created:
+                path.unlink(missing_ok=True)
             if exc.errno in (28, 122):  # ENOSPC, EDQUOT
                 self._low = True
                 raise OutOfResources(f"spool disk full: {exc.strerror}") from exc
             raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
         except BaseException:
-            tmp_path.unlink(missing_ok=True)
+            if created:
+                path.unlink(missing_ok=True)
             raise
         return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
 

@@ -54,10 +54,10 @@ def test_write_puts_the_bytes_under_the_hour_of_receipt(spool: Spool) -> None:
     assert spool.read(written.rel_path) == whole
     assert written.size == len(whole)
     assert written.sha256 == hashlib.sha256(whole).hexdigest()
-    assert list(spool.tmp_dir.iterdir()) == []  # renamed away, nothing half-written left
+    assert list(spool.tmp_dir.iterdir()) == []  # no temp file on the way
 
 
-def test_the_file_goes_through_tmp_and_is_fsynced_before_the_rename(
+def test_the_file_is_written_at_its_final_name_and_fsynced_without_a_rename(
     spool: Spool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -68,6 +68,7 @@ def test_the_file_goes_through_tmp_and_is_fsynced_before_the_rename(
     def tracking_open(path: str | os.PathLike[str], flags: int, *args: int) -> int:
         fd = real_open(path, flags, *args)
         opened[fd] = str(path)
+        events.append(("open", str(path)))
         return fd
 
     def tracking_fsync(fd: int) -> None:
@@ -85,16 +86,13 @@ def test_the_file_goes_through_tmp_and_is_fsynced_before_the_rename(
     written = spool.write(oid, [b"abc"], when=WHEN)
     monkeypatch.undo()
 
-    tmp_file = str(spool.tmp_dir / f"{oid}.part")
-    assert events == [
-        ("fsync", tmp_file),
-        ("rename", f"{tmp_file} -> {spool.root / written.rel_path}"),
-    ]
+    final = str(spool.root / written.rel_path)
+    assert events == [("open", final), ("fsync", final)]
 
 
 def test_a_new_hour_reports_every_new_directory_to_sync(spool: Spool) -> None:
     first = spool.write(new_object_id(), [b"a"], when=WHEN)
-    # The rename made entries in the hour folder, and mkdir made each new folder an entry in
+    # The new file made an entry in the hour folder, and mkdir made each new folder an entry in
     # its parent: all of them must be fsync'd before the journal row commits.
     assert set(first.dirs_to_sync) >= {
         HOUR_DIR,
@@ -175,11 +173,13 @@ def test_another_io_error_raises_storage_failure_and_leaves_no_file(
     assert spool.has_room  # an I/O error says nothing about free space
 
 
-def test_a_failed_rename_leaves_no_file(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing_rename(src: str, dst: str) -> None:
+def test_a_failed_fsync_leaves_no_file(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file is already at its final name when fsync fails: it must go, or a later reader
+    # could take bytes the disk never confirmed for a stored object.
+    def failing_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(spool_module.os, "rename", failing_rename)
+    monkeypatch.setattr(spool_module.os, "fsync", failing_fsync)
     with pytest.raises(StorageFailure):
         spool.write(new_object_id(), [b"data"], when=WHEN)
     monkeypatch.undo()
@@ -197,10 +197,10 @@ def test_a_failing_chunk_source_leaves_no_file(spool: Spool) -> None:
 
 
 def test_the_same_object_id_is_never_overwritten(spool: Spool) -> None:
-    oid = new_object_id()
-    (spool.tmp_dir / f"{oid}.part").write_bytes(b"someone else's half file")
+    first = spool.write(new_object_id(), [b"the first file"], when=WHEN)
     with pytest.raises(StorageFailure):
-        spool.write(oid, [b"x"], when=WHEN)
+        spool.write(first.object_id, [b"x"], when=WHEN)
+    assert spool.read(first.rel_path) == b"the first file"
 
 
 # --- space ---------------------------------------------------------------------------------------
