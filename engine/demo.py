@@ -308,6 +308,7 @@ def _study(accession: str, patient_id: str, count: int, study_uid: str = "") -> 
 def _find(port: int, accession: str) -> tuple[list[str], str]:
     from pydicom.dataset import Dataset
     from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
     from engine.reactor import EventDrivenAE
 
     ae = EventDrivenAE(ae_title="DEMO_CT")
@@ -341,6 +342,7 @@ def _mpps(port: int, operation: str, uid: str | None, step: dict[str, str]
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
     from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+
     from engine.reactor import EventDrivenAE
 
     if operation == "set" and uid is None:
@@ -403,6 +405,7 @@ def _mpps(port: int, operation: str, uid: str | None, step: dict[str, str]
 def _store(port: int, study: list[Any]) -> list[int]:
     from pydicom.uid import ExplicitVRLittleEndian
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
     from engine.reactor import EventDrivenAE
 
     ae = EventDrivenAE(ae_title="CT_1")

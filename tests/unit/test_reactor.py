@@ -179,3 +179,23 @@ def test_a_requested_association_runs_the_loops_too(server: _Server) -> None:
     assoc.dul.join(5)
     assert not assoc.dul.is_alive()
     assert server.wait_for("released")
+
+
+class _Transport:
+    def __init__(self, sock: object) -> None:
+        self.socket = sock
+
+
+def test_whole_pdu_reads_return_exactly_what_was_asked_or_what_came_before_close() -> None:
+    import socket
+
+    a, b = socket.socketpair()
+    payload = bytes(range(256)) * 2048  # 512 KiB, more than one socket buffer
+    sender = threading.Thread(target=lambda: (a.sendall(payload + b"tail"), a.close()))
+    sender.start()
+    transport = _Transport(b)
+    assert reactor._recv_exact(transport, len(payload)) == payload  # type: ignore[arg-type]
+    # The peer closed after four more bytes: pynetdicom's contract is "what there was".
+    assert reactor._recv_exact(transport, 10) == b"tail"  # type: ignore[arg-type]
+    sender.join()
+    b.close()
