@@ -126,17 +126,15 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except OSError as exc:
+        except BaseException as exc:
             if created:
                 path.unlink(missing_ok=True)
+            if not isinstance(exc, OSError):
+                raise
             if exc.errno in (28, 122):  # ENOSPC, EDQUOT
                 self._low = True
                 raise OutOfResources(f"spool disk full: {exc.strerror}") from exc
             raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
-        except BaseException:
-            if created:
-                path.unlink(missing_ok=True)
-            raise
         return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
 
     def sync_dirs(self, rel_dirs: Iterable[str]) -> None:
