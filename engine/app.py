@@ -200,6 +200,11 @@ class Engine:
         log.info("engine.started", site=self.settings.site.name)
 
     async def _recover_spool(self) -> None:
+        # Rows first: a withdrawn row's file is removed with it, before the orphan sweep.
+        checked, withdrawn = await self.journal.recover()
+        if checked or withdrawn:
+            log.warning("durable.journal.recovered", rows_checked=checked,
+                        rows_withdrawn=withdrawn)
         removed = await asyncio.to_thread(self.spool.clean_temp)
         window = self.settings.storage.orphan_window_hours * 3600
         candidates = await asyncio.to_thread(lambda: list(self.spool.recent_objects(window)))

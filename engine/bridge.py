@@ -1,11 +1,12 @@
 """The one bridge between pynetdicom's association threads and the asyncio event loop.
 
 pynetdicom runs every handler on its own threads; everything durable and shared lives on the
-loop. :class:`LoopBridge` is the only call site of ``run_coroutine_threadsafe`` in radflow. Its
-guards: the loop is captured once at start; a call from the loop thread is refused (it would
-deadlock); calls after shutdown began are refused; every call has a timeout and a timed-out call
-is cancelled on the loop and raised as :class:`BridgeTimeout`, which handlers turn into a failure
-status. It must not hold state of its own beyond the loop and the open/closed flag.
+loop. :class:`LoopBridge` is the only call site of ``run_coroutine_threadsafe`` (and of
+``call_soon_threadsafe``, for fire-and-forget :meth:`LoopBridge.post`) in radflow. Its guards:
+the loop is captured once at start; a call from the loop thread is refused (it would
+deadlock); calls after shutdown began are refused; every call has a timeout and a timed-out
+call is cancelled on the loop and raised as :class:`BridgeTimeout`, which handlers turn into a
+failure status. It must not hold state of its own beyond the loop and the open/closed flag.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from engine.errors import BridgeTimeout, RadflowError, ShuttingDown
@@ -63,6 +64,12 @@ class LoopBridge:
         Raises :class:`ShuttingDown` after :meth:`close`, :class:`BridgeTimeout` on timeout (the
         coroutine is cancelled), and whatever the coroutine raised otherwise.
         """
+        return self.wait(self.submit(coro), timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop and return at once, so the calling thread can do its own
+        blocking work meanwhile. The caller must pass the future to :meth:`wait` (it counts as
+        in flight until then). Raises as :meth:`call` does before anything started."""
         loop = self._loop
         if loop is None or loop.is_closed():
             coro.close()
@@ -76,16 +83,37 @@ class LoopBridge:
         with self._lock:
             self._inflight += 1
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
-            try:
-                return future.result(timeout)
-            except concurrent.futures.TimeoutError as exc:
-                future.cancel()
-                raise BridgeTimeout(f"no answer from the engine within {timeout:g} s") from exc
-            except concurrent.futures.CancelledError as exc:
-                raise ShuttingDown("the work was cancelled by shutdown") from exc
+            return asyncio.run_coroutine_threadsafe(coro, loop)
+        except BaseException:
+            self._done()
+            raise
+
+    def wait(self, future: concurrent.futures.Future[T], timeout: float) -> T:
+        """The result of a :meth:`submit`, at most ``timeout`` seconds from now."""
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise BridgeTimeout(f"no answer from the engine within {timeout:g} s") from exc
+        except concurrent.futures.CancelledError as exc:
+            raise ShuttingDown("the work was cancelled by shutdown") from exc
         finally:
-            with self._lock:
-                self._inflight -= 1
-                if self._inflight == 0:
-                    self._idle.notify_all()
+            self._done()
+
+    def post(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Run ``fn(*args)`` on the loop soon, without waiting: for work whose loss at shutdown
+        is recovered at the next start. Allowed while closing; ``False`` once the loop is gone."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # closed between the check and the call
+            return False
+        return True
+
+    def _done(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.notify_all()

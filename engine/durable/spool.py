@@ -2,10 +2,11 @@
 
 Owns the on-disk layout ``<spool>/objects/YYYY/MM/DD/HH/<object_id>.dcm`` and ``<spool>/tmp/``.
 Paths are built only from internal ids and the clock, never from anything a peer sent. A write
-goes straight to its final name (never over an existing file) and is fsync'd; the directories
-the new entry touched are returned so the journal's group commit can fsync each of them once
-before its rows commit. A file left by a crash mid-write has no row and is removed at the next
-start with the other orphans; ``tmp/`` only holds leftovers of older versions' temp files.
+goes straight to its final name (never over an existing file); :meth:`Spool.sync` then fsyncs
+the file and the directories its entry touched. The two are separate so that intake can fsync
+while the journal row commits. A file left by a crash mid-write has no row and is removed at
+the next start with the other orphans; ``tmp/`` only holds leftovers of older versions' temp
+files.
 The spool checks free space and refuses writes below the threshold. It knows nothing of DICOM
 and must not touch the store.
 """
@@ -29,7 +30,7 @@ _TMP_SUFFIX = ".part"
 
 @dataclass(frozen=True, slots=True)
 class SpooledObject:
-    """A file made durable in content and name, but not yet in its directory entries."""
+    """A written file, with the directories whose entries must be fsync'd with it."""
 
     object_id: str
     rel_path: str
@@ -90,9 +91,12 @@ class Spool:
             )
 
     # --- writing -----------------------------------------------------------------------------
-    def write(self, object_id: str, chunks: Iterable[bytes], *, when: float | None = None
-              ) -> SpooledObject:
-        """Write ``chunks`` durably under ``object_id``; on any failure nothing stays behind."""
+    def write(self, object_id: str, chunks: Iterable[bytes], *, when: float | None = None,
+              sync: bool = True) -> SpooledObject:
+        """Write ``chunks`` under ``object_id``; on any failure nothing stays behind.
+
+        ``sync=True`` fsyncs the file (not its directories) before returning; ``sync=False``
+        leaves all of it to :meth:`sync`."""
         tm = time.gmtime(when if when is not None else time.time())
         rel_dir = f"objects/{tm.tm_year:04d}/{tm.tm_mon:02d}/{tm.tm_mday:02d}/{tm.tm_hour:02d}"
         rel_path = f"{rel_dir}/{object_id}.dcm"
@@ -123,7 +127,8 @@ class Spool:
                         written = os.write(fd, view)
                         view = view[written:]
                         size += written
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except BaseException as exc:
@@ -137,8 +142,23 @@ class Spool:
             raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
         return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
 
+    def sync(self, spooled: SpooledObject) -> None:
+        """fsync a written file, then the directory entries that lead to it.
+
+        Raises :class:`StorageFailure` (the file's bytes may not be on disk: its row must not
+        stand) and leaves the file where it is for the caller to remove."""
+        try:
+            fd = os.open(self.root / spooled.rel_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.sync_dirs(spooled.dirs_to_sync)
+        except OSError as exc:
+            raise StorageFailure(f"spool fsync failed: {exc.strerror}") from exc
+
     def sync_dirs(self, rel_dirs: Iterable[str]) -> None:
-        """fsync each directory once, so the renames into it survive a crash."""
+        """fsync each directory once, so the entries created in it survive a crash."""
         ordered = sorted(set(rel_dirs), key=len, reverse=True)
         for rel in ordered:
             fd = os.open(self.root / rel, os.O_RDONLY | os.O_DIRECTORY)

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.durable import sqlite_mpps, sqlite_outbox, sqlite_retention, sqlite_routing
+from engine.durable import (
+    sqlite_durable,
+    sqlite_mpps,
+    sqlite_outbox,
+    sqlite_retention,
+    sqlite_routing,
+)
 from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
@@ -277,6 +283,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_source ON outbox (source_table, source_id);
     CREATE INDEX routing_group_members_instance ON routing_group_members (instance_id)
     """,
+    # 7: rows committed while their file's fsync ran beside the commit; 0 until it is marked
+    # (SQL in sqlite_durable.py). Every earlier row had its file fsync'd before its commit.
+    """
+    ALTER TABLE instances ADD COLUMN durable INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX instances_not_durable ON instances (id) WHERE durable = 0
+    """,
 )
 
 # Query columns by name: Column values are checked against this whitelist before they reach SQL.
@@ -528,12 +540,14 @@ class SqliteStore:
 
     # --- instances ---------------------------------------------------------------------------
     async def commit_instances(
-        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
     ) -> list[InstanceCommitResult]:
         def run(conn: sqlite3.Connection) -> list[InstanceCommitResult]:
             if sync is not None:
                 sync()
             with transaction(conn):
+                sqlite_durable.mark(conn, durable_ids)
                 return [self._commit_one(conn, item) for item in batch]
 
         try:
@@ -568,11 +582,12 @@ class SqliteStore:
             "INSERT INTO instances (object_id, spool_path, sop_class_uid, sop_instance_uid, "
             "version, transfer_syntax_uid, study_instance_uid, series_instance_uid, patient_id, "
             "accession_number, modality, calling_ae, called_ae, peer_host, listener, size_bytes, "
-            "sha256, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "sha256, received_at, durable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (rec.object_id, rec.spool_path, rec.sop_class_uid, rec.sop_instance_uid, version,
              rec.transfer_syntax_uid, rec.study_instance_uid, rec.series_instance_uid,
              rec.patient_id, rec.accession_number, rec.modality, rec.calling_ae, rec.called_ae,
-             rec.peer_host, rec.listener, rec.size_bytes, rec.sha256, rec.received_at))
+             rec.peer_host, rec.listener, rec.size_bytes, rec.sha256, rec.received_at,
+             1 if item.file_durable else 0))
         return InstanceCommitResult(outcome, cur.lastrowid, version)
 
     async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
@@ -601,6 +616,19 @@ class SqliteStore:
                                 ) -> list[ExpiredInstance]:
         return await self._read(
             lambda c: sqlite_retention.expired(c, received_before, limit))
+
+    async def mark_instances_durable(self, ids: Sequence[int]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                sqlite_durable.mark(conn, ids)
+
+        await self._write(run)
+
+    async def instances_not_durable(self) -> list[StoredInstance]:
+        return await self._read(sqlite_durable.not_durable)
+
+    async def withdraw_instance(self, instance_id: int) -> bool:
+        return await self._write(lambda c: sqlite_durable.withdraw(c, instance_id))
 
     async def forget_instances(self, ids: Sequence[int]) -> int:
         return await self._write(lambda c: sqlite_retention.forget(c, ids))

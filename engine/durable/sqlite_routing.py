@@ -138,8 +138,10 @@ def fire_group(conn: sqlite3.Connection, group_id: int, reason: str, now: float,
 def unrouted_instances(conn: sqlite3.Connection, after_id: int, limit: int
                        ) -> list[StoredInstance]:
     columns, to_instance = _instances()
+    # A row whose file is still being fsync'd (``durable = 0``) is routed once it is marked:
+    # its file might yet fail, and then the row is withdrawn.
     rows = conn.execute(f"SELECT {columns} FROM instances WHERE routed_at IS NULL AND id > ? "
-                        "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+                        "AND durable = 1 ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
     return [to_instance(r) for r in rows]
 
 

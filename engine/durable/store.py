@@ -98,10 +98,16 @@ class ExpiredInstance:
 
 @dataclass(frozen=True, slots=True)
 class InstanceCommit:
-    """One instance to commit in a group commit, with the policy for a known UID."""
+    """One instance to commit in a group commit, with the policy for a known UID.
+
+    ``file_durable=False``: the spool file's fsync runs beside this commit, so the row is
+    written "not yet durable" and marked later (:meth:`Store.mark_instances_durable`); until
+    then nothing routes it, and a start after a crash checks its file (:meth:`Store.
+    instances_not_durable`)."""
 
     record: InstanceRecord
     policy: DuplicatePolicy
+    file_durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,10 +309,27 @@ class Store(Protocol):
     async def schema_version(self) -> int: ...
 
     async def commit_instances(
-        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
     ) -> list[InstanceCommitResult]:
         """Apply ``batch`` in one transaction. ``sync`` (a zero-argument callable) runs first,
-        in the writer's thread, to make the spool's directory entries durable."""
+        in the writer's thread. ``durable_ids`` are marked durable in the same transaction
+        (:meth:`mark_instances_durable` without a commit of its own)."""
+        ...
+
+    async def mark_instances_durable(self, ids: Sequence[int]) -> None:
+        """Record that these rows' spool files (and directory entries) are fsync'd."""
+        ...
+
+    async def instances_not_durable(self) -> list[StoredInstance]:
+        """Rows committed beside their file's fsync and never marked durable: after a crash,
+        the ones whose file may not have reached the disk. Oldest first."""
+        ...
+
+    async def withdraw_instance(self, instance_id: int) -> bool:
+        """Delete a never-acknowledged, unrouted, not-durable row (its file failed or is gone),
+        making the version it superseded current again. ``False`` if the row is not such a
+        row (already durable, routed, or absent): then nothing changes."""
         ...
 
     async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None: ...

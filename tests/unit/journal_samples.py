@@ -51,7 +51,8 @@ class CountingStore:
         self.fail_with: Exception | None = None
 
     async def commit_instances(
-        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
     ) -> list[InstanceCommitResult]:
         self.batches.append(len(batch))
         if self.delay:
@@ -65,6 +66,10 @@ class CountingStore:
             if sync is not None:
                 sync()
 
-        results = await self.inner.commit_instances(batch, sync=wrapped_sync)
+        results = await self.inner.commit_instances(batch, sync=wrapped_sync,
+                                                    durable_ids=durable_ids)
         self.synced.append(bool(synced))
         return results
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)  # everything else goes to the real store

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -133,9 +135,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await inner.close()
 
 
-async def settle(bus: EventBus) -> None:
-    await bus.stop(deadline=1.0)
-    await bus.start()
+async def settle(rig: Rig) -> None:
+    """Every event intake has announced so far is delivered (announcements follow the rows'
+    "durable" marks, which ride on the next commit or a short flush)."""
+    await rig.journal.flush_marks()
+    await rig.bus.stop(deadline=1.0)
+    await rig.bus.start()
 
 
 # --- the good path -------------------------------------------------------------------------------
@@ -191,7 +196,7 @@ async def test_a_good_instance_is_stored_byte_for_byte(rig: Rig, case: str) -> N
     assert back.file_meta.MediaStorageSOPInstanceUID == SOP_UID
     assert back.SOPInstanceUID == SOP_UID
 
-    await settle(rig.bus)
+    await settle(rig)
     [event] = rig.events
     assert isinstance(event, InstanceStored)
     assert (event.journal_id, event.object_id, event.version) == (row.id, rec.object_id, 1)
@@ -303,7 +308,7 @@ async def test_an_identical_resend_is_answered_identical_and_stored_once(rig: Ri
     assert again.journal_id == first.journal_id
     assert rig.object_files() == [first_file]  # the second copy was removed
     assert await rig.store.inner.count_instances() == 1
-    await settle(rig.bus)
+    await settle(rig)
     assert len(rig.events) == 1  # nothing new to route
 
 
@@ -385,3 +390,120 @@ async def test_a_resend_after_a_timeout_is_identical(rig: Rig) -> None:
     again = await rig.accept(replace(req))
     assert again.outcome is InstanceOutcome.IDENTICAL
     assert len(rig.object_files()) == 1
+
+
+# --- the file's fsync runs beside the commit -----------------------------------------------------
+async def durable_flag(rig: Rig, journal_id: int | None) -> int | None:
+    def read(conn: object) -> int | None:
+        row = conn.execute(  # type: ignore[attr-defined]
+            "SELECT durable FROM instances WHERE id = ?", (journal_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    return await rig.store.inner._read(read)
+
+
+async def test_the_row_commits_while_the_file_is_fsynced_and_success_waits_for_both(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, object] = {}
+    real_sync = rig.spool.sync
+    loop = asyncio.get_running_loop()
+
+    def slow_sync(spooled: object) -> None:
+        # The commit was started before the fsync: let it land, then look at the row.
+        time.sleep(0.3)
+        row = asyncio.run_coroutine_threadsafe(
+            rig.store.inner.get_instance(SOP_UID), loop).result(5)
+        seen["row during fsync"] = row
+        real_sync(spooled)  # type: ignore[arg-type]
+        seen["fsync done"] = time.monotonic()
+
+    monkeypatch.setattr(rig.spool, "sync", slow_sync)
+    result = await rig.accept(request(encode(sample_dataset(), EXPLICIT_LE)))
+    answered = time.monotonic()
+
+    assert seen["row during fsync"] is not None  # the two overlapped
+    assert answered >= seen["fsync done"]  # type: ignore[operator]
+    await settle(rig)
+    [event] = rig.events  # announced (to the router) only once the file is durable
+    assert isinstance(event, InstanceStored) and event.journal_id == result.journal_id
+    for _ in range(50):  # the "durable" mark rides on the next commit or a flush
+        if await durable_flag(rig, result.journal_id) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await durable_flag(rig, result.journal_id) == 1
+
+
+async def test_a_failed_file_fsync_withdraws_the_row_and_answers_failure(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def failing_sync(spooled: object) -> None:
+        raise StorageFailure("spool fsync failed: Input/output error")
+
+    monkeypatch.setattr(rig.spool, "sync", failing_sync)
+    with pytest.raises(StorageFailure):
+        await rig.accept(request(encode(sample_dataset(), EXPLICIT_LE)))
+    assert await rig.store.inner.count_instances() == 0
+    assert rig.object_files() == []
+    await settle(rig)
+    assert rig.events == []  # nothing routed
+
+    monkeypatch.undo()  # the modality's retry is stored normally
+    again = await rig.accept(request(encode(sample_dataset(), EXPLICIT_LE)))
+    assert again.outcome is InstanceOutcome.STORED
+
+
+async def test_a_failed_fsync_of_a_new_version_makes_the_old_one_current_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = changed_copy()
+    first = await rig.accept(a)
+    monkeypatch.setattr(rig.spool, "sync", lambda spooled: (_ for _ in ()).throw(
+        StorageFailure("spool fsync failed")))
+    with pytest.raises(StorageFailure):
+        await rig.accept(b, DuplicatePolicy.VERSION)
+    current = await rig.store.inner.get_instance(SOP_UID)
+    assert current is not None and current.id == first.journal_id
+    assert not current.superseded and current.record.patient_id == "PID-001"
+
+
+@pytest.mark.parametrize("original_ok", [True, False], ids=["fsync_ok", "fsync_failed"])
+async def test_an_identical_copy_is_answered_only_after_the_originals_fsync(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, original_ok: bool,
+) -> None:
+    """Two associations send the same instance at once: the copy that matches the first one's
+    row must not get a success before that row's file is on disk, nor at all if it failed."""
+    release = threading.Event()
+    first_in_sync = threading.Event()
+    real_sync = rig.spool.sync
+    calls = 0
+
+    def gated_sync(spooled: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_in_sync.set()
+            release.wait(10)
+            if not original_ok:
+                raise StorageFailure("spool fsync failed: Input/output error")
+        real_sync(spooled)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rig.spool, "sync", gated_sync)
+    req = request(encode(sample_dataset(), EXPLICIT_LE))
+    first = asyncio.ensure_future(rig.accept(req))
+    await asyncio.to_thread(first_in_sync.wait, 10)
+    await asyncio.sleep(0.2)  # let the first row commit
+    copy = asyncio.ensure_future(rig.accept(replace(req)))
+    await asyncio.sleep(0.3)
+    assert not copy.done()  # held while the original's file is not durable
+    release.set()
+    if original_ok:
+        assert (await first).outcome is InstanceOutcome.STORED
+        assert (await copy).outcome is InstanceOutcome.IDENTICAL
+        assert await rig.store.inner.count_instances() == 1
+    else:
+        with pytest.raises(StorageFailure):
+            await first
+        with pytest.raises(StorageFailure):
+            await copy  # its sender retries, and the retry is stored anew
+        assert await rig.store.inner.count_instances() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,3 +175,78 @@ async def test_stop_without_start_and_twice_is_harmless(store: CountingStore, sp
     await started.stop()
     await started.stop()
     assert time.monotonic() - t0 < 1
+
+
+# --- rows committed beside their file's fsync, after a crash -------------------------------------
+async def not_durable_row(store: CountingStore, spool: Spool, n: int, content: bytes | None,
+                          *, sop_instance_uid: str | None = None, whole: bool = True) -> int:
+    """A row as a crash leaves it: committed "not durable", its file whole, cut short, or
+    missing (``content=None``)."""
+    data = content if content is not None else b"never written"
+    rec = record(n, sop_instance_uid=sop_instance_uid, size=len(data),
+                 sha=hashlib.sha256(data).hexdigest())
+    if content is not None:
+        path = spool.path_of(rec.spool_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if whole else content[: len(content) // 2])
+    [result] = await store.inner.commit_instances(
+        [InstanceCommit(rec, DuplicatePolicy.VERSION, file_durable=False)])
+    assert result.journal_id is not None
+    return result.journal_id
+
+
+async def test_recover_keeps_whole_files_and_withdraws_the_rest(
+    store: CountingStore, spool: Spool,
+) -> None:
+    whole = await not_durable_row(store, spool, 1, b"A" * 4096)
+    await not_durable_row(store, spool, 2, b"B" * 4096, whole=False)
+    await not_durable_row(store, spool, 3, None)
+    journal = JournalWriter(store, spool)  # type: ignore[arg-type]
+
+    assert await journal.recover() == (1, 2)
+
+    assert await store.inner.instances_not_durable() == []
+    kept = await store.inner.get_instance(f"{UID}.1")
+    assert kept is not None and kept.id == whole
+    for n in (2, 3):
+        assert await store.inner.get_instance(f"{UID}.{n}") is None
+    assert not spool.path_of(record(2).spool_path).exists()  # the cut file went with its row
+    # the kept row is routable again; the withdrawn ones are gone for good
+    assert [r.id for r in await store.inner.unrouted_instances(0, 10)] == [whole]
+
+
+async def test_recover_makes_the_superseded_version_current_again(
+    store: CountingStore, spool: Spool,
+) -> None:
+    [first] = await store.inner.commit_instances(
+        [InstanceCommit(record(1), DuplicatePolicy.VERSION)])
+    await not_durable_row(store, spool, 2, None, sop_instance_uid=f"{UID}.1")
+    journal = JournalWriter(store, spool)  # type: ignore[arg-type]
+
+    assert await journal.recover() == (0, 1)
+
+    current = await store.inner.get_instance(f"{UID}.1")
+    assert current is not None and current.id == first.journal_id and not current.superseded
+
+
+async def test_rows_not_yet_durable_are_not_routed_and_routed_rows_are_never_withdrawn(
+    store: CountingStore, spool: Spool,
+) -> None:
+    pending = await not_durable_row(store, spool, 1, b"C" * 100)
+    assert await store.inner.unrouted_instances(0, 10) == []
+    await store.inner.mark_instances_durable([pending])
+    assert [r.id for r in await store.inner.unrouted_instances(0, 10)] == [pending]
+    assert not await store.inner.withdraw_instance(pending)  # durable: stays
+
+
+async def test_durable_marks_ride_on_the_next_commit_and_announce_after_it(
+    journal: JournalWriter, store: CountingStore,
+) -> None:
+    [first] = await store.inner.commit_instances(
+        [InstanceCommit(record(1), DuplicatePolicy.VERSION, file_durable=False)])
+    assert first.journal_id is not None
+    announced: list[int] = []
+    journal.mark_durable(first.journal_id, lambda: announced.append(1))
+    await journal.commit(item(2))  # carries the mark
+    assert announced == [1]
+    assert await store.inner.instances_not_durable() == []

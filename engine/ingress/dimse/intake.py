@@ -2,10 +2,12 @@
 
 :class:`StoreIntake` runs on the association's own thread, where blocking file I/O belongs: it
 checks the identifiers and the dataset's encoding, writes the bytes exactly as received behind a
-fresh Part 10 file meta header to the spool (fsync'd), and hands the journal commit to the loop
-through the bridge. It returns only when the row is committed, or raises an engine error that
-``engine.status`` turns into the wire status. It never builds paths from peer input and never
-leaves a half-written file behind; it does not know about pynetdicom events.
+fresh Part 10 file meta header to the spool, and then does two things at once: the journal row
+commits on the loop (through the bridge) while this thread fsyncs the file and its directory
+entries. Success is answered only when both are done; a file whose fsync failed has its row
+withdrawn. Overlapping the two saves one of the two disk flushes a success waits for. It raises
+an engine error that ``engine.status`` turns into the wire status, never builds paths from peer
+input, never leaves a half-written file behind, and does not know about pynetdicom events.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from engine.errors import (
     InvalidInput,
     ShuttingDown,
     SopClassMismatch,
+    StorageFailure,
 )
 from engine.events import InstanceStored
 from engine.ingress.dimse.encoding import check_structure, read_keys
@@ -130,7 +133,8 @@ class StoreIntake:
             raise SopClassMismatch("SOP Class UID in dataset differs from the request")
         received_at = time.time()
         spooled = self._spool.write(
-            new_object_id(), (_PREAMBLE, file_meta_bytes(req), req.dataset), when=received_at)
+            new_object_id(), (_PREAMBLE, file_meta_bytes(req), req.dataset), when=received_at,
+            sync=False)
         record = InstanceRecord(
             object_id=spooled.object_id,
             spool_path=spooled.rel_path,
@@ -151,37 +155,86 @@ class StoreIntake:
             received_at=datetime.fromtimestamp(received_at, UTC).isoformat(),
         )
         try:
-            result = self._bridge.call(self._commit(record, spooled), self._timeout)
+            pending = self._bridge.submit(self._journal.commit(
+                InstanceCommit(record, self._policy, file_durable=False)))
+        except BaseException:
+            self._spool.remove(spooled.rel_path)
+            raise
+        sync_error: StorageFailure | None = None
+        try:
+            self._spool.sync(spooled)
+        except StorageFailure as exc:
+            sync_error = exc
+        try:
+            result = self._bridge.wait(pending, self._timeout)
         except (BridgeTimeout, ShuttingDown):
-            # The commit may still land; keep the file so a committed row never lacks its bytes.
-            # A file that did not commit is an orphan the next start removes.
+            # The commit may still land; keep the file so a committed row never lacks its bytes
+            # (a file that did not commit is an orphan the next start removes). The journal
+            # settles that row by this thread's fsync result, whenever it turns up.
+            ok = sync_error is None
+            journal_id = self._journal.watch.abandon(spooled.object_id, ok)
+            if journal_id is not None:
+                self._bridge.post(self._journal.settle_abandoned, journal_id, ok,
+                                  spooled.rel_path)
             raise
         except BaseException:
             self._spool.remove(spooled.rel_path)
             raise
-        self._account(req, spooled, result)
-        return result
-
-    async def _commit(self, record: InstanceRecord, spooled: SpooledObject
-                      ) -> InstanceCommitResult:
-        result = await self._journal.commit(InstanceCommit(record, self._policy),
-                                            spooled.dirs_to_sync)
         if result.outcome in (InstanceOutcome.STORED, InstanceOutcome.NEW_VERSION):
-            assert result.journal_id is not None
-            self._bus.publish(InstanceStored(
-                occurred_at=datetime.now(UTC), journal_id=result.journal_id,
-                object_id=record.object_id, sop_class_uid=record.sop_class_uid,
-                sop_instance_uid=record.sop_instance_uid,
-                study_instance_uid=record.study_instance_uid,
-                series_instance_uid=record.series_instance_uid,
-                transfer_syntax_uid=record.transfer_syntax_uid, calling_ae=record.calling_ae,
-                called_ae=record.called_ae, peer_host=record.peer_host,
-                listener=record.listener, size_bytes=record.size_bytes,
-                version=result.version))
+            self._settle(record, spooled, result, sync_error)
+        else:
+            self._spool.remove(spooled.rel_path)
+            if result.outcome in (InstanceOutcome.IDENTICAL, InstanceOutcome.IGNORED):
+                assert result.journal_id is not None
+                self._await_original(result.journal_id)
+        self._account(req, result)
         return result
 
-    def _account(self, req: ReceivedInstance, spooled: SpooledObject,
-                 result: InstanceCommitResult) -> None:
+    def _settle(self, record: InstanceRecord, spooled: SpooledObject,
+                result: InstanceCommitResult, sync_error: StorageFailure | None) -> None:
+        """The row is committed: keep it if its file is durable, else withdraw it."""
+        assert result.journal_id is not None
+        journal_id = result.journal_id
+        if sync_error is None:
+            self._journal.watch.settle(journal_id, ok=True)
+            self._bridge.post(self._stored, record, result)
+            return
+        self._journal.watch.settle(journal_id, ok=False)
+        log.error("ingress.dimse.c_store.fsync_failed", sop_instance_uid=record.sop_instance_uid,
+                  journal_id=journal_id, detail=str(sync_error))
+        try:
+            self._bridge.call(self._journal.withdraw(journal_id), self._timeout)
+            self._spool.remove(spooled.rel_path)
+        except Exception:  # the row stays "not durable": the next start checks its file
+            log.exception("ingress.dimse.c_store.withdraw_failed", journal_id=journal_id)
+        raise sync_error
+
+    def _await_original(self, journal_id: int) -> None:
+        """A copy of a row committed a moment ago: answer only once that row's file is safe."""
+        settled = self._journal.watch.wait(journal_id, self._timeout)
+        if settled is None:
+            raise BridgeTimeout("the earlier copy of this instance is still being stored")
+        if not settled:
+            raise StorageFailure("the earlier copy of this instance could not be stored; "
+                                 "send it again")
+
+    def _stored(self, record: InstanceRecord, result: InstanceCommitResult) -> None:
+        """On the loop, once the row and its file are both durable: mark the row, and announce
+        it once the mark is committed."""
+        assert result.journal_id is not None
+        event = InstanceStored(
+            occurred_at=datetime.now(UTC), journal_id=result.journal_id,
+            object_id=record.object_id, sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            study_instance_uid=record.study_instance_uid,
+            series_instance_uid=record.series_instance_uid,
+            transfer_syntax_uid=record.transfer_syntax_uid, calling_ae=record.calling_ae,
+            called_ae=record.called_ae, peer_host=record.peer_host,
+            listener=record.listener, size_bytes=record.size_bytes,
+            version=result.version)
+        self._journal.mark_durable(result.journal_id, lambda: self._bus.publish(event))
+
+    def _account(self, req: ReceivedInstance, result: InstanceCommitResult) -> None:
         outcome = result.outcome
         if outcome in (InstanceOutcome.STORED, InstanceOutcome.NEW_VERSION):
             DIMSE_INSTANCES_RECEIVED.labels(req.listener).inc()
@@ -192,7 +245,6 @@ class StoreIntake:
                          sop_instance_uid=req.sop_instance_uid, version=result.version,
                          calling_ae=req.calling_ae)
             return
-        self._spool.remove(spooled.rel_path)
         DIMSE_DUPLICATES.labels(req.listener, outcome.value).inc()
         log.info("ingress.dimse.c_store.duplicate", outcome=outcome.value,
                  sop_instance_uid=req.sop_instance_uid, calling_ae=req.calling_ae,
