@@ -142,8 +142,9 @@ class Spool:
             raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
         return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
 
-    def sync(self, spooled: SpooledObject) -> None:
-        """fsync a written file, then the directory entries that lead to it.
+    def sync(self, spooled: SpooledObject, *, dirs: bool = True) -> None:
+        """fsync a written file, then (``dirs=True``) the directory entries that lead to it;
+        with ``dirs=False`` the caller has them fsync'd elsewhere (``sync_dirs``).
 
         Raises :class:`StorageFailure` (the file's bytes may not be on disk: its row must not
         stand) and leaves the file where it is for the caller to remove."""
@@ -153,7 +154,8 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self.sync_dirs(spooled.dirs_to_sync)
+            if dirs:
+                self.sync_dirs(spooled.dirs_to_sync)
         except OSError as exc:
             raise StorageFailure(f"spool fsync failed: {exc.strerror}") from exc
 

@@ -409,13 +409,13 @@ async def test_the_row_commits_while_the_file_is_fsynced_and_success_waits_for_b
     real_sync = rig.spool.sync
     loop = asyncio.get_running_loop()
 
-    def slow_sync(spooled: object) -> None:
+    def slow_sync(spooled: object, **kw: object) -> None:
         # The commit was started before the fsync: let it land, then look at the row.
         time.sleep(0.3)
         row = asyncio.run_coroutine_threadsafe(
             rig.store.inner.get_instance(SOP_UID), loop).result(5)
         seen["row during fsync"] = row
-        real_sync(spooled)  # type: ignore[arg-type]
+        real_sync(spooled, **kw)  # type: ignore[arg-type]
         seen["fsync done"] = time.monotonic()
 
     monkeypatch.setattr(rig.spool, "sync", slow_sync)
@@ -437,7 +437,7 @@ async def test_the_row_commits_while_the_file_is_fsynced_and_success_waits_for_b
 async def test_a_failed_file_fsync_withdraws_the_row_and_answers_failure(
     rig: Rig, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def failing_sync(spooled: object) -> None:
+    def failing_sync(spooled: object, **kw: object) -> None:
         raise StorageFailure("spool fsync failed: Input/output error")
 
     monkeypatch.setattr(rig.spool, "sync", failing_sync)
@@ -458,7 +458,7 @@ async def test_a_failed_fsync_of_a_new_version_makes_the_old_one_current_again(
 ) -> None:
     a, b = changed_copy()
     first = await rig.accept(a)
-    monkeypatch.setattr(rig.spool, "sync", lambda spooled: (_ for _ in ()).throw(
+    monkeypatch.setattr(rig.spool, "sync", lambda spooled, **kw: (_ for _ in ()).throw(
         StorageFailure("spool fsync failed")))
     with pytest.raises(StorageFailure):
         await rig.accept(b, DuplicatePolicy.VERSION)
@@ -478,7 +478,7 @@ async def test_an_identical_copy_is_answered_only_after_the_originals_fsync(
     real_sync = rig.spool.sync
     calls = 0
 
-    def gated_sync(spooled: object) -> None:
+    def gated_sync(spooled: object, **kw: object) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -486,7 +486,7 @@ async def test_an_identical_copy_is_answered_only_after_the_originals_fsync(
             release.wait(10)
             if not original_ok:
                 raise StorageFailure("spool fsync failed: Input/output error")
-        real_sync(spooled)  # type: ignore[arg-type]
+        real_sync(spooled, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rig.spool, "sync", gated_sync)
     req = request(encode(sample_dataset(), EXPLICIT_LE))

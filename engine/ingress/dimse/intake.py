@@ -3,11 +3,12 @@
 :class:`StoreIntake` runs on the association's own thread, where blocking file I/O belongs: it
 checks the identifiers and the dataset's encoding, writes the bytes exactly as received behind a
 fresh Part 10 file meta header to the spool, and then does two things at once: the journal row
-commits on the loop (through the bridge) while this thread fsyncs the file and its directory
-entries. Success is answered only when both are done; a file whose fsync failed has its row
-withdrawn. Overlapping the two saves one of the two disk flushes a success waits for. It raises
-an engine error that ``engine.status`` turns into the wire status, never builds paths from peer
-input, never leaves a half-written file behind, and does not know about pynetdicom events.
+commits on the loop (through the bridge, its writer fsyncing the file's directory entries
+first) while this thread fsyncs the file. Success is answered only when both are done; a file
+whose fsync failed has its row withdrawn. Overlapping the two saves one of the two disk flushes
+a success waits for. It raises an engine error that ``engine.status`` turns into the wire
+status, never builds paths from peer input, never leaves a half-written file behind, and does
+not know about pynetdicom events.
 """
 
 from __future__ import annotations
@@ -155,14 +156,16 @@ class StoreIntake:
             received_at=datetime.fromtimestamp(received_at, UTC).isoformat(),
         )
         try:
+            # The directory entries are fsync'd by the journal's writer just before the row
+            # commits, at the same time as this thread fsyncs the file.
             pending = self._bridge.submit(self._journal.commit(
-                InstanceCommit(record, self._policy, file_durable=False)))
+                InstanceCommit(record, self._policy, file_durable=False), spooled.dirs_to_sync))
         except BaseException:
             self._spool.remove(spooled.rel_path)
             raise
         sync_error: StorageFailure | None = None
         try:
-            self._spool.sync(spooled)
+            self._spool.sync(spooled, dirs=False)
         except StorageFailure as exc:
             sync_error = exc
         try:

@@ -94,6 +94,9 @@ def test_dicom_payload_in_the_router_layout_and_flat() -> None:
 def test_a_spool_path_may_not_leave_the_spool(tmp_path: object) -> None:
     from pathlib import Path
 
-    o = DicomObject("../../etc/passwd", "1.2.840.10008.1.2.1", CTImageStorage, UID)
-    with pytest.raises(PermanentDeliveryError):
-        o.path_in(Path(str(tmp_path)))
+    for bad in ("../../etc/passwd", "/etc/passwd", "objects/../../x.dcm", "..", "."):
+        o = DicomObject(bad, "1.2.840.10008.1.2.1", CTImageStorage, UID)
+        with pytest.raises(PermanentDeliveryError):
+            o.path_in(Path(str(tmp_path)))
+    ok = DicomObject("objects/2026/01/02/03/a.dcm", "1.2.840.10008.1.2.1", CTImageStorage, UID)
+    assert ok.path_in(Path(str(tmp_path))) == Path(str(tmp_path)) / ok.spool_path
