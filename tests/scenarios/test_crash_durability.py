@@ -70,6 +70,9 @@ def test_sigkill_mid_transfer_loses_nothing_acknowledged(radflow: RadflowFactory
     rf.restart()
     assert_acknowledged_are_kept(rf, sent, acknowledged)
     assert_spool_matches_journal(rf)
+    # Rows the kill left "not durable" (file fsync'd beside the commit, mark not yet written)
+    # had their files checked at the start, before any listener opened.
+    assert [r["id"] for r in rf.journal_rows() if r["durable"] != 1] == []
 
     # The restarted engine takes the rest (an instance committed just before the kill, whose
     # answer never arrived, is an identical resend: Success, and still one row).
