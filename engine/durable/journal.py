@@ -17,16 +17,14 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from engine.durable.group_commit import GroupCommit
-from engine.durable.spool import Spool, SpooledObject
+from engine.durable.spool import Spool
 from engine.durable.store import (
     InstanceCommit,
     InstanceCommitResult,
     InstanceOutcome,
     Store,
-    StoredInstance,
 )
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
@@ -127,7 +125,7 @@ class JournalWriter:
             self._mark_task = None
         if self._withdrawals:
             await asyncio.gather(*self._withdrawals, return_exceptions=True)
-        await self._flush_marks()
+        await self.flush_marks()
 
     async def commit(self, item: InstanceCommit, dirs_to_sync: tuple[str, ...] = ()
                      ) -> InstanceCommitResult:
@@ -192,15 +190,12 @@ class JournalWriter:
             await self._marked.wait()
             await asyncio.sleep(_MARK_FLUSH_SECONDS)
             self._marked.clear()
-            if not await self._flush_marks():
+            if not await self.flush_marks():
                 await asyncio.sleep(1.0)  # the store is failing: do not spin on it
 
     async def flush_marks(self) -> bool:
         """Commit the pending "durable" marks now (and run their follow-ups); ``False`` if the
         store failed (they stay pending)."""
-        return await self._flush_marks()
-
-    async def _flush_marks(self) -> bool:
         if not self._marks:
             return True
         marks, self._marks = self._marks, []
@@ -234,8 +229,9 @@ class JournalWriter:
                             sop_instance_uid=rec.sop_instance_uid, calling_ae=rec.calling_ae,
                             reason="spool file missing or incomplete after a crash; the "
                                    "instance was never acknowledged")
-            else:
-                _log_unexpected(row)
+            else:  # routed or marked in the meantime: nothing to withdraw, nothing lost
+                log.info("durable.journal.not_withdrawn", journal_id=row.id,
+                         sop_instance_uid=rec.sop_instance_uid)
         if kept:
             await self._store.mark_instances_durable(kept)
         return len(kept), withdrawn
@@ -251,8 +247,7 @@ class JournalWriter:
                     got += len(block)
             if got != size or digest.hexdigest() != sha256:
                 return False
-            self._spool.sync(SpooledObject("", rel_path, size, sha256,
-                                           _dir_chain(rel_path)))
+            self._spool.resync(rel_path)
             return True
         except (OSError, StorageFailure):
             return False
@@ -266,19 +261,3 @@ def _run_thens(marks: Sequence[tuple[int, Callable[[], object] | None]]) -> None
             then()
         except Exception:  # one subscriber's failure must not cost the others their call
             log.exception("durable.journal.after_mark_failed", journal_id=journal_id)
-
-
-def _dir_chain(rel_path: str) -> tuple[str, ...]:
-    """The spool folders from a file's own up to the root, as ``Spool.sync`` takes them."""
-    parent = Path(rel_path).parent
-    chain = []
-    while str(parent) not in (".", ""):
-        chain.append(str(parent))
-        parent = parent.parent
-    return (*chain, ".")
-
-
-def _log_unexpected(row: StoredInstance) -> None:
-    # Routed or already marked in the meantime: nothing to withdraw, nothing lost.
-    log.info("durable.journal.not_withdrawn", journal_id=row.id,
-             sop_instance_uid=row.record.sop_instance_uid)

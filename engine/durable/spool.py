@@ -108,11 +108,7 @@ class Spool:
             dirs = [rel_dir]
             if rel_dir not in self._durable_dirs:
                 (self.root / rel_dir).mkdir(parents=True, exist_ok=True)
-                parent = Path(rel_dir).parent
-                while str(parent) not in (".", ""):
-                    dirs.append(str(parent))
-                    parent = parent.parent
-                dirs.append(".")
+                dirs = _dir_chain(rel_dir)
             # Straight to the final name, no temp file and rename: a file no committed row
             # names is an orphan whatever its state (its sender got no success status), and
             # the start-up sweep removes it. One metadata change fewer per object is about a
@@ -148,14 +144,21 @@ class Spool:
 
         Raises :class:`StorageFailure` (the file's bytes may not be on disk: its row must not
         stand) and leaves the file where it is for the caller to remove."""
+        self._sync(spooled.rel_path, spooled.dirs_to_sync if dirs else ())
+
+    def resync(self, rel_path: str) -> None:
+        """:meth:`sync` for an existing file and every folder from its own up to the root
+        (start-up recovery, where nothing is known of which entries reached the disk)."""
+        self._sync(rel_path, _dir_chain(str(Path(rel_path).parent)))
+
+    def _sync(self, rel_path: str, rel_dirs: Iterable[str]) -> None:
         try:
-            fd = os.open(self.root / spooled.rel_path, os.O_RDONLY)
+            fd = os.open(self.root / rel_path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if dirs:
-                self.sync_dirs(spooled.dirs_to_sync)
+            self.sync_dirs(rel_dirs)
         except OSError as exc:
             raise StorageFailure(f"spool fsync failed: {exc.strerror}") from exc
 
@@ -204,3 +207,13 @@ class Spool:
 
     def disk_usage(self) -> shutil._ntuple_diskusage:
         return shutil.disk_usage(self.root)
+
+
+def _dir_chain(rel_dir: str) -> list[str]:
+    """``rel_dir`` and each folder above it, up to the spool root (``"."``)."""
+    chain = [rel_dir]
+    parent = Path(rel_dir).parent
+    while str(parent) not in (".", ""):
+        chain.append(str(parent))
+        parent = parent.parent
+    return [*chain, "."]
