@@ -82,7 +82,7 @@ class Engine:
         self.retention = SpoolRetention(self.store, self.spool, settings.storage.retention_days)
         self.bridge = LoopBridge()
         self.bus = EventBus()
-        self.journal = JournalWriter(self.store, self.spool)
+        self.journal = JournalWriter(self.store, self.spool, self.bridge)
         self.intake = StoreIntake(self.spool, self.journal, self.bus, self.bridge,
                                   DuplicatePolicy(settings.dicom.duplicate_policy),
                                   settings.dicom.store_timeout)

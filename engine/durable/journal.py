@@ -1,7 +1,8 @@
 """The intake journal's writer for DICOM instances (D1), a group commit over the store.
 
-Association threads reach it through the bridge with one instance each; every instance waiting
-at that moment is committed in one transaction. Only then is each caller resolved. An instance
+Association threads hand it one instance each, straight to the store's writer thread (no event
+loop on a C-STORE's critical path); every instance waiting at that moment is committed in one
+transaction. Only then is each caller resolved. An instance
 whose spool file is fsync'd beside its commit (``InstanceCommit.file_durable=False``) gets a
 row marked "not durable" and an entry in :class:`FileSyncWatch` before its caller hears of it;
 intake settles the entry when its fsync ends, and the "durable" marks ride on the next commit.
@@ -13,12 +14,14 @@ the exception.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 
-from engine.durable.group_commit import GroupCommit
+from engine.bridge import LoopBridge
 from engine.durable.spool import Spool
 from engine.durable.store import (
     InstanceCommit,
@@ -26,7 +29,7 @@ from engine.durable.store import (
     InstanceOutcome,
     Store,
 )
-from engine.errors import StorageFailure
+from engine.errors import ShuttingDown, StorageFailure
 from engine.observability.logging import get_logger
 from engine.observability.metrics import JOURNAL_COMMIT_BATCH, JOURNAL_COMMIT_SECONDS
 
@@ -97,27 +100,39 @@ class FileSyncWatch:
 
 
 class JournalWriter:
-    """Batches instance commits from many callers into few transactions."""
+    """Batches instance commits from many callers into few transactions.
 
-    def __init__(self, store: Store, spool: Spool) -> None:
+    The batching runs without the event loop: :meth:`submit` is called on association threads,
+    the batch goes to the store's writer thread (:meth:`Store.submit_instance_commits`), and
+    the writer's completion resolves each caller and starts the next batch. While one batch
+    commits, new instances gather for the next, as in ``GroupCommit``. Follow-ups that belong
+    to the loop (announcements, withdrawals) are posted to it through the bridge."""
+
+    def __init__(self, store: Store, spool: Spool, bridge: LoopBridge | None = None,
+                 *, max_batch: int = 256) -> None:
         self._store = store
         self._spool = spool
+        self._bridge = bridge
+        self._max_batch = max_batch
         self.watch = FileSyncWatch()
+        self._lock = threading.Condition()
+        self._pending: list[tuple[_Item, concurrent.futures.Future[InstanceCommitResult]]] = []
+        self._busy = False  # a batch is with the writer
+        self._stopping = False
+        # Touched by the loop (mark_durable, flush) and by whichever thread starts a batch.
         self._marks: list[tuple[int, Callable[[], object] | None]] = []
         self._marked = asyncio.Event()
         self._mark_task: asyncio.Task[None] | None = None
         self._withdrawals: set[asyncio.Task[None]] = set()
-        self._group: GroupCommit[_Item, InstanceCommitResult] = GroupCommit(
-            "journal", self._commit_batch, batch_sizes=JOURNAL_COMMIT_BATCH,
-            commit_seconds=JOURNAL_COMMIT_SECONDS)
 
     async def start(self) -> None:
-        await self._group.start()
         self._mark_task = asyncio.create_task(self._flush_marks_loop(), name="journal-marks")
 
     async def stop(self) -> None:
-        """Commit what is already queued, then stop."""
-        await self._group.stop()
+        """Commit what is already queued, then stop; later submissions are refused."""
+        with self._lock:
+            self._stopping = True
+        await asyncio.to_thread(self._wait_idle)
         if self._mark_task is not None:
             self._mark_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,11 +142,29 @@ class JournalWriter:
             await asyncio.gather(*self._withdrawals, return_exceptions=True)
         await self.flush_marks()
 
+    def _wait_idle(self) -> None:
+        with self._lock:
+            self._lock.wait_for(lambda: not self._busy and not self._pending)
+
+    def submit(self, item: InstanceCommit, dirs_to_sync: tuple[str, ...] = ()
+               ) -> concurrent.futures.Future[InstanceCommitResult]:
+        """Queue one instance from any thread; the future resolves once its batch committed.
+        ``dirs_to_sync`` (spool directories) are fsync'd once per batch before its rows."""
+        future: concurrent.futures.Future[InstanceCommitResult] = concurrent.futures.Future()
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the journal writer is closing")
+            self._pending.append(((item, dirs_to_sync), future))
+            if self._busy:
+                return future  # the running batch's completion starts the next one
+            self._busy = True
+        self._next_batch()
+        return future
+
     async def commit(self, item: InstanceCommit, dirs_to_sync: tuple[str, ...] = ()
                      ) -> InstanceCommitResult:
-        """Queue one instance and wait until its batch is committed. ``dirs_to_sync`` (spool
-        directories) are fsync'd once per batch before its rows commit."""
-        return await self._group.submit((item, dirs_to_sync))
+        """:meth:`submit` for callers on the loop."""
+        return await asyncio.wrap_future(self.submit(item, dirs_to_sync))
 
     async def withdraw(self, journal_id: int) -> bool:
         """Delete a row whose file failed its fsync (see ``Store.withdraw_instance``)."""
@@ -139,32 +172,82 @@ class JournalWriter:
 
     def mark_durable(self, journal_id: int, then: Callable[[], object] | None = None) -> None:
         """On the loop: this row's file is fsync'd; record it with the next commit, then call
-        ``then`` (so whoever hears of the row finds it marked: the router routes only marked
-        rows)."""
-        self._marks.append((journal_id, then))
+        ``then`` on the loop (so whoever hears of the row finds it marked: the router routes
+        only marked rows)."""
+        with self._lock:
+            self._marks.append((journal_id, then))
         self._marked.set()
 
-    async def _commit_batch(self, batch: Sequence[_Item]) -> list[InstanceCommitResult]:
-        dirs = {d for _, ds in batch for d in ds}
-        marks, self._marks = self._marks, []
+    def _take_marks(self) -> list[tuple[int, Callable[[], object] | None]]:
+        with self._lock:
+            marks, self._marks = self._marks, []
+        return marks
+
+    def _restore_marks(self, marks: list[tuple[int, Callable[[], object] | None]]) -> None:
+        with self._lock:
+            self._marks[:0] = marks
+
+    def _next_batch(self) -> None:
+        """Hand every waiting instance (up to the bound) to the writer, or go idle."""
+        with self._lock:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            if not batch:
+                self._busy = False
+                self._lock.notify_all()
+                return
+        marks = self._take_marks()
+        dirs = {d for (_, ds), _ in batch for d in ds}
+        started = time.perf_counter()
         try:
-            results = await self._store.commit_instances(
-                [item for item, _ in batch],
+            done = self._store.submit_instance_commits(
+                [item for (item, _), _ in batch],
                 sync=(lambda: self._spool.sync_dirs(dirs)) if dirs else None,
                 durable_ids=[journal_id for journal_id, _ in marks])
-        except BaseException:
-            self._marks[:0] = marks
-            raise
-        _run_thens(marks)
-        # Before any caller hears of its result, so a duplicate matching one of these rows
-        # always finds it watched.
-        for (item, _), result in zip(batch, results, strict=True):
-            if not item.file_durable and result.journal_id is not None and result.outcome in (
-                    InstanceOutcome.STORED, InstanceOutcome.NEW_VERSION):
-                late = self.watch.expect(result.journal_id, item.record.object_id)
-                if late is not None:
-                    self.settle_abandoned(result.journal_id, late, item.record.spool_path)
-        return results
+        except BaseException as exc:
+            self._finish(batch, marks, started, None, exc)
+            return
+        done.add_done_callback(lambda f: self._finish(batch, marks, started, f, None))
+
+    def _finish(self, batch: list[tuple[_Item, concurrent.futures.Future[InstanceCommitResult]]],
+                marks: list[tuple[int, Callable[[], object] | None]], started: float,
+                done: concurrent.futures.Future[list[InstanceCommitResult]] | None,
+                error: BaseException | None) -> None:
+        """On the writer's thread (or the submitter's): resolve the batch, start the next."""
+        try:
+            if error is None and done is not None:
+                error = done.exception()
+            if error is not None:
+                self._restore_marks(marks)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            assert done is not None
+            results = done.result()
+            JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            JOURNAL_COMMIT_BATCH.observe(len(batch))
+            if marks:
+                self._post(_run_thens, marks)
+            # Before any caller hears of its result, so a duplicate matching one of these rows
+            # always finds it watched. A caller whose wait timed out is still committed: its
+            # peer got a failure and will resend, which intake recognises as a duplicate.
+            for ((item, _), future), result in zip(batch, results, strict=True):
+                if not item.file_durable and result.journal_id is not None and (
+                        result.outcome in (InstanceOutcome.STORED, InstanceOutcome.NEW_VERSION)):
+                    late = self.watch.expect(result.journal_id, item.record.object_id)
+                    if late is not None:
+                        self._post(self.settle_abandoned, result.journal_id, late,
+                                   item.record.spool_path)
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._next_batch()
+
+    def _post(self, fn: Callable[..., object], *args: object) -> None:
+        if self._bridge is None or not self._bridge.post(fn, *args):
+            # No loop (any more): a mark that is not written is checked at the next start.
+            log.warning("durable.journal.follow_up_dropped", what=getattr(fn, "__name__", "?"))
 
     def settle_abandoned(self, journal_id: int, ok: bool, spool_path: str) -> None:
         """On the loop: a row whose intake stopped waiting for it (see ``FileSyncWatch.
@@ -196,13 +279,13 @@ class JournalWriter:
     async def flush_marks(self) -> bool:
         """Commit the pending "durable" marks now (and run their follow-ups); ``False`` if the
         store failed (they stay pending)."""
-        if not self._marks:
+        marks = self._take_marks()
+        if not marks:
             return True
-        marks, self._marks = self._marks, []
         try:
             await self._store.mark_instances_durable([journal_id for journal_id, _ in marks])
         except Exception as exc:  # kept for the next try; a crash leaves them to recover()
-            self._marks[:0] = marks
+            self._restore_marks(marks)
             self._marked.set()
             log.warning("durable.journal.mark_failed", rows=len(marks), detail=str(exc))
             return False

@@ -1,7 +1,8 @@
 """SQLite backend of the store: the embedded default, one file, WAL, ``synchronous=FULL``.
 
 All writes go through one connection on one dedicated thread, so transactions never contend and
-group commits are natural; reads use a second connection on another thread (WAL lets them run
+group commits are natural (journal commits take the thread's urgent lane: a peer waits on
+them); reads use a second connection on another thread (WAL lets them run
 beside a write). Schema changes are numbered migrations applied in order at open. This module is
 the only place with SQLite SQL; it must not decide policy (see ``store.decide_duplicate``).
 """
@@ -9,6 +10,7 @@ the only place with SQLite SQL; it must not decide policy (see ``store.decide_du
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import sqlite3
@@ -53,6 +55,7 @@ from engine.durable.store import (
     StoredInstance,
     decide_duplicate,
 )
+from engine.durable.writer_thread import LaneWriter
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
 from engine.procedure.model import (
@@ -426,7 +429,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._writer = LaneWriter("sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._wconn: sqlite3.Connection | None = None
@@ -543,17 +546,30 @@ class SqliteStore:
         self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
         durable_ids: Sequence[int] = (),
     ) -> list[InstanceCommitResult]:
-        def run(conn: sqlite3.Connection) -> list[InstanceCommitResult]:
-            if sync is not None:
-                sync()
-            with transaction(conn):
-                sqlite_durable.mark(conn, durable_ids)
-                return [self._commit_one(conn, item) for item in batch]
+        return await asyncio.wrap_future(self.submit_instance_commits(batch, sync, durable_ids))
+
+    def submit_instance_commits(
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
+    ) -> concurrent.futures.Future[list[InstanceCommitResult]]:
+        conn = self._wconn
+        if conn is None:
+            raise StorageFailure("the store is not open")
+
+        def run() -> list[InstanceCommitResult]:
+            try:
+                if sync is not None:
+                    sync()
+                with transaction(conn):
+                    sqlite_durable.mark(conn, durable_ids)
+                    return [self._commit_one(conn, item) for item in batch]
+            except sqlite3.Error as exc:
+                raise StorageFailure(f"journal commit failed: {exc}") from exc
 
         try:
-            return await self._write(run)
-        except sqlite3.Error as exc:
-            raise StorageFailure(f"journal commit failed: {exc}") from exc
+            return self._writer.submit_urgent(run)
+        except RuntimeError as exc:  # the writer was shut down
+            raise StorageFailure("the store is closed") from exc
 
     @staticmethod
     def _commit_one(conn: sqlite3.Connection, item: InstanceCommit) -> InstanceCommitResult:

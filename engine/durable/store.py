@@ -9,6 +9,7 @@ pure functions passed in from the domain.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -315,6 +316,15 @@ class Store(Protocol):
         """Apply ``batch`` in one transaction. ``sync`` (a zero-argument callable) runs first,
         in the writer's thread. ``durable_ids`` are marked durable in the same transaction
         (:meth:`mark_instances_durable` without a commit of its own)."""
+        ...
+
+    def submit_instance_commits(
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
+    ) -> concurrent.futures.Future[list[InstanceCommitResult]]:
+        """:meth:`commit_instances` from any thread, without the event loop: the one write a
+        peer is waiting on (a C-STORE's Success), so it goes ahead of other queued writes and
+        its caller's thread is woken straight from the writer's."""
         ...
 
     async def mark_instances_durable(self, ids: Sequence[int]) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 from engine.durable.sqlite import SqliteStore
@@ -54,22 +57,39 @@ class CountingStore:
         self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
         durable_ids: Sequence[int] = (),
     ) -> list[InstanceCommitResult]:
+        return await asyncio.wrap_future(self.submit_instance_commits(batch, sync, durable_ids))
+
+    def submit_instance_commits(
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
+    ) -> concurrent.futures.Future[list[InstanceCommitResult]]:
         self.batches.append(len(batch))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail_with is not None:
-            raise self.fail_with
-        synced = []
+        out: concurrent.futures.Future[list[InstanceCommitResult]] = concurrent.futures.Future()
+        delay, fail_with = self.delay, self.fail_with
 
-        def wrapped_sync() -> None:
-            synced.append(True)
-            if sync is not None:
-                sync()
+        def run() -> None:  # on a thread of its own, as the store's writer would be
+            time.sleep(delay)
+            if fail_with is not None:
+                out.set_exception(fail_with)
+                return
+            synced = []
 
-        results = await self.inner.commit_instances(batch, sync=wrapped_sync,
-                                                    durable_ids=durable_ids)
-        self.synced.append(bool(synced))
-        return results
+            def wrapped_sync() -> None:
+                synced.append(True)
+                if sync is not None:
+                    sync()
+
+            try:
+                results = self.inner.submit_instance_commits(batch, wrapped_sync,
+                                                             durable_ids).result()
+            except BaseException as exc:
+                out.set_exception(exc)
+                return
+            self.synced.append(bool(synced))
+            out.set_result(results)
+
+        threading.Thread(target=run, daemon=True).start()
+        return out
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)  # everything else goes to the real store

@@ -120,10 +120,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     inner = SqliteStore(tmp_path / "radflow.db")
     await inner.open()
     store = CountingStore(inner)
-    journal = JournalWriter(store, spool)  # type: ignore[arg-type]
     bus = EventBus()
     bridge = LoopBridge()
     bridge.attach(asyncio.get_running_loop())
+    journal = JournalWriter(store, spool, bridge)  # type: ignore[arg-type]
     r = Rig(spool, store, journal, bus, bridge)
     bus.subscribe(Event, r.events.append)
     await bus.start()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from journal_samples import UID, CountingStore, record
 
+from engine.bridge import LoopBridge
 from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool
 from engine.durable.sqlite import SqliteStore
@@ -41,7 +42,9 @@ async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
 
 @pytest.fixture
 async def journal(store: CountingStore, spool: Spool) -> AsyncIterator[JournalWriter]:
-    j = JournalWriter(store, spool)  # type: ignore[arg-type]
+    bridge = LoopBridge()
+    bridge.attach(asyncio.get_running_loop())
+    j = JournalWriter(store, spool, bridge)  # type: ignore[arg-type]
     await j.start()
     yield j
     await j.stop()
@@ -82,13 +85,16 @@ async def test_concurrent_commits_share_transactions(
         assert row is not None and row.id == result.journal_id
 
 
-async def test_a_burst_queued_before_the_writer_runs_is_one_transaction(
+async def test_a_burst_arriving_while_a_commit_runs_is_one_transaction(
     journal: JournalWriter,
     store: CountingStore,
 ) -> None:
+    # The first instance goes to the writer at once (nobody waits for company); the 49 that
+    # arrive while it commits share the next transaction.
+    store.delay = 0.1
     results = await asyncio.gather(*(journal.commit(item(n), ()) for n in range(1, 51)))
     assert len(results) == 50
-    assert store.batches == [50]
+    assert store.batches == [1, 49]
 
 
 async def test_directories_are_synced_inside_the_commit_before_the_rows(
@@ -99,12 +105,14 @@ async def test_directories_are_synced_inside_the_commit_before_the_rows(
 ) -> None:
     synced: list[set[str]] = []
     monkeypatch.setattr(spool, "sync_dirs", lambda dirs: synced.append(set(dirs)))
+    store.delay = 0.1  # the first commit is running while the next two arrive
     await asyncio.gather(
-        journal.commit(item(1), ("objects/2025/03/07/09", "objects/2025/03/07")),
-        journal.commit(item(2), ("objects/2025/03/07/09",)),
+        journal.commit(item(1), ()),
+        journal.commit(item(2), ("objects/2025/03/07/09", "objects/2025/03/07")),
+        journal.commit(item(3), ("objects/2025/03/07/09",)),
     )
     assert synced == [{"objects/2025/03/07/09", "objects/2025/03/07"}]  # once per batch
-    assert store.synced == [True]
+    assert store.batches == [1, 2]
 
 
 async def test_a_failing_store_fails_every_waiter_and_the_writer_goes_on(

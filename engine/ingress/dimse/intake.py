@@ -3,16 +3,17 @@
 :class:`StoreIntake` runs on the association's own thread, where blocking file I/O belongs: it
 checks the identifiers and the dataset's encoding, writes the bytes exactly as received behind a
 fresh Part 10 file meta header to the spool, and then does two things at once: the journal row
-commits on the loop (through the bridge, its writer fsyncing the file's directory entries
-first) while this thread fsyncs the file. Success is answered only when both are done; a file
-whose fsync failed has its row withdrawn. Overlapping the two saves one of the two disk flushes
-a success waits for. It raises an engine error that ``engine.status`` turns into the wire
-status, never builds paths from peer input, never leaves a half-written file behind, and does
-not know about pynetdicom events.
+commits on the store's writer thread (which fsyncs the file's directory entries first; the
+event loop is not on this path) while this thread fsyncs the file. Success is answered only
+when both are done; a file whose fsync failed has its row withdrawn (through the bridge).
+Overlapping the two saves one of the two disk flushes a success waits for. It raises an engine
+error that ``engine.status`` turns into the wire status, never builds paths from peer input,
+never leaves a half-written file behind, and does not know about pynetdicom events.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import struct
 import time
 import uuid
@@ -105,6 +106,16 @@ def file_meta_bytes(req: ReceivedInstance) -> bytes:
     return _element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
 
 
+def _wait(pending: concurrent.futures.Future[InstanceCommitResult], timeout: float
+          ) -> InstanceCommitResult:
+    try:
+        return pending.result(timeout)
+    except concurrent.futures.TimeoutError as exc:
+        raise BridgeTimeout(f"the journal did not commit within {timeout:g} s") from exc
+    except concurrent.futures.CancelledError as exc:
+        raise ShuttingDown("the commit was cancelled by shutdown") from exc
+
+
 class StoreIntake:
     """Makes received instances durable before their success status."""
 
@@ -156,10 +167,10 @@ class StoreIntake:
             received_at=datetime.fromtimestamp(received_at, UTC).isoformat(),
         )
         try:
-            # The directory entries are fsync'd by the journal's writer just before the row
-            # commits, at the same time as this thread fsyncs the file.
-            pending = self._bridge.submit(self._journal.commit(
-                InstanceCommit(record, self._policy, file_durable=False), spooled.dirs_to_sync))
+            # Straight to the store's writer thread, which fsyncs the directory entries just
+            # before the row commits, at the same time as this thread fsyncs the file.
+            pending = self._journal.submit(
+                InstanceCommit(record, self._policy, file_durable=False), spooled.dirs_to_sync)
         except BaseException:
             self._spool.remove(spooled.rel_path)
             raise
@@ -169,7 +180,7 @@ class StoreIntake:
         except StorageFailure as exc:
             sync_error = exc
         try:
-            result = self._bridge.wait(pending, self._timeout)
+            result = _wait(pending, self._timeout)
         except (BridgeTimeout, ShuttingDown):
             # The commit may still land; keep the file so a committed row never lacks its bytes
             # (a file that did not commit is an orphan the next start removes). The journal
