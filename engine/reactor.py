@@ -9,7 +9,8 @@ for the GIL with the intake's own work. This module owns one thing: replacing th
 with waits that end the moment there is work, while keeping pynetdicom's own per-iteration
 logic (state machine, ARTIM and idle timers, release and abort handling) exactly as it is.
 It also reads each PDU with as few ``recv`` calls as possible instead of pynetdicom's 4 KiB
-ones (see :func:`_recv_exact`).
+ones (see :func:`_recv_exact`), and hands a P-DATA-TF PDU received in Sta6 straight to the
+DIMSE layer (see :func:`_read_pdu`).
 
 How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
 put on its outgoing queue writes to; the association thread waits on an event that every put
@@ -31,6 +32,7 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +41,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from engine.observability.logging import get_logger
@@ -123,6 +126,7 @@ def install(assoc: Association) -> None:
 
     dul.kill_dul = kill_dul  # type: ignore[method-assign]
     dul.stop_dul = stop_dul  # type: ignore[method-assign]
+    dul._read_pdu_data = lambda: _read_pdu(dul)  # type: ignore[method-assign]
     # ``Thread.run`` is looked up on the instance; pynetdicom bound its own loop as the
     # thread's target, which ``run`` would otherwise call.
     dul.run = lambda: _run_dul(dul, waker)  # type: ignore[method-assign]
@@ -163,6 +167,84 @@ def _recv_exact(transport: AssociationSocket, nr_bytes: int) -> bytearray:
     if got < nr_bytes:
         del buf[got:]
     return buf
+
+
+_PDU_HEADER = struct.Struct(">BBL")
+_PDV_LENGTH = struct.Struct(">L")
+_KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
+
+def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The presentation data value items of a P-DATA-TF PDU's body (PS3.8 9.3.5.1): each is a
+    4-byte length, the presentation context id, then the message control header and fragment.
+    ``None`` if the items do not add up to the body."""
+    out: list[tuple[int, memoryview]] = []
+    view = memoryview(body)
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            return None
+        (length,) = _PDV_LENGTH.unpack_from(body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        out.append((body[offset + 4], view[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return out
+
+
+def _read_pdu(dul: DULServiceProvider) -> None:
+    """pynetdicom's ``DULServiceProvider._read_pdu_data``, but a P-DATA-TF PDU that arrives in
+    Sta6 (where its only action, DT-2, hands the data to DIMSE and stays in Sta6) goes to the
+    DIMSE layer at once, its fragments as views of the received buffer. pynetdicom copies a
+    PDU's bytes four times on the way (buffer, ``bytes``, PDU items, primitive) and runs the
+    state machine for it: for a CT image that is several megabytes of copying per instance on
+    the thread whose GIL time the whole association waits on. Every other PDU, a P-DATA-TF in
+    any other state, and any association with handlers bound to ``EVT_DATA_RECV`` or
+    ``EVT_PDU_RECV`` (which expect pynetdicom's objects) take pynetdicom's own path, with the
+    same events for the same failures."""
+    transport = dul.socket
+    assert transport is not None
+    try:
+        header = transport.recv(6)
+        pdu_type, _, length = _PDU_HEADER.unpack(header)
+    except (OSError, TimeoutError, struct.error):
+        # The connection closed before a whole header: Evt17, as pynetdicom raises it.
+        dul.event_queue.put("Evt17")
+        return
+    if pdu_type not in _KNOWN_PDU_TYPES:
+        log.error("dimse.dul.unknown_pdu", pdu_type=f"0x{pdu_type:02X}")
+        dul.event_queue.put("Evt19")
+        return
+    try:
+        body = transport.recv(length)
+    except (OSError, TimeoutError):
+        dul.event_queue.put("Evt17")
+        return
+    if len(body) != length:
+        dul.event_queue.put("Evt17")  # closed in the middle of the PDU
+        return
+    assoc = dul.assoc
+    if (pdu_type == 0x04 and dul.state_machine.current_state == "Sta6"
+            and not assoc.get_handlers(evt.EVT_DATA_RECV)
+            and not assoc.get_handlers(evt.EVT_PDU_RECV)):
+        items = _pdvs(body)
+        if items is None:
+            log.error("dimse.dul.invalid_pdu", pdu_type="0x04", length=length)
+            dul.event_queue.put("Evt19")
+            return
+        primitive = P_DATA()
+        # The setter insists on ``bytes`` (a copy per fragment); DIMSE only slices and writes.
+        primitive._presentation_data_value_list = items  # type: ignore[assignment]
+        assoc.dimse.receive_primitive(primitive)
+        return
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header) + body)
+    except Exception as exc:  # pynetdicom's policy: an undecodable PDU is Evt19
+        log.error("dimse.dul.invalid_pdu", pdu_type=f"0x{pdu_type:02X}", detail=str(exc))
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
 
 
 def _run_dul(dul: DULServiceProvider, waker: _Waker) -> None:

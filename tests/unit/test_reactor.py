@@ -8,6 +8,7 @@ echo, release, a peer abort, an abort from another thread, and the network timeo
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -199,3 +200,57 @@ def test_whole_pdu_reads_return_exactly_what_was_asked_or_what_came_before_close
     assert reactor._recv_exact(transport, 10) == b"tail"  # type: ignore[arg-type]
     sender.join()
     b.close()
+
+
+def test_pdv_items_are_read_as_views_of_the_pdu_body() -> None:
+    first = b"\x03" + b"command"  # message control header: command, last fragment
+    second = b"\x00" + bytes(300)  # dataset, not the last fragment
+    # each item's length counts its presentation context id, then the fragment
+    body = bytearray(struct.pack(">L", 1 + len(first)) + b"\x01" + first
+                     + struct.pack(">L", 1 + len(second)) + b"\x03" + second)
+    items = reactor._pdvs(body)
+    assert items is not None
+    assert [(ctx, bytes(data)) for ctx, data in items] == [(1, first), (3, second)]
+    assert all(isinstance(data, memoryview) for _, data in items)  # no copies
+    # Items that do not add up to the body are an invalid PDU (Evt19), never a guess.
+    assert reactor._pdvs(body[:-1]) is None
+    assert reactor._pdvs(bytearray(struct.pack(">L", 1) + b"\x01\x03")) is None
+    assert reactor._pdvs(bytearray()) == []
+
+
+def test_the_pynetdicom_internals_the_pdata_path_relies_on_are_there() -> None:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    assert callable(DULServiceProvider._read_pdu_data)
+    assert callable(DULServiceProvider._decode_pdu)
+    dul = Association(AE(), "acceptor").dul
+    assert hasattr(dul, "_recv_pdu")
+    primitive = P_DATA()
+    assert primitive._presentation_data_value_list == []
+    primitive._presentation_data_value_list = [(1, memoryview(b"\x03x"))]  # type: ignore[list-item]
+    assert primitive.presentation_data_value_list[0][0] == 1
+
+
+def test_a_bound_pdu_handler_still_sees_every_pdata_pdu() -> None:
+    """Debug tracing binds EVT_PDU_RECV: those associations keep pynetdicom's own path."""
+    from pynetdicom.pdu import P_DATA_TF
+
+    seen: list[str] = []
+    port = free_port()
+    ae = AE(ae_title="REACTOR")
+    ae.add_supported_context(Verification)
+
+    def on_pdu(event: evt.Event) -> None:
+        seen.append(type(event.pdu).__name__)
+
+    handlers = [(evt.EVT_CONN_OPEN, lambda e: reactor.install(e.assoc)),
+                (evt.EVT_PDU_RECV, on_pdu)]
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        assoc = _associate(port)
+        for _ in range(3):
+            assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        assert seen.count(P_DATA_TF.__name__) == 3
+    finally:
+        server.shutdown()
