@@ -10,7 +10,9 @@ Three parts, each measured in the same run as its peers, on the same cached data
    stall the sender removes).
 2. **router end to end**: ``storescu → radflow → storescp`` (routing rules + dispatcher) beside
    ``storescu → storescp`` direct and ``storescu → Orthanc → storescp`` (Lua
-   ``OnStoredInstance`` → ``SendToModality``), each timed until the sink's last arrival; plus
+   ``OnStoredInstance`` → ``SendToModality``), each timed until the sink's last arrival (the
+   table also gives each path's ratio to direct within the same round, whose median stands up
+   better to this machine's drifting speed than a ratio of medians); plus
    an "fsync-per-ack floor" row (no DICOM: each object written, fsync'd and journalled before a
    1-byte ack over loopback), the ceiling of any receiver that answers only once it is durable.
 3. **backlog**: 50,000 outbox rows for a destination that is down; radflow's RSS while it waits,
@@ -399,13 +401,18 @@ def part_router(datas: list[BenchData], work: Path, repeat: int) -> None:
         results: dict[str, list[float]] = {"direct": [], "radflow": [], "orthanc (lua)": [],
                                            FLOOR: []}
         sender_done: dict[str, list[float]] = {k: [] for k in results}
+        # This machine's speed drifts by 2x within minutes: a ratio taken inside one round
+        # (each path ran back to back) is steadier than the ratio of two medians.
+        rounds: list[dict[str, float]] = []
         for _ in range(repeat):
+            rounds.append({})
             for name in results:
                 if name == "orthanc (lua)" and not os.access(ORTHANC, os.X_OK):
                     continue
                 if name == FLOOR:  # no sink, no DICOM: its sender's view is the whole story
                     floor_rate = fsync_floor(data, work)
                     results[name].append(floor_rate)
+                    rounds[-1][name] = floor_rate
                     sender_done[name].append(data.count / floor_rate)
                     continue
                 sink = Sink(work, name).start()
@@ -434,6 +441,7 @@ def part_router(datas: list[BenchData], work: Path, repeat: int) -> None:
                               flush=True)
                         continue
                     results[name].append(data.count / (t_last - t0))
+                    rounds[-1][name] = data.count / (t_last - t0)
                     sender_done[name].append(t_sender)
                 finally:
                     if router is not None:
@@ -443,13 +451,16 @@ def part_router(datas: list[BenchData], work: Path, repeat: int) -> None:
         for name, rates in results.items():
             rate = median_or_none(rates)
             if rate is None:
-                rows.append([f"{data.spec.name} x{data.count}", name, "n/a", "", ""])
+                rows.append([f"{data.spec.name} x{data.count}", name, "n/a", "", "", ""])
                 continue
+            paired = median_or_none([r[name] / r["direct"] for r in rounds
+                                     if name in r and r.get("direct")])
             rows.append([f"{data.spec.name} x{data.count}", name, f"{rate:,.0f}",
                          f"{median_or_none(sender_done[name]) or 0:.2f} s",
-                         f"{rate / direct:.2f}" if direct else ""])
+                         f"{rate / direct:.2f}" if direct else "",
+                         f"{paired:.2f}" if paired is not None else ""])
     print_table(["data", "path", "inst/s at the sink", "sender done after",
-                 "ratio to direct"], rows)
+                 "ratio to direct", "same-round ratio (median)"], rows)
 
 
 # --------------------------------------------------------------------------- part 3
