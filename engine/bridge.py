@@ -64,12 +64,6 @@ class LoopBridge:
         Raises :class:`ShuttingDown` after :meth:`close`, :class:`BridgeTimeout` on timeout (the
         coroutine is cancelled), and whatever the coroutine raised otherwise.
         """
-        return self.wait(self.submit(coro), timeout)
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Start ``coro`` on the loop and return at once, so the calling thread can do its own
-        blocking work meanwhile. The caller must pass the future to :meth:`wait` (it counts as
-        in flight until then). Raises as :meth:`call` does before anything started."""
         loop = self._loop
         if loop is None or loop.is_closed():
             coro.close()
@@ -83,22 +77,12 @@ class LoopBridge:
         with self._lock:
             self._inflight += 1
         try:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
-        except BaseException:
-            self._done()
-            raise
-
-    def wait(self, future: concurrent.futures.Future[T], timeout: float) -> T:
-        """The result of a :meth:`submit`, at most ``timeout`` seconds from now."""
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError as exc:
-            future.cancel()
-            raise BridgeTimeout(f"no answer from the engine within {timeout:g} s") from exc
-        except concurrent.futures.CancelledError as exc:
-            raise ShuttingDown("the work was cancelled by shutdown") from exc
+            return result_within(asyncio.run_coroutine_threadsafe(coro, loop), timeout)
         finally:
-            self._done()
+            with self._lock:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.notify_all()
 
     def post(self, fn: Callable[..., object], *args: Any) -> bool:
         """Run ``fn(*args)`` on the loop soon, without waiting: for work whose loss at shutdown
@@ -112,8 +96,16 @@ class LoopBridge:
             return False
         return True
 
-    def _done(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.notify_all()
+
+def result_within(future: concurrent.futures.Future[T], timeout: float) -> T:
+    """``future``'s result within ``timeout`` seconds, with the engine's errors: a timeout
+    cancels it and raises :class:`BridgeTimeout`, a cancellation (shutdown) is
+    :class:`ShuttingDown`. For the bridge's own calls and for other cross-thread waits of an
+    association (the journal's commits)."""
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError as exc:
+        future.cancel()
+        raise BridgeTimeout(f"no answer from the engine within {timeout:g} s") from exc
+    except concurrent.futures.CancelledError as exc:
+        raise ShuttingDown("the work was cancelled by shutdown") from exc

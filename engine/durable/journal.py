@@ -2,13 +2,12 @@
 
 Association threads hand it one instance each, straight to the store's writer thread (no event
 loop on a C-STORE's critical path); every instance waiting at that moment is committed in one
-transaction. Only then is each caller resolved. An instance
-whose spool file is fsync'd beside its commit (``InstanceCommit.file_durable=False``) gets a
-row marked "not durable" and an entry in :class:`FileSyncWatch` before its caller hears of it;
-intake settles the entry when its fsync ends, and the "durable" marks ride on the next commit.
-:meth:`JournalWriter.recover` checks, at start, the files of rows a crash left unmarked. It
-must not answer a peer itself and must not swallow a failed commit: every waiting caller gets
-the exception.
+transaction. Only then is each caller resolved. An instance whose spool file is fsync'd beside
+its commit (``InstanceCommit.file_durable=False``) gets a row marked "not durable" and an entry
+in :class:`FileSyncWatch` before its caller hears of it; intake settles the entry when its fsync
+ends, and the "durable" marks ride on the next commit. :meth:`JournalWriter.recover` checks, at
+start, the files of rows a crash left unmarked. It must not answer a peer itself and must not
+swallow a failed commit: every waiting caller gets the exception.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -166,9 +164,12 @@ class JournalWriter:
         """:meth:`submit` for callers on the loop."""
         return await asyncio.wrap_future(self.submit(item, dirs_to_sync))
 
-    async def withdraw(self, journal_id: int) -> bool:
-        """Delete a row whose file failed its fsync (see ``Store.withdraw_instance``)."""
-        return await self._store.withdraw_instance(journal_id)
+    async def withdraw(self, journal_id: int, spool_path: str) -> bool:
+        """Delete a row whose file failed (see ``Store.withdraw_instance``), then its file."""
+        if not await self._store.withdraw_instance(journal_id):
+            return False
+        await asyncio.to_thread(self._spool.remove, spool_path)
+        return True
 
     def mark_durable(self, journal_id: int, then: Callable[[], object] | None = None) -> None:
         """On the loop: this row's file is fsync'd; record it with the next commit, then call
@@ -263,8 +264,7 @@ class JournalWriter:
 
     async def _withdraw_failed(self, journal_id: int, spool_path: str) -> None:
         try:
-            if await self._store.withdraw_instance(journal_id):
-                await asyncio.to_thread(self._spool.remove, spool_path)
+            await self.withdraw(journal_id, spool_path)
         except Exception:  # the row stays "not durable": the next start checks its file
             log.exception("durable.journal.withdraw_failed", journal_id=journal_id)
 
@@ -300,14 +300,13 @@ class JournalWriter:
         kept, withdrawn = [], 0
         for row in await self._store.instances_not_durable():
             rec = row.record
-            whole = await asyncio.to_thread(self._verify, rec.spool_path, rec.size_bytes,
-                                            rec.sha256)
+            whole = await asyncio.to_thread(self._whole_and_synced, rec.spool_path,
+                                            rec.size_bytes, rec.sha256)
             if whole:
                 kept.append(row.id)
                 continue
-            if await self._store.withdraw_instance(row.id):
+            if await self.withdraw(row.id, rec.spool_path):
                 withdrawn += 1
-                await asyncio.to_thread(self._spool.remove, rec.spool_path)
                 log.warning("durable.journal.withdrawn", journal_id=row.id,
                             sop_instance_uid=rec.sop_instance_uid, calling_ae=rec.calling_ae,
                             reason="spool file missing or incomplete after a crash; the "
@@ -319,21 +318,14 @@ class JournalWriter:
             await self._store.mark_instances_durable(kept)
         return len(kept), withdrawn
 
-    def _verify(self, rel_path: str, size: int, sha256: str) -> bool:
-        path = self._spool.path_of(rel_path)
-        try:
-            digest = hashlib.sha256()
-            got = 0
-            with open(path, "rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
-                    got += len(block)
-            if got != size or digest.hexdigest() != sha256:
-                return False
-            self._spool.resync(rel_path)
-            return True
-        except (OSError, StorageFailure):
+    def _whole_and_synced(self, rel_path: str, size: int, sha256: str) -> bool:
+        if not self._spool.is_whole(rel_path, size, sha256):
             return False
+        try:
+            self._spool.resync(rel_path)
+        except StorageFailure:
+            return False
+        return True
 
 
 def _run_thens(marks: Sequence[tuple[int, Callable[[], object] | None]]) -> None:

@@ -3,12 +3,12 @@
 Owns the on-disk layout ``<spool>/objects/YYYY/MM/DD/HH/<object_id>.dcm`` and ``<spool>/tmp/``.
 Paths are built only from internal ids and the clock, never from anything a peer sent. A write
 goes straight to its final name (never over an existing file); :meth:`Spool.sync` then fsyncs
-the file and the directories its entry touched. The two are separate so that intake can fsync
-while the journal row commits. A file left by a crash mid-write has no row and is removed at
-the next start with the other orphans; ``tmp/`` only holds leftovers of older versions' temp
-files.
-The spool checks free space and refuses writes below the threshold. It knows nothing of DICOM
-and must not touch the store.
+the file, and ``sync_dirs`` the directories its entry touched. They are separate so that
+intake can fsync the file while the journal's writer fsyncs the directories and commits the
+row. A file left by a crash mid-write has no row and is removed at the next start with the
+other orphans; ``tmp/`` only holds leftovers of older versions' temp files. The spool checks
+free space and refuses writes below the threshold. It knows nothing of DICOM and must not
+touch the store.
 """
 
 from __future__ import annotations
@@ -138,18 +138,32 @@ class Spool:
             raise StorageFailure(f"spool write failed: {exc.strerror}") from exc
         return SpooledObject(object_id, rel_path, size, digest.hexdigest(), tuple(dirs))
 
-    def sync(self, spooled: SpooledObject, *, dirs: bool = True) -> None:
-        """fsync a written file, then (``dirs=True``) the directory entries that lead to it;
-        with ``dirs=False`` the caller has them fsync'd elsewhere (``sync_dirs``).
+    def sync(self, spooled: SpooledObject) -> None:
+        """fsync a written file; its directory entries (``dirs_to_sync``) are the caller's to
+        have fsync'd (the journal's writer does it beside this, see ``sync_dirs``).
 
         Raises :class:`StorageFailure` (the file's bytes may not be on disk: its row must not
         stand) and leaves the file where it is for the caller to remove."""
-        self._sync(spooled.rel_path, spooled.dirs_to_sync if dirs else ())
+        self._sync(spooled.rel_path, ())
 
     def resync(self, rel_path: str) -> None:
-        """:meth:`sync` for an existing file and every folder from its own up to the root
-        (start-up recovery, where nothing is known of which entries reached the disk)."""
+        """fsync an existing file and every folder from its own up to the root (start-up
+        recovery, where nothing is known of which entries reached the disk)."""
         self._sync(rel_path, _dir_chain(str(Path(rel_path).parent)))
+
+    def is_whole(self, rel_path: str, size: int, sha256: str) -> bool:
+        """Whether the file holds exactly ``size`` bytes with this SHA-256 (``False`` if it is
+        missing or unreadable)."""
+        digest = hashlib.sha256()
+        got = 0
+        try:
+            with open(self.root / rel_path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+                    got += len(block)
+        except OSError:
+            return False
+        return got == size and digest.hexdigest() == sha256
 
     def _sync(self, rel_path: str, rel_dirs: Iterable[str]) -> None:
         try:

@@ -1,10 +1,10 @@
 """SQLite backend of the store: the embedded default, one file, WAL, ``synchronous=FULL``.
 
 All writes go through one connection on one dedicated thread, so transactions never contend and
-group commits are natural (journal commits take the thread's urgent lane: a peer waits on
-them); reads use a second connection on another thread (WAL lets them run
-beside a write). Schema changes are numbered migrations applied in order at open. This module is
-the only place with SQLite SQL; it must not decide policy (see ``store.decide_duplicate``).
+group commits are natural (journal commits take the thread's urgent lane: a peer waits on them);
+reads use a second connection on another thread (WAL lets them run beside a write). Schema
+changes are numbered migrations applied in order at open. This module is the only place with
+SQLite SQL; it must not decide policy (see ``store.decide_duplicate``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ never leaves a half-written file behind, and does not know about pynetdicom even
 
 from __future__ import annotations
 
-import concurrent.futures
 import struct
 import time
 import uuid
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from engine import __version__
-from engine.bridge import LoopBridge
+from engine.bridge import LoopBridge, result_within
 from engine.bus import EventBus
 from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool, SpooledObject, new_object_id
@@ -106,16 +105,6 @@ def file_meta_bytes(req: ReceivedInstance) -> bytes:
     return _element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
 
 
-def _wait(pending: concurrent.futures.Future[InstanceCommitResult], timeout: float
-          ) -> InstanceCommitResult:
-    try:
-        return pending.result(timeout)
-    except concurrent.futures.TimeoutError as exc:
-        raise BridgeTimeout(f"the journal did not commit within {timeout:g} s") from exc
-    except concurrent.futures.CancelledError as exc:
-        raise ShuttingDown("the commit was cancelled by shutdown") from exc
-
-
 class StoreIntake:
     """Makes received instances durable before their success status."""
 
@@ -176,11 +165,11 @@ class StoreIntake:
             raise
         sync_error: StorageFailure | None = None
         try:
-            self._spool.sync(spooled, dirs=False)
+            self._spool.sync(spooled)
         except StorageFailure as exc:
             sync_error = exc
         try:
-            result = _wait(pending, self._timeout)
+            result = result_within(pending, self._timeout)
         except (BridgeTimeout, ShuttingDown):
             # The commit may still land; keep the file so a committed row never lacks its bytes
             # (a file that did not commit is an orphan the next start removes). The journal
@@ -217,8 +206,7 @@ class StoreIntake:
         log.error("ingress.dimse.c_store.fsync_failed", sop_instance_uid=record.sop_instance_uid,
                   journal_id=journal_id, detail=str(sync_error))
         try:
-            self._bridge.call(self._journal.withdraw(journal_id), self._timeout)
-            self._spool.remove(spooled.rel_path)
+            self._bridge.call(self._journal.withdraw(journal_id, spooled.rel_path), self._timeout)
         except Exception:  # the row stays "not durable": the next start checks its file
             log.exception("ingress.dimse.c_store.withdraw_failed", journal_id=journal_id)
         raise sync_error
