@@ -89,6 +89,15 @@ class UserIdentity(_Strict):
     passcode: SecretStr | None = None
 
 
+class TlsSettings(_Strict):
+    """TLS for a listener: a certificate chain and key, and optionally client verification."""
+
+    cert_file: Path
+    key_file: Path
+    #: when set, clients must present a certificate signed by one of these CAs
+    client_ca_file: Path | None = None
+
+
 class DicomListener(_Strict):
     """One DICOM listener: an AE title on a port, with its acceptance policy and limits."""
 
@@ -108,6 +117,8 @@ class DicomListener(_Strict):
     transfer_syntaxes: list[Uid] = Field(default_factory=lambda: list(DEFAULT_TRANSFER_SYNTAXES))
     #: private or very new storage SOP classes to accept besides pynetdicom's list
     extra_storage_sop_classes: list[Uid] = Field(default_factory=list)
+    #: DICOM over TLS (PS3.15 B.1; port 2762 by convention): this listener then speaks TLS only
+    tls: TlsSettings | None = None
 
 
 class DicomSettings(_Strict):
@@ -120,15 +131,6 @@ class DicomSettings(_Strict):
     duplicate_policy: Literal["version", "ignore", "reject"] = "version"
     #: how long an association thread waits for the durable commit before answering 0xA700
     store_timeout: float = Field(default=30.0, gt=0)
-
-
-class TlsSettings(_Strict):
-    """TLS for a listener: a certificate chain and key, and optionally client verification."""
-
-    cert_file: Path
-    key_file: Path
-    #: when set, clients must present a certificate signed by one of these CAs
-    client_ca_file: Path | None = None
 
 
 class Hl7Listener(_Strict):
@@ -278,6 +280,8 @@ class DicomwebDestination(_Destination):
     url: str = Field(pattern=r"^https?://")
     auth: HttpAuth | None = None
     verify_tls: bool = True
+    #: CA bundle that signs the server's certificate (a hospital's own CA); empty: the system's
+    ca_file: Path | None = None
     batch_max_count: int = Field(default=50, ge=1)
     batch_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     timeout: float = Field(default=120.0, gt=0)
@@ -309,6 +313,8 @@ class FhirDestination(_Destination):
     base_url: str = Field(pattern=r"^https?://")
     auth: HttpAuth | None = None
     verify_tls: bool = True
+    #: CA bundle that signs the server's certificate (a hospital's own CA); empty: the system's
+    ca_file: Path | None = None
     timeout: float = Field(default=30.0, gt=0)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from engine.egress.errors import DeliveryError, PermanentDeliveryError, Transien
 from engine.egress.objects import morphed, part10_bytes, spool_file
 from engine.observability.logging import get_logger
 from engine.settings import DicomwebDestination, HttpAuth
+from engine.tls import http_ssl_option
 
 log = get_logger("engine.egress.dicomweb")
 
@@ -49,11 +49,10 @@ def auth_headers(auth: HttpAuth | None) -> dict[str, str]:
     return {"Authorization": basic.encode()}
 
 
-def ssl_option(url: str, verify: bool) -> ssl.SSLContext | bool:
-    """aiohttp's ``ssl`` argument: verification with the system CAs unless turned off."""
-    if not url.startswith("https:"):
-        return True
-    return ssl.create_default_context() if verify else False
+def http_failure_reason(exc: aiohttp.ClientError) -> str:
+    """The outcome reason of a request that got no HTTP answer: a failed TLS handshake (an
+    untrusted or mismatched certificate, a site configuration matter) or an unreachable peer."""
+    return "tls_failed" if isinstance(exc, aiohttp.ClientSSLError) else "unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +111,8 @@ class StowSender:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
                 connector=aiohttp.TCPConnector(
-                    limit=1, ssl=ssl_option(self.config.url, self.config.verify_tls)))
+                    limit=1, ssl=http_ssl_option(self.config.url, self.config.verify_tls,
+                                                 self.config.ca_file)))
         return self._session
 
     async def idle(self) -> None:
@@ -200,7 +200,8 @@ class StowSender:
                                          reason="timeout")
             return [failed(err) for _ in parts]
         except aiohttp.ClientError as exc:
-            err = TransientDeliveryError(f"STOW-RS request failed: {exc}", reason="unreachable")
+            err = TransientDeliveryError(f"STOW-RS request failed: {exc}",
+                                         reason=http_failure_reason(exc))
             return [failed(err) for _ in parts]
         try:
             doc: Any = json.loads(text) if text.strip() else None

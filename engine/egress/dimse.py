@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -63,7 +62,8 @@ from engine.observability.metrics import (
     EGRESS_TRANSCODED,
 )
 from engine.reactor import EventDrivenAE
-from engine.settings import ClientTlsSettings, DimseDestination
+from engine.settings import DimseDestination
+from engine.tls import client_ssl_context, tls_failure
 
 log = get_logger("engine.egress.dimse")
 
@@ -114,18 +114,6 @@ def chunk_by_contexts(items: Sequence[_Item], fallbacks: Sequence[str],
     if current:
         parts.append(current)
     return parts
-
-
-def client_ssl_context(tls: ClientTlsSettings) -> ssl.SSLContext:
-    """A client context: verification on unless the site turned it off, TLS 1.2 at least."""
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if not tls.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _quiet_reactor(assoc: Association) -> None:
@@ -394,6 +382,8 @@ class DimseSender:
         ordered = sorted(wanted)
         contexts = [build_context(sop, list(ts)) for sop, ts in ordered]
         started = time.perf_counter()
+        if self._tls is not None:
+            self._tls[0].handshake_error = None
         try:
             assoc = self._ae.associate(
                 self.config.host, self.config.port, contexts=contexts,
@@ -406,6 +396,13 @@ class DimseSender:
         if not assoc.is_established:
             outcome = "rejected" if assoc.is_rejected else "failed"
             EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, outcome).inc()
+            tls_error = tls_failure(self._tls[0] if self._tls else None)
+            if tls_error is not None:
+                # Transient like any refusal: a certificate is fixed in configuration, and the
+                # queue then drains.
+                raise TransientDeliveryError(
+                    f"TLS handshake with {self.config.ae_title}@{self.config.host}:"
+                    f"{self.config.port} failed: {tls_error}", reason="tls_failed")
             # Refused (wrong AE title, not allowed) is a site configuration matter and not
             # this object's fault: transient, so fixing the config lets the queue drain.
             raise TransientDeliveryError(

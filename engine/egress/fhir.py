@@ -21,9 +21,10 @@ import aiohttp
 
 from engine.egress.classify import Verdict, classify_http
 from engine.egress.delivery import Delivery, SendOutcome, failed
-from engine.egress.dicomweb import auth_headers, ssl_option
+from engine.egress.dicomweb import auth_headers, http_failure_reason
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.settings import FhirDestination
+from engine.tls import http_ssl_option
 
 _RESOURCE_TYPES = frozenset({"ImagingStudy", "ServiceRequest", "Task", "Observation",
                              "DiagnosticReport", "Procedure", "Patient", "Encounter"})
@@ -82,7 +83,8 @@ class FhirSender:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
                 connector=aiohttp.TCPConnector(
-                    limit=1, ssl=ssl_option(self.config.base_url, self.config.verify_tls)))
+                    limit=1, ssl=http_ssl_option(self.config.base_url, self.config.verify_tls,
+                                                 self.config.ca_file)))
         return self._session
 
     async def idle(self) -> None:
@@ -116,7 +118,7 @@ class FhirSender:
                                              reason="timeout") from exc
             except aiohttp.ClientError as exc:
                 raise TransientDeliveryError(f"FHIR request failed: {exc}",
-                                             reason="unreachable") from exc
+                                             reason=http_failure_reason(exc)) from exc
         except DeliveryError as exc:
             return failed(exc, time.perf_counter() - started)
         seconds = time.perf_counter() - started

@@ -19,7 +19,6 @@ from typing import Any
 
 from engine.egress.classify import Verdict, classify_hl7_ack
 from engine.egress.delivery import Delivery, SendOutcome, failed
-from engine.egress.dimse import client_ssl_context
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.errors import InvalidInput
 from engine.ingress.hl7.message import (
@@ -32,6 +31,7 @@ from engine.ingress.hl7.message import (
 from engine.ingress.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
 from engine.observability.logging import get_logger
 from engine.settings import Hl7Destination
+from engine.tls import client_ssl_context
 
 log = get_logger("engine.egress.hl7")
 

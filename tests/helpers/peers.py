@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -200,6 +201,49 @@ class Orthanc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+# --- TLS in front of a plain peer ------------------------------------------------------------
+class TlsProxy:
+    """Terminates TLS on a free port and relays each connection to ``target_port``: HTTPS in
+    front of Orthanc, as hospitals often put a reverse proxy in front of a PACS. (Debian's
+    Orthanc 1.10.1 crashes on its first HTTPS request with ``SslEnabled``.)"""
+
+    def __init__(self, cert: Path, key: Path, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ctx.load_cert_chain(str(cert), str(key))
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> TlsProxy:
+        self._server = await asyncio.start_server(self._relay, HOST, self.port, ssl=self._ctx)
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    dst.write(chunk)
+                    await dst.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 # --- HL7 MLLP receiver (hl7 package) ---------------------------------------------------------

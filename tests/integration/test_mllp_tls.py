@@ -6,10 +6,8 @@ without one. Certificates are made with the openssl command-line tool for each t
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +15,11 @@ import hl7
 import hl7.mllp
 import pytest
 
+from tests.helpers.certs import have_openssl, make_cert
 from tests.helpers.proc import HOST, RadflowProcess, free_port
 from tests.integration.test_hl7_ingress import msa, order, worklist
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-
-
-def make_cert(folder: Path, name: str, ca: tuple[Path, Path] | None = None
-              ) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1: self-signed, or signed by ``ca`` (cert, key)."""
-    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    subject = ["-subj", f"/CN={name}", "-addext", f"subjectAltName=IP:{HOST}"]
-    if ca is None:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-keyout", str(key), "-out", str(cert), *subject],
-                       check=True, capture_output=True)
-        return cert, key
-    csr = folder / f"{name}.csr"
-    subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-out", str(csr), "-subj", f"/CN={name}"],
-                   check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey",
-                    str(ca[1]), "-CAcreateserial", "-days", "2", "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
+pytestmark = pytest.mark.skipif(not have_openssl(), reason="needs openssl")
 
 
 def tls_radflow(radflow: Any, cert: Path, key: Path, client_ca: Path | None = None

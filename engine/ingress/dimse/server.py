@@ -5,13 +5,22 @@ the configured extras, with the configured transfer syntaxes), limits (associati
 timeouts), start, and the graceful stop: close the listening socket, let open associations finish
 until the deadline, then abort what is left. It must not store anything itself: C-STORE work goes
 through the handlers to ``StoreIntake``.
+
+A listener with ``tls`` speaks DICOM over TLS only. pynetdicom runs the TLS handshake on the
+thread that accepts connections, with no time limit: one client that connects and stays silent
+would stop the listener from accepting anyone else. :class:`_AssociationServer` moves the
+handshake onto the connection's own thread, bounded by the ACSE timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts
@@ -31,7 +40,9 @@ from engine.ingress.dimse.intake import (
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.observability.logging import get_logger
+from engine.observability.metrics import DIMSE_REJECTIONS
 from engine.settings import DicomListener
+from engine.tls import server_ssl_context
 
 log = get_logger("engine.ingress.dimse")
 
@@ -74,6 +85,58 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
     return ae
 
 
+class _AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake on each connection's thread."""
+
+    listener = "main"
+    handshake_timeout = 30.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
+        previous = sock.gettimeout()
+        try:
+            sock.settimeout(self.handshake_timeout)
+            sock.do_handshake()
+            sock.settimeout(previous)
+            return True
+        except (OSError, ValueError) as exc:  # SSLError and timeouts are OSErrors
+            DIMSE_REJECTIONS.labels(self.listener, "tls_failed").inc()
+            log.warning("ingress.dimse.tls_failed", listener=self.listener,
+                        peer_host=str(client_address[0]) if client_address else "",
+                        detail=str(exc) or type(exc).__name__)
+            return False
+
+
+def start_listener(ae: AE, config: DicomListener, evt_handlers: list[Any]
+                   ) -> _AssociationServer:
+    """Start ``ae`` serving ``config`` on its own accept thread (pynetdicom's non-blocking
+    ``start_server``, with radflow's server class)."""
+    server = ae.make_server(
+        (config.host, config.port), evt_handlers=evt_handlers,
+        ssl_context=server_ssl_context(config.tls) if config.tls else None,
+        server_class=_AssociationServer)
+    assert isinstance(server, _AssociationServer)
+    server.listener = config.name
+    server.handshake_timeout = config.acse_timeout
+    threading.Thread(target=server.serve_forever, name=f"dicom-accept-{config.name}",
+                     daemon=True).start()
+    ae._servers.append(server)  # as start_server does: the server's shutdown takes it out
+    return server
+
+
 class DimseListeners:
     """All DICOM listeners of the engine, started and stopped together."""
 
@@ -96,12 +159,11 @@ class DimseListeners:
             ae = build_ae(config, worklist=self._mwl is not None, mpps=self._mpps is not None)
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
-                ae.start_server, (config.host, config.port), block=False,
-                evt_handlers=bindings(policy, self._intake, self._mwl, self._mpps))
-            assert server is not None  # non-blocking start_server always returns the server
+                start_listener, ae, config,
+                bindings(policy, self._intake, self._mwl, self._mpps))
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
-                     host=config.host, port=config.port)
+                     host=config.host, port=config.port, tls=config.tls is not None)
 
     def open_associations(self) -> int:
         return sum(len(server.active_associations) for _, server in self._servers)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 import time
 
 from engine.errors import RadflowError
@@ -21,20 +20,9 @@ from engine.ingress.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, re
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MLLP_CONNECTION_ERRORS, MLLP_CONNECTIONS
 from engine.settings import Hl7Listener
+from engine.tls import server_ssl_context
 
 log = get_logger("engine.ingress.hl7")
-
-
-def _tls_context(config: Hl7Listener) -> ssl.SSLContext | None:
-    if config.tls is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(config.tls.cert_file, config.tls.key_file)
-    if config.tls.client_ca_file is not None:
-        ctx.load_verify_locations(config.tls.client_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 class _Connection:
@@ -63,7 +51,8 @@ class MllpListener:
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._on_connection, self.config.host, self.config.port,
-            ssl=_tls_context(self.config), reuse_address=True)
+            ssl=server_ssl_context(self.config.tls) if self.config.tls else None,
+            reuse_address=True)
         log.info("ingress.hl7.listening", listener=self.config.name, host=self.config.host,
                  port=self.config.port, tls=self.config.tls is not None)
 

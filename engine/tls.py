@@ -1,0 +1,82 @@
+"""TLS contexts, in one place: for radflow's listeners (DICOM, MLLP) and for the connections
+it opens (DICOM and MLLP senders, HTTPS to DICOMweb and FHIR endpoints).
+
+Every context asks for TLS 1.2 at least and verifies the peer by default: a listener with a
+``client_ca_file`` requires a client certificate signed by it, and a client checks the server's
+certificate and host name against its ``ca_file`` (or the system's CAs) unless the site turned
+that off. It must not open connections itself, and it holds no state beyond what a context
+records about its own last handshake.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from engine.settings import ClientTlsSettings, TlsSettings
+
+
+def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A listener's context: its certificate chain, and client verification when asked."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file is not None:
+        ctx.load_verify_locations(tls.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class ClientTlsContext(ssl.SSLContext):
+    """An SSL context that remembers why its last handshake failed.
+
+    pynetdicom catches a failed connect, logs it and hands back an association that is simply
+    "not established"; the certificate error a site needs to see would be lost. The sockets
+    this context makes record it (one sender, one handshake at a time)."""
+
+    handshake_error: ssl.SSLError | None = None
+
+
+class _RecordingSSLSocket(ssl.SSLSocket):
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except ssl.SSLError as exc:
+            if isinstance(self.context, ClientTlsContext):
+                self.context.handshake_error = exc
+            raise
+
+
+def client_ssl_context(tls: ClientTlsSettings) -> ClientTlsContext:
+    """A client context: verification on unless the site turned it off, TLS 1.2 at least."""
+    ctx = ClientTlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificate and host name
+    if tls.ca_file is not None:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    ctx.sslsocket_class = _RecordingSSLSocket
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_failure(ctx: ssl.SSLContext | None) -> ssl.SSLError | None:
+    """Why the last TLS handshake through ``ctx`` failed, if it did."""
+    return ctx.handshake_error if isinstance(ctx, ClientTlsContext) else None
+
+
+def http_ssl_option(url: str, verify: bool, ca_file: Path | None = None
+                    ) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl`` argument: the server's certificate and host name checked against
+    ``ca_file`` (else the system's CAs), unless verification is turned off."""
+    if not url.startswith("https:"):
+        return True
+    if not verify:
+        return False
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
