@@ -10,6 +10,7 @@ configuration lets the queue drain), and the row's last error says it was the ce
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,6 @@ async def failed_on_certificate(store: SqliteStore, destination: str) -> bool:
         for r in rows)
 
 
-def https_stow_url(proxy: TlsProxy) -> str:
-    return f"https://{HOST}:{proxy.port}/dicom-web/studies"
-
-
 @needs_storescp
 async def test_cstore_over_mutual_tls_to_storescp(store: SqliteStore, spool: Path,
                                                   tmp_path: Path, pki: Pki) -> None:
@@ -113,21 +110,14 @@ async def test_cstore_to_an_untrusted_certificate_is_held_not_lost(
         scp.stop()
 
 
-@needs_orthanc
-@pytest.mark.orthanc
-async def test_stow_over_https_with_the_site_ca(store: SqliteStore, spool: Path,
-                                                tmp_path: Path, pki: Pki) -> None:
+@pytest.fixture
+async def https_orthanc(tmp_path: Path, pki: Pki) -> AsyncIterator[tuple[Orthanc, str]]:
+    """Orthanc behind a TLS proxy with the site CA's server certificate, and its HTTPS STOW
+    URL."""
     peer = Orthanc(tmp_path / "orthanc").start()
     proxy = await TlsProxy(*pki.server, target_port=peer.http_port).start()
     try:
-        instances = spool_series(spool, 7)
-        await enqueue_instances(store, spool, "web", instances)
-        dest = DicomwebDestination(type="dicomweb", url=https_stow_url(proxy), ca_file=pki.ca[0],
-                                   batch_max_count=5, retry=FAST_RETRY, timeout=30)
-        assert dest.url.startswith("https://")
-        async with running_dispatcher(store, spool, {"web": dest}):
-            await wait_until(lambda: all_done(store), timeout=60, what="STOW over HTTPS")
-        assert peer.received() == {i.sop_instance_uid for i in instances}
+        yield peer, f"https://{HOST}:{proxy.port}/dicom-web/studies"
     finally:
         await proxy.stop()
         peer.stop()
@@ -135,21 +125,28 @@ async def test_stow_over_https_with_the_site_ca(store: SqliteStore, spool: Path,
 
 @needs_orthanc
 @pytest.mark.orthanc
-async def test_stow_verifies_the_certificate_by_default(store: SqliteStore, spool: Path,
-                                                        tmp_path: Path, pki: Pki) -> None:
-    peer = Orthanc(tmp_path / "orthanc").start()
-    proxy = await TlsProxy(*pki.server, target_port=peer.http_port).start()
-    try:
-        instances = spool_series(spool, 2)
-        await enqueue_instances(store, spool, "web", instances)
-        # No ca_file: the system's CAs, which never signed the test CA's certificate.
-        dest = DicomwebDestination(type="dicomweb", url=https_stow_url(proxy), retry=FAST_RETRY,
-                                   timeout=10)
-        async with running_dispatcher(store, spool, {"web": dest}):
-            await wait_until(lambda: failed_on_certificate(store, "web"), timeout=30,
-                             what="refused on the certificate")
-        assert peer.received() == set()
-        assert await store.count_dead_letters("web") == 0
-    finally:
-        await proxy.stop()
-        peer.stop()
+async def test_stow_over_https_with_the_site_ca(store: SqliteStore, spool: Path, pki: Pki,
+                                                https_orthanc: tuple[Orthanc, str]) -> None:
+    peer, url = https_orthanc
+    instances = spool_series(spool, 7)
+    await enqueue_instances(store, spool, "web", instances)
+    dest = DicomwebDestination(type="dicomweb", url=url, ca_file=pki.ca[0], batch_max_count=5,
+                               retry=FAST_RETRY, timeout=30)
+    async with running_dispatcher(store, spool, {"web": dest}):
+        await wait_until(lambda: all_done(store), timeout=60, what="STOW over HTTPS")
+    assert peer.received() == {i.sop_instance_uid for i in instances}
+
+
+@needs_orthanc
+@pytest.mark.orthanc
+async def test_stow_verifies_the_certificate_by_default(
+        store: SqliteStore, spool: Path, https_orthanc: tuple[Orthanc, str]) -> None:
+    peer, url = https_orthanc
+    await enqueue_instances(store, spool, "web", spool_series(spool, 2))
+    # No ca_file: the system's CAs, which never signed the test CA's certificate.
+    dest = DicomwebDestination(type="dicomweb", url=url, retry=FAST_RETRY, timeout=10)
+    async with running_dispatcher(store, spool, {"web": dest}):
+        await wait_until(lambda: failed_on_certificate(store, "web"), timeout=30,
+                         what="refused on the certificate")
+    assert peer.received() == set()
+    assert await store.count_dead_letters("web") == 0
