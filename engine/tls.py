@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 from engine.settings import ClientTlsSettings, TlsSettings
 
@@ -28,16 +29,22 @@ def server_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 
 
 class ClientTlsContext(ssl.SSLContext):
-    """An SSL context that remembers why its last handshake failed.
+    """An SSL context that remembers why its last connection's handshake failed.
 
     pynetdicom catches a failed connect, logs it and hands back an association that is simply
     "not established"; the certificate error a site needs to see would be lost. The sockets
-    this context makes record it (one sender, one handshake at a time)."""
+    this context makes record it (one sender, one connection at a time)."""
 
     handshake_error: ssl.SSLError | None = None
 
 
 class _RecordingSSLSocket(ssl.SSLSocket):
+    def connect(self, address: Any) -> None:
+        # Cleared per connection, so a later plain TCP failure is not blamed on old TLS.
+        if isinstance(self.context, ClientTlsContext):
+            self.context.handshake_error = None
+        super().connect(address)
+
     def do_handshake(self, block: bool = False) -> None:
         try:
             super().do_handshake(block)
@@ -65,7 +72,7 @@ def client_ssl_context(tls: ClientTlsSettings) -> ClientTlsContext:
 
 
 def tls_failure(ctx: ssl.SSLContext | None) -> ssl.SSLError | None:
-    """Why the last TLS handshake through ``ctx`` failed, if it did."""
+    """Why the TLS handshake of the last connection through ``ctx`` failed, if it did."""
     return ctx.handshake_error if isinstance(ctx, ClientTlsContext) else None
 
 

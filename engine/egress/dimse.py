@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -114,6 +115,18 @@ def chunk_by_contexts(items: Sequence[_Item], fallbacks: Sequence[str],
     if current:
         parts.append(current)
     return parts
+
+
+def handshake_failure(tls: tuple[ssl.SSLContext, str] | None, ae_title: str, host: str,
+                      port: int) -> TransientDeliveryError | None:
+    """The error for an association that failed in its TLS handshake (``tls``: pynetdicom's
+    ``tls_args``), or ``None``. Transient like any refusal: a certificate is fixed in
+    configuration, and the queue then drains."""
+    error = tls_failure(tls[0] if tls else None)
+    if error is None:
+        return None
+    return TransientDeliveryError(f"TLS handshake with {ae_title}@{host}:{port} failed: {error}",
+                                  reason="tls_failed")
 
 
 def _quiet_reactor(assoc: Association) -> None:
@@ -382,8 +395,6 @@ class DimseSender:
         ordered = sorted(wanted)
         contexts = [build_context(sop, list(ts)) for sop, ts in ordered]
         started = time.perf_counter()
-        if self._tls is not None:
-            self._tls[0].handshake_error = None
         try:
             assoc = self._ae.associate(
                 self.config.host, self.config.port, contexts=contexts,
@@ -396,13 +407,10 @@ class DimseSender:
         if not assoc.is_established:
             outcome = "rejected" if assoc.is_rejected else "failed"
             EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, outcome).inc()
-            tls_error = tls_failure(self._tls[0] if self._tls else None)
-            if tls_error is not None:
-                # Transient like any refusal: a certificate is fixed in configuration, and the
-                # queue then drains.
-                raise TransientDeliveryError(
-                    f"TLS handshake with {self.config.ae_title}@{self.config.host}:"
-                    f"{self.config.port} failed: {tls_error}", reason="tls_failed")
+            tls_failed = handshake_failure(self._tls, self.config.ae_title, self.config.host,
+                                           self.config.port)
+            if tls_failed is not None:
+                raise tls_failed
             # Refused (wrong AE title, not allowed) is a site configuration matter and not
             # this object's fault: transient, so fixing the config lets the queue drain.
             raise TransientDeliveryError(

@@ -24,14 +24,14 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[
 from engine.dimse_wire import set_nodelay
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, SendOutcome, failed
-from engine.egress.dimse import _quiet_reactor
+from engine.egress.dimse import _quiet_reactor, handshake_failure
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.observability.logging import get_logger
 from engine.reactor import EventDrivenAE
 from engine.settings import MppsDestination
 from engine.status import DimseStatus
-from engine.tls import client_ssl_context, tls_failure
+from engine.tls import client_ssl_context
 from engine.vr import is_valid_uid
 
 log = get_logger("engine.egress.mpps")
@@ -150,11 +150,9 @@ class MppsSender:
         if not assoc.is_established or not assoc.accepted_contexts:
             if assoc.is_established:
                 assoc.release()
-            tls_error = tls_failure(tls[0] if tls else None)
-            if tls_error is not None:
-                raise TransientDeliveryError(
-                    f"TLS handshake with {cfg.ae_title}@{cfg.host}:{cfg.port} failed: "
-                    f"{tls_error}", reason="tls_failed")
+            tls_failed = handshake_failure(tls, cfg.ae_title, cfg.host, cfg.port)
+            if tls_failed is not None:
+                raise tls_failed
             raise TransientDeliveryError(
                 f"MPPS association refused by {cfg.ae_title}@{cfg.host}:{cfg.port}",
                 reason="association_rejected")
