@@ -1,7 +1,7 @@
 """Delivery over TLS to real peers: C-STORE to DCMTK ``storescp +tls`` (mutual TLS, as DICOM's
-TLS secure transport profile uses it) and STOW-RS over HTTPS to Orthanc behind a TLS-terminating
-proxy (Debian's Orthanc crashes when it serves HTTPS itself). Certificates come from a test CA
-made with openssl.
+TLS secure transport profile uses it), MPPS to a pynetdicom MPPS SCP over TLS (DCMTK has no MPPS
+SCP), and STOW-RS over HTTPS to Orthanc behind a TLS-terminating proxy (Debian's Orthanc crashes
+when it serves HTTPS itself). Certificates come from a test CA made with openssl.
 
 What a site checks: with the site's CA configured, everything arrives; against a peer whose
 certificate the CA did not sign, nothing is sent, no row is lost or dead-lettered (fixing the
@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.durable.sqlite import SqliteStore
-from engine.settings import ClientTlsSettings, DicomwebDestination, DimseDestination
+from engine.settings import (
+    ClientTlsSettings,
+    DicomwebDestination,
+    DimseDestination,
+    MppsDestination,
+    TlsSettings,
+)
 from tests.helpers.certs import have_openssl, make_cert
 from tests.helpers.outbox import (
     FAST_RETRY,
@@ -150,3 +157,45 @@ async def test_stow_verifies_the_certificate_by_default(
                          what="refused on the certificate")
     assert peer.received() == set()
     assert await store.count_dead_letters("web") == 0
+
+
+async def test_mpps_forwarded_over_mutual_tls(store: SqliteStore, tmp_path: Path,
+                                              pki: Pki) -> None:
+    """A pynetdicom MPPS SCP serving TLS that asks for a client certificate."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
+
+    from engine.tls import server_ssl_context
+    from tests.helpers.proc import free_port
+    from tests.integration.test_egress_hl7_fhir_mpps import enqueue
+
+    created: list[str] = []
+
+    def on_create(event: Any) -> tuple[int, Dataset]:
+        created.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000, event.attribute_list
+
+    port = free_port()
+    ae = AE(ae_title="RIS_MPPS")
+    ae.add_supported_context(ModalityPerformedProcedureStep)
+    context = server_ssl_context(TlsSettings(cert_file=pki.server[0], key_file=pki.server[1],
+                                             client_ca_file=pki.ca[0]))
+    server = ae.start_server((HOST, port), block=False, ssl_context=context,
+                             evt_handlers=[(evt.EVT_N_CREATE, on_create)])
+    try:
+        uid, step = generate_uid(), Dataset()
+        step.PerformedProcedureStepStatus = "IN PROGRESS"
+        await enqueue(store, "ris-mpps", "mpps", [
+            {"mpps": {"operation": "create", "sop_instance_uid": uid,
+                      "dataset": step.to_json_dict()}}])
+        dest = MppsDestination(
+            type="mpps", ae_title="RIS_MPPS", host=HOST, port=port, retry=FAST_RETRY,
+            tls=ClientTlsSettings(ca_file=pki.ca[0], cert_file=pki.client[0],
+                                  key_file=pki.client[1]))
+        async with running_dispatcher(store, tmp_path, {"ris-mpps": dest}):
+            await wait_until(lambda: all_done(store), what="MPPS forwarded over TLS")
+        assert created == [uid]
+    finally:
+        server.shutdown()
