@@ -23,7 +23,7 @@ from engine.admin.server import AdminServer
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
 from engine.durable.journal import JournalWriter
-from engine.durable.retention import SpoolRetention
+from engine.durable.retention import Retention
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
 from engine.egress.dispatcher import Dispatcher
@@ -79,7 +79,8 @@ class Engine:
         self.settings = settings
         self.store: Store = open_store(settings.storage)
         self.spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024)
-        self.retention = SpoolRetention(self.store, self.spool, settings.storage.retention_days)
+        self.retention = Retention(self.store, self.spool, settings.storage.retention_days,
+                                   settings.storage.journal_retention_days)
         self.bridge = LoopBridge()
         self.bus = EventBus()
         self.journal = JournalWriter(self.store, self.spool, self.bridge)
@@ -171,9 +172,8 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),
                                                name="worklist-maintenance"))
-        if self.retention.retention_days > 0:
-            self._tasks.append(asyncio.create_task(self.retention.run(),
-                                                   name="spool-retention"))
+        if self.retention.enabled:
+            self._tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
 
         http = self.settings.http
         if http.enabled:

@@ -173,6 +173,9 @@ class StorageSettings(_Strict):
     #: instances older than this leave the spool and journal once routed and delivered
     #: (dead letters keep theirs); 0 keeps everything
     retention_days: float = Field(default=0.0, ge=0)
+    #: HL7 messages and finished MPPS steps older than this leave the journal once routed and
+    #: delivered (dead letters keep theirs); 0 keeps everything
+    journal_retention_days: float = Field(default=0.0, ge=0)
 
 
 class HttpSettings(_Strict):

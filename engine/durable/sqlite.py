@@ -47,6 +47,7 @@ from engine.durable.store import (
     InstanceCommitResult,
     InstanceOutcome,
     InstanceRecord,
+    JournalPurge,
     NewOutboxRow,
     OutboxResult,
     OutboxRow,
@@ -291,6 +292,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE instances ADD COLUMN durable INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX instances_not_durable ON instances (id) WHERE durable = 0
+    """,
+    # 8: journal retention for HL7 messages and MPPS steps (SQL in sqlite_retention.py).
+    """
+    CREATE INDEX hl7_messages_received ON hl7_messages (received_at);
+    CREATE INDEX procedure_steps_updated ON procedure_steps (updated_at);
+    CREATE INDEX procedure_step_events_step ON procedure_step_events (step_id)
     """,
 )
 
@@ -648,6 +655,9 @@ class SqliteStore:
 
     async def forget_instances(self, ids: Sequence[int]) -> int:
         return await self._write(lambda c: sqlite_retention.forget(c, ids))
+
+    async def purge_journal(self, before: str, limit: int) -> JournalPurge:
+        return await self._write(lambda c: sqlite_retention.purge_journal(c, before, limit))
 
     async def known_object_ids(self, object_ids: Sequence[str]) -> set[str]:
         def run(conn: sqlite3.Connection) -> set[str]:

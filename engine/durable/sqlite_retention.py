@@ -1,5 +1,5 @@
-"""SQLite SQL of spool retention: which journal rows' files nothing needs any more, and their
-removal.
+"""SQLite SQL of retention: which journal rows (and, for instances, files) nothing needs any
+more, and their removal.
 
 An instance may go once it is older than the retention, routed, every outbox row naming it is
 delivered (``done``) or already purged, and it is in no open routing group. A ``pending``,
@@ -8,6 +8,12 @@ file stays until the dead letter is purged. :func:`forget` checks all of this ag
 write transaction, so a row that became needed since :func:`expired` read it is kept. Every
 function takes the connection it runs on; called through ``SqliteStore``'s reader or writer.
 This module must not touch files: the caller removes them.
+
+HL7 messages and MPPS steps (:func:`purge_journal`) follow the same rule with their own
+conditions, checked inside the one transaction that deletes them: a message that was routed, or
+was answered AE/AR and so is never routed; a step that is DISCONTINUED, or COMPLETED and not
+awaiting the instances that complete its study, whose every event is routed. Neither may have
+an outbox row that is not ``done``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from engine.durable.sqlite_txn import transaction
-from engine.durable.store import ExpiredInstance
+from engine.durable.store import ExpiredInstance, JournalPurge
 
 # The conditions, in one place for the read and for the re-check in the delete.
 _NOT_NEEDED = """
@@ -55,3 +61,42 @@ def forget(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
             removed += conn.execute(f"DELETE FROM instances WHERE id IN ({marks})",
                                     still).rowcount
     return removed
+
+
+_HL7_NOT_NEEDED = """
+    (h.ack_code != 'AA' OR h.routed_at IS NOT NULL)
+    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.source_table = 'hl7_messages'
+                    AND o.source_id = h.id AND o.state != 'done')
+"""
+
+# A COMPLETED step whose study is not complete yet is watched for its missing instances
+# (``sqlite_mpps.awaiting``): it stays, however old.
+_STEP_NOT_NEEDED = """
+    (s.status = 'DISCONTINUED'
+     OR (s.status = 'COMPLETED' AND (s.complete_at IS NOT NULL OR NOT EXISTS (
+         SELECT 1 FROM procedure_step_instances x WHERE x.step_id = s.id))))
+    AND NOT EXISTS (
+        SELECT 1 FROM procedure_step_events e WHERE e.step_id = s.id
+        AND (e.routed_at IS NULL OR EXISTS (
+            SELECT 1 FROM outbox o WHERE o.source_table = 'procedure_step_events'
+            AND o.source_id = e.id AND o.state != 'done')))
+"""
+
+
+def purge_journal(conn: sqlite3.Connection, before: str, limit: int) -> JournalPurge:
+    with transaction(conn):
+        hl7 = conn.execute(
+            "DELETE FROM hl7_messages WHERE id IN (SELECT h.id FROM hl7_messages h "
+            f"WHERE h.received_at < ? AND {_HL7_NOT_NEEDED} ORDER BY h.id LIMIT ?)",
+            (before, limit)).rowcount
+        steps = [int(r[0]) for r in conn.execute(
+            "SELECT s.id FROM procedure_steps s "
+            f"WHERE s.updated_at < ? AND {_STEP_NOT_NEEDED} ORDER BY s.id LIMIT ?",
+            (before, limit))]
+        for start in range(0, len(steps), 500):
+            chunk = steps[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for table in ("procedure_step_instances", "procedure_step_events"):
+                conn.execute(f"DELETE FROM {table} WHERE step_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM procedure_steps WHERE id IN ({marks})", chunk)
+    return JournalPurge(hl7_messages=int(hl7), procedure_steps=len(steps))

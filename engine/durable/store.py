@@ -98,6 +98,14 @@ class ExpiredInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalPurge:
+    """What one pass of journal retention deleted."""
+
+    hl7_messages: int = 0
+    procedure_steps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceCommit:
     """One instance to commit in a group commit, with the policy for a known UID.
 
@@ -360,6 +368,14 @@ class Store(Protocol):
     async def forget_instances(self, ids: Sequence[int]) -> int:
         """Delete these journal rows (and their fired-group memberships), re-checking in the
         transaction that nothing needs them; the number deleted."""
+        ...
+
+    async def purge_journal(self, before: str, limit: int) -> JournalPurge:
+        """In one transaction, delete up to ``limit`` HL7 messages received before ``before``
+        (ISO 8601) and up to ``limit`` finished MPPS steps last updated before it (with their
+        events and instance lists), each only once nothing needs it: routed (or never to be
+        routed), every outbox row it made delivered (or purged), and, for a step, not awaiting
+        the instances that complete its study."""
         ...
 
     # --- HL7 journal -----------------------------------------------------------------------

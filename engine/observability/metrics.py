@@ -78,6 +78,13 @@ SPOOL_PURGED_BYTES = Counter(
     "radflow_spool_purged_bytes_total", "Bytes of spool files removed by retention.",
     registry=REGISTRY,
 )
+JOURNAL_PURGED = Counter(
+    "radflow_journal_purged_total",
+    "HL7 messages and MPPS steps removed from the journal by retention "
+    "(storage.journal_retention_days).",
+    ["journal"],
+    registry=REGISTRY,
+)
 SPOOL_LOW_SPACE = Gauge(
     "radflow_spool_low_space", "1 while the spool is below its free-space threshold.",
     registry=REGISTRY,

@@ -373,10 +373,17 @@ class RadflowProcess:
     # --- durable state -------------------------------------------------------------------------
     def journal_rows(self) -> list[dict[str, Any]]:
         """Every row of the ``instances`` table, read directly from the SQLite file."""
+        return self._table("instances")
+
+    def hl7_rows(self) -> list[dict[str, Any]]:
+        """Every row of the ``hl7_messages`` table, read directly from the SQLite file."""
+        return self._table("hl7_messages")
+
+    def _table(self, table: str) -> list[dict[str, Any]]:
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             conn.row_factory = sqlite3.Row
-            return [dict(r) for r in conn.execute("SELECT * FROM instances ORDER BY id")]
+            return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY id")]
         finally:
             conn.close()
 

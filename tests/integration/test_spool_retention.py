@@ -1,6 +1,7 @@
-"""Spool retention against a running radflow: with ``storage.retention_days`` set, instances
-whose routing is done and that nothing waits for leave the spool and the journal at the next
-pass (one runs at start), while one with a delivery still pending stays."""
+"""Retention against a running radflow: with ``storage.retention_days`` set, instances whose
+routing is done and that nothing waits for leave the spool and the journal at the next pass (one
+runs at start), while one with a delivery still pending stays; with
+``storage.journal_retention_days`` set, old HL7 messages leave the journal the same way."""
 
 from __future__ import annotations
 
@@ -47,3 +48,25 @@ def test_old_routed_instances_leave_and_pending_ones_stay(radflow: RadflowFactor
     assert [r["modality"] for r in rows] == ["MR"]
     assert [p.name for p in rf.spool_objects()] == [Path(rows[0]["spool_path"]).name]
     assert rf.events("durable.spool.purged", instances=3)
+
+
+def test_old_hl7_messages_leave_the_journal(radflow: RadflowFactory) -> None:
+    """``storage.journal_retention_days``: an order routed long enough ago (no routes here:
+    routed as unmatched) and a rejected message leave the journal at the pass run at start."""
+    from tests.integration.test_hl7_ingress import msa, order, send
+
+    rf = radflow({"storage": {"journal_retention_days": 0.00001}})
+    assert msa(send(rf, order("KEEP0001")))[0] == "AA"
+    assert msa(send(rf, order("BAD00001", pid="")))[0] == "AE"
+    assert len(rf.hl7_rows()) == 2
+    deadline = time.monotonic() + 15
+    while any(r["ack_code"] == "AA" and r["routed_at"] is None for r in rf.hl7_rows()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    rf.restart()  # a retention pass runs at start
+    deadline = time.monotonic() + 15
+    while rf.hl7_rows() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rf.hl7_rows() == []
+    assert rf.events("durable.journal.purged", hl7_messages=2)
