@@ -278,12 +278,18 @@ class DimseSender:
         notes: dict[str, Any] = {}
         try:
             path = spool_file(obj, self.spool_root)
-            context = self._context_for(assoc, obj)
+            context = self._context_for(assoc, obj.sop_class_uid, obj.transfer_syntax_uid)
             dataset: Path | Dataset
             if obj.morph or context.transfer_syntax[0] != obj.transfer_syntax_uid:
                 ds = morphed(path, obj.morph, self.morph, obj.secret_fingerprint)
+                current = str(ds.file_meta.get("TransferSyntaxUID", obj.transfer_syntax_uid)
+                              if hasattr(ds, "file_meta") else obj.transfer_syntax_uid)
+                if current != obj.transfer_syntax_uid:
+                    # The morph re-encoded the pixels (cleaning them decompresses): choose the
+                    # context for what is sent now.
+                    context = self._context_for(assoc, obj.sop_class_uid, current)
                 target = str(context.transfer_syntax[0])
-                if target != obj.transfer_syntax_uid:
+                if target != current:
                     ds = transcode(ds, target)
                     EGRESS_TRANSCODED.labels(self.name).inc()
                     notes["transcoded_to"] = target
@@ -368,18 +374,19 @@ class DimseSender:
         return int(status)
 
     # --- associations ----------------------------------------------------------------------
-    def _context_for(self, assoc: Association, obj: DicomObject) -> PresentationContext:
+    def _context_for(self, assoc: Association, sop_class_uid: str, transfer_syntax_uid: str
+                     ) -> PresentationContext:
         accepted = [cx for cx in assoc.accepted_contexts
-                    if cx.abstract_syntax == obj.sop_class_uid]
+                    if cx.abstract_syntax == sop_class_uid]
         for cx in accepted:
-            if cx.transfer_syntax[0] == obj.transfer_syntax_uid:
+            if cx.transfer_syntax[0] == transfer_syntax_uid:
                 return cx
         for ts in self._fallbacks:  # the destination's order of preference
             for cx in accepted:
                 if cx.transfer_syntax[0] == ts:
                     return cx
         raise PermanentDeliveryError(
-            f"{self.config.ae_title} accepts SOP class {obj.sop_class_uid} in none of the "
+            f"{self.config.ae_title} accepts SOP class {sop_class_uid} in none of the "
             f"proposed transfer syntaxes", reason="context_rejected")
 
     def _association_for(self, objs: Sequence[DicomObject]) -> Association:

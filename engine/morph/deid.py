@@ -21,7 +21,11 @@ How the standard's choices are made here (the profile leaves them to the impleme
 * options: ``retain_uids``, ``retain_device_identity``, ``retain_institution_identity``,
   ``retain_patient_characteristics``, ``retain_longitudinal_dates`` (``full`` keeps dates,
   ``modified`` shifts them per patient), ``clean_descriptors``; each applies its column of the
-  table. Retain Safe Private and the pixel/visual-feature options are not offered.
+  table. ``clean_pixel_data`` (Clean Pixel Data Option, :mod:`engine.morph.pixels`) blanks
+  the burned-in text regions the site names for a kind of image; an image that says it carries
+  burned-in annotation and fits no region is refused (``burned_in_annotation: refuse``, the
+  default) or sent as it is (``send``). Retain Safe Private and Clean Visual Features are not
+  offered.
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ from engine.morph.ops import (
     shift_element,
 )
 from engine.morph.paths import is_private, parse_path, text_values
+from engine.morph.pixels import BURNED_IN_POLICIES, PixelRegion, clean_pixel_data, parse_regions
 from engine.morph.ps315 import PROFILE_BY_TAG, ProfileRow
 
 DEID_KEYS: Final = frozenset({
     "retain_uids", "retain_device_identity", "retain_institution_identity",
     "retain_patient_characteristics", "retain_longitudinal_dates", "clean_descriptors",
-    "max_shift_days", "uid_prefix", "pseudonymize_patient",
+    "max_shift_days", "uid_prefix", "pseudonymize_patient", "clean_pixel_data",
+    "burned_in_annotation",
 })
 _COMPOUND: Final = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D", "X/Z/U*": "U*"}
 _DUMMY: Final[dict[str, Any]] = {
@@ -67,6 +73,7 @@ _DUMMY: Final[dict[str, Any]] = {
 #: PS3.16 CID 7050 De-identification Method codes
 _CODES: Final[dict[str, tuple[str, str]]] = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean_pixel_data": ("113101", "Clean Pixel Data Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
     "full": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
     "modified": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
@@ -92,6 +99,10 @@ class DeidOptions:
     #: Patient ID and Patient's Name become an HMAC pseudonym of the original Patient ID (and
     #: issuer) instead of being emptied, so one patient's studies stay linked
     pseudonymize_patient: bool = False
+    #: burned-in text regions per kind of image (Clean Pixel Data Option)
+    clean_pixel_data: tuple[PixelRegion, ...] = ()
+    #: an image with Burned In Annotation YES that fits no region: ``refuse`` or ``send``
+    burned_in_annotation: str = "refuse"
 
     def letters(self) -> frozenset[str]:
         out = set()
@@ -253,16 +264,19 @@ class Deidentify(MorphStep):
         if opts.pseudonymize_patient:
             pseudonym = HashValue(parse_path("PatientID"), 16, "", "patient").pseudonym(
                 _patient_key(ds), keys)
+        # Before the profile: regions are chosen by the device attributes it may remove.
+        pixels_cleaned = clean_pixel_data(ds, opts.clean_pixel_data, opts.burned_in_annotation)
         run = _Run(ds, opts, keys)
         run.process(ds)
         if pseudonym is not None:
             ds.PatientID = pseudonym
             ds.PatientName = pseudonym
-        self._mark(ds)
+        self._mark(ds, pixels_cleaned)
 
-    def _mark(self, ds: Dataset) -> None:
+    def _mark(self, ds: Dataset, pixels_cleaned: bool) -> None:
         opts = self.options
-        names = ["basic"] + [name for name in (
+        names = ["basic"] + (["clean_pixel_data"] if pixels_cleaned else []) + [
+            name for name in (
             "retain_uids", "retain_device_identity", "retain_institution_identity",
             "retain_patient_characteristics", "clean_descriptors") if getattr(opts, name)]
         if opts.retain_longitudinal_dates != "off":
@@ -293,7 +307,9 @@ class Deidentify(MorphStep):
                 "retain_patient_characteristics": o.retain_patient_characteristics,
                 "retain_longitudinal_dates": o.retain_longitudinal_dates,
                 "clean_descriptors": o.clean_descriptors, "max_shift_days": o.max_shift_days,
-                "uid_prefix": o.uid_prefix, "pseudonymize_patient": o.pseudonymize_patient}
+                "uid_prefix": o.uid_prefix, "pseudonymize_patient": o.pseudonymize_patient,
+                "clean_pixel_data": [r.to_json() for r in o.clean_pixel_data],
+                "burned_in_annotation": o.burned_in_annotation}
 
     def describe(self) -> str:
         o = self.options
@@ -302,6 +318,10 @@ class Deidentify(MorphStep):
                           "clean_descriptors", "pseudonymize_patient") if getattr(o, k)]
         if o.retain_longitudinal_dates != "off":
             on.append(f"longitudinal dates {o.retain_longitudinal_dates}")
+        if o.clean_pixel_data:
+            on.append(f"clean pixel data ({len(o.clean_pixel_data)} regions)")
+        if o.burned_in_annotation != "refuse":
+            on.append("burned-in annotation sent as is")
         return "deidentify (PS3.15 basic" + (f"; {', '.join(on)})" if on else ")")
 
     @classmethod
@@ -318,6 +338,11 @@ class Deidentify(MorphStep):
         if not _valid_prefix(prefix):
             f.problem("uid_prefix", "a UID root of digits and dots, ending with a dot, at most "
                                     "40 characters")
+        policy = f.string("burned_in_annotation", default="refuse") or "refuse"
+        if policy not in BURNED_IN_POLICIES:
+            f.problem("burned_in_annotation", "expected refuse or send")
+            policy = "refuse"
+        regions = parse_regions(raw.get("clean_pixel_data"), f.problem)
         options = DeidOptions(
             retain_uids=f.boolean("retain_uids", False),
             retain_device_identity=f.boolean("retain_device_identity", False),
@@ -327,7 +352,8 @@ class Deidentify(MorphStep):
             clean_descriptors=f.boolean("clean_descriptors", False),
             max_shift_days=f.integer("max_shift_days", 365, 1, 36500) or 365,
             uid_prefix=prefix,
-            pseudonymize_patient=f.boolean("pseudonymize_patient", False))
+            pseudonymize_patient=f.boolean("pseudonymize_patient", False),
+            clean_pixel_data=regions, burned_in_annotation=policy)
         if not env.has_secret:
             f.problem(None, "deidentify needs routing.secret (UIDs and pseudonyms are derived "
                             "from it); set it in the config or RADFLOW_ROUTING__SECRET")
