@@ -152,3 +152,47 @@ def test_dead_letters_through_the_api_and_the_cli(radflow: RadflowFactory,
         assert rf.stop() == 0
     finally:
         scp.stop()
+
+
+def test_burned_in_text_is_blanked_for_the_ai_node_and_unknown_devices_are_held(
+        radflow: RadflowFactory, tmp_path: Path) -> None:
+    """A de-identifying route with a Clean Pixel Data region: the RLE-compressed image that
+    fits it reaches storescp uncompressed with the region blank; an image marked Burned In
+    Annotation YES from a device no region names is dead-lettered with the reason."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    from tests.helpers import dicomgen
+
+    scp = Storescp(tmp_path / "scp").start()
+    try:
+        config = routed_config(tmp_path, {"ai": sink(scp.port)})
+        (tmp_path / "routes" / "10-all.yaml").write_text(
+            "version: 1\nroutes:\n  - name: to-ai\n    destinations: [ai]\n"
+            "    morph:\n      - op: deidentify\n        clean_pixel_data:\n"
+            "          - {modality: CT, manufacturer: Acme, rectangles: [[0, 0, 32, 3]]}\n")
+        config["routing"]["secret"] = "integration-secret"
+        rf = radflow(config)
+        known = dicomgen.new_dataset("CT", size=32, seed=1)
+        known.Manufacturer, known.BurnedInAnnotation = "Acme", "YES"
+        unknown = dicomgen.new_dataset("CT", size=32, seed=2)
+        unknown.Manufacturer, unknown.BurnedInAnnotation = "Other", "YES"
+        sent = [dicomgen.write_part10(known, tmp_path / "known.dcm", RLELossless),
+                dicomgen.write_part10(unknown, tmp_path / "unknown.dcm")]
+        # storescu proposes one file's own compressed syntax with -R -xr
+        assert store_responses(storescu(rf, sent[0], "-R", "-xr").stdout) == ["Success"]
+        assert store_responses(storescu(rf, sent[1]).stdout) == ["Success"]
+        wait(lambda: len(scp.received_files()) == 1, 30, "the cleaned image arrives", rf)
+        wait(lambda: api(rf, "GET", "/api/v1/queues/ai/dead")[1].get("total") == 1, 30,
+             "the unknown device's image is held", rf)
+        got = pydicom.dcmread(scp.received_files()[0])
+        assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        original = pydicom.dcmread(sent[0]).pixel_array
+        assert (got.pixel_array[0:3] == 0).all()
+        assert np.array_equal(got.pixel_array[3:], original[3:])
+        assert got.BurnedInAnnotation == "NO" and got.PatientIdentityRemoved == "YES"
+        _, dead = api(rf, "GET", "/api/v1/queues/ai/dead?limit=10")
+        assert "Burned In Annotation is YES" in dead["items"][0]["last_error"]
+    finally:
+        scp.stop()
