@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from engine.errors import ConfigError
 from engine.vr import is_valid_ae_title, is_valid_uid
@@ -76,10 +84,14 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 
 class CallingPeer(_Strict):
-    """One allowed calling AE, optionally pinned to an address or network."""
+    """One allowed calling AE, optionally pinned to an address or network and, on a TLS
+    listener that asks for client certificates, to the name its certificate carries."""
 
     ae_title: AETitle
     host: HostPattern | None = None
+    #: a name (subject common name, or a DNS or IP subject alternative name) the peer's TLS
+    #: client certificate must carry: binds the AE title to a device's certificate
+    certificate: str | None = Field(default=None, min_length=1)
 
 
 class UserIdentity(_Strict):
@@ -119,6 +131,14 @@ class DicomListener(_Strict):
     extra_storage_sop_classes: list[Uid] = Field(default_factory=list)
     #: DICOM over TLS (PS3.15 B.1; port 2762 by convention): this listener then speaks TLS only
     tls: TlsSettings | None = None
+
+    @model_validator(mode="after")
+    def _certificates_need_client_tls(self) -> DicomListener:
+        if any(p.certificate for p in self.allowed_calling) and (
+                self.tls is None or self.tls.client_ca_file is None):
+            raise ValueError("allowed_calling[].certificate needs tls.client_ca_file: without "
+                             "it no client certificate is asked for")
+        return self
 
 
 class DicomSettings(_Strict):

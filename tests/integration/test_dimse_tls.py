@@ -31,10 +31,13 @@ class Pki:
         self.ca = make_cert(folder, "site-ca")
         self.radflow = make_cert(folder, "radflow", ca=self.ca)
         self.modality = make_cert(folder, "modality", ca=self.ca)
+        self.intruder = make_cert(folder, "intruder", ca=self.ca)
 
-    def client_args(self) -> tuple[str, ...]:
-        """DCMTK options: TLS with the modality's key and certificate, trusting the site CA."""
-        return ("+tls", str(self.modality[1]), str(self.modality[0]), "+cf", str(self.ca[0]))
+    def client_args(self, cert: tuple[Path, Path] | None = None) -> tuple[str, ...]:
+        """DCMTK options: TLS with the modality's (or ``cert``'s) key and certificate, trusting
+        the site CA."""
+        cert = cert or self.modality
+        return ("+tls", str(cert[1]), str(cert[0]), "+cf", str(self.ca[0]))
 
     def anonymous_args(self) -> tuple[str, ...]:
         """TLS without a client certificate, still checking radflow's."""
@@ -46,13 +49,13 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(tmp_path / "pki")
 
 
-def tls_radflow(radflow: Any, pki: Pki, *, client_ca: bool, acse_timeout: float = 10
-                ) -> RadflowProcess:
+def tls_radflow(radflow: Any, pki: Pki, *, client_ca: bool, acse_timeout: float = 10,
+                **listener: Any) -> RadflowProcess:
     tls = {"cert_file": str(pki.radflow[0]), "key_file": str(pki.radflow[1])}
     if client_ca:
         tls["client_ca_file"] = str(pki.ca[0])
     rf: RadflowProcess = radflow({"dicom": {"listeners": [
-        {"tls": tls, "acse_timeout": acse_timeout}]}})
+        {"tls": tls, "acse_timeout": acse_timeout, **listener}]}})
     return rf
 
 
@@ -107,3 +110,14 @@ def test_a_silent_connection_is_closed_after_the_acse_timeout(radflow: Any, pki:
         assert silent.recv(1) == b""
     event = rf.wait_for_event("ingress.dimse.tls_failed")
     assert event["listener"] == "main" and event["peer_host"] == HOST
+
+
+def test_an_ae_title_can_be_bound_to_a_certificate(radflow: Any, pki: Pki) -> None:
+    """Both certificates come from the site CA; only the modality's may call as ECHOSCU."""
+    rf = tls_radflow(radflow, pki, client_ca=True,
+                     allowed_calling=[{"ae_title": "ECHOSCU", "certificate": "modality"}])
+    assert echoscu(rf, *pki.client_args()).returncode == 0
+    refused = echoscu(rf, *pki.client_args(pki.intruder))
+    assert refused.returncode != 0, refused.stdout
+    event = rf.wait_for_event("ingress.dimse.association.rejected")
+    assert event["reason"] == "calling_ae_not_allowed" and event["calling_ae"] == "ECHOSCU"

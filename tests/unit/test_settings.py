@@ -181,6 +181,22 @@ def test_duplicate_listener_ports_are_an_error(tmp_path: Path) -> None:
     assert "11112" in problem.message and "dicom.listeners[0]" in problem.message
 
 
+def test_a_certificate_pin_needs_client_certificates(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        dicom:
+          listeners:
+            - name: main                  # listener
+              allowed_calling:
+                - {ae_title: CT1, certificate: ct1.hospital.example}
+    """,
+    )
+    [problem] = problems_of(path)
+    assert problem.path == "dicom.listeners[0]"
+    assert "client_ca_file" in problem.message
+
+
 def test_a_duplicate_port_from_defaults_still_has_a_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,

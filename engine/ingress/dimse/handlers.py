@@ -9,6 +9,7 @@ notification handlers only log and count, so they cannot harm an association.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -62,16 +63,20 @@ class ListenerPolicy:
     def name(self) -> str:
         return self.config.name
 
-    def refusal(self, calling_ae: str, called_ae: str, host: str, has_identity: bool
+    def refusal(self, calling_ae: str, called_ae: str, host: str, has_identity: bool,
+                certificate_names: frozenset[str] = frozenset()
                 ) -> tuple[str, tuple[int, int, int]] | None:
-        """``None`` to accept, else the reason and the A-ASSOCIATE-RJ fields."""
+        """``None`` to accept, else the reason and the A-ASSOCIATE-RJ fields.
+        ``certificate_names``: the names the peer's TLS client certificate carries."""
         if self.is_closing():
             return "shutting_down", _RJ_CONGESTION
         if called_ae != self.config.ae_title:
             return "called_ae_unknown", _RJ_CALLED_AE
         allowed = self.config.allowed_calling
-        if allowed and not any(_peer_matches(p.ae_title, p.host, calling_ae, host)
-                               for p in allowed):
+        if allowed and not any(
+                _peer_matches(p.ae_title, p.host, calling_ae, host)
+                and (p.certificate is None or p.certificate.casefold() in certificate_names)
+                for p in allowed):
             return "calling_ae_not_allowed", _RJ_CALLING_AE
         if self.config.user_identities and not has_identity:
             return "user_identity_required", _RJ_NO_REASON
@@ -113,6 +118,23 @@ def _peer_matches(ae_title: str, host_pattern: str | None, calling_ae: str, host
         return False
 
 
+def certificate_names(event: Event) -> frozenset[str]:
+    """The subject common names and subject alternative names (DNS, IP address) of the peer's
+    verified TLS client certificate, case-folded; empty without one."""
+    transport = event.assoc.dul.socket
+    sock = getattr(transport, "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return frozenset()
+    # getpeercert()'s shape: subject is a tuple of RDNs, each a tuple of (key, value) pairs;
+    # subjectAltName a tuple of (kind, value) pairs.
+    cert: dict[str, Any] = dict(sock.getpeercert() or {})
+    names = {str(pair[1]) for rdn in cert.get("subject", ()) for pair in rdn
+             if pair[0] == "commonName"}
+    names.update(str(pair[1]) for pair in cert.get("subjectAltName", ())
+                 if pair[0] in ("DNS", "IP Address"))
+    return frozenset(n.casefold() for n in names)
+
+
 def _peer(event: Event) -> tuple[str, str, str]:
     # Read from the A-ASSOCIATE-RQ itself: ``requestor.ae_title`` is filled in only after
     # negotiation, too late for EVT_REQUESTED.
@@ -135,7 +157,7 @@ def handle_requested(event: Event, policy: ListenerPolicy) -> None:
     """Association policy, applied before pynetdicom negotiates (fail closed)."""
     calling, called, host = _peer(event)
     has_identity = event.assoc.requestor.user_identity is not None
-    refusal = policy.refusal(calling, called, host, has_identity)
+    refusal = policy.refusal(calling, called, host, has_identity, certificate_names(event))
     if refusal is None:
         return
     reason, (result, source, diagnostic) = refusal
