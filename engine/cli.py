@@ -113,8 +113,9 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         except ValueError:
             print("radflow: --time is ISO 8601, e.g. 2026-11-25T22:30", file=sys.stderr)
             return 2
-    context = dryrun.context_for(calling_ae=args.calling_ae or "", called_ae=args.called_ae or "",
-                                 source_ip=args.source_ip or "", when=when)
+    context = dryrun.context_for(calling_ae=args.calling_ae or "",
+                                 called_ae=getattr(args, "called_ae", None) or "",
+                                 source_ip=getattr(args, "source_ip", None) or "", when=when)
     failed = False
     results = []
     for path in args.files:
@@ -124,7 +125,11 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
             print(f"radflow: {path}: {exc.strerror or exc}", file=sys.stderr)
             failed = True
             continue
-        run = dryrun.dry_run(data, ruleset, keys, context, str(path))
+        if getattr(args, "step", False):
+            run = dryrun.dry_run_step(data, ruleset, context, status=args.status,
+                                      label=str(path))
+        else:
+            run = dryrun.dry_run(data, ruleset, keys, context, str(path))
         failed = failed or run.error is not None or any(p.error for p in run.previews)
         if args.json:
             results.append(dryrun.to_json(run))
@@ -320,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     rules_test.add_argument("--time", help="evaluation time, ISO 8601 (default: now)")
     rules_test.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
     rules_test.set_defaults(func=cmd_rules_test)
+    step_test = with_config(rules_sub.add_parser(
+        "test-step", help="which procedure_step routes an MPPS event matches, and the messages "
+                          "they would queue (nothing is stored or sent)"))
+    step_test.add_argument("files", nargs="+", type=Path, metavar="FILE.json",
+                           help="the step's MPPS attributes as DICOM JSON (PS3.18 F.2), e.g. "
+                                "the 'dataset' of GET /api/v1/procedure-steps/{sop_instance_uid}")
+    step_test.add_argument("--status", choices=["IN PROGRESS", "COMPLETED", "DISCONTINUED"],
+                           help="the event's status (default: the attributes' own)")
+    step_test.add_argument("--calling-ae", help="the modality's AE title to assume")
+    step_test.add_argument("--time", help="evaluation time, ISO 8601 (default: now)")
+    step_test.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
+    step_test.set_defaults(func=cmd_rules_test, step=True)
     worklist = sub.add_parser("worklist", help="the Modality Worklist: list, add, remove")
     wl_sub = worklist.add_subparsers(dest="action", required=True)
     wl_list = with_config(wl_sub.add_parser("list", help="worklist items, newest first"))

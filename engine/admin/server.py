@@ -130,6 +130,22 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "the dry run (routes, decisions, morphs)"},
                           "400": {"description": "not a readable DICOM file"},
                           "413": {"description": "file too large"}}}},
+        "/api/v1/routes/test/procedure-step": {"post": {
+            "summary": "Dry run of an MPPS event: which procedure_step routes match and why, "
+                       "and the messages they would queue (HL7 status update, FHIR Task, MPPS "
+                       "forward). Nothing is stored or sent.",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {
+                    "type": "string", "enum": ["IN PROGRESS", "COMPLETED", "DISCONTINUED"]},
+                 "description": "the event's status (default: the attributes' own)"},
+                {"name": "calling_ae", "in": "query", "schema": {"type": "string"}},
+                {"name": "time", "in": "query", "schema": {"type": "string"},
+                 "description": "evaluation time, ISO 8601 (default: now)"}],
+            "requestBody": {"required": True, "content": {"application/dicom+json": {
+                "schema": {"type": "object"}, "description": "the step's MPPS attributes"}}},
+            "responses": {"200": {"description": "the dry run (routes, decisions, messages)"},
+                          "400": {"description": "not DICOM JSON, or an unknown status"},
+                          "413": {"description": "body too large"}}}},
         "/api/v1/routes/unmatched": {"get": {
             "summary": "Instances no route matched (kept in the spool and journal), newest "
                        "first",
@@ -191,6 +207,26 @@ def _paging(request: web.Request) -> tuple[int, int]:
         raise web.HTTPBadRequest(text='{"error": "limit and offset are integers"}',
                                  content_type="application/json") from None
     return limit, offset
+
+
+async def _dry_run_body(request: web.Request, what: str) -> bytes:
+    data = await request.content.read(_MAX_DRY_RUN_BODY + 1)
+    if len(data) > _MAX_DRY_RUN_BODY:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=_MAX_DRY_RUN_BODY, actual_size=len(data),
+            text=json.dumps({"error": "file too large"}), content_type="application/json")
+    if not data:
+        raise _bad_request(f"send {what} as the request body")
+    return data
+
+
+def _dry_run_time(request: web.Request) -> datetime | None:
+    if not request.query.get("time"):
+        return None
+    try:
+        return datetime.fromisoformat(request.query["time"]).astimezone()
+    except ValueError:
+        raise _bad_request("time is ISO 8601, e.g. 2026-11-25T22:30") from None
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
@@ -274,6 +310,7 @@ class AdminServer:
         if self._rules is not None:
             app.router.add_get("/api/v1/routes", self.routes_status)
             app.router.add_post("/api/v1/routes/test", self.routes_test)
+            app.router.add_post("/api/v1/routes/test/procedure-step", self.routes_test_step)
             app.router.add_get("/api/v1/routes/unmatched", self.routes_unmatched)
             app.router.add_post("/api/v1/routes/reload", self.routes_reload)
         if self._queues is not None:
@@ -433,26 +470,25 @@ class AdminServer:
         return web.json_response(body)
 
     async def routes_test(self, request: web.Request) -> web.Response:
-        data = await request.content.read(_MAX_DRY_RUN_BODY + 1)
-        if len(data) > _MAX_DRY_RUN_BODY:
-            return web.json_response({"error": "file too large"}, status=413)
-        if not data:
-            return web.json_response({"error": "send a DICOM file as the request body"},
-                                     status=400)
-        when = None
-        if request.query.get("time"):
-            try:
-                when = datetime.fromisoformat(request.query["time"]).astimezone()
-            except ValueError:
-                raise _bad_request("time is ISO 8601, e.g. 2026-11-25T22:30") from None
+        data = await _dry_run_body(request, "a DICOM file")
         rules = self._rm()
         context = dryrun.context_for(
             calling_ae=request.query.get("calling_ae", ""),
             called_ae=request.query.get("called_ae", ""),
-            source_ip=request.query.get("source_ip", request.remote or ""), when=when)
+            source_ip=request.query.get("source_ip", request.remote or ""),
+            when=_dry_run_time(request))
         # Parsing and morphing a large object takes longer than the loop may be held.
         run = await asyncio.to_thread(dryrun.dry_run, data, rules.current, rules.keys, context,
                                       request.query.get("name", "upload"))
+        return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
+
+    async def routes_test_step(self, request: web.Request) -> web.Response:
+        data = await _dry_run_body(request, "the step's MPPS attributes as DICOM JSON")
+        context = dryrun.context_for(calling_ae=request.query.get("calling_ae", ""),
+                                     when=_dry_run_time(request))
+        run = dryrun.dry_run_step(data, self._rm().current, context,
+                                  status=request.query.get("status") or None,
+                                  label=request.query.get("name", "upload"))
         return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
 
     async def routes_unmatched(self, request: web.Request) -> web.Response:

@@ -192,6 +192,20 @@ def test_create_and_completed_produce_outbox_rows(radflow: RadflowFactory) -> No
         conn.close()
     assert outcomes == ["routed", "routed"]
 
+    # The same step as a dry run over HTTP, from the API's own copy of its attributes: the
+    # routes and messages, and nothing queued.
+    step = http(rf, f"/api/v1/procedure-steps/{uid}")
+    req = urllib.request.Request(
+        f"http://{HOST}:{rf.http_port}/api/v1/routes/test/procedure-step?calling_ae=CT01",
+        data=json.dumps(step["dataset"]).encode(), method="POST",
+        headers={"Content-Type": "application/dicom+json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        run = json.loads(resp.read())
+    assert run["outcome"] == "routed" and run["event"] == "procedure_step"
+    assert [d["route"] for d in run["decisions"]] == ["status-to-ris", "mpps-to-peer"]
+    assert {m["destination"] for m in run["messages"]} == {"ris", "peer"}
+    assert len(outbox(rf)) == 4
+
 
 class _FhirInThread:
     """The FHIR test endpoint on an event loop of its own thread, for a synchronous test."""

@@ -194,3 +194,75 @@ async def test_only_the_ids_asked_for(store: SqliteStore) -> None:
     wanted = await store.unrouted_procedure_step_events(0, 1, ids=[records[1].id])
     assert [r.id for r in wanted] == [records[1].id]
     assert await store.unrouted_procedure_step_events(0, 10, ids=[]) == []
+
+
+# --- dry runs of procedure step events (radflow rules test-step, POST .../test/procedure-step)
+def test_a_step_dry_run_shows_the_matches_and_the_messages_it_would_queue(
+        ruleset: Ruleset) -> None:
+    import datetime as dt
+
+    from engine.pipeline import dryrun
+
+    attrs = create_attrs()
+    attrs.PerformedProcedureStepStatus = "COMPLETED"
+    data = json.dumps(attrs.to_json_dict()).encode()
+    context = dryrun.context_for(calling_ae="CT01",
+                                 when=dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC))
+    run = dryrun.dry_run_step(data, ruleset, context, label="step.json")
+    assert run.outcome == "routed" and run.event == "procedure_step"
+    assert [d.route for d in run.decisions] == ["status-to-ris", "completed-to-peer"]
+    by_destination = {m["destination"]: m for m in run.messages}
+    assert set(by_destination) == {"ris", "peer", "fhir-ehr"}
+    assert by_destination["ris"]["kind"] == "hl7"
+    assert "ORC|SC" in by_destination["ris"]["content"] and "ACC1" in \
+        by_destination["ris"]["content"]
+    assert by_destination["fhir-ehr"]["content"]["resourceType"] == "Task"
+    assert by_destination["peer"]["content"]["operation"] == "set"
+    text = dryrun.render_text(run)
+    assert "[MATCH] status-to-ris" in text and "hl7 for ris" in text
+    assert dryrun.to_json(run)["messages"] == run.messages
+
+    # the status given wins over the attributes'; another modality AE: only one route
+    other = dryrun.context_for(calling_ae="MR07")
+    started = dryrun.dry_run_step(data, ruleset, other, status="IN PROGRESS")
+    assert [d.route for d in started.decisions] == ["completed-to-peer"]
+    assert started.messages[0]["content"]["operation"] == "create"
+
+
+@pytest.mark.parametrize(("data", "status", "error"), [
+    (b"not json", None, "not DICOM JSON"),
+    (json.dumps({"00400252": {"vr": "CS", "Value": ["SCHEDULED"]}}).encode(), None,
+     "is not IN PROGRESS"),
+])
+def test_a_step_dry_run_reports_bad_input(ruleset: Ruleset, data: bytes, status: str | None,
+                                          error: str) -> None:
+    from engine.pipeline import dryrun
+
+    run = dryrun.dry_run_step(data, ruleset, dryrun.context_for(), status=status)
+    assert run.outcome == "error" and error in (run.error or "")
+
+
+def test_rules_test_step_on_the_command_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "10-mpps.yaml").write_text(ROUTES)
+    config = tmp_path / "radflow.yaml"
+    config.write_text(
+        f"storage: {{sqlite_path: {tmp_path / 'db'}, spool_dir: {tmp_path / 'spool'}}}\n"
+        f"routing: {{routes_dir: {routes}}}\n"
+        "destinations:\n"
+        "  ris: {type: hl7, host: 127.0.0.1, port: 2575}\n"
+        "  peer: {type: mpps, ae_title: PEER, host: 127.0.0.1, port: 104}\n"
+        "  fhir-ehr: {type: fhir, base_url: 'http://127.0.0.1:9/fhir'}\n"
+        "  pacs: {type: dimse, ae_title: PACS, host: 127.0.0.1, port: 104}\n")
+    step = tmp_path / "step.json"
+    step.write_text(json.dumps(create_attrs().to_json_dict()))
+    code = main(["rules", "test-step", str(step), "--config", str(config),
+                 "--calling-ae", "CT01", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out[0]["event"] == "procedure_step" and out[0]["outcome"] == "routed"
+    assert {m["destination"] for m in out[0]["messages"]} == {"ris", "peer", "fhir-ehr"}
