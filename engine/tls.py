@@ -84,6 +84,4 @@ def http_ssl_option(url: str, verify: bool, ca_file: Path | None = None
         return True
     if not verify:
         return False
-    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+    return client_ssl_context(ClientTlsSettings(ca_file=ca_file))

@@ -74,7 +74,6 @@ def parse_regions(raw: object, problem: Any) -> tuple[PixelRegion, ...]:
         return ()
     regions = []
     for i, item in enumerate(raw):
-        where = f"clean_pixel_data[{i}]"
         if not isinstance(item, Mapping):
             problem("clean_pixel_data", f"[{i}]: expected a mapping")
             continue
@@ -95,10 +94,10 @@ def parse_regions(raw: object, problem: Any) -> tuple[PixelRegion, ...]:
                 continue
             if key in ("rows", "columns"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    problem("clean_pixel_data", f"{where}.{key}: expected a positive number")
+                    problem("clean_pixel_data", f"[{i}].{key}: expected a positive number")
                     continue
             elif not isinstance(value, str) or not value.strip():
-                problem("clean_pixel_data", f"{where}.{key}: expected text")
+                problem("clean_pixel_data", f"[{i}].{key}: expected text")
                 continue
             criteria[key] = value
         regions.append(PixelRegion(rectangles=rectangles, **criteria))
