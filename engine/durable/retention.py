@@ -3,12 +3,12 @@
 A router is not an archive. With ``storage.retention_days`` set, :class:`Retention` looks
 once an hour for instances older than that. It takes only those that are routed, whose every
 delivery is done, and that are in no open series/study group (the store decides, see
-``sqlite_retention``). It removes their files, then their journal rows. A dead letter keeps its
+``sqlite/retention.py``). It removes their files, then their journal rows. A dead letter keeps its
 instance until an operator retries or purges it. The file goes first: a crash in between leaves
 rows without files, which the next pass deletes, never files without rows. 0 (the default)
 keeps everything. With ``storage.journal_retention_days`` set, the same pass deletes HL7
 messages and finished MPPS steps older than that, on the same rule (routed, delivered, not
-awaited; see ``sqlite_retention``). It must not decide what is needed (the store does) and must
+awaited; see ``sqlite/retention.py``). It must not decide what is needed (the store does) and must
 not run on the intake path.
 """
 

@@ -1,8 +1,8 @@
 """The store interface: every durable row radflow keeps, behind one typed async API.
 
 Callers (ingress, pipeline, admin) depend only on :class:`Store` and the record types here; the
-SQL lives in one backend module per database (``sqlite.py`` today; a PostgreSQL backend adds a
-module and a branch in :func:`open_store`, not changes to callers). The store never decides
+SQL lives in one package per database beside this module (``sqlite/``; another backend adds a
+package and a branch in :func:`open_store`, not changes to callers). The store never decides
 protocol answers: decisions it must make inside a transaction (duplicate SOP Instance UIDs) are
 pure functions passed in from the domain.
 """
@@ -468,7 +468,7 @@ class Store(Protocol):
 
     async def routing_counts(self) -> dict[str, int]: ...
 
-    # --- outbox (D3): the dispatcher's side; SQL in sqlite_outbox.py ------------------------
+    # --- outbox (D3): the dispatcher's side; SQL in sqlite/outbox.py ----------------------
     async def enqueue_outbox(self, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
         """Insert pending rows (ready at ``now``) in one transaction; their ids."""
         ...
@@ -517,7 +517,7 @@ class Store(Protocol):
         """Every matching row as a dict (tests and small diagnostics only: unbounded)."""
         ...
 
-    # --- procedure steps (MPPS, engine.procedure); SQL in sqlite_mpps.py ----------------------
+    # --- procedure steps (MPPS, engine.procedure); SQL in sqlite/mpps.py --------------------
     async def create_procedure_step(
         self, new: NewProcedureStep,
         decide: Callable[[Sequence[StoredWorklistItem]], WorklistLink]) -> ProcedureStepCommit:

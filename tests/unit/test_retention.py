@@ -1,4 +1,4 @@
-"""Spool retention (engine.durable.retention and sqlite_retention): only instances that nothing
+"""Spool retention (engine.durable.retention and sqlite/retention.py): only instances that nothing
 needs any more leave the spool and the journal, files first; everything else stays."""
 
 from __future__ import annotations

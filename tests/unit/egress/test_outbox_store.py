@@ -1,4 +1,4 @@
-"""The outbox's delivery-side SQL (engine.durable.sqlite_outbox) through SqliteStore."""
+"""The outbox's delivery-side SQL (engine.durable.sqlite.outbox) through SqliteStore."""
 
 from __future__ import annotations
 
@@ -134,10 +134,10 @@ async def test_per_study_order_a_dead_row_does_not_block_its_study(store: Sqlite
 
 async def test_lease_cost_does_not_grow_with_the_queue(store: SqliteStore) -> None:
     """The claim walks the index and stops after the page (EXPLAIN: no full scan, no sort)."""
-    from engine.durable import sqlite_outbox
+    from engine.durable.sqlite import outbox
 
     def plan(conn: object) -> list[str]:
-        cur = conn.execute("EXPLAIN QUERY PLAN " + sqlite_outbox._LEASE,  # type: ignore[attr-defined]
+        cur = conn.execute("EXPLAIN QUERY PLAN " + outbox.LEASE,  # type: ignore[attr-defined]
                            {"dest": "p", "owner": "o", "now": 0, "until": 1, "limit": 5})
         return [str(r[3]) for r in cur]
 

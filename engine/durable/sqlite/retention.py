@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from engine.durable.sqlite_txn import transaction
+from engine.durable.sqlite._common import chunks, marks, transaction
 from engine.durable.store import ExpiredInstance, JournalPurge
 
 # The conditions, in one place for the read and for the re-check in the delete.
@@ -47,18 +47,16 @@ def expired(conn: sqlite3.Connection, received_before: str, limit: int
 def forget(conn: sqlite3.Connection, ids: Sequence[int]) -> int:
     removed = 0
     with transaction(conn):
-        for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
+        for chunk in chunks(ids):
             still = [int(r[0]) for r in conn.execute(
-                f"SELECT i.id FROM instances i WHERE i.id IN ({marks}) AND {_NOT_NEEDED}",
-                chunk)]
+                f"SELECT i.id FROM instances i WHERE i.id IN ({marks(len(chunk))}) "
+                f"AND {_NOT_NEEDED}", chunk)]
             if not still:
                 continue
-            marks = ",".join("?" * len(still))
-            conn.execute(f"DELETE FROM routing_group_members WHERE instance_id IN ({marks})",
+            held = marks(len(still))
+            conn.execute(f"DELETE FROM routing_group_members WHERE instance_id IN ({held})",
                          still)
-            removed += conn.execute(f"DELETE FROM instances WHERE id IN ({marks})",
+            removed += conn.execute(f"DELETE FROM instances WHERE id IN ({held})",
                                     still).rowcount
     return removed
 
@@ -70,7 +68,7 @@ _HL7_NOT_NEEDED = """
 """
 
 # A COMPLETED step whose study is not complete yet is watched for its missing instances
-# (``sqlite_mpps.awaiting``): it stays, however old.
+# (``mpps.awaiting``): it stays, however old.
 _STEP_NOT_NEEDED = """
     (s.status = 'DISCONTINUED'
      OR (s.status = 'COMPLETED' AND (s.complete_at IS NOT NULL OR NOT EXISTS (
@@ -93,10 +91,9 @@ def purge_journal(conn: sqlite3.Connection, before: str, limit: int) -> JournalP
             "SELECT s.id FROM procedure_steps s "
             f"WHERE s.updated_at < ? AND {_STEP_NOT_NEEDED} ORDER BY s.id LIMIT ?",
             (before, limit))]
-        for start in range(0, len(steps), 500):
-            chunk = steps[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk in chunks(steps):
+            held = marks(len(chunk))
             for table in ("procedure_step_instances", "procedure_step_events"):
-                conn.execute(f"DELETE FROM {table} WHERE step_id IN ({marks})", chunk)
-            conn.execute(f"DELETE FROM procedure_steps WHERE id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM {table} WHERE step_id IN ({held})", chunk)
+            conn.execute(f"DELETE FROM procedure_steps WHERE id IN ({held})", chunk)
     return JournalPurge(hl7_messages=int(hl7), procedure_steps=len(steps))

@@ -11,7 +11,6 @@ plans are built by the pipeline, a fired group's rows by the function it passes 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -24,28 +23,23 @@ from engine.durable.routing import (
     RoutingCommitResult,
     RoutingPlan,
 )
-from engine.durable.sqlite_txn import transaction
-from engine.durable.store import Hl7JournalEntry, Hl7JournalRecord, NewOutboxRow, StoredInstance
+from engine.durable.rows import (
+    GROUP_COLUMNS,
+    HL7_COLUMNS,
+    INSTANCE_COLUMNS,
+    INSTANCE_COLUMNS_I,
+    STEP_COLUMNS,
+    row_to_group,
+    row_to_hl7,
+    row_to_instance,
+    row_to_step,
+)
+from engine.durable.sqlite._common import chunks, marks, transaction
+from engine.durable.sqlite.worklist import items_by_ids
+from engine.durable.store import Hl7JournalRecord, NewOutboxRow, StoredInstance
 
-_GROUP_COLUMNS = ("id, route, level, group_key, study_instance_uid, first_at, last_at, "
-                  "quiet_seconds, max_wait_seconds, "
-                  "(SELECT COUNT(*) FROM routing_group_members m WHERE m.group_id = g.id)")
 _SOURCE_TABLES = {"instances": "instances", "hl7_messages": "hl7_messages",
                   "procedure_step_events": "procedure_step_events"}
-
-
-def _instances() -> tuple[str, Any]:
-    # The instance columns and row mapping are the journal's own (one definition).
-    from engine.durable import sqlite
-
-    return sqlite._INSTANCE_COLUMNS, sqlite._row_to_instance
-
-
-def _group(row: Sequence[Any]) -> OpenGroup:
-    return OpenGroup(id=int(row[0]), route=row[1], level=row[2], key=row[3],
-                     study_instance_uid=row[4], first_at=float(row[5]), last_at=float(row[6]),
-                     quiet_seconds=float(row[7]), max_wait_seconds=float(row[8]),
-                     members=int(row[9]))
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: float) -> None:
@@ -96,36 +90,35 @@ def _join(conn: sqlite3.Connection, instance_id: int, join: Any, now: float) -> 
             (now, join.decision, join.quiet_seconds, join.max_wait_seconds, group_id))
     conn.execute("INSERT OR IGNORE INTO routing_group_members (group_id, instance_id) "
                  "VALUES (?, ?)", (group_id, instance_id))
-    found = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM routing_groups g WHERE id = ?",
+    found = conn.execute(f"SELECT {GROUP_COLUMNS} FROM routing_groups g WHERE id = ?",
                          (group_id,)).fetchone()
-    return _group(found)
+    return row_to_group(found)
 
 
 def open_groups(conn: sqlite3.Connection, study_instance_uid: str | None = None
                 ) -> list[OpenGroup]:
     if study_instance_uid is None:
-        rows = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM routing_groups g "
+        rows = conn.execute(f"SELECT {GROUP_COLUMNS} FROM routing_groups g "
                             "WHERE state = 'open' ORDER BY id").fetchall()
     else:
-        rows = conn.execute(f"SELECT {_GROUP_COLUMNS} FROM routing_groups g "
+        rows = conn.execute(f"SELECT {GROUP_COLUMNS} FROM routing_groups g "
                             "WHERE state = 'open' AND study_instance_uid = ? ORDER BY id",
                             (study_instance_uid,)).fetchall()
-    return [_group(r) for r in rows]
+    return [row_to_group(r) for r in rows]
 
 
 def fire_group(conn: sqlite3.Connection, group_id: int, reason: str, now: float,
                build: BuildGroupRows) -> FiredGroup | None:
     """Fire one open group: its outbox rows and its state, in one transaction; None when the
     group is no longer open (fired meanwhile)."""
-    columns, to_instance = _instances()
     with transaction(conn):
-        row = conn.execute(f"SELECT {_GROUP_COLUMNS}, decision FROM routing_groups g "
+        row = conn.execute(f"SELECT {GROUP_COLUMNS}, decision FROM routing_groups g "
                            "WHERE id = ? AND state = 'open'", (group_id,)).fetchone()
         if row is None:
             return None
-        group = _group(row)
-        members = [to_instance(r) for r in conn.execute(
-            f"SELECT {', '.join('i.' + c.strip() for c in columns.split(','))} "
+        group = row_to_group(row)
+        members = [row_to_instance(r) for r in conn.execute(
+            f"SELECT {INSTANCE_COLUMNS_I} "
             "FROM routing_group_members m JOIN instances i ON i.id = m.instance_id "
             "WHERE m.group_id = ? AND i.superseded = 0 ORDER BY i.id", (group_id,))]
         rows = build(str(row[10]), members, reason, group)
@@ -137,22 +130,20 @@ def fire_group(conn: sqlite3.Connection, group_id: int, reason: str, now: float,
 
 def unrouted_instances(conn: sqlite3.Connection, after_id: int, limit: int
                        ) -> list[StoredInstance]:
-    columns, to_instance = _instances()
     # A row whose file is still being fsync'd (``durable = 0``) is routed once it is marked:
     # its file might yet fail, and then the row is withdrawn.
-    rows = conn.execute(f"SELECT {columns} FROM instances WHERE routed_at IS NULL AND id > ? "
-                        "AND durable = 1 ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-    return [to_instance(r) for r in rows]
+    rows = conn.execute(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE routed_at IS NULL "
+                        "AND id > ? AND durable = 1 ORDER BY id LIMIT ?",
+                        (after_id, limit)).fetchall()
+    return [row_to_instance(r) for r in rows]
 
 
 def instances_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> list[StoredInstance]:
-    columns, to_instance = _instances()
     out: list[StoredInstance] = []
-    for start in range(0, len(ids), 500):
-        chunk = list(ids[start:start + 500])
-        marks = ",".join("?" * len(chunk))
-        out.extend(to_instance(r) for r in conn.execute(
-            f"SELECT {columns} FROM instances WHERE id IN ({marks}) ORDER BY id", chunk))
+    for chunk in chunks(ids):
+        out.extend(row_to_instance(r) for r in conn.execute(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id IN ({marks(len(chunk))}) "
+            "ORDER BY id", chunk))
     return out
 
 
@@ -161,15 +152,9 @@ def unrouted_hl7(conn: sqlite3.Connection, after_id: int, limit: int
     """Accepted (AA) messages not routed yet, raw bytes included; AE/AR messages changed
     nothing and are never routed."""
     rows = conn.execute(
-        "SELECT id, sending_application, sending_facility, control_id, message_type, "
-        "trigger_event, peer_host, listener, received_at, ack_code, errors_json, text, "
-        "worklist_item_ids, raw FROM hl7_messages WHERE routed_at IS NULL AND id > ? "
+        f"SELECT {HL7_COLUMNS}, raw FROM hl7_messages WHERE routed_at IS NULL AND id > ? "
         "AND ack_code = 'AA' ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-    return [Hl7JournalRecord(
-        id=int(r[0]), entry=Hl7JournalEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                                            bytes(r[13])),
-        ack_code=r[9], errors_json=r[10], text=r[11],
-        worklist_item_ids=tuple(json.loads(r[12]))) for r in rows]
+    return [row_to_hl7(r) for r in rows]
 
 
 def unrouted_procedure_step_events(conn: sqlite3.Connection, after_id: int, limit: int,
@@ -177,10 +162,8 @@ def unrouted_procedure_step_events(conn: sqlite3.Connection, after_id: int, limi
                                    ) -> list[ProcedureStepEventRecord]:
     """MPPS event journal rows not routed yet (all after ``after_id``, or only ``ids``), each
     with its step and the step's linked worklist items."""
-    from engine.durable import sqlite_mpps  # one definition of the step row and item rows
-
     sql = (f"SELECT e.id, e.operation, e.status, e.received, e.received_at, "
-           f"{sqlite_mpps._COLUMNS} FROM procedure_step_events e "
+           f"{STEP_COLUMNS} FROM procedure_step_events e "
            "JOIN procedure_steps s ON s.id = e.step_id WHERE e.routed_at IS NULL ")
     if ids is None:
         rows = conn.execute(sql + "AND e.id > ? ORDER BY e.id LIMIT ?",
@@ -189,15 +172,12 @@ def unrouted_procedure_step_events(conn: sqlite3.Connection, after_id: int, limi
         wanted = list(ids)[:limit]
         if not wanted:
             return []
-        rows = conn.execute(sql + f"AND e.id IN ({','.join('?' * len(wanted))}) ORDER BY e.id",
+        rows = conn.execute(sql + f"AND e.id IN ({marks(len(wanted))}) ORDER BY e.id",
                             wanted).fetchall()
     out: list[ProcedureStepEventRecord] = []
     for r in rows:
-        step = sqlite_mpps._step(r[5:])
-        item_ids = list(step.worklist_item_ids)
-        items = sqlite_mpps._items(
-            conn, f"SELECT id, data FROM worklist_items WHERE id IN "
-                  f"({','.join('?' * len(item_ids))}) ORDER BY id", item_ids) if item_ids else []
+        step = row_to_step(r[5:])
+        items = items_by_ids(conn, step.worklist_item_ids)
         out.append(ProcedureStepEventRecord(
             id=int(r[0]), operation=r[1], status=r[2], received=r[3], received_at=r[4],
             step=step, worklist_items=tuple(items)))
@@ -206,12 +186,12 @@ def unrouted_procedure_step_events(conn: sqlite3.Connection, after_id: int, limi
 
 def unmatched_instances(conn: sqlite3.Connection, limit: int, offset: int
                         ) -> tuple[int, list[StoredInstance]]:
-    columns, to_instance = _instances()
     total = int(conn.execute("SELECT COUNT(*) FROM instances WHERE routing_outcome = "
                              "'unmatched'").fetchone()[0])
-    rows = conn.execute(f"SELECT {columns} FROM instances WHERE routing_outcome = 'unmatched' "
-                        "ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-    return total, [to_instance(r) for r in rows]
+    rows = conn.execute(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE routing_outcome = "
+                        "'unmatched' ORDER BY id DESC LIMIT ? OFFSET ?",
+                        (limit, offset)).fetchall()
+    return total, [row_to_instance(r) for r in rows]
 
 
 def routing_counts(conn: sqlite3.Connection) -> dict[str, int]:

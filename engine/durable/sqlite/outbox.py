@@ -7,7 +7,7 @@ The PostgreSQL form of :func:`lease` is the same statement with the inner ``SELE
 ``FOR UPDATE SKIP LOCKED``, so several stateless nodes claim disjoint rows without waiting on
 each other; nothing here relies on SQLite beyond that.
 
-The router (issue 5) inserts rows in its own transaction together with the journal's "routed"
+The router inserts rows in its own transaction together with the journal's "routed"
 mark; :func:`enqueue` exists for operators, tests, the demo and benchmarks. This module must not
 decide policy (backoff, give-up, classification): the dispatcher passes verdicts in.
 
@@ -22,7 +22,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from engine.durable.sqlite_txn import transaction
+from engine.durable.queue_order import per_study_claims
+from engine.durable.rows import DEAD_COLUMNS, OUTBOX_COLUMNS, row_to_dead, row_to_outbox
+from engine.durable.sqlite._common import CHUNK, marks, transaction
 from engine.durable.store import (
     DeadLetter,
     NewOutboxRow,
@@ -33,11 +35,6 @@ from engine.durable.store import (
     QueueStats,
 )
 
-_ROW_COLUMNS = ("id, destination, kind, source_table, source_id, route, payload, "
-                "study_instance_uid, attempts, created_at, last_error")
-_DEAD_COLUMNS = ("id, destination, kind, source_table, source_id, route, study_instance_uid, "
-                 "attempts, last_error, created_at, updated_at, payload")
-
 # A row whose lease ran out (its worker died or hung) comes back as pending, ready at once;
 # the attempt it used stays counted, so a row that crashes the process cannot loop forever.
 _RECLAIM = (
@@ -47,18 +44,16 @@ _RECLAIM = (
 
 # The claim: one statement. The inner SELECT walks outbox_ready in (next_attempt_at, id) order
 # and stops after :limit rows. PostgreSQL: "... LIMIT :limit FOR UPDATE SKIP LOCKED".
-_LEASE = (
+LEASE = (
     "UPDATE outbox SET state = 'leased', lease_owner = :owner, lease_until = :until, "
     "attempts = attempts + 1, updated_at = :now "
     "WHERE id IN (SELECT id FROM outbox WHERE destination = :dest AND state = 'pending' "
     "AND next_attempt_at <= :now ORDER BY next_attempt_at, id LIMIT :limit) "
-    f"RETURNING {_ROW_COLUMNS}")
+    f"RETURNING {OUTBOX_COLUMNS}")
 
-# Per-study order (optional): the oldest ready rows are read in the lease order, and a row of a
-# study is claimed only when it is its study's first undelivered row, or directly follows a row
-# of its study claimed in the same lease (each check is one probe of the partial index
-# outbox_study). An earlier row that is leased elsewhere or waiting for its backoff holds the
-# later ones back; a dead one does not, so one poisoned instance never blocks its study.
+# Per-study order (optional, rule in engine.durable.queue_order): the oldest ready rows are read
+# in the lease order; each "next row of its study" check is one probe of the partial index
+# outbox_study.
 _CANDIDATES = (
     "SELECT id, study_instance_uid FROM outbox WHERE destination = :dest AND state = 'pending' "
     "AND next_attempt_at <= :now ORDER BY next_attempt_at, id LIMIT :window")
@@ -68,12 +63,7 @@ _NEXT_OF_STUDY = (
 _CLAIM = (
     "UPDATE outbox SET state = 'leased', lease_owner = :owner, lease_until = :until, "
     "attempts = attempts + 1, updated_at = :now WHERE id IN ({ids}) "
-    f"RETURNING {_ROW_COLUMNS}")
-
-
-def _row(r: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], r[6], r[7], int(r[8]),
-                     float(r[9]), r[10])
+    f"RETURNING {OUTBOX_COLUMNS}")
 
 
 def enqueue(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
@@ -103,9 +93,9 @@ def lease(conn: sqlite3.Connection, destination: str, owner: str, now: float,
             claim = {**params, **{f"i{n}": row_id for n, row_id in enumerate(ids)}}
             rows = conn.execute(_CLAIM.format(ids=marks), claim).fetchall() if ids else []
         else:
-            rows = conn.execute(_LEASE, params).fetchall()
+            rows = conn.execute(LEASE, params).fetchall()
     # RETURNING gives rows in no promised order; senders get them oldest first.
-    return sorted((_row(r) for r in rows), key=lambda row: row.id)
+    return sorted((row_to_outbox(r) for r in rows), key=lambda row: row.id)
 
 
 def _ordered_candidates(conn: sqlite3.Connection, params: dict[str, Any]) -> list[int]:
@@ -113,33 +103,13 @@ def _ordered_candidates(conn: sqlite3.Connection, params: dict[str, Any]) -> lis
     # A window a few times the page: a study's rows may be spread across it when they have
     # different backoffs.
     window = conn.execute(_CANDIDATES, {**params, "window": limit * 4}).fetchall()
-    by_study: dict[str, list[int]] = {}
-    for row_id, study in window:
-        if study is not None:
-            by_study.setdefault(study, []).append(row_id)
-    taken: list[int] = []
-    seen: set[str] = set()
-    for row_id, study in window:
-        if len(taken) >= limit:
-            break
-        if study is None:
-            taken.append(row_id)
-            continue
-        if study in seen:
-            continue
-        seen.add(study)
-        # The study's run: its first undelivered row, then each next one, while they are
-        # ready candidates of this window.
-        ready = sorted(by_study[study])
-        after = -1
-        for candidate in ready:
-            nxt = conn.execute(_NEXT_OF_STUDY, {"dest": params["dest"], "study": study,
-                                                "after": after}).fetchone()[0]
-            if nxt != candidate or len(taken) >= limit:
-                break
-            taken.append(candidate)
-            after = candidate
-    return taken
+
+    def next_of_study(study: str, after: int) -> int | None:
+        row = conn.execute(_NEXT_OF_STUDY, {"dest": params["dest"], "study": study,
+                                            "after": after}).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    return per_study_claims([(int(i), s) for i, s in window], limit, next_of_study)
 
 
 def record(conn: sqlite3.Connection, owner: str, results: Sequence[OutboxResult],
@@ -220,7 +190,7 @@ def _dead_filter(destination: str | None, ids: Sequence[int] | None = None
         where += " AND destination = ?"
         params.append(destination)
     if ids is not None:
-        where += f" AND id IN ({','.join('?' * len(ids))})"
+        where += f" AND id IN ({marks(len(ids))})"
         params.extend(ids)
     return where, params
 
@@ -228,10 +198,9 @@ def _dead_filter(destination: str | None, ids: Sequence[int] | None = None
 def list_dead(conn: sqlite3.Connection, destination: str | None, limit: int, offset: int
               ) -> list[DeadLetter]:
     where, params = _dead_filter(destination)
-    rows = conn.execute(f"SELECT {_DEAD_COLUMNS} FROM outbox {where} ORDER BY id "
+    rows = conn.execute(f"SELECT {DEAD_COLUMNS} FROM outbox {where} ORDER BY id "
                         "LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
-    return [DeadLetter(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], r[6], int(r[7]), r[8],
-                       float(r[9]), float(r[10]), r[11]) for r in rows]
+    return [row_to_dead(r) for r in rows]
 
 
 def count_dead(conn: sqlite3.Connection, destination: str | None) -> int:
@@ -243,7 +212,7 @@ def _chunks(ids: Sequence[int] | None) -> list[Sequence[int] | None]:
     if ids is None:
         return [None]
     items = list(dict.fromkeys(ids))
-    return [items[i:i + 500] for i in range(0, len(items), 500)]  # SQLite's variable limit
+    return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
 def retry_dead(conn: sqlite3.Connection, destination: str, ids: Sequence[int] | None,
@@ -284,7 +253,7 @@ def rows(conn: sqlite3.Connection, destination: str | None, states: Sequence[Out
         where.append("destination = ?")
         params.append(destination)
     if states:
-        where.append(f"state IN ({','.join('?' * len(states))})")
+        where.append(f"state IN ({marks(len(states))})")
         params.extend(s.value for s in states)
     sql = "SELECT * FROM outbox" + (" WHERE " + " AND ".join(where) if where else "")
     cur = conn.execute(sql + " ORDER BY id", params)

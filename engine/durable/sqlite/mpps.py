@@ -5,8 +5,8 @@ the instances a COMPLETED step lists, and the worklist link, each change in ONE 
 domain needs, call the pure decisions passed in from :mod:`engine.procedure` (the N-SET rules,
 the worklist link and its transitions), then write the step, the linked worklist items and a
 journal row for the event, and commit — so a modality's success status always means all of it
-is durable. No MPPS policy lives here. :class:`~engine.durable.sqlite.SqliteStore` calls these
-functions through thin methods.
+is durable. No MPPS policy lives here. :class:`~engine.durable.sqlite.SqliteStore` calls
+these functions through thin methods.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.durable.sqlite_txn import transaction
+from engine.durable.rows import STEP_COLUMNS, row_to_step
+from engine.durable.sqlite._common import marks, transaction
+from engine.durable.sqlite.worklist import WorklistTxn, items_by_ids, select_items
 from engine.errors import DuplicateProcedureStep, NoSuchProcedureStep
 from engine.procedure.model import (
     NewProcedureStep,
@@ -31,44 +33,14 @@ from engine.worklist.model import StoredWorklistItem
 #: the domain's link decision over candidate worklist items (see ``procedure.worklist_link``)
 LinkDecision = Callable[[Sequence[StoredWorklistItem]], WorklistLink]
 
-_RECEIVED = ("(SELECT COUNT(*) FROM procedure_step_instances x WHERE x.step_id = s.id "
-             "AND EXISTS (SELECT 1 FROM instances i WHERE i.sop_instance_uid = "
-             "x.sop_instance_uid))")
-_COLUMNS = (
-    "s.id, s.sop_instance_uid, s.status, s.study_instance_uid, s.accession_number, "
-    "s.patient_id, s.performed_procedure_step_id, s.modality, s.calling_ae, "
-    "s.worklist_item_ids, s.unscheduled, s.created_at, s.updated_at, "
-    "(SELECT COUNT(*) FROM procedure_step_instances x WHERE x.step_id = s.id), "
-    f"{_RECEIVED}, s.complete_at, s.dataset")
-
-
-def _step(row: Sequence[Any]) -> ProcedureStep:
-    return ProcedureStep(
-        id=int(row[0]), sop_instance_uid=row[1], status=PpsStatus(row[2]),
-        study_instance_uid=row[3], accession_number=row[4], patient_id=row[5],
-        performed_procedure_step_id=row[6], modality=row[7], calling_ae=row[8],
-        worklist_item_ids=tuple(json.loads(row[9])), unscheduled=bool(row[10]),
-        created_at=row[11], updated_at=row[12], expected_instances=int(row[13]),
-        received_instances=int(row[14]), complete_at=row[15], dataset_json=row[16])
-
-
-def _read_step(conn: sqlite3.Connection, uid: str) -> ProcedureStep | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM procedure_steps s WHERE sop_instance_uid = ?",
+def read_step(conn: sqlite3.Connection, uid: str) -> ProcedureStep | None:
+    row = conn.execute(f"SELECT {STEP_COLUMNS} FROM procedure_steps s WHERE sop_instance_uid = ?",
                        (uid,)).fetchone()
-    return _step(row) if row else None
-
-
-def _items(conn: sqlite3.Connection, sql: str, params: Sequence[Any]
-           ) -> list[StoredWorklistItem]:
-    from engine.durable.sqlite import _row_to_item  # one definition of the item row
-
-    return [_row_to_item(r) for r in conn.execute(sql, params)]
+    return row_to_step(row) if row else None
 
 
 def _write_link(conn: sqlite3.Connection, link: WorklistLink) -> None:
-    from engine.durable.sqlite import _WorklistTxn
-
-    txn = _WorklistTxn(conn)
+    txn = WorklistTxn(conn)
     for stored in link.updates:
         txn.update_item(stored.id, stored.item)
 
@@ -93,12 +65,12 @@ def create_step(conn: sqlite3.Connection, new: NewProcedureStep, decide: LinkDec
         terms: list[str] = []
         params: list[str] = []
         if studies:
-            terms.append(f"study_instance_uid IN ({','.join('?' * len(studies))})")
+            terms.append(f"study_instance_uid IN ({marks(len(studies))})")
             params += studies
         if accessions:
-            terms.append(f"accession_number IN ({','.join('?' * len(accessions))})")
+            terms.append(f"accession_number IN ({marks(len(accessions))})")
             params += accessions
-        candidates = _items(conn, "SELECT id, data FROM worklist_items WHERE "
+        candidates = select_items(conn, "SELECT id, data FROM worklist_items WHERE "
                             + " OR ".join(terms) + " ORDER BY id", params) if terms else []
         link = decide(candidates) if new.keys else WorklistLink((), ())
         _write_link(conn, link)
@@ -114,7 +86,7 @@ def create_step(conn: sqlite3.Connection, new: NewProcedureStep, decide: LinkDec
         step_id = int(cur.lastrowid or 0)
         event_id = _event(conn, step_id, "create", PpsStatus.IN_PROGRESS, new.dataset_json,
                           new.received_at)
-        step = _read_step(conn, new.sop_instance_uid)
+        step = read_step(conn, new.sop_instance_uid)
     assert step is not None
     return ProcedureStepCommit(step, event_id, link)
 
@@ -122,7 +94,7 @@ def create_step(conn: sqlite3.Connection, new: NewProcedureStep, decide: LinkDec
 def set_step(conn: sqlite3.Connection, uid: str, change: Callable[[ProcedureStep], StepUpdate],
              decide: Callable[[PpsStatus], LinkDecision], now: str) -> ProcedureStepCommit:
     with transaction(conn):
-        step = _read_step(conn, uid)
+        step = read_step(conn, uid)
         if step is None:
             raise NoSuchProcedureStep("no Performed Procedure Step with this SOP Instance UID")
         update = change(step)  # pure; raises to refuse (and the transaction rolls back)
@@ -133,8 +105,7 @@ def set_step(conn: sqlite3.Connection, uid: str, change: Callable[[ProcedureStep
         missing: tuple[str, ...] = ()
         if update.status.is_final:
             ids = list(step.worklist_item_ids)
-            linked = _items(conn, "SELECT id, data FROM worklist_items WHERE id IN "
-                            f"({','.join('?' * len(ids))}) ORDER BY id", ids) if ids else []
+            linked = items_by_ids(conn, ids)
             link = decide(update.status)(linked)
             _write_link(conn, link)
             event_id = _event(conn, step.id, "set", update.status, update.modification_json,
@@ -146,7 +117,7 @@ def set_step(conn: sqlite3.Connection, uid: str, change: Callable[[ProcedureStep
                     [(step.id, e.sop_instance_uid, e.sop_class_uid, e.series_instance_uid)
                      for e in update.expected])
                 missing = _missing(conn, step.id)
-        after = _read_step(conn, uid)
+        after = read_step(conn, uid)
     assert after is not None
     return ProcedureStepCommit(after, event_id, link, missing)
 
@@ -159,7 +130,7 @@ def _missing(conn: sqlite3.Connection, step_id: int) -> tuple[str, ...]:
 
 
 def get_step(conn: sqlite3.Connection, uid: str) -> ProcedureStep | None:
-    return _read_step(conn, uid)
+    return read_step(conn, uid)
 
 
 def list_steps(conn: sqlite3.Connection, status: str | None, unscheduled: bool | None,
@@ -175,19 +146,19 @@ def list_steps(conn: sqlite3.Connection, status: str | None, unscheduled: bool |
     where = (" WHERE " + " AND ".join(terms)) if terms else ""
     total = int(conn.execute(f"SELECT COUNT(*) FROM procedure_steps s{where}",
                              params).fetchone()[0])
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM procedure_steps s{where} ORDER BY s.id DESC "
+    rows = conn.execute(f"SELECT {STEP_COLUMNS} FROM procedure_steps s{where} ORDER BY s.id DESC "
                         "LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
-    return total, [_step(r) for r in rows]
+    return total, [row_to_step(r) for r in rows]
 
 
 def awaiting(conn: sqlite3.Connection) -> list[tuple[ProcedureStep, tuple[str, ...]]]:
     """COMPLETED steps whose study is not marked complete yet, with their missing instances
     (rebuilt at start: the completeness watch keeps these in memory)."""
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM procedure_steps s WHERE s.status = "
+    rows = conn.execute(f"SELECT {STEP_COLUMNS} FROM procedure_steps s WHERE s.status = "
                         "'COMPLETED' AND s.complete_at IS NULL AND EXISTS (SELECT 1 FROM "
                         "procedure_step_instances x WHERE x.step_id = s.id) ORDER BY s.id"
                         ).fetchall()
-    return [(step, _missing(conn, step.id)) for step in map(_step, rows)]
+    return [(step, _missing(conn, step.id)) for step in map(row_to_step, rows)]
 
 
 def mark_complete(conn: sqlite3.Connection, step_id: int, now: str) -> bool:
