@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from journal_samples import UID, record
 
+from engine.durable.migrations import SchemaTooNew
 from engine.durable.sqlite import MIGRATIONS, SqliteStore
 from engine.durable.store import (
     DuplicatePolicy,
@@ -57,6 +58,20 @@ async def test_migrations_are_applied_once_and_reopening_is_harmless(tmp_path: P
         journal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert versions == list(range(1, len(MIGRATIONS) + 1))
     assert journal_mode == "wal"
+
+
+async def test_a_schema_newer_than_the_code_is_refused_with_a_clear_message(
+        tmp_path: Path) -> None:
+    path = tmp_path / "radflow.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (len(MIGRATIONS) + 5,))
+    newer = SqliteStore(path)
+    with pytest.raises(SchemaTooNew, match=f"version {len(MIGRATIONS) + 5}, newer than"):
+        await newer.open()
+    await newer.close()
 
 
 async def test_a_closed_store_refuses_work_and_ping_says_so(tmp_path: Path) -> None:
