@@ -1,4 +1,4 @@
-# Convenience targets; the scripts are the source of truth (see README).
+# Convenience targets; the scripts are the source of truth (see README.md).
 .PHONY: run test lint typecheck bench
 run:
 	sh scripts/run.sh
