@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.crashpoints import crash_point
 from engine.durable.store import OutboxResult, OutboxRow, OutboxVerdict, QueueStats, Store
 from engine.egress.delivery import Delivery, Sender, SendOutcome, failed, find_morph
 from engine.egress.errors import DeliveryError, TransientDeliveryError
@@ -339,7 +340,9 @@ class Dispatcher:
                     ) -> list[SendOutcome]:
         started = time.perf_counter()
         try:
+            crash_point("sent")
             results = await sender.send(batch)
+            crash_point("peer_ack")
             if len(results) != len(batch):
                 raise RuntimeError(f"sender returned {len(results)} outcomes for "
                                    f"{len(batch)} rows")
@@ -409,6 +412,7 @@ class Dispatcher:
         while True:
             try:
                 await self.store.record_outbox(self.owner, results, now)
+                crash_point("dequeued")
                 return
             except StorageFailure as exc:
                 # The sends happened; losing the verdicts only means resending later (the

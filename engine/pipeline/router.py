@@ -27,6 +27,7 @@ from typing import Final
 
 from prometheus_client import Counter
 
+from engine.crashpoints import crash_point
 from engine.durable.routing import (
     GroupJoin,
     OpenGroup,
@@ -201,8 +202,10 @@ class Router:
             if not plans:
                 return 0
             now = time.time()
+            crash_point("routed")
             results = await self._store.commit_routing(
                 plans, dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), now)
+            crash_point("enqueued")
             applied = 0
             destinations: set[str] = set()
             for plan, result in zip(plans, results, strict=True):

@@ -22,6 +22,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from engine import dimse_wire, reactor
+from engine.crashpoints import crash_point
 from engine.errors import RadflowError
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
@@ -240,6 +241,7 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
             transfer_syntax_uid=str(event.context.transfer_syntax),
             dataset=request.DataSet.getvalue() if request.DataSet is not None else b"",
         ))
+        crash_point("response")
         return int(DimseStatus.SUCCESS)
     except Exception as exc:
         status = c_store_status_for(exc)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from engine import __version__
 from engine.bridge import LoopBridge, result_within
 from engine.bus import EventBus
+from engine.crashpoints import crash_point
 from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool, SpooledObject, new_object_id
 from engine.durable.store import (
@@ -119,6 +120,7 @@ class StoreIntake:
 
     def accept(self, req: ReceivedInstance) -> InstanceCommitResult:
         """Make ``req`` durable; called on the association's thread. Raises on refusal."""
+        crash_point("received")
         if not is_valid_uid(req.sop_instance_uid):
             raise InvalidIdentifier("SOP Instance UID is not a valid UID")
         if not is_valid_uid(req.sop_class_uid):
@@ -136,6 +138,7 @@ class StoreIntake:
         spooled = self._spool.write(
             new_object_id(), (_PREAMBLE, file_meta_bytes(req), req.dataset), when=received_at,
             sync=False)
+        crash_point("written")
         record = InstanceRecord(
             object_id=spooled.object_id,
             spool_path=spooled.rel_path,
@@ -166,10 +169,12 @@ class StoreIntake:
         sync_error: StorageFailure | None = None
         try:
             self._spool.sync(spooled)
+            crash_point("fsync")
         except StorageFailure as exc:
             sync_error = exc
         try:
             result = result_within(pending, self._timeout)
+            crash_point("commit")
         except (BridgeTimeout, ShuttingDown):
             # The commit may still land; keep the file so a committed row never lacks its bytes
             # (a file that did not commit is an orphan the next start removes). The journal
