@@ -162,6 +162,8 @@ class RadflowProcess:
         self.log_path = base_dir / "radflow.log"
         self.stderr_path = base_dir / "radflow.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: extra environment for the next start (e.g. ``RADFLOW_CRASH_AT`` of engine.crashpoints)
+        self.env: dict[str, str] = {}
         self.starts = 0
         self._run_offset = 0  # log file offset where the current run began
 
@@ -233,6 +235,7 @@ class RadflowProcess:
             raise RadflowError("radflow is already running")
         env = {k: v for k, v in os.environ.items() if not k.startswith("RADFLOW_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         self._run_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         err_offset = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
         with open(self.log_path, "ab") as out, open(self.stderr_path, "ab") as err:
