@@ -236,9 +236,12 @@ class Engine:
         return ok, "reachable" if ok else "unreachable"
 
     async def _probe_spool(self) -> tuple[bool, str]:
-        ok = self.spool.has_room
-        free_mb = (await asyncio.to_thread(self.spool.free_bytes)) // (1024 * 1024)
-        return ok, f"{free_mb} MiB free" + ("" if ok else " (below threshold)")
+        # The verdict intake uses; a refusal since the last reading also counts (has_room), so
+        # /readyz never says ready while C-STORE or HL7 intake would refuse.
+        verdict = await asyncio.to_thread(self.spool.verdict)
+        if verdict.ok and not self.spool.has_room:
+            return False, f"{verdict.describe()}; the last write was refused for lack of space"
+        return verdict.ok, verdict.describe()
 
     async def _probe_listeners(self) -> tuple[bool, str]:
         down = [] if self.dimse.running else ["dicom"]

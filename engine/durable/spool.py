@@ -39,6 +39,20 @@ class SpooledObject:
     dirs_to_sync: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SpaceVerdict:
+    """Whether the spool has room, with the figures behind the answer."""
+
+    ok: bool
+    free_bytes: int
+    min_free_bytes: int
+
+    def describe(self) -> str:
+        mib = 1024 * 1024
+        return (f"{self.free_bytes // mib} MiB free, threshold {self.min_free_bytes // mib} MiB"
+                + ("" if self.ok else " (below threshold)"))
+
+
 def new_object_id() -> str:
     """A time-ordered, unguessable id: 13 hex digits of microseconds, then 12 random ones."""
     return f"{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
@@ -68,13 +82,23 @@ class Spool:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def verdict(self, incoming: int = 0, free: int | None = None) -> SpaceVerdict:
+        """The one free-space verdict: readiness, HL7 intake and C-STORE intake all ask this.
+
+        Room means that after ``incoming`` bytes more than ``min_free_bytes`` stay free: strict,
+        so a full disk is never "ready" even with a threshold of 0 (a write there fails)."""
+        if free is None:
+            free = self.free_bytes()
+        return SpaceVerdict(ok=free - incoming > self.min_free_bytes, free_bytes=free,
+                            min_free_bytes=self.min_free_bytes)
+
     def refresh_free_space(self) -> bool:
         """Re-read free space; return ``True`` while there is enough room."""
-        free = self.free_bytes()
-        self._low = free < self.min_free_bytes
-        SPOOL_FREE_BYTES.set(free)
+        verdict = self.verdict()
+        self._low = not verdict.ok
+        SPOOL_FREE_BYTES.set(verdict.free_bytes)
         SPOOL_LOW_SPACE.set(1 if self._low else 0)
-        return not self._low
+        return verdict.ok
 
     @property
     def has_room(self) -> bool:
@@ -82,13 +106,11 @@ class Spool:
 
     def ensure_room(self, incoming: int = 0) -> None:
         """Raise :class:`OutOfResources` if writing ``incoming`` bytes would cross the threshold."""
-        free = self.free_bytes()
-        if free - incoming < self.min_free_bytes:
+        verdict = self.verdict(incoming)
+        if not verdict.ok:
             self._low = True
             SPOOL_LOW_SPACE.set(1)
-            raise OutOfResources(
-                f"spool below its free-space threshold ({free // (1024 * 1024)} MiB free)"
-            )
+            raise OutOfResources(f"spool below its free-space threshold ({verdict.describe()})")
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, object_id: str, chunks: Iterable[bytes], *, when: float | None = None,

@@ -11,6 +11,7 @@ without room answers Out of Resources (0xA700) while C-ECHO keeps working.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -351,4 +352,33 @@ def test_spool_disk_full_answers_out_of_resources_and_leaves_no_partial_file(
     assert_nothing_stored(rf)
     assert free_bytes(spool) == free  # the partial file is gone, not just hidden
     assert_next_association_works(rf, dicom_dir)
+    rf.stop()
+
+
+def test_full_disk_with_a_zero_threshold_is_not_ready_and_refuses_alike(
+        tiny_tmpfs: Path, radflow: RadflowFactory, dicom_dir: Path) -> None:
+    # min_free_mb: 0 at 0 MiB free: /readyz and C-STORE give the same verdict (not ready, A700).
+    spool = tiny_tmpfs / "spool"
+    rf = radflow({"storage": {"spool_dir": str(spool), "min_free_mb": 0}})
+    with open(tiny_tmpfs / "filler", "wb", buffering=0) as filler, \
+            contextlib.suppress(OSError):
+        for _ in range(10_000):  # 2 MiB in 4 KiB pages, bounded
+            filler.write(b"\0" * 4096)
+    assert free_bytes(spool) == 0
+    rf.wait_for_event("durable.spool.space_changed", has_room=False)
+
+    status, body = rf.readyz()
+    assert status == 503, body
+    assert body["checks"]["spool"]["ok"] is False
+    assert "0 MiB free" in body["checks"]["spool"]["detail"]
+
+    inst = dicomgen.write_instance(dicom_dir)
+    result = storescu(rf, inst.path, *STORESCU_PROPOSE[inst.transfer_syntax_uid])
+    (response,) = store_responses(result.stdout)
+    assert "OutOfResources" in response, result.stdout
+    assert_nothing_stored(rf)
+
+    (tiny_tmpfs / "filler").unlink()
+    rf.wait_for_event("durable.spool.space_changed", has_room=True)
+    assert rf.readyz()[0] == 200  # room again: ready again, no restart
     rf.stop()

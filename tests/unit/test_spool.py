@@ -267,3 +267,19 @@ def test_remove_is_idempotent(spool: Spool) -> None:
     spool.remove(written.rel_path)
     spool.remove(written.rel_path)
     assert not spool.path_of(written.rel_path).exists()
+
+
+def test_one_verdict_a_full_disk_has_no_room_even_with_a_zero_threshold(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # min_free_mb: 0 at 0 bytes free: readiness and intake both say no.
+    monkeypatch.setattr(spool, "free_bytes", lambda: 0)
+    verdict = spool.verdict()
+    assert not verdict.ok and "below threshold" in verdict.describe()
+    assert not spool.refresh_free_space()
+    assert not spool.has_room  # what HL7 intake asks
+    with pytest.raises(OutOfResources):
+        spool.ensure_room(0)  # what C-STORE intake asks
+    monkeypatch.setattr(spool, "free_bytes", lambda: 4096)
+    assert spool.verdict().ok and spool.refresh_free_space() and spool.has_room
+    assert not spool.verdict(incoming=4096).ok
