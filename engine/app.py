@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import functools
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
 
 import pydicom.config
 import pynetdicom._config
@@ -41,7 +43,9 @@ from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.ingress.hl7.listener import MllpListener
+from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
+from engine.observability.metrics import NODE_INFO, STORE_UP
 from engine.pipeline.router import Router
 from engine.pipeline.rulesets import RulesManager
 from engine.procedure.service import ProcedureStepService
@@ -52,6 +56,13 @@ from engine.worklist.service import WorklistService
 log = get_logger("engine.app")
 
 StopStep = tuple[str, Callable[[], Awaitable[None]]]
+
+
+def _version() -> str:
+    try:
+        return version("radflow")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def configure_libraries(debug: bool = False) -> None:
@@ -170,6 +181,7 @@ class Engine:
         self._stop_steps.append(
             ("dispatcher", lambda: self.dispatcher.stop(self.settings.engine.shutdown_grace)))
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
+        self._tasks.append(asyncio.create_task(self._watch_health(), name="health-metrics"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),
                                                name="worklist-maintenance"))
         if self.retention.enabled:
@@ -229,6 +241,18 @@ class Engine:
                 log.warning("durable.spool.space_changed", has_room=ok)
                 was_ok = ok
             await asyncio.sleep(2.0)
+
+    async def _watch_health(self) -> None:
+        """Metrics the alert rules need: database reachability every few seconds, node identity
+        once, configured certificates' expiry at start and hourly."""
+        NODE_INFO.labels(socket.gethostname(), _version()).set(1)
+        last_certs = -3600.0
+        while True:
+            STORE_UP.set(1 if await self.store.ping() else 0)
+            if time.monotonic() - last_certs >= 3600.0:
+                await asyncio.to_thread(refresh_certificate_metrics, self.settings)
+                last_certs = time.monotonic()
+            await asyncio.sleep(5.0)
 
     # --- probes ------------------------------------------------------------------------------
     async def _probe_store(self) -> tuple[bool, str]:

@@ -2,6 +2,6 @@
 # Install what the tests need (DCMTK, Orthanc and its DICOMweb plugin from apt when missing,
 # Python packages into .venv) and run the whole suite. Extra arguments go to pytest.
 . "$(dirname "$0")/_env.sh"
-apt_install dcmtk orthanc orthanc-dicomweb
+apt_install dcmtk orthanc orthanc-dicomweb rsyslog rsyslog-gnutls prometheus gnutls-bin
 install_radflow "[test,codecs]"
 exec "$VPY" -m pytest -n "${RADFLOW_TEST_WORKERS:-2}" "$@"

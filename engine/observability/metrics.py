@@ -7,9 +7,43 @@ several engines in one process without name clashes being fatal.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_resident_memory_bytes, process_open_fds...: the dashboard's per-node panels.
+ProcessCollector(registry=REGISTRY)
+
+# --- the node -------------------------------------------------------------------------------
+NODE_INFO = Gauge(
+    "radflow_node_info",
+    "Always 1; labels name this process's node (host name) and radflow version.",
+    ["node", "version"],
+    registry=REGISTRY,
+)
+STORE_UP = Gauge(
+    "radflow_store_up",
+    "1 while the database answers (checked every few seconds), 0 while it does not.",
+    registry=REGISTRY,
+)
+TLS_CERT_EXPIRY = Gauge(
+    "radflow_tls_certificate_expiry_timestamp_seconds",
+    "When the first certificate in a configured TLS file expires (Unix time), by setting path.",
+    ["setting", "file"],
+    registry=REGISTRY,
+)
+TLS_CERT_READ_ERRORS = Gauge(
+    "radflow_tls_certificate_unreadable",
+    "1 for a configured TLS certificate file that cannot be read or parsed.",
+    ["setting", "file"],
+    registry=REGISTRY,
+)
 
 # --- DICOM ingress --------------------------------------------------------------------------
 DIMSE_INSTANCES_RECEIVED = Counter(
@@ -297,6 +331,20 @@ MPPS_SECONDS = Histogram(
 MPPS_STUDIES_COMPLETE = Counter(
     "radflow_mpps_studies_complete_total",
     "Studies marked complete because every instance a COMPLETED MPPS lists has arrived.",
+    registry=REGISTRY,
+)
+
+# --- audit trail (IHE ATNA); the audit queue itself is the outbox destination "audit" --------
+AUDIT_RECORDS = Counter(
+    "radflow_audit_records_total",
+    "Audit messages queued for the audit repository and file, by event (DICOM audit event name).",
+    ["event"],
+    registry=REGISTRY,
+)
+AUDIT_FAILURES = Counter(
+    "radflow_audit_failures_total",
+    "Audit messages that could not be queued (store unavailable), by event; each is logged.",
+    ["event"],
     registry=REGISTRY,
 )
 
