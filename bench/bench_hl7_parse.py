@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hl7
 from hl7apy.parser import parse_message
 
-from engine.ingress.hl7.ack import build_ack
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.ack import build_ack
+from engine.hl7.message import Hl7Message
 
 ORM_O01 = (
     "MSH|^~\\&|RIS|HOSPITAL^1.2.840.99999.1^ISO|RADFLOW|RADIOLOGY|20251125101500||ORM^O01^ORM_O01"

@@ -179,8 +179,8 @@ async def _demo(base: Path, verbose: bool) -> int:
 
 async def _walk(engine: Any, ports: dict[str, int], pacs_dir: Path, pacs_seen: _Received,
                 ai_seen: _Received, storescp: bool) -> bool:
-    from engine.ingress.hl7.message import Hl7Message
-    from engine.ingress.hl7.mllp import frame, read_messages
+    from engine.hl7.message import Hl7Message
+    from engine.hl7.mllp import frame, read_messages
 
     when = time.strftime("%Y%m%d%H%M%S")
     accession, patient_id = f"A{int(time.time()) % 100000:05d}", "DEMO-0001"

@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from engine.dicom.vr import is_valid_ae_title, is_valid_uid
 from engine.errors import ConfigError
-from engine.vr import is_valid_ae_title, is_valid_uid
 
 DEFAULT_CONFIG_PATH = Path("config/radflow.yaml")
 ENV_PREFIX = "RADFLOW_"

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.dicom.vr import is_valid_uid
 from engine.durable.store import OutboxRow
 from engine.egress.errors import DeliveryError, PermanentDeliveryError
-from engine.vr import is_valid_uid
 
 #: ``kind`` values that name one DICOM instance in the spool
 DICOM_KINDS = frozenset({"dicom", "instance"})

@@ -50,12 +50,17 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 
-from engine.dimse_wire import c_store_rq_command, set_nodelay, write_message
+from engine.dicom.wire import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    c_store_rq_command,
+    set_nodelay,
+    write_message,
+)
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.egress.objects import morphed, spool_file, transcode
-from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     EGRESS_DIMSE_ASSOCIATIONS,
@@ -166,7 +171,7 @@ def dataset_offset(path: Path) -> int:
 
 
 def _send_direct(assoc: Association, context_id: int, command: bytes, dataset: bytes) -> None:
-    """Write one message's P-DATA-TF PDUs at once (:func:`engine.dimse_wire.write_message`).
+    """Write one message's P-DATA-TF PDUs at once (:func:`engine.dicom.wire.write_message`).
 
     pynetdicom hands each PDU to its DUL thread, which encodes and writes it on its next loop
     turn: for a 0.5 MB instance to a peer taking 16 KiB PDUs that is 32 hand-overs between two

@@ -1,7 +1,7 @@
 """HL7 v2 sender: an MLLP client that sends one message at a time and waits for its ACK.
 
 Owns the connection (opened on demand, optionally TLS, kept while busy, closed after
-``idle_close`` seconds or on any protocol doubt), the framing (``engine.ingress.hl7.mllp``, the
+``idle_close`` seconds or on any protocol doubt), the framing (``engine.hl7.mllp``, the
 same code the listener uses), the message's wire form (CR segment separators, encoded in the
 character set its MSH-18 names; structured payloads rendered with HL7 escaping) and the reading
 of the ACK: MSA-2 must name our MSH-10, and MSA-1 is classified by the destination's policy
@@ -21,14 +21,14 @@ from engine.egress.classify import Verdict, classify_hl7_ack
 from engine.egress.delivery import Delivery, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.errors import InvalidInput
-from engine.ingress.hl7.message import (
+from engine.hl7.message import (
     DEFAULT_ENCODING_CHARS,
     EncodingChars,
     Hl7Message,
     codec_for_charset,
     escape,
 )
-from engine.ingress.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
+from engine.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
 from engine.observability.logging import get_logger
 from engine.settings import Hl7Destination
 from engine.tls import client_ssl_context

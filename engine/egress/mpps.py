@@ -21,18 +21,17 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
-from engine.dimse_wire import set_nodelay
+from engine.dicom.vr import is_valid_uid
+from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, set_nodelay
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, SendOutcome, failed
 from engine.egress.dimse import _quiet_reactor, handshake_failure
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from engine.ingress.dimse.intake import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.observability.logging import get_logger
 from engine.reactor import EventDrivenAE
 from engine.settings import MppsDestination
 from engine.status import DimseStatus
 from engine.tls import client_ssl_context
-from engine.vr import is_valid_uid
 
 log = get_logger("engine.egress.mpps")
 

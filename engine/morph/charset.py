@@ -17,7 +17,7 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 
-from engine.charsets import fits
+from engine.dicom.charsets import fits
 
 UTF8_TERM: Final = "ISO_IR 192"
 #: VRs whose values are text encoded with the Specific Character Set (PS3.5 6.1.2.3)

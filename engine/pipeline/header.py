@@ -4,7 +4,7 @@ pydicom's ``dcmread`` of a header costs 0.5 to 0.9 ms per instance here, a fifth
 itself costs; routing must add less than a tenth. The routes of a ruleset name a small, known
 set of top-level attributes, so :func:`read_header` walks the element headers of the file
 (Explicit or Implicit VR Little Endian, the syntaxes nearly every modality sends) with intake's
-walker (``engine.dataset_walk``), skips everything else without decoding it — sequences
+walker (``engine.dicom.dataset_walk``), skips everything else without decoding it — sequences
 included — and hands pydicom a dataset made of
 just the wanted raw elements, which pydicom decodes on access as usual (VRs, and the character
 set recorded as the dataset's original one, as ``dcmread`` does, so no access looks it up again).
@@ -24,7 +24,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from engine.dataset_walk import PIXEL_DATA, Walker
+from engine.dicom.dataset_walk import PIXEL_DATA, Walker
 from engine.errors import MalformedDataset
 
 _EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"

@@ -8,7 +8,7 @@ and PID-3/5 from the first item. An unscheduled step (no item) is described from
 attributes. Rendering is deterministic: the same event row gives the same bytes on every
 replay (MSH-7 is the event's receive time, MSH-10 is derived from the event row id), so a retry
 after a crash sends the same message. Every field value is escaped with
-:func:`engine.ingress.hl7.message.escape`. Pure: no store, no clock, no network.
+:func:`engine.hl7.message.escape`. Pure: no store, no clock, no network.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 
-from engine.ingress.hl7.message import DEFAULT_ENCODING_CHARS, escape
+from engine.hl7.message import DEFAULT_ENCODING_CHARS, escape
 from engine.worklist.model import WorklistItem
 
 MESSAGE_TYPE: Final = "ORM^O01"

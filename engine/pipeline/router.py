@@ -39,7 +39,7 @@ from engine.durable.routing import (
 from engine.durable.spool import Spool
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.events import InstanceStored, OrderReceived, ProcedureStepEvent
-from engine.ingress.hl7.message import Hl7Message, Hl7ParseError
+from engine.hl7.message import Hl7Message, Hl7ParseError
 from engine.morph import MorphKeys
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (

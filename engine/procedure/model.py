@@ -20,13 +20,13 @@ from typing import Any
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from engine.dicom.vr import is_valid_uid
 from engine.errors import (
     InvalidAttributeValue,
     MissingAttribute,
     MissingAttributeValue,
     ProcedureStepFinal,
 )
-from engine.vr import is_valid_uid
 from engine.worklist.model import StoredWorklistItem, WorklistStatus, can_transition
 
 

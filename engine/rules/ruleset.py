@@ -23,7 +23,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.valuerep import AMBIGUOUS_VR
 
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 from engine.morph.ops import MorphStep
 from engine.morph.paths import AttrPath, find, text_values
 from engine.rules.match import Node, Outcome, split_guard

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from engine.charsets import codecs_for, fits
+from engine.dicom.charsets import codecs_for, fits
 
 #: DICOM's answer when nothing narrower fits
 UTF8: Final = ("ISO_IR 192",)
 
-# HL7 canonical names (engine.ingress.hl7.message spells them this way) → DICOM defined terms.
+# HL7 canonical names (engine.hl7.message spells them this way) → DICOM defined terms.
 # ASCII needs no Specific Character Set at all (the default repertoire, ISO_IR 6). The ISO 2022
 # Japanese sets keep ASCII as the first, default value, as Japanese senders (JAHIS) and DICOM
 # both do; a leading empty value is DICOM's way of writing that.

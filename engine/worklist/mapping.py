@@ -26,8 +26,9 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
-from engine.ingress.hl7.ack import Hl7ErrorCode
-from engine.ingress.hl7.message import Hl7Message, Hl7Segment, unescape
+from engine.dicom.vr import is_valid_uid
+from engine.hl7.ack import Hl7ErrorCode
+from engine.hl7.message import Hl7Message, Hl7Segment, unescape
 from engine.settings import (
     PathKey,
     SettingsError,
@@ -35,7 +36,6 @@ from engine.settings import (
     _compose_with_lines,
     format_path,
 )
-from engine.vr import is_valid_uid
 from engine.worklist import charset
 from engine.worklist.model import (
     DEMOGRAPHIC_KEYWORDS,

@@ -26,8 +26,8 @@ from engine.durable.store import (
     WorklistTxn,
 )
 from engine.errors import InvalidInput
-from engine.ingress.hl7.ack import AckError, Hl7ErrorCode
-from engine.ingress.hl7.message import Hl7Message, Hl7ParseError
+from engine.hl7.ack import AckError, Hl7ErrorCode
+from engine.hl7.message import Hl7Message, Hl7ParseError
 from engine.observability.logging import get_logger
 from engine.observability.metrics import WORKLIST_ITEMS, WORKLIST_PURGED
 from engine.status import AckCode

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 
 from engine.errors import InvalidInput
-from engine.ingress.hl7.ack import AckError, Hl7ErrorCode
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.ack import AckError, Hl7ErrorCode
+from engine.hl7.message import Hl7Message
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 from engine.reactor import EventDrivenAE
 from tests.helpers.peers import FhirServer
 from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, free_port

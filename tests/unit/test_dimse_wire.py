@@ -13,7 +13,7 @@ from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_STORE_RQ, C_STOR
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import encode
 
-from engine.dimse_wire import c_store_rq_command, pdata_pdus, response_command
+from engine.dicom.wire import c_store_rq_command, pdata_pdus, response_command
 
 UID = "1.2.826.0.1.3680043.8.498.1234567"  # odd length: padded with NUL
 

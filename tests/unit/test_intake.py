@@ -34,6 +34,7 @@ from pydicom.filewriter import write_file_meta_info
 
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
+from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool
 from engine.durable.sqlite import SqliteStore
@@ -51,8 +52,6 @@ from engine.errors import (
 )
 from engine.events import Event, InstanceStored
 from engine.ingress.dimse.intake import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
     ReceivedInstance,
     StoreIntake,
     file_meta_bytes,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.vr import is_valid_ae_title, is_valid_uid
+from engine.dicom.vr import is_valid_ae_title, is_valid_uid
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 pydicom silently returns a partial dataset when the bytes end early, so a truncated C-STORE would
 be accepted as if whole. :func:`check_structure` walks the element headers (tags, VRs, lengths,
-sequences and encapsulated fragments; ``engine.dataset_walk``) without decoding values, and
+sequences and encapsulated fragments; ``engine.dicom.dataset_walk``) without decoding values, and
 rejects anything that does not end exactly at the last byte.
 Decoding the values themselves is left to pydicom (:func:`read_keys`). This module is pure: no
 I/O, no logging, no engine state.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydicom.charset import convert_encodings, decode_bytes
 
-from engine.dataset_walk import Found, Walker, fmt_tag
+from engine.dicom.dataset_walk import Found, Walker, fmt_tag
 from engine.errors import MalformedDataset
 
 _SPECIFIC_CHARACTER_SET = 0x00080005

@@ -21,8 +21,9 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from engine import dimse_wire, reactor
+from engine import reactor
 from engine.crashpoints import crash_point
+from engine.dicom import wire
 from engine.errors import RadflowError
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
@@ -149,9 +150,9 @@ def _peer(event: Event) -> tuple[str, str, str]:
 
 # --- notification handlers -------------------------------------------------------------------
 def handle_conn_open(event: Event) -> None:
-    dimse_wire.set_nodelay(event.assoc)
+    wire.set_nodelay(event.assoc)
     reactor.install(event.assoc)
-    dimse_wire.fast_responses(event.assoc)
+    wire.fast_responses(event.assoc)
 
 
 def handle_requested(event: Event, policy: ListenerPolicy) -> None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import struct
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine import __version__
 from engine.bridge import LoopBridge, result_within
 from engine.bus import EventBus
 from engine.crashpoints import crash_point
+from engine.dicom.vr import is_valid_uid
+from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.durable.journal import JournalWriter
 from engine.durable.spool import Spool, SpooledObject, new_object_id
 from engine.durable.store import (
@@ -49,13 +49,9 @@ from engine.observability.metrics import (
     DIMSE_DUPLICATES,
     DIMSE_INSTANCES_RECEIVED,
 )
-from engine.vr import is_valid_uid
 
 log = get_logger("engine.ingress.dimse")
 
-#: radflow's Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID under 2.25
-IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "radflow.engine").int)
-IMPLEMENTATION_VERSION_NAME = f"RADFLOW_{__version__}"[:16]
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 

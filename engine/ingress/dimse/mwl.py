@@ -6,7 +6,7 @@ indexes on its reader thread), makes the exact PS3.4 check and builds each answe
 association's own thread, so the event loop only ever runs the indexed lookup. Answers go out
 one by one as Pending, with C-CANCEL checked between them; on a plain-TCP association in a Little
 Endian syntax each is encoded from the query's compiled shape and written straight to the peer
-(``engine.worklist.answer``, ``engine.dimse_wire``), otherwise pynetdicom encodes and sends the
+(``engine.worklist.answer``, ``engine.dicom.wire``), otherwise pynetdicom encodes and sends the
 Dataset. Failures become named statuses from ``engine.status``. It must not hold module state,
 talk SQL or ``await``.
 """
@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
-from engine import charsets, dimse_wire
 from engine.bridge import LoopBridge
+from engine.dicom import charsets, wire
 from engine.errors import RadflowError
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MWL_FIND_MATCHES, MWL_FIND_REQUESTS, MWL_FIND_SECONDS
@@ -82,7 +82,7 @@ def answer_for(query: MwlQuery, item: WorklistItem) -> Dataset:
 
 
 class _DirectAnswers:
-    """Pending answers written straight to the association (see ``engine.dimse_wire``):
+    """Pending answers written straight to the association (see ``engine.dicom.wire``):
     encoded from the query's compiled shape instead of through pydicom and pynetdicom."""
 
     def __init__(self, event: Event, query: MwlQuery) -> None:
@@ -95,7 +95,7 @@ class _DirectAnswers:
 
     @classmethod
     def for_event(cls, event: Event, query: MwlQuery) -> _DirectAnswers | None:
-        if dimse_wire.direct_socket(event.assoc) is None:
+        if wire.direct_socket(event.assoc) is None:
             return None
         if str(event.context.transfer_syntax) not in (ImplicitVRLittleEndian,
                                                       ExplicitVRLittleEndian):
@@ -104,15 +104,15 @@ class _DirectAnswers:
 
     def send(self, status: int, item: WorklistItem) -> bool:
         """Send one pending answer; False when it must go through pynetdicom instead."""
-        sock = dimse_wire.direct_socket(self._assoc)
+        sock = wire.direct_socket(self._assoc)
         if sock is None:
             return False
         identifier = self._query.response_bytes(item, answer_charset(item), self._implicit)
         if identifier is None:
             return False
-        command = dimse_wire.response_command(dimse_wire.C_FIND_RSP, self._message_id,
+        command = wire.response_command(wire.C_FIND_RSP, self._message_id,
                                               self._sop_class, status, has_dataset=True)
-        dimse_wire.send_response(self._assoc, sock, self._context_id, command, identifier)
+        wire.send_response(self._assoc, sock, self._context_id, command, identifier)
         return True
 
 

@@ -31,12 +31,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.ingress.dimse.handlers import ListenerPolicy, bindings
-from engine.ingress.dimse.intake import (
-    IMPLEMENTATION_CLASS_UID,
-    IMPLEMENTATION_VERSION_NAME,
-    StoreIntake,
-)
+from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.observability.logging import get_logger

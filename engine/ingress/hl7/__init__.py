@@ -1,1 +1,1 @@
-"""HL7 v2 at the protocol level: MLLP framing, a fast read-only message model, ACK building."""
+"""HL7 v2 intake: the MLLP listener and the durable HL7 intake (codecs live in engine.hl7)."""

@@ -19,8 +19,8 @@ from engine.bus import EventBus
 from engine.durable.group_commit import GroupCommit
 from engine.errors import TransientError
 from engine.events import OrderReceived
-from engine.ingress.hl7.ack import AckError, Hl7ErrorCode, build_ack
-from engine.ingress.hl7.message import Hl7Message, Hl7ParseError, escape
+from engine.hl7.ack import AckError, Hl7ErrorCode, build_ack
+from engine.hl7.message import Hl7Message, Hl7ParseError, escape
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     HL7_COMMIT_BATCH,

@@ -15,8 +15,8 @@ import socket
 import time
 
 from engine.errors import RadflowError
+from engine.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
 from engine.ingress.hl7.intake import Hl7Intake
-from engine.ingress.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MLLP_CONNECTION_ERRORS, MLLP_CONNECTIONS
 from engine.settings import Hl7Listener

@@ -11,7 +11,7 @@ from hl7apy.parser import parse_message
 from hl7apy.v2_5.tables import TABLES as TABLES_25
 from hl7apy.v2_8_2.tables import TABLES as TABLES_282
 
-from engine.ingress.hl7.ack import (
+from engine.hl7.ack import (
     AckError,
     Hl7ErrorCode,
     ack_code_for,
@@ -19,7 +19,7 @@ from engine.ingress.hl7.ack import (
     ack_requested,
     build_ack,
 )
-from engine.ingress.hl7.message import SUPPORTED_CHARSETS, Hl7Message
+from engine.hl7.message import SUPPORTED_CHARSETS, Hl7Message
 from engine.status import AckCode
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

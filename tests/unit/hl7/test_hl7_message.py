@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import InvalidInput
-from engine.ingress.hl7.message import (
+from engine.hl7.message import (
     DEFAULT_ENCODING_CHARS,
     EncodingChars,
     Hl7Message,

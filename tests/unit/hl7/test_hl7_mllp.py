@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.ingress.hl7.mllp import (
+from engine.hl7.mllp import (
     MllpFramingError,
     MllpIdleTimeout,
     MllpMessageTooLarge,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom.dataset import Dataset
 
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 from engine.pipeline.hl7_status import control_id, render_status_update, xpn
 from engine.worklist.model import CodeItem, WorklistItem
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from engine.durable.sqlite import SqliteStore
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 from engine.pipeline.procedure_steps import plan_procedure_step
 from engine.procedure.model import (
     PpsStatus,

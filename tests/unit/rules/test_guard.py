@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 from engine.rules.loader import load_ruleset
 from engine.rules.match import All, Predicate, compile_match, split_guard
 from engine.rules.ruleset import (

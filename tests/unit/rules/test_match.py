@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 from engine.rules.match import compile_match
 from engine.rules.ruleset import DicomSubject, Hl7Subject, RoutingContext
 from tests.helpers import dicomgen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.ingress.hl7.message import Hl7Message
+from engine.hl7.message import Hl7Message
 
 REPO = Path(__file__).resolve().parents[3]
 MAPPING_FILE = REPO / "routes" / "worklist" / "hl7-mwl.yaml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.ingress.hl7.ack import Hl7ErrorCode
+from engine.hl7.ack import Hl7ErrorCode
 from engine.settings import SettingsError
 from engine.worklist import charset
 from engine.worklist.mapping import WorklistMapping, parse_mapping

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from engine.durable.sqlite import SqliteStore
-from engine.ingress.hl7.ack import Hl7ErrorCode
+from engine.hl7.ack import Hl7ErrorCode
 from engine.worklist.mapping import WorklistMapping
 from engine.worklist.model import ACTIVE_STATUSES, WorklistItem, WorklistStatus
 from engine.worklist.service import WorklistConflict, WorklistService

@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Final
 
-from engine.ingress.hl7.message import Hl7Message, escape
+from engine.hl7.message import Hl7Message, escape
 from engine.status import AckCode
 
 __all__ = [

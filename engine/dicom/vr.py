@@ -1,4 +1,4 @@
-"""Value-representation checks shared by settings and ingress (PS3.5 6.2).
+"""Value-representation checks shared by settings, intake, delivery and the worklist (PS3.5 6.2).
 
 Pure functions over strings; kept here so the same rule judges a configured AE title and one
 off the wire. No pydicom import: pydicom warns on invalid UIDs instead of answering yes or no.

@@ -1,15 +1,16 @@
-"""DIMSE command sets and P-DATA-TF framing for the messages on radflow's hot paths.
+"""DIMSE command sets, P-DATA-TF framing and radflow's implementation identity on the wire.
 
-Owns the byte encoding of the C-STORE-RQ command set (egress) and of the C-STORE, C-FIND and
-C-ECHO response command sets (ingress), the framing of a message into P-DATA-TF PDUs, and
-:func:`fast_responses`, which sends an acceptor's responses through them. pynetdicom builds
-every command set through a pydicom Dataset and its generic encoder, then hands each PDU to its
-DUL thread: ~0.5 ms of CPU per message, as much as the rest of a small instance's intake. The
-shapes here never change (PS3.7 9.3, Implicit VR Little Endian as PS3.7 6.3.1 requires), and
-unit tests compare every byte with pynetdicom's own encoding. Anything else (other messages, a
-status with an Offending Element, TLS sockets, a bound EVT_DIMSE_SENT handler) stays on
-pynetdicom's path. This module must not decide statuses or touch the association's state
-machine.
+Owns radflow's Implementation Class UID and Version Name (sent in every association request and
+written into every stored file's meta header), the byte encoding of the C-STORE-RQ command set
+(egress) and of the C-STORE, C-FIND and C-ECHO response command sets (ingress), the framing of a
+message into P-DATA-TF PDUs, and :func:`fast_responses`, which sends an acceptor's responses
+through them. pynetdicom builds every command set through a pydicom Dataset and its generic
+encoder, then hands each PDU to its DUL thread: ~0.5 ms of CPU per message, as much as the rest
+of a small instance's intake. The shapes here never change (PS3.7 9.3, Implicit VR Little Endian
+as PS3.7 6.3.1 requires), and unit tests compare every byte with pynetdicom's own encoding.
+Anything else (other messages, a status with an Offending Element, TLS sockets, a bound
+EVT_DIMSE_SENT handler) stays on pynetdicom's path. This module must not decide statuses or touch
+the association's state machine.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import uuid
 from typing import Any, Final
 
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+
+from engine import __version__
+
+#: radflow's Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID under 2.25
+IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "radflow.engine").int)
+IMPLEMENTATION_VERSION_NAME = f"RADFLOW_{__version__}"[:16]
 
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")

@@ -3,8 +3,8 @@
 This module owns the Minimal Lower Layer Protocol envelope (start block 0x0B, payload, end
 block 0x1C 0x0D): reading every frame a connection carries, bounding each frame's size while it
 arrives, and refusing anything that is not framed. It must not parse HL7, answer ACKs, log,
-or own the connection (the listener opens, times and closes it): a framing error is raised and
-the caller closes the connection, so nothing half-read is ever handed on.
+or own the connection (the listener or the sender opens, times and closes it): a framing error
+is raised and the caller closes the connection, so nothing half-read is ever handed on.
 
 Written by hand because hl7apy's MLLP server handles one message per connection, and because
 ``StreamReader.readuntil`` is bounded by the reader's own ``limit`` (64 KiB by default), which the

@@ -1,4 +1,4 @@
-"""A small, fast, read-only HL7 v2 message model for the ingress hot path.
+"""A small, fast, read-only HL7 v2 message model, for intake, delivery and routing alike.
 
 This module owns turning one MLLP payload (bytes) into a read-only view of an HL7 v2 message:
 the character set chosen from MSH-18 before anything is decoded, the delimiters from MSH-1 and
