@@ -377,3 +377,65 @@ class ScriptedScp:
     def stop(self) -> None:
         self._never.set()
         self._server.shutdown()
+
+
+# --- a byte-exact MLLP sink (threads; for tests around a radflow process) --------------------
+class MllpSink:
+    """An MLLP receiver in a thread that keeps every message's exact bytes (``raw``) and
+    answers AA: what a RIS interface engine would log as received. The ``hl7`` package parses
+    each message (decoded as Latin-1, which maps every byte) to build the acknowledgement."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.raw: list[bytes] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                buffer = b""
+                self.request.settimeout(30)
+                while True:
+                    try:
+                        chunk = self.request.recv(65536)
+                    except OSError:
+                        return
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    while b"\x1c\r" in buffer:
+                        block, buffer = buffer.split(b"\x1c\r", 1)
+                        payload = block[block.index(b"\x0b") + 1:]
+                        with sink._lock:
+                            sink.raw.append(payload)
+                        message = hl7.parse(payload.decode("latin-1"))
+                        ack = message.create_ack("AA", message_id=f"SINK{len(sink.raw)}")
+                        self.request.sendall(b"\x0b" + str(ack).encode("latin-1") + b"\x1c\r")
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server((HOST, 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> MllpSink:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[bytes]:
+        """The first ``count`` messages (fewer if they do not come within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.raw) >= count:
+                    return list(self.raw[:count])
+            time.sleep(0.05)
+        with self._lock:
+            return list(self.raw)
