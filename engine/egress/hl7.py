@@ -62,9 +62,10 @@ def _render_field(value: FieldValue, enc: EncodingChars) -> str:
     return enc.component.join(escape(str(c), enc) for c in value)
 
 
-def control_id_of(data: bytes) -> str:
+def control_id_of(data: bytes, charset: str = "ASCII") -> str:
+    """MSH-10 of ``data``, read with ``charset`` when its MSH-18 is empty."""
     try:
-        return Hl7Message.parse(data).control_id
+        return Hl7Message.parse(data, charset).control_id
     except InvalidInput as exc:
         raise PermanentDeliveryError(f"not a sendable HL7 message: {exc}",
                                      reason="bad_payload") from exc
@@ -205,7 +206,12 @@ class MllpSender:
             if b"\x0b" in data or b"\x1c" in data:
                 raise PermanentDeliveryError("the message holds an MLLP block character",
                                              reason="bad_payload")
-            return data, control_id_of(data)
+            # Read with the character set intake used: a message without MSH-18 was accepted
+            # in the site's hl7.default_charset. Rows routed before the payload named it
+            # fall back to Latin-1, which decodes any byte: only MSH-10 is needed here.
+            charset = ref.get("charset")
+            return data, control_id_of(data, charset if isinstance(charset, str) and charset
+                                       else "8859/1")
         return wire_bytes(delivery)
 
     async def _read_ack(self, reader: asyncio.StreamReader) -> Hl7Message:

@@ -52,10 +52,13 @@ is in the morphed bytes (UIDs may be remapped).
       "trigger": {"level": "order"},
       "destination": {"name": "ris", "type": "hl7"},
       "message": {"journal_id": 17, "message_type": "ORM^O01", "control_id": "MSG0001",
-                  "sending_application": "HIS", "sending_facility": "HOSP"}
+                  "sending_application": "HIS", "sending_facility": "HOSP",
+                  "charset": "8859/1"}
     }
 
-The message's raw bytes are ``hl7_messages.raw`` of ``journal_id`` (never changed once AA).
+The message's raw bytes are ``hl7_messages.raw`` of ``journal_id`` (never changed once AA),
+sent as they are; ``charset`` is the character set intake read them with (MSH-18, or the
+site's ``hl7.default_charset`` when MSH-18 is empty).
 
 Journal entries get ``routed_at`` and ``routing_outcome`` (``routed``, ``grouped``: waiting in a
 series/study group, ``discarded``: a stop route without destinations, ``unmatched``: no route

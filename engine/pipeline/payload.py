@@ -145,11 +145,16 @@ def group_rows(decision: str, members: Sequence[StoredInstance], reason: str,
 
 
 def hl7_rows(record: Hl7JournalRecord, decision: Decision, ruleset: str,
-             destination_types: Mapping[str, str]) -> list[NewOutboxRow]:
+             destination_types: Mapping[str, str], charset: str = "") -> list[NewOutboxRow]:
+    """A routed message's rows. ``charset`` is the table 0211 name the message was read with
+    (its MSH-18, or the site's default when MSH-18 is empty): the sender reads the journalled
+    bytes with it, so a change of the site's default later does not strand queued rows."""
     e = record.entry
     message = {"journal_id": record.id, "message_type": f"{e.message_type}^{e.trigger_event}",
                "control_id": e.control_id, "sending_application": e.sending_application,
                "sending_facility": e.sending_facility}
+    if charset:
+        message["charset"] = charset
     rows = []
     for name in decision.destinations:
         dest = {"name": name, "type": destination_types.get(name, "")}

@@ -311,7 +311,7 @@ class Router:
         for decision in decisions:
             _count(ROUTING_ROUTE_MATCHES, decision.route)
             rows.extend(payload.hl7_rows(record, decision, ruleset.version,
-                                         ruleset.destination_types))
+                                         ruleset.destination_types, message.charset))
         return RoutingPlan("hl7_messages", record.id, _outcome(decisions, bool(rows), False),
                            tuple(rows))
 

@@ -49,7 +49,13 @@ from engine.worklist.model import (
     demographics_apply,
 )
 from engine.worklist.query import Constraint, MwlQuery
-from engine.worklist.types import Hl7ContentError, Hl7Outcome, Hl7Received, UnsupportedMessage
+from engine.worklist.types import (
+    Hl7ContentError,
+    Hl7Outcome,
+    Hl7Received,
+    UnsupportedMessage,
+    ack_error_at,
+)
 
 log = get_logger("engine.worklist")
 
@@ -67,17 +73,29 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def unparsed_error(received: Hl7Received) -> AckError:
+    """The ERR of a message that could not be parsed, as journalled and as sent: no MSH
+    segment at all is a segment sequence error (100), a bad delimiter, character set or byte
+    a data type error (102) at the field that failed."""
+    text = received.parse_error or "unparseable message"
+    if received.parse_error_at is None:
+        return ack_error_at("MSH", Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR, text)
+    return ack_error_at(received.parse_error_at, Hl7ErrorCode.DATA_TYPE_ERROR, text)
+
+
 def received_from_bytes(raw: bytes, *, default_charset: str, peer_host: str = "",
                         listener: str = "api", received_at: str | None = None) -> Hl7Received:
     """Parse ``raw`` into an :class:`Hl7Received` (parse errors kept, not raised)."""
     message: Hl7Message | None = None
     error: str | None = None
+    error_at: str | None = None
     try:
         message = Hl7Message.parse(raw, default_charset=default_charset)
     except Hl7ParseError as exc:
-        error = str(exc)
+        error, error_at = str(exc), exc.field_path
     return Hl7Received(raw=raw, message=message, parse_error=error, peer_host=peer_host,
-                       listener=listener, received_at=received_at or now_iso())
+                       listener=listener, received_at=received_at or now_iso(),
+                       parse_error_at=error_at)
 
 
 # --- applying a planned change (runs inside the store's transaction) -----------------------
@@ -290,9 +308,8 @@ class WorklistService:
                 plan: WorklistChange | Exception | None, now: str) -> Hl7Disposition:
         msg = received.message
         if msg is None or plan is None:
-            text = received.parse_error or "unparseable message"
-            return _disposition(AckCode.APPLICATION_REJECT,
-                                (AckError(code=Hl7ErrorCode.DATA_TYPE_ERROR, text=text),), text)
+            return _disposition(AckCode.APPLICATION_REJECT, (unparsed_error(received),),
+                                received.parse_error or "unparseable message")
         try:
             if isinstance(plan, Exception):
                 raise plan

@@ -27,6 +27,8 @@ class Hl7Received:
     peer_host: str
     listener: str
     received_at: str  # ISO 8601, UTC
+    #: where parsing failed (``"MSH-18"``, ``"PID-5"``); None with a parse error: no MSH at all
+    parse_error_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from engine.bus import EventBus
 from engine.durable.group_commit import GroupCommit
 from engine.errors import TransientError
 from engine.events import OrderReceived
-from engine.hl7.ack import AckError, Hl7ErrorCode, build_ack
+from engine.hl7.ack import AckError, Hl7ErrorCode, ack_code_for, build_ack
 from engine.hl7.message import Hl7Message, Hl7ParseError, escape
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
@@ -59,10 +59,11 @@ class Hl7Intake:
         now = datetime.now(UTC)
         message: Hl7Message | None = None
         parse_error: str | None = None
+        parse_error_at: str | None = None
         try:
             message = Hl7Message.parse(raw, self._settings.default_charset)
         except Hl7ParseError as exc:
-            parse_error = str(exc)
+            parse_error, parse_error_at = str(exc), exc.field_path
         message_type = f"{message.message_type}^{message.trigger_event}" if message else "?"
         if not self._has_room():
             outcome = Hl7Outcome(code="AR", errors=(AckError(
@@ -72,8 +73,11 @@ class Hl7Intake:
         else:
             outcome = await self._commit(Hl7Received(
                 raw=raw, message=message, parse_error=parse_error, peer_host=peer_host,
-                listener=listener, received_at=now.isoformat()))
+                listener=listener, received_at=now.isoformat(), parse_error_at=parse_error_at))
         ack = self._ack(message, outcome, now)
+        # The code on the wire: enhanced mode (MSH-15 valued) turns AA/AE/AR into CA/CE/CR.
+        # Logs and metrics name this one, so they agree with what the sender saw.
+        sent_code = ack_code_for(message, outcome.code).value if message else outcome.code
         if self._bus is not None and outcome.code == "AA" and not outcome.duplicate and \
                 outcome.journal_id is not None:
             # After the commit (D1): routing picks the message up; if the bus drops the
@@ -82,12 +86,12 @@ class Hl7Intake:
                 occurred_at=now, journal_id=outcome.journal_id, message_type=message_type,
                 control_id=message.control_id if message else "", peer_host=peer_host,
                 listener=listener))
-        HL7_MESSAGES.labels(message_type, outcome.code).inc()
+        HL7_MESSAGES.labels(message_type, sent_code).inc()
         HL7_MESSAGE_SECONDS.observe(time.perf_counter() - started)
         log_fn = log.info if outcome.code == "AA" else log.warning
         log_fn("ingress.hl7.ack_sent", listener=listener, peer_host=peer_host,
                message_type=message_type, control_id=message.control_id if message else None,
-               ack_code=outcome.code, duplicate=outcome.duplicate,
+               ack_code=sent_code, duplicate=outcome.duplicate,
                reason=(outcome.errors[0].text if outcome.errors else outcome.text) or None,
                journal_id=outcome.journal_id)
         return ack
@@ -118,12 +122,17 @@ def _ack_without_header(outcome: Hl7Outcome, app: str, facility: str, now: datet
     """An AR for a payload whose MSH could not be read: default delimiters, no MSA-2.
 
     build_ack needs the original's delimiters and control id, which such a payload lacks.
+    ERR-3 is the code the outcome (and so the journal) holds: one source for both.
     """
-    text = outcome.errors[0].text if outcome.errors else (outcome.text or "unreadable message")
+    error = outcome.errors[0] if outcome.errors else AckError(
+        code=Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR, text=outcome.text or "unreadable message")
+    text = error.text or outcome.text or "unreadable message"
     stamp = now.strftime("%Y%m%d%H%M%S")
+    location = "^".join([error.segment or "MSH", str(error.sequence),
+                         str(error.field or 1)])
     segments = [
         f"MSH|^~\\&|{escape(app)}|{escape(facility)}|||{stamp}||ACK|ACK{stamp}|P|2.5",
         f"MSA|AR||{escape(text[:80])}",
-        f"ERR||MSH^1^1|{int(Hl7ErrorCode.SEGMENT_SEQUENCE_ERROR)}|E",
+        f"ERR||{location}|{int(error.code)}|E",
     ]
     return ("\r".join(segments) + "\r").encode("ascii", errors="replace")
