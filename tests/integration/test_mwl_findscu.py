@@ -206,3 +206,78 @@ def test_cli_lists_the_worklist(seeded: RadflowProcess) -> None:
         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     assert "ACC-P-LATIN" in result.stdout and "ACC-P-CANC" not in result.stdout
+
+
+#: what common modality software asks for beyond the basics (a node.js DICOM stack's default
+#: worklist query among them): return keys of PS3.4 Table K.6-1 that radflow keeps no value for,
+#: some sent with a value, as such software does
+STANDARD_RETURN_KEYS = (
+    "PregnancyStatus=4", "PatientWeight", "PatientSize", "MedicalAlerts", "Allergies",
+    "AdditionalPatientHistory", "PatientState", "SpecialNeeds", "LastMenstrualDate",
+    "PatientAge", "PatientComments", "OtherPatientIDsSequence", "AdmissionID",
+    "CurrentPatientLocation", "InstitutionName", "RequestingPhysician", "RequestingService",
+    "RequestedProcedurePriority", "PatientTransportArrangements", "ReferencedStudySequence",
+    "ReferencedPatientSequence", "ImagingServiceRequestComments", "ConfidentialityCode",
+    "ReasonForTheRequestedProcedure", "StudyDate", "IssuerOfAccessionNumberSequence",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepLocation",
+    "ScheduledProcedureStepSequence[0].PreMedication",
+    "ScheduledProcedureStepSequence[0].RequestedContrastAgent",
+    "ScheduledProcedureStepSequence[0].CommentsOnTheScheduledProcedureStep",
+    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus",
+    "ScheduledProcedureStepSequence[0].Modality=CT",
+)
+
+
+def find_statuses(rf: RadflowProcess, *keys: str) -> list[str]:
+    args: list[str] = ["-W", "-v", "-aec", rf.ae_title]
+    for key in keys:
+        args += ["-k", key]
+    result = dcmtk("findscu", *args, HOST, str(rf.port), timeout=60)
+    assert result.returncode == 0, result.stdout
+    return [line.split("Find Response:", 1)[1].strip() for line in result.stdout.splitlines()
+            if "Find Response:" in line]
+
+
+def test_standard_return_keys_are_supported_by_findscu(seeded: RadflowProcess,
+                                                       tmp_path: Path) -> None:
+    statuses = find_statuses(seeded, "PatientID=P-LATIN", *STANDARD_RETURN_KEYS)
+    assert statuses and not any("Warning" in s for s in statuses), statuses
+    (rsp,) = findscu(seeded, tmp_path, "PatientID=P-LATIN", "PatientName",
+                     *STANDARD_RETURN_KEYS)
+    assert rsp.PatientName == "Müller^Jürgen"
+    assert "PregnancyStatus" in rsp and rsp.get_item("PregnancyStatus").value in (b"", None)
+    assert "PatientWeight" in rsp and "AdmissionID" in rsp
+    sps = rsp.ScheduledProcedureStepSequence[0]
+    assert sps.Modality == "CT" and sps.ScheduledProcedureStepStatus == "SCHEDULED"
+    assert "ScheduledProcedureStepLocation" in sps
+
+
+def test_pynetdicom_query_with_standard_return_keys_gets_plain_pending(
+        seeded: RadflowProcess) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    query = Dataset()
+    query.PatientID = "P-UTF8"
+    query.PatientName = ""
+    query.PregnancyStatus = 4
+    query.PatientWeight = None
+    query.MedicalAlerts = ""
+    query.Allergies = ""
+    query.RequestedProcedurePriority = ""
+    sps = Dataset()
+    sps.Modality = "CT"
+    sps.ScheduledProcedureStepLocation = ""
+    sps.PreMedication = ""
+    query.ScheduledProcedureStepSequence = [sps]
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate(HOST, seeded.port, ae_title=seeded.ae_title)
+    assert assoc.is_established
+    try:
+        answers = list(assoc.send_c_find(query, ModalityWorklistInformationFind))
+    finally:
+        assoc.release()
+    statuses = [int(status.Status) for status, _ in answers]
+    assert statuses == [0xFF00, 0x0000]
+    assert str(answers[0][1].PatientName) == "Παπαδόπουλος^Νίκος"
