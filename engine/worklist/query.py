@@ -28,6 +28,7 @@ from pydicom.multival import MultiValue
 
 from engine.errors import InvalidInput
 from engine.worklist.answer import Getter, Leaf, Node, Seq, element_order, to_bytes, to_dataset
+from engine.worklist.keys import RETURN_KEYS, SPS_RETURN_KEYS
 from engine.worklist.model import (
     KEYWORDS,
     SPS_KEYWORDS,
@@ -265,7 +266,7 @@ class MwlQuery:
                             elif sub.keyword == "ScheduledProcedureStepStartTime":
                                 time_q = _as_text(sub.value).strip()
                             else:
-                                q._key(sub)
+                                q._key(sub, SPS_RETURN_KEYS)
                         break  # one SPS item is the query (PS3.4 C.2.2.2.6)
                     continue
                 if kw in SPS_KEYWORDS:
@@ -273,7 +274,7 @@ class MwlQuery:
                     if elem.value not in (None, ""):
                         q.unsupported.append(kw)
                     continue
-                q._key(elem)
+                q._key(elem, RETURN_KEYS)
         except InvalidQuery:
             raise
         except (ValueError, TypeError, KeyError) as exc:
@@ -282,7 +283,7 @@ class MwlQuery:
         return q
 
     # --- per key ---------------------------------------------------------------------------
-    def _key(self, elem: DataElement) -> None:
+    def _key(self, elem: DataElement, standard: frozenset[str]) -> None:
         kw = elem.keyword
         if kw in ("SpecificCharacterSet", "QueryRetrieveLevel") or not kw:
             return
@@ -307,7 +308,10 @@ class MwlQuery:
             return
         attr = KEYWORDS.get(kw)
         if attr is None or kw in _CODE_KEYWORDS:
-            self.unsupported.append(kw)
+            if kw not in standard:
+                self.unsupported.append(kw)
+            # else: a standard return key radflow keeps no value for: universal match, empty
+            # in the answer (see engine.worklist.keys for why not a Pending Warning)
             return
         vr = _VR.get(kw, "")
         if vr == "PN":

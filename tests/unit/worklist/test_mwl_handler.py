@@ -162,8 +162,14 @@ def test_too_many_matches_is_out_of_resources(engine: Engine) -> None:
 
 
 def test_unsupported_matching_key_gives_pending_warning(engine: Engine) -> None:
-    answers = run_find(engine, FakeEvent(ct_query(PatientWeight="70")))
+    # Body Part Examined is no Modality Worklist key (PS3.4 Table K.6-1)
+    answers = run_find(engine, FakeEvent(ct_query(BodyPartExamined="HEAD")))
     assert answers[0][0] == DimseStatus.PENDING_WARNING
+
+
+def test_standard_return_keys_with_values_give_plain_pending(engine: Engine) -> None:
+    answers = run_find(engine, FakeEvent(ct_query(PatientWeight="70", PregnancyStatus=4)))
+    assert answers[0][0] == DimseStatus.PENDING
 
 
 def test_bridge_closed_fails_with_out_of_resources(engine: Engine) -> None:

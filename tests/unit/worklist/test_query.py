@@ -216,9 +216,21 @@ def test_code_sequence_matching() -> None:
 
 
 def test_unsupported_key_with_a_value_is_reported() -> None:
-    q = MwlQuery.parse(identifier(PatientWeight="70", AdmissionID=""))
-    assert q.unsupported == ["PatientWeight"]
+    q = MwlQuery.parse(identifier(BodyPartExamined="HEAD", AdmissionID=""))
+    assert q.unsupported == ["BodyPartExamined"]
     assert q.matches(ITEM)
+
+
+def test_standard_return_keys_match_universally_and_come_back_empty() -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    from engine.worklist.keys import RETURN_KEYS, SPS_RETURN_KEYS
+    assert all(tag_for_keyword(k) is not None for k in RETURN_KEYS | SPS_RETURN_KEYS)
+    q = MwlQuery.parse(identifier(PatientWeight="70", PregnancyStatus=4, MedicalAlerts="x"))
+    assert q.unsupported == []
+    assert q.matches(ITEM)
+    answer = q.response(ITEM)
+    assert answer.PregnancyStatus is None and answer["PatientWeight"].value in (None, "")
 
 
 # --- answers ---------------------------------------------------------------------------------
