@@ -251,6 +251,7 @@ class Radflow(Server):
             f"  port: {self.http_port}\n"
             "logging:\n"
             "  level: warning\n"
+            f"worklist:\n  mapping_file: {self.root / 'routes' / 'worklist' / 'hl7-mwl.yaml'}\n"
             # intake alone: an empty routes folder (the shipped routes/ name other
             # destinations); bench/bench_rules.py measures routing
             f"routing:\n  routes_dir: {self.workdir / 'routes'}\n"

@@ -267,6 +267,7 @@ def radflow_config(work: Path, sink_port: int, *, dicom_port: int, http_port: in
         "hl7": {"listeners": [{"host": LOOPBACK, "port": mllp_port}]},
         "http": {"host": LOOPBACK, "port": http_port},
         "routing": {"routes_dir": str(routes), "reload_poll_seconds": 0},
+        "worklist": {"mapping_file": str(repo_root() / "routes" / "worklist" / "hl7-mwl.yaml")},
         "destinations": {"sink": {"type": "dimse", "ae_title": "SINK", "host": LOOPBACK,
                                   "port": destination_port or sink_port, "concurrency": 1,
                                   "batch_size": 64, "retry": retry or {}}},

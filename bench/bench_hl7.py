@@ -118,6 +118,7 @@ def start_radflow(work: Path) -> tuple[object, int]:
         f"hl7: {{listeners: [{{name: mllp, host: {LOOPBACK}, port: {mllp}}}]}}\n"
         f"http: {{host: {LOOPBACK}, port: {http}}}\n"
         "logging: {level: warning}\n"
+        f"worklist: {{mapping_file: {repo_root() / 'routes' / 'worklist' / 'hl7-mwl.yaml'}}}\n"
         f"routing: {{routes_dir: {work / 'routes'}}}\n")  # no routes: the HL7 path alone
     (work / "routes").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(repo_root()))

@@ -55,6 +55,7 @@ from bench._common import (
     log_tail,
     nodelay_env,
     print_table,
+    repo_root,
     spawn,
     stop_process,
     wait_for_port,
@@ -314,7 +315,8 @@ def start_radflow(work: Path, n: int) -> tuple[subprocess.Popen[bytes], int, Pat
                                  "dimse_timeout": 600, "network_timeout": 600}]},
         "hl7": {"listeners": [{"host": LOOPBACK, "port": mllp_port}]},
         "http": {"host": LOOPBACK, "port": http_port},
-        "worklist": {"find_limit": 100_000, "retention_days": 0},
+        "worklist": {"find_limit": 100_000, "retention_days": 0,
+                     "mapping_file": str(repo_root() / "routes" / "worklist" / "hl7-mwl.yaml")},
         "logging": {"level": "warning", "format": "json"},
         # no routes: the shipped routes/ name destinations this config does not have
         "routing": {"routes_dir": str(data / "routes")},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -375,7 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what a shell reports for a command that died of SIGPIPE (128 + 13)
+_EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader gone at exit must not end in a traceback
+    except BrokenPipeError:
+        # The reader (``| head``) stopped reading: not an error of ours. Python's own advice:
+        # point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _EXIT_BROKEN_PIPE
     return code

@@ -2,9 +2,12 @@
 
 Owns the pydantic models of ``config/radflow.yaml`` and :func:`load_settings`, which reads the
 file safely, applies ``RADFLOW_<SECTION>__<KEY>`` overrides, validates everything at once and
-reports every error with its file, line and key path (:class:`SettingsError`). Paths stay as
-written (relative ones are relative to the working directory). It must not open sockets, files
-other than the config file, or stores: the engine does that from the validated model.
+reports every error with its file, line and key path (:class:`SettingsError`). A relative path
+written in the file is made absolute against the file's folder, so a site file means the same
+from any working directory; defaults and environment values stay relative to the working
+directory (a service's ``WorkingDirectory``, or the shell a path was typed in). It must not open
+sockets, files other than the config file, or stores: the engine does that from the validated
+model.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -32,6 +35,7 @@ from engine.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/radflow.yaml")
 ENV_PREFIX = "RADFLOW_"
+_M = TypeVar("_M", bound="BaseModel")
 
 
 
@@ -603,7 +607,47 @@ def load_settings(
     _check_cross_references(settings, source, lines, problems)
     if problems:
         raise SettingsError(problems)
-    return settings
+    written = {where for where in lines
+                if not any(where[: len(p)] == p for p in env_paths)}
+    resolved: Settings = _resolve_paths(settings, config_path.parent.absolute(), written, ())
+    return resolved
+
+
+def _resolve_paths(model: _M, base: Path, written: set[PathKey], where: PathKey) -> _M:
+    """``model`` with every relative :class:`~pathlib.Path` written in the file (a key path in
+    ``written``) made absolute against ``base``.
+
+    Walks the model generically, so a path key added later is covered without a list to keep
+    up to date.
+    """
+    updates: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        new = _resolve_value(value, base, written, (*where, name))
+        if new is not value:
+            updates[name] = new
+    return model.model_copy(update=updates) if updates else model
+
+
+def _resolve_value(value: Any, base: Path, written: set[PathKey], where: PathKey) -> Any:
+    if isinstance(value, Path):
+        if value.is_absolute() or where not in written:
+            return value
+        # normpath: "/etc/radflow/../x" would read badly in logs and errors
+        return Path(os.path.normpath(base / value))
+    if isinstance(value, BaseModel):
+        return _resolve_paths(value, base, written, where)
+    if isinstance(value, list | tuple):
+        items = [_resolve_value(v, base, written, (*where, i)) for i, v in enumerate(value)]
+        if any(new is not old for new, old in zip(items, value, strict=True)):
+            return type(value)(items)
+        return value
+    if isinstance(value, dict):
+        entries = {k: _resolve_value(v, base, written, (*where, k)) for k, v in value.items()}
+        if any(entries[k] is not value[k] for k in value):
+            return entries
+        return value
+    return value
 
 
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})

@@ -17,11 +17,12 @@ apt_install() {
 if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then apt_install python3-venv; fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 VPY="$ROOT/.venv/bin/python"
-install_radflow() {  # $1: extras, e.g. "[test]"
-  stamp=".venv/.installed$1"
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "$VPY" -m pip install -q --upgrade pip
-    "$VPY" -m pip install -q -e ".$1"
-    touch "$stamp"
-  fi
+install_radflow() {  # $1: extras, e.g. "[test]"; more arguments: extras that include $1
+  for extras in "$@"; do  # installed already (with these extras or more), pyproject unchanged
+    stamp=".venv/.installed$extras"
+    if [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then return 0; fi
+  done
+  "$VPY" -m pip install -q --upgrade pip
+  "$VPY" -m pip install -q -e ".$1"
+  touch ".venv/.installed$1"
 }

@@ -123,6 +123,9 @@ def default_config(data_dir: Path, dicom_port: int, http_port: int) -> dict[str,
             }],
         },
         "http": {"enabled": True, "host": HOST, "port": http_port},
+        # Relative paths resolve against the config's folder (a temporary one here): name the
+        # shipped HL7 -> worklist mapping by its absolute path.
+        "worklist": {"mapping_file": str(REPO_ROOT / "routes" / "worklist" / "hl7-mwl.yaml")},
         "logging": {"level": "info", "format": "json"},
         "engine": {"shutdown_grace": 10},
     }

@@ -410,3 +410,61 @@ def test_check_config_applies_environment_overrides(
     clean_environment.setenv("RADFLOW_ROUTING__ROUTES_DIR", str(tmp_path))
     assert main(["check-config", "--config", str(write(tmp_path, ""))]) == 0
     assert "RADFLOW@0.0.0.0:104" in capsys.readouterr().out
+
+
+# --- relative paths ------------------------------------------------------------------------------
+def test_relative_paths_in_the_file_resolve_against_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "etc" / "radflow"
+    site.mkdir(parents=True)
+    config = write(site, """
+        storage: {sqlite_path: data/radflow.db, spool_dir: ../spool}
+        dicom:
+          listeners:
+            - tls: {cert_file: tls/radflow.pem, key_file: /abs/radflow.key, client_ca_file: ca.pem}
+        worklist: {mapping_file: routes/worklist/hl7-mwl.yaml}
+        routing: {routes_dir: routes}
+        destinations:
+          pacs: {type: dimse, ae_title: PACS, host: 127.0.0.1, port: 104,
+                 tls: {ca_file: tls/site-ca.pem}}
+          ehr: {type: fhir, base_url: "https://ehr.example/fhir", ca_file: tls/site-ca.pem}
+        """)
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(config, {})
+    assert settings.storage.sqlite_path == site / "data" / "radflow.db"
+    assert settings.storage.spool_dir == tmp_path / "etc" / "spool"
+    tls = settings.dicom.listeners[0].tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file, tls.client_ca_file) == (
+        site / "tls" / "radflow.pem", Path("/abs/radflow.key"), site / "ca.pem")
+    assert settings.worklist.mapping_file == site / "routes" / "worklist" / "hl7-mwl.yaml"
+    assert settings.routing.routes_dir == site / "routes"
+    pacs, ehr = settings.destinations["pacs"], settings.destinations["ehr"]
+    assert pacs.tls is not None and pacs.tls.ca_file == site / "tls" / "site-ca.pem"  # type: ignore[union-attr]
+    assert ehr.ca_file == site / "tls" / "site-ca.pem"  # type: ignore[union-attr]
+
+
+def test_defaults_and_environment_paths_stay_relative_to_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    config = write(tmp_path, "storage: {min_free_mb: 1}\n")
+    settings = load_settings(config, {"RADFLOW_STORAGE__SPOOL_DIR": "spool-from-env"})
+    assert settings.storage.sqlite_path == Path("var/radflow.db")  # the default, as documented
+    assert settings.storage.spool_dir == Path("spool-from-env")    # as typed at the shell
+
+
+def test_the_shipped_config_checks_from_any_working_directory(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    clean_environment.chdir(tmp_path)
+    assert main(["check-config", "--config", str(SHIPPED_CONFIG)]) == 0
+    settings = load_settings(SHIPPED_CONFIG, {})
+    assert settings.storage.sqlite_path == REPO_ROOT / "var" / "radflow.db"
+    assert settings.storage.spool_dir == REPO_ROOT / "var" / "spool"
+    assert settings.routing.routes_dir == REPO_ROOT / "routes"
+    assert settings.worklist.mapping_file == REPO_ROOT / "routes" / "worklist" / "hl7-mwl.yaml"

@@ -4,6 +4,7 @@ examples; evaluation semantics (fan-out, stop, fallback, unmatched, triggers).""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -135,7 +136,35 @@ def test_the_shipped_routes_load_with_the_shipped_config(capsys: pytest.CaptureF
         if name.startswith("RADFLOW_"):
             monkeypatch.delenv(name)
     assert main(["check-config", "--config", "config/radflow.yaml"]) == 0
-    assert "7 routes" in capsys.readouterr().out  # 7: + 45-procedure-status-to-ris (MPPS)
+    # Only routes to destinations that something on this machine starts: discard, pacs
+    assert "2 routes" in capsys.readouterr().out
+
+
+def test_the_example_routes_load_with_the_commented_example_destinations(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The examples a site copies stay valid: the config's commented destinations, uncommented,
+    and routes/examples/ copied into routes/, pass check-config."""
+    for name in list(__import__("os").environ):
+        if name.startswith("RADFLOW_"):
+            monkeypatch.delenv(name)
+    shutil.copytree(REPO / "routes", tmp_path / "routes")
+    examples = sorted((tmp_path / "routes" / "examples").glob("*.yaml"))
+    for example in examples:
+        example.rename(tmp_path / "routes" / example.name)
+    lines = (REPO / "config" / "radflow.yaml").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # Examples:"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].strip())
+    # two lines of prose, then YAML behind "# " up to the blank line
+    block = [line.replace("  # ", "  ", 1) for line in lines[start + 2:end]]
+    first = next(i for i, line in enumerate(lines) if line.startswith("destinations:"))
+    config = tmp_path / "config" / "radflow.yaml"
+    config.parent.mkdir()
+    config.write_text("\n".join([*lines[:start], *block, *lines[end:]]) + "\n",
+                      encoding="utf-8")
+    assert first < start
+    assert main(["check-config", "--config", str(config)]) == 0, capsys.readouterr().err
+    assert f"{2 + len(examples)} routes" in capsys.readouterr().out
 
 
 def test_profiles_compose_and_cycles_are_found(tmp_path: Path) -> None:
