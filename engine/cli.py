@@ -293,6 +293,35 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# --- radflow spool verify (against the configured store and spool, engine running or not) -----
+def cmd_spool_verify(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    from engine.durable.spool import Spool
+    from engine.durable.store import open_store
+    from engine.durable.verify import VerifyCount, verify_spool
+
+    async def run() -> int:
+        store = open_store(settings.storage)
+        await store.open()
+        spool = Spool(settings.storage.spool_dir, 0)
+        count = VerifyCount()
+        try:
+            async for bad in verify_spool(store, spool, args.study, count):
+                rec = bad.instance.record
+                print(f"{rec.sop_instance_uid}  study {rec.study_instance_uid}  "
+                      f"{rec.spool_path}  {bad.problem}")
+        finally:
+            await store.close()
+        scope = f"study {args.study}" if args.study else "the spool"
+        print(f"{count.checked} object(s) checked in {scope}, {count.damaged} damaged or "
+              "missing")
+        return 1 if count.damaged else 0
+
+    return asyncio.run(run())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
@@ -368,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         q_cmd.add_argument("--id", type=int, action="append", help="a row id (repeatable)")
         q_cmd.add_argument("--all", action="store_true", help="every dead letter of it")
     queue.set_defaults(func=cmd_queue)
+    spool = sub.add_parser("spool", help="the spool of received objects: verify")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    verify = with_config(spool_sub.add_parser(
+        "verify", help="check every object (or one study's) against the size and SHA-256 "
+                       "recorded at intake; exit 1 when any is damaged or missing"))
+    verify.add_argument("--study", metavar="UID", help="only this Study Instance UID")
+    verify.set_defaults(func=cmd_spool_verify)
     demo = sub.add_parser("demo", help="a whole flow on loopback: order, worklist, MPPS, "
                                        "images, routing, delivery; a summary at the end")
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder")

@@ -176,6 +176,12 @@ class Spool:
     def is_whole(self, rel_path: str, size: int, sha256: str) -> bool:
         """Whether the file holds exactly ``size`` bytes with this SHA-256 (``False`` if it is
         missing or unreadable)."""
+        return self.damage(rel_path, size, sha256) is None
+
+    def damage(self, rel_path: str, size: int, sha256: str) -> str | None:
+        """What is wrong with the file against its recorded size and SHA-256, or ``None``
+        when it is whole: ``missing ...``, ``unreadable ...`` or ``damaged: recorded ...,
+        found ...`` (both digests)."""
         digest = hashlib.sha256()
         got = 0
         try:
@@ -183,9 +189,15 @@ class Spool:
                 while block := f.read(1 << 20):
                     digest.update(block)
                     got += len(block)
-        except OSError:
-            return False
-        return got == size and digest.hexdigest() == sha256
+        except FileNotFoundError:
+            return "missing: the file is gone"
+        except OSError as exc:
+            return f"unreadable: {exc.strerror}"
+        found = digest.hexdigest()
+        if got == size and found == sha256:
+            return None
+        return (f"damaged: recorded {size} bytes sha256 {sha256}, found {got} bytes "
+                f"sha256 {found}")
 
     def _sync(self, rel_path: str, rel_dirs: Iterable[str]) -> None:
         try:

@@ -356,6 +356,12 @@ class Store(Protocol):
 
     async def count_instances(self) -> int: ...
 
+    async def instances_after(self, after_id: int, limit: int,
+                              study_instance_uid: str | None = None) -> list[StoredInstance]:
+        """Instance rows (every version) with ``id > after_id`` in id order, optionally of one
+        study: a keyset walk over the journal (``radflow spool verify``)."""
+        ...
+
     async def known_object_ids(self, object_ids: Sequence[str]) -> set[str]: ...
 
     async def expired_instances(self, received_before: str, limit: int

@@ -7,7 +7,8 @@ the row):
 
 * DICOM rows (``kind`` ``dicom``): the router's layout (``engine.pipeline``, version 1) puts
   the instance under ``object``: ``spool_path`` (relative to the spool root),
-  ``transfer_syntax_uid``, ``sop_class_uid``, ``sop_instance_uid``, optional ``size_bytes``;
+  ``transfer_syntax_uid``, ``sop_class_uid``, ``sop_instance_uid``, optional ``size_bytes``
+  and ``sha256`` (recorded at intake: the bytes are checked against them before they leave);
   beside it ``morph`` (frozen steps as JSON, applied with ``engine.morph.morph_bytes``) and
   ``secret_fingerprint`` (the morph secret's fingerprint at routing time). The same keys at the
   top level are read too (rows enqueued by hand, the demo, benchmarks).
@@ -93,6 +94,8 @@ class DicomObject:
     morph: tuple[Mapping[str, Any], ...] = ()
     size_bytes: int | None = None
     secret_fingerprint: str | None = None
+    #: SHA-256 (hex) of the spool file recorded at intake; None for hand-made rows
+    sha256: str | None = None
 
     @classmethod
     def of(cls, delivery: Delivery) -> DicomObject:
@@ -108,11 +111,13 @@ class DicomObject:
             raise _bad(delivery, "morph must be a list of step objects")
         size = fields.get("size_bytes")
         fingerprint = delivery.payload.get("secret_fingerprint")
+        digest = fields.get("sha256")
         return cls(path, _uid(delivery, fields, "transfer_syntax_uid"),
                    _uid(delivery, fields, "sop_class_uid"),
                    _uid(delivery, fields, "sop_instance_uid"),
                    tuple(morph), size if isinstance(size, int) else None,
-                   fingerprint if isinstance(fingerprint, str) else None)
+                   fingerprint if isinstance(fingerprint, str) else None,
+                   digest if isinstance(digest, str) and digest else None)
 
     def path_in(self, spool_root: Path) -> Path:
         """The file under ``spool_root``; a path leaving the spool is refused (permanent).

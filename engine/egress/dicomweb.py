@@ -25,7 +25,7 @@ import aiohttp
 from engine.egress.classify import Verdict, classify_http, classify_stow_failure
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from engine.egress.objects import morphed, part10_bytes, spool_file
+from engine.egress.objects import morphed, part10_bytes, spool_file, verified_bytes
 from engine.observability.logging import get_logger
 from engine.settings import DicomwebDestination, HttpAuth
 from engine.tls import http_ssl_option
@@ -147,14 +147,14 @@ class StowSender:
         out: list[tuple[_Part, bytes | DeliveryError]] = []
         for part in group:
             try:
-                path = spool_file(part.obj, self.spool_root)
+                whole = verified_bytes(part.obj, self.spool_root)  # before it leaves
                 if part.obj.morph:
-                    ds = morphed(path, part.obj.morph, self.morph, part.obj.secret_fingerprint)
+                    ds = morphed(whole, part.obj.morph, self.morph, part.obj.secret_fingerprint)
                     # A morph may remap UIDs: the answer names the instance actually sent.
                     self._sent_uid[part.index] = str(ds.get("SOPInstanceUID", ""))
                     data = part10_bytes(ds)
                 else:
-                    data = path.read_bytes()
+                    data = whole
                 out.append((part, data))
             except DeliveryError as exc:
                 out.append((part, exc))

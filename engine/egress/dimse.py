@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_preamble
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
 from engine.dicom.wire import (
@@ -60,7 +61,7 @@ from engine.dicom.wire import (
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from engine.egress.objects import morphed, spool_file, transcode
+from engine.egress.objects import morphed, transcode, verified_bytes
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     EGRESS_DIMSE_ASSOCIATIONS,
@@ -159,19 +160,23 @@ def _park_reactor(assoc: Association) -> None:
         time.sleep(0.0001)
 
 
-def dataset_offset(path: Path) -> int:
+def dataset_offset(data: bytes) -> int:
     """Where the dataset starts in a Part 10 file: after the preamble, ``DICM`` and the file
     meta group, whose length (0002,0000) is its first element (PS3.10 7.1)."""
-    with open(path, "rb") as fh:
-        head = fh.read(144)
+    head = data[:144]
     if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
         return 144 + int.from_bytes(head[140:144], "little")
-    _meta, offset = split_dataset(path)  # no group length: let pydicom walk the group
-    return int(offset)
+    # No group length: let pydicom walk the group.
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
+                 stop_when=lambda tag, _vr, _length: tag.group != 2)
+    return fp.tell()
 
 
-def _send_direct(assoc: Association, context_id: int, command: bytes, dataset: bytes) -> None:
-    """Write one message's P-DATA-TF PDUs at once (:func:`engine.dicom.wire.write_message`).
+def _send_direct(assoc: Association, context_id: int, command: bytes,
+                 dataset: bytes | memoryview) -> None:
+    \"\"\"Write one message's P-DATA-TF PDUs at once (:func:`engine.dicom.wire.write_message`).
 
     pynetdicom hands each PDU to its DUL thread, which encodes and writes it on its next loop
     turn: for a 0.5 MB instance to a peer taking 16 KiB PDUs that is 32 hand-overs between two
@@ -282,11 +287,11 @@ class DimseSender:
         started = time.perf_counter()
         notes: dict[str, Any] = {}
         try:
-            path = spool_file(obj, self.spool_root)
             context = self._context_for(assoc, obj.sop_class_uid, obj.transfer_syntax_uid)
-            dataset: Path | Dataset
+            data = verified_bytes(obj, self.spool_root)  # before a byte of it is sent
+            dataset: memoryview | Dataset
             if obj.morph or context.transfer_syntax[0] != obj.transfer_syntax_uid:
-                ds = morphed(path, obj.morph, self.morph, obj.secret_fingerprint)
+                ds = morphed(data, obj.morph, self.morph, obj.secret_fingerprint)
                 current = str(ds.file_meta.get("TransferSyntaxUID", obj.transfer_syntax_uid)
                               if hasattr(ds, "file_meta") else obj.transfer_syntax_uid)
                 if current != obj.transfer_syntax_uid:
@@ -302,7 +307,11 @@ class DimseSender:
                     notes["morphed"] = len(obj.morph)
                 dataset = ds
             else:
-                dataset = path
+                try:
+                    dataset = memoryview(data)[dataset_offset(data):]
+                except Exception as exc:  # pydicom raises many types for a damaged meta
+                    raise PermanentDeliveryError(f"cannot send: {exc}",
+                                                 reason="unsendable") from exc
             status = self._c_store(assoc, obj, context, dataset)
         except DeliveryError as exc:
             if isinstance(exc, AssociationLost):
@@ -319,7 +328,7 @@ class DimseSender:
                                status=code), seconds, notes)
 
     def _c_store(self, assoc: Association, obj: DicomObject, context: PresentationContext,
-                 dataset: Path | Dataset) -> int:
+                 dataset: memoryview | Dataset) -> int:
         """One C-STORE on ``context``; the response status.
 
         pynetdicom's ``send_c_store`` is not used: it pauses the association reactor with a
@@ -332,11 +341,10 @@ class DimseSender:
             raise AssociationLost("association ended")
         self._msg_id = self._msg_id % 65535 + 1
         try:
-            if isinstance(dataset, Path):
-                # Streamed from the spool: the dataset bytes after the file meta, unchanged.
-                with open(dataset, "rb") as fh:
-                    fh.seek(dataset_offset(dataset))
-                    data = fh.read()
+            data: bytes | memoryview
+            if isinstance(dataset, memoryview):
+                # From the spool: the dataset bytes after the file meta, unchanged.
+                data = dataset
             else:
                 ts = context.transfer_syntax[0]
                 encoded = encode(dataset, ts.is_implicit_VR, ts.is_little_endian,

@@ -38,6 +38,7 @@ from engine.observability.metrics import (
     DELIVERY_CIRCUIT_STATE,
     DELIVERY_OUTCOMES,
     DELIVERY_SEND_SECONDS,
+    INTEGRITY_FAILURES,
     OUTBOX_OLDEST_AGE,
     OUTBOX_ROWS,
 )
@@ -362,7 +363,7 @@ class Dispatcher:
         """Each row's verdict (done, retry at, dead, released), the breaker updated."""
         now = self._clock()
         results: list[OutboxResult] = []
-        delivered = transient = 0
+        delivered = transient = peer_answers = 0
         kind = q.config.type
         for row in rows:
             if row.id in released:
@@ -381,6 +382,10 @@ class Dispatcher:
                           **outcome.notes)
                 continue
             text = f"{err.reason}: {err}"[:_MAX_ERROR]
+            if err.reached_peer:
+                peer_answers += 1
+            if err.reason == "integrity_failed":
+                INTEGRITY_FAILURES.labels(q.name).inc()
             if err.transient:
                 transient += 1
             if not err.transient or gives_up(q.policy, row.attempts, row.created_at, now):
@@ -396,7 +401,12 @@ class Dispatcher:
                 log.info(f"egress.{kind}.failed", destination=q.name, row=row.id,
                          attempt=row.attempts, retry_in=round(delay, 2), error=text)
         failed_batch = not delivered and transient > 0
-        if not failed_batch:
+        if not delivered and not peer_answers:
+            # Only radflow's own faults (a damaged spool file...): nothing was learnt about the
+            # destination, so its circuit neither opens nor closes; a probe is handed back.
+            if probe:
+                q.breaker.release_probe()
+        elif not failed_batch:
             if q.breaker.state is not CircuitState.CLOSED:
                 log.info("egress.circuit_closed", destination=q.name)
             q.breaker.record_success()

@@ -18,6 +18,10 @@ class DeliveryError(RadflowError):
 
     reason = "delivery_failed"
     transient: bool = True
+    #: False when the failure was found before anything reached the peer (radflow's own
+    #: bytes or row are at fault): it says nothing of the destination's health, so it must
+    #: not move the destination's circuit breaker either way.
+    reached_peer: bool = True
 
     def __init__(self, message: str, *, reason: str | None = None,
                  status: int | str | None = None) -> None:
@@ -39,3 +43,12 @@ class PermanentDeliveryError(DeliveryError):
 
     reason = "permanent"
     transient = False
+
+
+class IntegrityFailure(PermanentDeliveryError):
+    """The spooled bytes are not the ones recorded at intake (size or SHA-256 differs, or the
+    file is gone): sending them would forward a damaged object, and a retry reads the same
+    damage. Found before a byte leaves, so it never counts against the destination."""
+
+    reason = "integrity_failed"
+    reached_peer = False

@@ -1,7 +1,10 @@
 """Spooled instances on their way out: read, morph, transcode, encode. Blocking; runs on a
 sender's worker thread, never on the event loop.
 
-With no morph the spool file is sent as it is (streamed by the caller, never decoded). A morph
+Every object is read once, whole, and checked against the size and SHA-256 recorded at intake
+before anything is decoded or sent (:func:`verified_bytes`): a damaged spool file becomes a
+permanent ``integrity_failed`` error, never bytes on the wire. With no morph the file's dataset
+is sent as it is (never decoded). A morph
 (``engine.morph.apply_frozen_morph``, frozen in the row, so a retry produces the same bytes)
 or a transfer syntax the destination does not accept needs the dataset decoded: compressed pixel
 data is decompressed with pydicom's pixel handlers (pylibjpeg and its plugins, the ``codecs``
@@ -11,6 +14,7 @@ compressed syntax and pydicom has an encoder for it. This module must not talk t
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from engine.egress.delivery import DicomObject, MorphFn
-from engine.egress.errors import PermanentDeliveryError
+from engine.egress.errors import IntegrityFailure, PermanentDeliveryError
 
 
 def spool_file(obj: DicomObject, spool_root: Path) -> Path:
@@ -33,25 +37,52 @@ def spool_file(obj: DicomObject, spool_root: Path) -> Path:
     return path
 
 
-def read_dataset(path: Path) -> Dataset:
+def verified_bytes(obj: DicomObject, spool_root: Path) -> bytes:
+    """The spool file's bytes, checked against the size and SHA-256 recorded at intake.
+
+    Read whole (both senders need the whole object in memory anyway: one P-DATA message or
+    one multipart part) and verified before a byte is sent, so a mismatch never reaches the
+    peer half-sent. Raises :class:`IntegrityFailure` with both digests."""
+    path = spool_file(obj, spool_root)
     try:
-        return dcmread(path)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PermanentDeliveryError(f"cannot read spool file {obj.spool_path}: {exc}",
+                                     reason="spool_missing") from exc
+    if obj.size_bytes is not None and len(data) != obj.size_bytes:
+        found = hashlib.sha256(data).hexdigest()
+        raise IntegrityFailure(
+            f"spool file {obj.spool_path}: recorded {obj.size_bytes} bytes sha256 "
+            f"{obj.sha256 or '?'}, found {len(data)} bytes sha256 {found}")
+    if obj.sha256 is not None:
+        found = hashlib.sha256(data).hexdigest()
+        if found != obj.sha256.lower():
+            raise IntegrityFailure(
+                f"spool file {obj.spool_path}: recorded sha256 {obj.sha256}, found sha256 "
+                f"{found} ({len(data)} bytes)")
+    return data
+
+
+def read_dataset(data: bytes, name: str = "") -> Dataset:
+    try:
+        return dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types for damaged files
-        raise PermanentDeliveryError(f"spool file {path.name} cannot be read: {exc}",
+        raise PermanentDeliveryError(f"spool file {name} cannot be read: {exc}",
                                      reason="unreadable") from exc
 
 
-def morphed(path: Path, steps: Sequence[Mapping[str, Any]], morph: MorphFn | None,
+def morphed(data: bytes, steps: Sequence[Mapping[str, Any]], morph: MorphFn | None,
             fingerprint: str | None = None) -> Dataset:
-    """The spooled dataset with ``steps`` applied (an empty list: unchanged)."""
+    """The spooled dataset (the file's verified ``data``) with ``steps`` applied (an empty
+    list: unchanged)."""
     if not steps:
-        return read_dataset(path)
+        return read_dataset(data)
     if morph is None:
         raise PermanentDeliveryError(
             "the row carries morph steps but this radflow has no engine.morph",
             reason="morph_unavailable")
     try:
-        result = morph(path.read_bytes(), list(steps), fingerprint)
+        result = morph(data, list(steps), fingerprint)
     except PermanentDeliveryError:
         raise
     except Exception as exc:

@@ -280,6 +280,14 @@ DELIVERY_OUTCOMES = Counter(
     ["destination", "outcome"],
     registry=REGISTRY,
 )
+INTEGRITY_FAILURES = Counter(
+    "radflow_integrity_failures_total",
+    "Spooled objects whose bytes no longer match the size and SHA-256 recorded at intake, "
+    "found on the way out (dead-lettered integrity_failed): alert on any increase, the "
+    "spool's storage is damaging data.",
+    ["destination"],
+    registry=REGISTRY,
+)
 DELIVERY_SEND_SECONDS = Histogram(
     "radflow_delivery_send_seconds",
     "Time one row took to send (for batched protocols: its batch's time), per destination.",

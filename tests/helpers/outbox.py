@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -44,7 +45,8 @@ def dicom_payload(inst: Instance, spool: Path, morph: list[dict[str, Any]] | Non
                    "sop_class_uid": inst.sop_class_uid,
                    "sop_instance_uid": inst.sop_instance_uid,
                    "transfer_syntax_uid": inst.transfer_syntax_uid,
-                   "size_bytes": inst.path.stat().st_size}})
+                   "size_bytes": inst.path.stat().st_size,
+                   "sha256": hashlib.sha256(inst.path.read_bytes()).hexdigest()}})
 
 
 async def enqueue_instances(store: SqliteStore, spool: Path, destination: str,

@@ -18,7 +18,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 
 from engine.durable.sqlite import SqliteStore
 from engine.egress.policy import CircuitState
-from engine.observability.metrics import EGRESS_DIMSE_ASSOCIATIONS, EGRESS_TRANSCODED
+from engine.observability.metrics import (
+    EGRESS_DIMSE_ASSOCIATIONS,
+    EGRESS_TRANSCODED,
+    INTEGRITY_FAILURES,
+)
 from engine.settings import DimseDestination
 from tests.helpers.outbox import (
     FAST_RETRY,
@@ -182,3 +186,44 @@ async def test_a_silent_destination_times_out_and_does_not_hold_up_the_others(
     finally:
         silent.stop()
         scp.stop()
+
+
+async def test_a_corrupt_spool_file_dead_letters_integrity_failed_and_the_rest_flow(
+        store: SqliteStore, spool: Path, tmp_path: Path) -> None:
+    # A damaged file is caught before it leaves: dead-lettered at once (permanent, both digests
+    # in the error), never sent, the PACS's circuit untouched, the intact rows delivered.
+    scp = Storescp(tmp_path / "scp").start()
+    try:
+        instances = spool_series(spool, 20)
+        flipped, truncated = instances[3], instances[11]
+        await enqueue_instances(store, spool, "pacs", instances)
+        data = bytearray(flipped.path.read_bytes())
+        data[-10] ^= 0xFF  # one pixel byte: same size, another digest
+        flipped.path.write_bytes(bytes(data))
+        with open(truncated.path, "r+b") as fh:
+            fh.truncate(truncated.path.stat().st_size // 2)
+        before = INTEGRITY_FAILURES.labels("pacs")._value.get()
+        destination = dimse(scp.port, batch_size=4,
+                             retry=FAST_RETRY.model_copy(update={"circuit_failures": 1}))
+        async with running_dispatcher(store, spool, {"pacs": destination}) as dispatcher:
+            await wait_until(lambda: all_done_but(store, 2), what="intact rows delivered")
+            assert dispatcher.circuit("pacs").state is CircuitState.CLOSED
+            assert dispatcher.circuit("pacs").opened == 0
+        intact = {i.sop_instance_uid for i in instances} - {flipped.sop_instance_uid,
+                                                           truncated.sop_instance_uid}
+        assert scp.received() == intact  # the damaged ones never reached the PACS
+        dead = await store.list_dead_letters("pacs")
+        assert len(dead) == 2
+        for row in dead:
+            assert row.attempts == 1  # permanent: never retried
+            assert (row.last_error or "").startswith("integrity_failed")
+            assert (row.last_error or "").count("sha256") == 2  # recorded and found
+        assert INTEGRITY_FAILURES.labels("pacs")._value.get() - before == 2
+    finally:
+        scp.stop()
+
+
+async def all_done_but(store: SqliteStore, dead: int) -> bool:
+    rows = await store.outbox_rows("pacs")
+    states = [str(r["state"]) for r in rows]
+    return states.count("dead") == dead and states.count("done") == len(states) - dead

@@ -84,6 +84,19 @@ def list_instances(conn: sqlite3.Connection, limit: int, offset: int) -> list[St
     return [row_to_instance(r) for r in rows]
 
 
+def instances_after(conn: sqlite3.Connection, after_id: int, limit: int,
+                    study_instance_uid: str | None) -> list[StoredInstance]:
+    if study_instance_uid is None:
+        rows = conn.execute(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit)).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE study_instance_uid = ? AND id > ? "
+            "ORDER BY id LIMIT ?", (study_instance_uid, after_id, limit)).fetchall()
+    return [row_to_instance(r) for r in rows]
+
+
 def count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
 

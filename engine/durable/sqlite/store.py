@@ -201,6 +201,11 @@ class SqliteStore:
     async def list_instances(self, limit: int = 100, offset: int = 0) -> list[StoredInstance]:
         return await self._read(lambda c: journal.list_instances(c, limit, offset))
 
+    async def instances_after(self, after_id: int, limit: int,
+                              study_instance_uid: str | None = None) -> list[StoredInstance]:
+        return await self._read(
+            lambda c: journal.instances_after(c, after_id, limit, study_instance_uid))
+
     async def count_instances(self) -> int:
         return await self._read(journal.count)
 

@@ -13,7 +13,7 @@ from engine.durable.sqlite import SqliteStore
 from engine.durable.store import NewOutboxRow, OutboxState
 from engine.egress.delivery import Delivery, SendOutcome
 from engine.egress.dispatcher import Dispatcher
-from engine.egress.errors import PermanentDeliveryError, TransientDeliveryError
+from engine.egress.errors import IntegrityFailure, PermanentDeliveryError, TransientDeliveryError
 from engine.egress.policy import CircuitState
 from engine.settings import DeliverySettings, Hl7Destination, RetryPolicy
 
@@ -159,6 +159,28 @@ async def test_the_circuit_opens_on_an_outage_and_a_probe_closes_it(store: Sqlit
         await d.stop(5)
     # rows that failed during the outage were retried, none was dead-lettered
     assert await store.count_dead_letters("ris") == 0
+
+
+async def test_integrity_failures_never_move_the_circuit(store: SqliteStore) -> None:
+    # A damaged spool file says nothing about the destination: dead-lettered at once, and the
+    # breaker's count is neither raised (no outage) nor reset (no success either).
+    await enqueue(store, 12)
+    sender = ScriptedSender(lambda d: IntegrityFailure("recorded sha256 a, found sha256 b"),
+                            max_batch=4)
+    d = Dispatcher(store, {"ris": dest()}, settings(), Path("/nonexistent"),
+                   sender_factory=lambda name, cfg: sender, rng=random.Random(3))
+    d.circuit("ris").record_failure(0.0)
+    d.circuit("ris").record_failure(0.0)
+    await d.start()
+    try:
+        await wait_until(lambda: _check(store, lambda s: all(v == "dead" for v in s.values())))
+        assert d.circuit("ris").state is CircuitState.CLOSED
+        assert d.circuit("ris").failures == 2
+    finally:
+        await d.stop(5)
+    assert [a for _i, a in sender.sent] == [1] * 12  # permanent: never retried
+    dead = await store.list_dead_letters("ris")
+    assert all((x.last_error or "").startswith("integrity_failed:") for x in dead)
 
 
 async def test_per_study_order_holds_a_study_behind_its_failed_row(store: SqliteStore) -> None:
