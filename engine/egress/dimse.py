@@ -176,7 +176,7 @@ def dataset_offset(data: bytes) -> int:
 
 def _send_direct(assoc: Association, context_id: int, command: bytes,
                  dataset: bytes | memoryview) -> None:
-    \"\"\"Write one message's P-DATA-TF PDUs at once (:func:`engine.dicom.wire.write_message`).
+    """Write one message's P-DATA-TF PDUs at once (:func:`engine.dicom.wire.write_message`).
 
     pynetdicom hands each PDU to its DUL thread, which encodes and writes it on its next loop
     turn: for a 0.5 MB instance to a peer taking 16 KiB PDUs that is 32 hand-overs between two
