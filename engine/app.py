@@ -22,6 +22,8 @@ import pydicom.config
 import pynetdicom._config
 
 from engine.admin.server import AdminServer
+from engine.audit import sink as audit_sink
+from engine.audit.trail import AuditTrail
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
 from engine.durable.journal import JournalWriter
@@ -136,10 +138,22 @@ class Engine:
         # --- delivery (D3): outbox -> per-destination workers -> senders ---
         secret = settings.routing.secret
         self.dispatcher = Dispatcher(
-            self.store, settings.destinations, settings.delivery, settings.storage.spool_dir,
+            self.store, {**settings.destinations, **settings.audit.destinations()},
+            settings.delivery, settings.storage.spool_dir,
             morph_secret=secret.get_secret_value() if secret else None)
         self.router.on_rows = self.dispatcher.wake
         # --- end delivery ---
+        # --- audit trail (IHE ATNA): an observer; its records go out through the outbox ---
+        self.audit = AuditTrail(self.store, settings, socket.gethostname())
+        if self.audit.enabled:
+            self.bus.subscribe(InstanceStored, self.audit.on_instance_stored)
+            self.bus.subscribe(OrderReceived, self.audit.on_order_received)
+            for step_event in (ProcedureStepStarted, ProcedureStepCompleted,
+                               ProcedureStepDiscontinued):
+                self.bus.subscribe(step_event, self.audit.on_procedure_step)
+            self.dispatcher.on_delivered = self.audit.on_delivered
+            self.audit.on_rows = self.dispatcher.wake
+        # --- end audit trail ---
         self.mllp = [MllpListener(cfg, self.hl7_intake) for cfg in settings.hl7.listeners]
         self.admin: AdminServer | None = None
         self._stop_steps: list[StopStep] = []
@@ -163,6 +177,11 @@ class Engine:
         self._stop_steps.append(("store", self.store.close))
         await asyncio.to_thread(self.spool.open)
         await self._recover_spool()
+        # Started right after the store and stopped right before it: it sees everything the
+        # other parts report, and its last records reach the outbox.
+        await self.audit.start()
+        audit_sink.install(self.audit)
+        self._stop_steps.append(("audit", self._stop_audit))
 
         await self.bus.start()
         self._stop_steps.append(("bus", self.bus.stop))
@@ -180,6 +199,9 @@ class Engine:
         await self.dispatcher.start()
         self._stop_steps.append(
             ("dispatcher", lambda: self.dispatcher.stop(self.settings.engine.shutdown_grace)))
+        # Runs before the dispatcher stops: the Application Stop record still reaches the
+        # repository when it is up.
+        self._stop_steps.append(("audit-drain", self._drain_audit))
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health-metrics"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),
@@ -192,10 +214,13 @@ class Engine:
             self.admin = AdminServer(
                 http.host, http.port, self.store,
                 {"store": self._probe_store, "spool": self._probe_spool,
-                 "listeners": self._probe_listeners, "rules": self.rules.probe},
+                 "listeners": self._probe_listeners, "rules": self.rules.probe,
+                 **({"audit": self._probe_audit} if self.audit.enabled else {})},
                 http.token.get_secret_value() if http.token else None,
                 worklist=self.worklist, rules=self.rules,
-                queues=QueueAdmin(self.store, self.settings.destinations, self.dispatcher),
+                queues=QueueAdmin(self.store, {**self.settings.destinations,
+                                               **self.settings.audit.destinations()},
+                                  self.dispatcher),
                 procedure_steps=self.procedure_steps)
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
@@ -266,6 +291,36 @@ class Engine:
         if verdict.ok and not self.spool.has_room:
             return False, f"{verdict.describe()}; the last write was refused for lack of space"
         return verdict.ok, verdict.describe()
+
+    async def _probe_audit(self) -> tuple[bool, str]:
+        """Not ready once an audit record waited longer than ``audit.max_queue_age_minutes``
+        for the repository or the file (the record itself is kept and sent later)."""
+        limit = self.settings.audit.max_queue_age_minutes * 60
+        stats = await self.store.outbox_stats(self.audit.targets)
+        now = time.time()
+        ages = {s.destination: now - s.oldest_created_at for s in stats
+                if s.oldest_created_at is not None}
+        dead = sum(s.dead for s in stats)
+        oldest = max(ages.values(), default=0.0)
+        detail = (f"oldest unsent audit record {oldest:.0f} s old" if ages
+                  else "every audit record delivered")
+        if dead:
+            detail += f"; {dead} dead-lettered"
+        ok = not limit or oldest <= limit
+        return ok, detail if ok else f"{detail} (limit {limit:.0f} s): audit repository down?"
+
+    async def _drain_audit(self) -> None:
+        await self.audit.stopping()
+        deadline = time.monotonic() + min(5.0, self.settings.engine.shutdown_grace)
+        while self.audit.enabled and time.monotonic() < deadline:
+            stats = await self.store.outbox_stats(self.audit.targets)
+            if not any(s.pending or s.leased for s in stats):
+                return
+            await asyncio.sleep(0.1)
+
+    async def _stop_audit(self) -> None:
+        audit_sink.install(None)
+        await self.audit.stop()
 
     async def _probe_listeners(self) -> tuple[bool, str]:
         down = [] if self.dimse.running else ["dicom"]

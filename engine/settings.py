@@ -365,6 +365,84 @@ Destination = Annotated[
 ]
 
 
+class AuditRepository(_Destination):
+    """The audit record repository: a syslog receiver (RFC 5424) over TLS (RFC 5425) or UDP
+    (RFC 5426). Its queue is the outbox destination ``audit``."""
+
+    type: Literal["syslog"] = "syslog"
+    #: one connection: the repository gets the records in the order they happened
+    concurrency: int = Field(default=1, ge=1, le=8)
+    host: str
+    #: 6514 is syslog over TLS's registered port; 514 is syslog over UDP's
+    port: Port = 6514
+    transport: Literal["tls", "udp"] = "tls"
+    #: the repository's CA, and radflow's client certificate when the repository asks for one
+    #: (IHE ATNA's secure node authentication is mutual TLS)
+    tls: ClientTlsSettings | None = None
+    #: RFC 5424 APP-NAME
+    app_name: str = Field(default="radflow", min_length=1, max_length=48)
+    #: seconds to connect and to hand a batch to the connection
+    timeout: float = Field(default=10.0, gt=0)
+    #: a UDP datagram carries one message; larger messages are refused (dead letters) rather
+    #: than truncated by the network
+    max_udp_bytes: int = Field(default=65_000, ge=480, le=65_507)
+    #: an idle TLS connection is closed after this many seconds
+    idle_close: float = Field(default=30.0, ge=0)
+
+
+class AuditFile(_Destination):
+    """The local audit file: one RFC 5424 line per record, fsync'd. Its queue is the outbox
+    destination ``audit-file``."""
+
+    type: Literal["audit_file"] = "audit_file"
+    concurrency: int = Field(default=1, ge=1, le=1)
+    path: Path
+
+
+class AuditSettings(_Strict):
+    """The IHE ATNA audit trail: DICOM audit messages to a syslog repository and/or a file."""
+
+    #: the audit record repository; none: no records are sent over the network
+    repository: AuditRepository | None = None
+    #: a local file that gets every record too (append-only, one line per record)
+    file: Path | None = None
+    #: AuditEnterpriseSiteID: the hospital or site the records come from
+    enterprise_site_id: str = Field(default="", max_length=64)
+    #: AuditSourceID; default: ``site.name``
+    source_id: str | None = Field(default=None, min_length=1, max_length=64)
+    #: destinations whose deliveries are audited as Export (data leaving the archive's care:
+    #: AI nodes, research or cloud endpoints) instead of DICOM Instances Transferred; unset:
+    #: every ``dicomweb`` destination
+    export_destinations: list[str] | None = None
+    #: records are written to the database in batches at most this far apart (seconds)
+    flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    #: a peer's instances of one study make one record once none came for this long (seconds)
+    study_quiet_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: /readyz reports "not ready" when an audit record has waited longer than this (minutes)
+    #: for the repository or file; 0: the audit queue never makes radflow unready
+    max_queue_age_minutes: float = Field(default=60.0, ge=0)
+    #: records held in memory between flushes while the database cannot take them
+    max_buffered: int = Field(default=100_000, ge=100)
+
+    @property
+    def enabled(self) -> bool:
+        return self.repository is not None or self.file is not None
+
+    def destinations(self) -> dict[str, AuditRepository | AuditFile]:
+        """The outbox destinations that carry the audit trail."""
+        out: dict[str, AuditRepository | AuditFile] = {}
+        if self.repository is not None:
+            out[AUDIT_REPOSITORY] = self.repository
+        if self.file is not None:
+            out[AUDIT_FILE] = AuditFile(path=self.file)
+        return out
+
+
+#: outbox destination names of the audit trail (reserved: no configured destination may use them)
+AUDIT_REPOSITORY = "audit"
+AUDIT_FILE = "audit-file"
+
+
 class DeliverySettings(_Strict):
     """Defaults of the delivery queues (D3)."""
 
@@ -427,6 +505,18 @@ class Settings(_Strict):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @model_validator(mode="after")
+    def _audit_names(self) -> Settings:
+        reserved = {AUDIT_REPOSITORY, AUDIT_FILE} & set(self.destinations)
+        if reserved:
+            raise ValueError(f"destination name(s) {sorted(reserved)} are reserved for the "
+                             "audit trail's queues")
+        unknown = [n for n in self.audit.export_destinations or [] if n not in self.destinations]
+        if unknown:
+            raise ValueError(f"audit.export_destinations names unknown destination(s) {unknown}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from aiohttp import web
 from engine import __version__
 from engine.admin.procedure_steps import PROCEDURE_STEP_OPENAPI, add_procedure_step_routes
 from engine.admin.queues import QUEUE_OPENAPI, add_queue_routes
+from engine.audit import sink as audit_sink
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.queues import QueueAdmin
 from engine.errors import InvalidInput
@@ -273,6 +274,10 @@ def instance_json(item: StoredInstance) -> dict[str, Any]:
     }
 
 
+#: request methods that change something (audited)
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class AdminServer:
     """The admin HTTP endpoint of one engine."""
 
@@ -327,9 +332,20 @@ class AdminServer:
                 request.path != "/api/v1/openapi.json":
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+                audit_sink.notify(lambda a: a.login(
+                    user="api-token", peer_host=request.remote or "", ok=False,
+                    reason=f"{request.method} {request.path}: "
+                           + ("wrong token" if given else "no token")))
                 return web.json_response({"error": "unauthorized"}, status=401,
                                          headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
+        response = await handler(request)
+        if request.method in _CHANGES and request.path.startswith("/api/"):
+            # Who changed what, for the audit trail (the token is the only identity so far).
+            user = str(request.get("user") or ("api-token" if self._token else "anonymous"))
+            audit_sink.notify(lambda a: a.api_change(
+                user=user, peer_host=request.remote or "", method=request.method,
+                path=request.path, status=response.status))
+        return response
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -43,6 +43,8 @@ from engine.observability.metrics import (
     OUTBOX_ROWS,
 )
 from engine.settings import (
+    AuditFile,
+    AuditRepository,
     DeliverySettings,
     DicomwebDestination,
     DimseDestination,
@@ -55,7 +57,9 @@ from engine.settings import (
 log = get_logger("engine.egress.dispatcher")
 
 DestinationConfig = (DimseDestination | DicomwebDestination | Hl7Destination | FhirDestination
-                     | MppsDestination)
+                     | MppsDestination | AuditRepository | AuditFile)
+#: ``(destination, rows)`` just delivered: the audit trail's hook (an observer, never fails)
+DeliveredHook = Callable[[str, Sequence[OutboxRow]], None]
 SenderFactory = Callable[[str, DestinationConfig], Sender]
 Clock = Callable[[], float]
 
@@ -94,6 +98,14 @@ def default_sender_factory(spool_root: Path, store: Store | None = None,
             from engine.egress.fhir import FhirSender
 
             return FhirSender(name, config)
+        if isinstance(config, AuditRepository):
+            from engine.egress.syslog import SyslogSender
+
+            return SyslogSender(name, config)
+        if isinstance(config, AuditFile):
+            from engine.egress.syslog import AuditFileSender
+
+            return AuditFileSender(name, config)
         from engine.egress.mpps import MppsSender
 
         return MppsSender(name, config)
@@ -155,6 +167,7 @@ class Dispatcher:
                 policy.circuit_failures, policy.circuit_cooldown, policy.max_delay, self._rng))
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []
+        self.on_delivered: DeliveredHook | None = None
 
     @property
     def destinations(self) -> list[str]:
@@ -400,6 +413,13 @@ class Dispatcher:
                 DELIVERY_OUTCOMES.labels(q.name, "retry").inc()
                 log.info(f"egress.{kind}.failed", destination=q.name, row=row.id,
                          attempt=row.attempts, retry_in=round(delay, 2), error=text)
+        if delivered and self.on_delivered is not None:
+            done = [row for row, result in zip(rows, results, strict=True)
+                    if result.verdict is OutboxVerdict.DONE]
+            try:
+                self.on_delivered(q.name, done)
+            except Exception:  # an observer must never fail delivery
+                log.exception("egress.delivered_hook_failed", destination=q.name)
         failed_batch = not delivered and transient > 0
         if not delivered and not peer_answers:
             # Only radflow's own faults (a damaged spool file...): nothing was learnt about the

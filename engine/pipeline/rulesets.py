@@ -18,6 +18,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from engine.audit import sink as audit_sink
+from engine.audit.messages import SOFTWARE_CONFIGURATION
 from engine.morph.ops import MorphKeys
 from engine.observability.logging import get_logger
 from engine.observability.metrics import RULES_LAST_RELOAD_OK, RULES_RELOADS, RULES_ROUTES
@@ -103,6 +105,10 @@ class RulesManager:
                 log.error("rules.reload_failed", trigger=trigger, errors=len(exc.problems),
                           problems=[str(p) for p in exc.problems[:20]],
                           kept_ruleset=self.current.version)
+                refused = (f"route files refused ({trigger}): {len(exc.problems)} problem(s); "
+                           "previous routes kept")
+                audit_sink.notify(lambda a: a.security_alert(
+                    SOFTWARE_CONFIGURATION, refused, subject=str(self.routes_dir)))
                 return False
             self._signature = signature
             previous = self.current.version
@@ -115,6 +121,11 @@ class RulesManager:
             RULES_ROUTES.set(len(ruleset.routes))
             log.info("rules.reloaded", trigger=trigger, routes=len(ruleset.routes),
                      ruleset=ruleset.version, previous=previous)
+            if previous != ruleset.version:
+                audit_sink.notify(lambda a: a.security_alert(
+                    SOFTWARE_CONFIGURATION, f"routes reloaded ({trigger}): "
+                    f"{len(ruleset.routes)} route(s), version {ruleset.version}",
+                    subject=str(self.routes_dir), failure=False))
             return True
 
     async def _watch(self) -> None:

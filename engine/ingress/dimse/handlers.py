@@ -22,6 +22,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from engine import reactor
+from engine.audit import sink as audit_sink
 from engine.crashpoints import crash_point
 from engine.dicom import wire
 from engine.errors import RadflowError
@@ -165,6 +166,8 @@ def handle_requested(event: Event, policy: ListenerPolicy) -> None:
     reason, (result, source, diagnostic) = refusal
     event.assoc.acse.send_reject(result, source, diagnostic)
     DIMSE_REJECTIONS.labels(policy.name, reason).inc()
+    audit_sink.notify(lambda a: a.association(calling_ae=calling, called_ae=called,
+                                              peer_host=host, accepted=False, reason=reason))
     log.warning("ingress.dimse.association.rejected", listener=policy.name, reason=reason,
                 calling_ae=calling, called_ae=called, peer_host=host)
     # As pynetdicom's own rejection does: wait until the DUL has sent the A-ASSOCIATE-RJ (and
@@ -178,6 +181,12 @@ def handle_established(event: Event, policy: ListenerPolicy) -> None:
     calling, called, host = _peer(event)
     log.info("ingress.dimse.association.accepted", listener=policy.name, calling_ae=calling,
              called_ae=called, peer_host=host)
+    identity = event.assoc.requestor.user_identity
+    user = (identity.primary_field.decode("utf-8", "replace")
+            if identity is not None and identity.primary_field else None)
+    audit_sink.notify(lambda a: a.association(calling_ae=calling, called_ae=called,
+                                              peer_host=host, accepted=True,
+                                              user_identity=user))
     rejected = event.assoc.rejected_contexts
     if rejected:
         # Otherwise an SCU that finds "no acceptable presentation context" leaves no trace of why.
@@ -217,6 +226,9 @@ def handle_user_id(event: Event, policy: ListenerPolicy) -> tuple[bool, bytes | 
         calling, _, host = _peer(event)
         log.warning("ingress.dimse.association.identity_refused", listener=policy.name,
                     calling_ae=calling, peer_host=host, user_id_type=id_type)
+        audit_sink.notify(lambda a: a.login(
+            user=primary.decode("utf-8", "replace"), peer_host=host, ok=False,
+            reason=f"DICOM user identity (type {id_type}) refused for {calling}"))
     return ok, None
 
 

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
+from engine.audit import sink as audit_sink
 from engine.bridge import LoopBridge
 from engine.dicom import charsets, wire
 from engine.errors import RadflowError
@@ -134,6 +135,13 @@ def handle_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider) -> Itera
         MWL_FIND_REQUESTS.labels(policy.name, outcome).inc()
         log.info("ingress.dimse.c_find.answered", listener=policy.name, calling_ae=calling,
                  outcome=outcome, matches=state.sent, seconds=round(elapsed, 6))
+        audit_sink.notify(lambda a: a.query(
+            calling_ae=str(calling).strip(), called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            peer_host=str(event.assoc.requestor.address),
+            sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
+            identifier=_identifier_bytes(event),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            ok=outcome in ("success", "cancelled")))
 
     try:
         try:
@@ -169,6 +177,12 @@ def handle_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider) -> Itera
         yield DimseStatus.SUCCESS, None
     finally:
         account("aborted")  # no-op unless the association went away mid-answer
+
+
+def _identifier_bytes(event: Event) -> bytes:
+    """The C-FIND identifier as it came on the wire (the Query audit record carries it)."""
+    identifier = getattr(event.request, "Identifier", None)
+    return identifier.getvalue() if identifier is not None else b""
 
 
 @dataclass

@@ -31,6 +31,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from engine.audit import sink as audit_sink
+from engine.audit.messages import NODE_AUTHENTICATION
 from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.ingress.dimse.handlers import ListenerPolicy, bindings
 from engine.ingress.dimse.intake import StoreIntake
@@ -111,9 +113,13 @@ class _AssociationServer(ThreadedAssociationServer):
             return True
         except (OSError, ValueError) as exc:  # SSLError and timeouts are OSErrors
             DIMSE_REJECTIONS.labels(self.listener, "tls_failed").inc()
-            log.warning("ingress.dimse.tls_failed", listener=self.listener,
-                        peer_host=str(client_address[0]) if client_address else "",
-                        detail=str(exc) or type(exc).__name__)
+            host = str(client_address[0]) if client_address else ""
+            detail = str(exc) or type(exc).__name__
+            log.warning("ingress.dimse.tls_failed", listener=self.listener, peer_host=host,
+                        detail=detail)
+            audit_sink.notify(lambda a: a.security_alert(
+                NODE_AUTHENTICATION, f"TLS handshake failed: {detail}", peer_host=host,
+                subject=f"dicom-listener:{self.listener}"))
             return False
 
 
