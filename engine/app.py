@@ -22,7 +22,6 @@ import pydicom.config
 import pynetdicom._config
 
 from engine.admin.server import AdminServer
-from engine.audit import sink as audit_sink
 from engine.audit.trail import AuditTrail
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
@@ -45,6 +44,7 @@ from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.ingress.hl7.listener import MllpListener
+from engine.observability import audit_sink
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
 from engine.observability.metrics import NODE_INFO, STORE_UP

@@ -3,7 +3,7 @@
 # Python packages into .venv), check the layer contracts (import-linter, configured in
 # pyproject.toml) and run the whole suite. Extra arguments go to pytest.
 . "$(dirname "$0")/_env.sh"
-apt_install dcmtk orthanc orthanc-dicomweb rsyslog rsyslog-gnutls prometheus gnutls-bin
+apt_install dcmtk orthanc orthanc-dicomweb rsyslog rsyslog-gnutls prometheus
 install_radflow "[test,codecs]"
 # A broken layer contract fails the run before any test starts (set -e in _env.sh).
 "$ROOT/.venv/bin/lint-imports" --no-cache

@@ -20,10 +20,10 @@ from aiohttp import web
 from engine import __version__
 from engine.admin.procedure_steps import PROCEDURE_STEP_OPENAPI, add_procedure_step_routes
 from engine.admin.queues import QUEUE_OPENAPI, add_queue_routes
-from engine.audit import sink as audit_sink
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.queues import QueueAdmin
 from engine.errors import InvalidInput
+from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import render
 from engine.pipeline import dryrun

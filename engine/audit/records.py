@@ -1,6 +1,6 @@
 """The audit events radflow records, each built as its DICOM audit message (PS3.15 A.5.3).
 
-Pure functions from facts to :class:`~engine.audit.messages.AuditMessage`; which participants
+Pure functions from facts to :class:`~engine.dicom.audit.AuditMessage`; which participants
 and objects each event carries follows the PS3.15 table of that event. No I/O, no store: the
 trail (``engine.audit.trail``) gathers the facts and queues the messages.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from engine.audit import messages as m
-from engine.audit.messages import (
+from engine.dicom import audit as m
+from engine.dicom.audit import (
     AuditMessage,
     AuditSource,
     Code,

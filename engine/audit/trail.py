@@ -25,11 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from engine.ingress.hl7.message import Hl7Message
-
-from engine.audit import messages as m
 from engine.audit import records
-from engine.audit.messages import AuditMessage, AuditSource, Participant
+from engine.dicom import audit as m
+from engine.dicom.audit import AuditMessage, AuditSource, Participant
 from engine.durable.store import NewOutboxRow, OutboxRow, Store
 from engine.errors import StorageFailure
 from engine.events import (
@@ -39,6 +37,7 @@ from engine.events import (
     ProcedureStepDiscontinued,
     ProcedureStepEvent,
 )
+from engine.hl7.message import Hl7Message
 from engine.observability.logging import get_logger
 from engine.observability.metrics import AUDIT_FAILURES, AUDIT_RECORDS
 from engine.settings import (

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from engine.audit.messages import octet_counted, syslog_message
+from engine.dicom.audit import octet_counted, syslog_message
 from engine.egress.delivery import Delivery, SendOutcome, failed
 from engine.egress.errors import PermanentDeliveryError, TransientDeliveryError
 from engine.observability.logging import get_logger

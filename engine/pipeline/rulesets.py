@@ -18,9 +18,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from engine.audit import sink as audit_sink
-from engine.audit.messages import SOFTWARE_CONFIGURATION
+from engine.dicom.audit import SOFTWARE_CONFIGURATION
 from engine.morph.ops import MorphKeys
+from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import RULES_LAST_RELOAD_OK, RULES_RELOADS, RULES_ROUTES
 from engine.rules.loader import load_ruleset, watched_files

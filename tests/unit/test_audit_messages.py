@@ -7,8 +7,8 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 
-from engine.audit import messages as m
 from engine.audit import records as r
+from engine.dicom import audit as m
 from tests.helpers.audit_schema import check, parse_syslog
 
 SRC = m.AuditSource("RADFLOW-1", "HOSP")

@@ -22,13 +22,13 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from engine import reactor
-from engine.audit import sink as audit_sink
 from engine.crashpoints import crash_point
 from engine.dicom import wire
 from engine.errors import RadflowError
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
 from engine.ingress.dimse.mwl import MwlProvider, handle_find
+from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     DIMSE_ECHOES,

@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.events import Event
 
-from engine.audit import sink as audit_sink
 from engine.bridge import LoopBridge
 from engine.dicom import charsets, wire
 from engine.errors import RadflowError
+from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MWL_FIND_MATCHES, MWL_FIND_REQUESTS, MWL_FIND_SECONDS
 from engine.status import DimseStatus, c_find_status_for, error_comment

@@ -31,13 +31,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from engine.audit import sink as audit_sink
-from engine.audit.messages import NODE_AUTHENTICATION
+from engine.dicom.audit import NODE_AUTHENTICATION
 from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.ingress.dimse.handlers import ListenerPolicy, bindings
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
+from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import DIMSE_REJECTIONS
 from engine.settings import DicomListener

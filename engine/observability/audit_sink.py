@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from engine.audit.messages import Code
 from engine.observability.logging import get_logger
 
 log = get_logger("engine.audit.sink")
+
+#: a coded value (code, coding scheme, meaning), as ``engine.dicom.audit`` writes them
+Code = tuple[str, str, str]
 
 
 class AuditSink(Protocol):
