@@ -246,7 +246,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         store = open_store(settings.storage)
         await store.open()
         try:
-            queues = QueueAdmin(store, settings.destinations)
+            queues = QueueAdmin(store, {**settings.destinations,
+                                       **settings.audit.destinations()})
             dest = getattr(args, "destination", None)
             if dest is not None and not queues.known(dest):
                 print(f"radflow: no destination {dest!r} in {args.config} (known: "
