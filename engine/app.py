@@ -29,6 +29,7 @@ from engine.durable.journal import JournalWriter
 from engine.durable.retention import Retention
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
+from engine.egress.check import DestinationChecker
 from engine.egress.dispatcher import Dispatcher
 from engine.egress.queues import QueueAdmin
 from engine.events import (
@@ -221,7 +222,9 @@ class Engine:
                 queues=QueueAdmin(self.store, {**self.settings.destinations,
                                                **self.settings.audit.destinations()},
                                   self.dispatcher),
-                procedure_steps=self.procedure_steps)
+                procedure_steps=self.procedure_steps,
+                destinations=DestinationChecker(self.settings.destinations,
+                                                self.dispatcher.sender_factory))
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.observability.logging import configure_logging
@@ -323,6 +325,56 @@ def cmd_spool_verify(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# --- radflow destinations list|check (reach a destination now, without the engine) ---------
+def cmd_destinations(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    # The result printed below says what failed and why; pynetdicom's own error lines about
+    # the same connection would only repeat it.
+    configure_logging("error", settings.logging.format)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    from dataclasses import asdict
+
+    from engine.egress.check import DestinationChecker
+    from engine.egress.dispatcher import default_sender_factory
+
+    checker = DestinationChecker(settings.destinations,
+                                 default_sender_factory(settings.storage.spool_dir))
+    if args.action == "list":
+        items = checker.list()
+        if args.json:
+            print(json.dumps([asdict(d) for d in items], indent=2))
+            return 0
+        print(f"{'destination':<16} {'type':<9} {'tls':<4} target")
+        for d in items:
+            print(f"{d.name:<16} {d.type:<9} {'yes' if d.tls else 'no':<4} {d.target}")
+        print(f"({len(items)} destinations in {args.config})")
+        return 0
+    names = list(settings.destinations) if args.all else args.names
+    if not names:
+        print("radflow: name a destination, or pass --all", file=sys.stderr)
+        return 2
+    unknown = [n for n in names if not checker.known(n)]
+    if unknown:
+        print(f"radflow: no destination {unknown[0]!r} in {args.config} (known: "
+              f"{', '.join(settings.destinations) or 'none'})", file=sys.stderr)
+        return 2
+
+    async def run() -> list[dict[str, Any]]:
+        return [(await checker.check(name)).to_json() for name in names]
+
+    results = asyncio.run(run())
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            verdict = "ok" if r["ok"] else f"FAILED ({r['reason']})"
+            print(f"{r['destination']}: {verdict} in {r['seconds'] * 1000:.0f} ms - "
+                  f"{r['type']} {r['target']}\n  {r['detail']}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
@@ -405,6 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "recorded at intake; exit 1 when any is damaged or missing"))
     verify.add_argument("--study", metavar="UID", help="only this Study Instance UID")
     verify.set_defaults(func=cmd_spool_verify)
+    dests = sub.add_parser("destinations", help="configured destinations: list, or check "
+                                                "that one answers (C-ECHO, MLLP connect, GET)")
+    d_sub = dests.add_subparsers(dest="action", required=True)
+    d_list = with_config(d_sub.add_parser("list", help="name, type, target, TLS"))
+    d_list.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
+    d_check = with_config(d_sub.add_parser(
+        "check", help="reach destinations now as a delivery would; latency and the exact "
+                      "error (exit 1 if any fails)"))
+    d_check.add_argument("names", nargs="*", metavar="NAME")
+    d_check.add_argument("--all", action="store_true", help="every configured destination")
+    d_check.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
+    dests.set_defaults(func=cmd_destinations)
     demo = sub.add_parser("demo", help="a whole flow on loopback: order, worklist, MPPS, "
                                        "images, routing, delivery; a summary at the end")
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder")

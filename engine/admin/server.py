@@ -18,9 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from engine import __version__
+from engine.admin.destinations import DESTINATION_OPENAPI, add_destination_routes
 from engine.admin.procedure_steps import PROCEDURE_STEP_OPENAPI, add_procedure_step_routes
 from engine.admin.queues import QUEUE_OPENAPI, add_queue_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
+from engine.egress.check import DestinationChecker
 from engine.egress.queues import QueueAdmin
 from engine.errors import InvalidInput
 from engine.observability import audit_sink
@@ -166,6 +168,7 @@ OPENAPI: dict[str, Any] = {
 }
 OPENAPI["paths"].update(QUEUE_OPENAPI)
 OPENAPI["paths"].update(PROCEDURE_STEP_OPENAPI)
+OPENAPI["paths"].update(DESTINATION_OPENAPI)
 _MAX_DRY_RUN_BODY = 256 * 1024 * 1024
 _HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2",
                                 "text/plain", "application/octet-stream"})
@@ -284,8 +287,10 @@ class AdminServer:
     def __init__(self, host: str, port: int, store: Store, probes: dict[str, Probe],
                  token: str | None, worklist: WorklistService | None = None,
                  rules: RulesManager | None = None, queues: QueueAdmin | None = None,
-                 procedure_steps: ProcedureStepService | None = None) -> None:
+                 procedure_steps: ProcedureStepService | None = None,
+                 destinations: DestinationChecker | None = None) -> None:
         self._procedure_steps = procedure_steps
+        self._destinations = destinations
         self._worklist = worklist
         self._rules = rules
         self._queues = queues
@@ -322,6 +327,8 @@ class AdminServer:
             add_queue_routes(app, self._queues)  # delivery queues and dead letters
         if self._procedure_steps is not None:
             add_procedure_step_routes(app, self._procedure_steps)  # MPPS
+        if self._destinations is not None:
+            add_destination_routes(app, self._destinations)  # list and check
         return app
 
     @web.middleware

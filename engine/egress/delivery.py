@@ -204,6 +204,13 @@ class Sender(Protocol):
 
     async def close(self) -> None: ...
 
+    async def check(self) -> str:
+        """Reach the destination as a delivery would (same addresses, AE titles, TLS and
+        credentials) and ask something harmless: C-ECHO, an MLLP connect, a metadata GET.
+        Return a short text of the answer; raise :class:`DeliveryError` with the exact failure.
+        """
+        ...
+
 
 def failed(error: DeliveryError, seconds: float = 0.0) -> SendOutcome:
     return SendOutcome(error=error, seconds=seconds)

@@ -55,6 +55,29 @@ def http_failure_reason(exc: aiohttp.ClientError) -> str:
     return "tls_failed" if isinstance(exc, aiohttp.ClientSSLError) else "unreachable"
 
 
+async def http_check(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                     timeout: float, what: str) -> str:
+    """GET ``url`` as a destination check (DICOMweb and FHIR); the body of a 2xx answer, or a
+    :class:`DeliveryError` with the exact failure: TLS, unreachable, timeout, or the HTTP
+    status with the start of the body (401/403 name the credentials)."""
+    try:
+        async with session.get(url, headers=headers) as resp:
+            status = resp.status
+            text = await resp.text(errors="replace")
+    except TimeoutError as exc:
+        raise TransientDeliveryError(f"no {what} answer within {timeout:g} s",
+                                     reason="timeout") from exc
+    except aiohttp.ClientError as exc:
+        raise TransientDeliveryError(f"{what} request failed: {exc}",
+                                     reason=http_failure_reason(exc)) from exc
+    if 200 <= status < 300:
+        return text
+    hint = " (check the destination's auth)" if status in (401, 403) else ""
+    raise TransientDeliveryError(f"GET {url} answered HTTP {status}{hint}: "
+                                 f"{text[:_BODY_EXCERPT]}".rstrip(": "),
+                                 reason=f"http_{status}", status=status)
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
     index: int
@@ -117,6 +140,19 @@ class StowSender:
 
     async def idle(self) -> None:
         return None  # aiohttp closes idle keep-alive connections itself
+
+    async def check(self) -> str:
+        """A QIDO-RS search for one study at the STOW-RS URL (``GET .../studies?limit=1``),
+        with this destination's auth and TLS: the cheapest authenticated read a DICOMweb
+        service answers."""
+        url = f"{self.config.url.rstrip('/')}?limit=1"
+        body = await http_check(self._client(), url, self._headers, self.config.timeout,
+                                "QIDO-RS")
+        try:
+            found = len(json.loads(body)) if body.strip() else 0
+        except (ValueError, TypeError):
+            found = 0
+        return f"QIDO-RS GET {url}: HTTP 2xx, {found} stud{'y' if found == 1 else 'ies'}"
 
     async def close(self) -> None:
         if self._session is not None:

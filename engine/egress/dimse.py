@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import ssl
 import threading
 import time
@@ -50,6 +51,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from engine.dicom.wire import (
     IMPLEMENTATION_CLASS_UID,
@@ -70,6 +72,7 @@ from engine.observability.metrics import (
 )
 from engine.reactor import EventDrivenAE
 from engine.settings import DimseDestination
+from engine.status import DimseStatus
 from engine.tls import client_ssl_context, tls_failure
 
 log = get_logger("engine.egress.dimse")
@@ -189,6 +192,83 @@ def _send_direct(assoc: Association, context_id: int, command: bytes,
     write_message(assoc, sock, context_id, command, dataset)
 
 
+def open_association(ae: EventDrivenAE, host: str, port: int, *, ae_title: str,
+                     contexts: list[PresentationContext],
+                     tls: tuple[ssl.SSLContext, str] | None,
+                     max_pdu: int | None = None) -> Association:
+    """An established association to ``ae_title@host:port``, or the transient error that
+    says why not: ``unreachable``, ``tls_failed`` (with the handshake's own words) or
+    ``association_rejected`` / ``association_failed``. Shared by the C-STORE and MPPS senders
+    and by the destination check."""
+    try:
+        assoc = ae.associate(host, port, contexts=contexts, ae_title=ae_title,
+                             max_pdu=max_pdu if max_pdu is not None else ae.maximum_pdu_size,
+                             tls_args=tls)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise TransientDeliveryError(f"cannot associate: {exc}", reason="unreachable") from exc
+    if not assoc.is_established:
+        tls_failed = handshake_failure(tls, ae_title, host, port)
+        if tls_failed is not None:
+            raise tls_failed
+        # Refused (wrong AE title, not allowed) is a site configuration matter and not an
+        # object's fault: transient, so fixing the config lets the queue drain.
+        if assoc.is_rejected:
+            raise TransientDeliveryError(f"association rejected by {ae_title}@{host}:{port}",
+                                         reason="association_rejected")
+        unreachable = _connect_error(host, port, ae.connection_timeout)
+        if unreachable is not None:
+            raise TransientDeliveryError(f"cannot connect to {host}:{port}: {unreachable}",
+                                         reason="unreachable")
+        how = "aborted" if assoc.is_aborted else "failed"
+        raise TransientDeliveryError(f"association {how} by {ae_title}@{host}:{port} during "
+                                     "negotiation", reason="association_failed")
+    set_nodelay(assoc)
+    return assoc
+
+
+def _connect_error(host: str, port: int, timeout: float | None) -> str | None:
+    """Why a TCP connection to ``host:port`` fails now (``None`` if it opens).
+
+    pynetdicom logs a failed connect and returns an association that is merely "not
+    established": the operating system's words ("Connection refused", "No route to host")
+    are lost. Trying the connection once more, only on that failure path, recovers them.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout or 15.0):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout or 15.0:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def verify(ae: EventDrivenAE, host: str, port: int, *, ae_title: str,
+           tls: tuple[ssl.SSLContext, str] | None) -> str:
+    """C-ECHO ``ae_title@host:port`` on an association of its own (blocking); a short text
+    of the answer, or a :class:`DeliveryError` with the exact reason."""
+    assoc = open_association(ae, host, port, ae_title=ae_title,
+                             contexts=[build_context(Verification)], tls=tls)
+    try:
+        if not assoc.accepted_contexts:
+            raise TransientDeliveryError(f"{ae_title}@{host}:{port} does not accept "
+                                         "Verification (C-ECHO)", reason="context_rejected")
+        status = assoc.send_c_echo()
+        code = getattr(status, "Status", None)
+        if code is None:
+            raise TransientDeliveryError("no C-ECHO response (timeout or association lost)",
+                                         reason="association_lost")
+        if int(code) != DimseStatus.SUCCESS:
+            raise TransientDeliveryError(f"C-ECHO answered 0x{int(code):04X}",
+                                         reason=f"status_{int(code):04x}", status=int(code))
+        return f"C-ECHO 0x0000 from {ae_title}@{host}:{port}"
+    finally:
+        if assoc.is_established:
+            try:
+                assoc.release()
+            except Exception:  # the peer vanished: nothing left to release politely
+                assoc.abort()
+
+
 class DimseSender:
     """One worker's C-STORE SCU for one destination (not thread-safe: one batch at a time)."""
 
@@ -227,6 +307,11 @@ class DimseSender:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_sync)
+
+    async def check(self) -> str:
+        """C-ECHO with this destination's AE titles, TLS and timeouts."""
+        return await asyncio.to_thread(verify, self._ae, self.config.host, self.config.port,
+                                       ae_title=self.config.ae_title, tls=self._tls)
 
     def _close_sync(self) -> None:
         # A batch cancelled at shutdown may still be running on its thread: wait for it a
@@ -416,27 +501,14 @@ class DimseSender:
         contexts = [build_context(sop, list(ts)) for sop, ts in ordered]
         started = time.perf_counter()
         try:
-            assoc = self._ae.associate(
-                self.config.host, self.config.port, contexts=contexts,
-                ae_title=self.config.ae_title, max_pdu=self.config.max_pdu_size,
-                tls_args=self._tls)
-        except (OSError, RuntimeError, ValueError) as exc:
-            EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, "failed").inc()
-            raise TransientDeliveryError(f"cannot associate: {exc}",
-                                         reason="unreachable") from exc
-        if not assoc.is_established:
-            outcome = "rejected" if assoc.is_rejected else "failed"
-            EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, outcome).inc()
-            tls_failed = handshake_failure(self._tls, self.config.ae_title, self.config.host,
-                                           self.config.port)
-            if tls_failed is not None:
-                raise tls_failed
-            # Refused (wrong AE title, not allowed) is a site configuration matter and not
-            # this object's fault: transient, so fixing the config lets the queue drain.
-            raise TransientDeliveryError(
-                f"association {outcome} by {self.config.ae_title}@{self.config.host}:"
-                f"{self.config.port}", reason=f"association_{outcome}")
-        set_nodelay(assoc)
+            assoc = open_association(self._ae, self.config.host, self.config.port,
+                                     ae_title=self.config.ae_title, contexts=contexts,
+                                     tls=self._tls, max_pdu=self.config.max_pdu_size)
+        except TransientDeliveryError as exc:
+            EGRESS_DIMSE_ASSOCIATIONS.labels(
+                self.name, "rejected" if exc.reason == "association_rejected" else "failed"
+            ).inc()
+            raise
         _quiet_reactor(assoc)
         _park_reactor(assoc)
         EGRESS_DIMSE_ASSOCIATIONS.labels(self.name, "established").inc()

@@ -156,6 +156,8 @@ class Dispatcher:
         self.delivery = delivery
         self._factory = sender_factory or default_sender_factory(spool_root, store,
                                                                  morph_secret)
+        #: how senders are made: the destination check builds its own with it
+        self.sender_factory: SenderFactory = self._factory
         self._clock = clock
         self._rng = rng or random.Random()
         self.node = node or node_name()

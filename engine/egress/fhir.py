@@ -21,7 +21,7 @@ import aiohttp
 
 from engine.egress.classify import Verdict, classify_http
 from engine.egress.delivery import Delivery, SendOutcome, failed
-from engine.egress.dicomweb import auth_headers, http_failure_reason
+from engine.egress.dicomweb import auth_headers, http_check, http_failure_reason
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.settings import FhirDestination
 from engine.tls import http_ssl_option
@@ -89,6 +89,22 @@ class FhirSender:
 
     async def idle(self) -> None:
         return None
+
+    async def check(self) -> str:
+        """``GET [base]/metadata`` (the server's CapabilityStatement), with this destination's
+        auth and TLS."""
+        url = f"{self.config.base_url.rstrip('/')}/metadata"
+        body = await http_check(self._client(), url, self._headers, self.config.timeout,
+                                "FHIR")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("resourceType") != "CapabilityStatement":
+            raise TransientDeliveryError(f"GET {url} did not return a CapabilityStatement",
+                                         reason="bad_answer")
+        version = doc.get("fhirVersion") or "unknown"
+        return f"FHIR GET {url}: CapabilityStatement, FHIR version {version}"
 
     async def close(self) -> None:
         if self._session is not None:

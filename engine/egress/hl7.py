@@ -132,6 +132,18 @@ class MllpSender:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def check(self) -> str:
+        """Open the connection as for a delivery (TCP, then the TLS handshake when configured),
+        then close it. Nothing is sent: MLLP has no harmless message every receiver answers."""
+        await self.close()
+        try:
+            _reader, writer = await self._connect()
+            tls = writer.get_extra_info("ssl_object")
+            how = f"TLS {tls.version()}" if tls is not None else "plain TCP"
+        finally:
+            await self.close()
+        return f"MLLP connection to {self.config.host}:{self.config.port} ({how})"
+
     async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
         out: list[SendOutcome] = []
         for i, delivery in enumerate(batch):
@@ -158,6 +170,10 @@ class MllpSender:
                     server_hostname=(self.config.tls.server_hostname or self.config.host)
                     if self.config.tls else None,
                     limit=self.config.max_ack_bytes + 3)
+        except ssl.SSLError as exc:
+            raise TransientDeliveryError(
+                f"TLS handshake with {self.config.host}:{self.config.port} failed: {exc}",
+                reason="tls_failed") from exc
         except (OSError, TimeoutError) as exc:
             raise TransientDeliveryError(
                 f"cannot connect to {self.config.host}:{self.config.port}: {exc}",

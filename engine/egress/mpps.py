@@ -22,10 +22,10 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from engine.dicom.vr import is_valid_uid
-from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, set_nodelay
+from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, SendOutcome, failed
-from engine.egress.dimse import _quiet_reactor, handshake_failure
+from engine.egress.dimse import _quiet_reactor, open_association, verify
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.observability.logging import get_logger
 from engine.reactor import EventDrivenAE
@@ -72,6 +72,8 @@ class MppsSender:
         self._ae.dimse_timeout = config.timeout
         self._ae.network_timeout = config.timeout
         self._ae.connection_timeout = min(config.timeout, 15.0)
+        self._tls = ((client_ssl_context(config.tls), config.tls.server_hostname or config.host)
+                     if config.tls else None)
         self._assoc: Association | None = None
         self._last_used = 0.0
 
@@ -84,6 +86,11 @@ class MppsSender:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._release)
+
+    async def check(self) -> str:
+        """C-ECHO with this destination's AE titles, TLS and timeouts."""
+        return await asyncio.to_thread(verify, self._ae, self.config.host, self.config.port,
+                                       ae_title=self.config.ae_title, tls=self._tls)
 
     def _send_batch(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
         out: list[SendOutcome] = []
@@ -136,26 +143,14 @@ class MppsSender:
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
         cfg = self.config
-        tls = (client_ssl_context(cfg.tls), cfg.tls.server_hostname or cfg.host) \
-            if cfg.tls else None
-        try:
-            assoc = self._ae.associate(
-                cfg.host, cfg.port, contexts=[build_context(ModalityPerformedProcedureStep,
-                                                            _SYNTAXES)],
-                ae_title=cfg.ae_title, tls_args=tls)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise TransientDeliveryError(f"cannot associate: {exc}",
-                                         reason="unreachable") from exc
-        if not assoc.is_established or not assoc.accepted_contexts:
-            if assoc.is_established:
-                assoc.release()
-            tls_failed = handshake_failure(tls, cfg.ae_title, cfg.host, cfg.port)
-            if tls_failed is not None:
-                raise tls_failed
+        assoc = open_association(
+            self._ae, cfg.host, cfg.port, ae_title=cfg.ae_title,
+            contexts=[build_context(ModalityPerformedProcedureStep, _SYNTAXES)], tls=self._tls)
+        if not assoc.accepted_contexts:
+            assoc.release()
             raise TransientDeliveryError(
-                f"MPPS association refused by {cfg.ae_title}@{cfg.host}:{cfg.port}",
-                reason="association_rejected")
-        set_nodelay(assoc)
+                f"MPPS refused by {cfg.ae_title}@{cfg.host}:{cfg.port} (presentation context "
+                "rejected)", reason="association_rejected")
         _quiet_reactor(assoc)
         self._assoc = assoc
         return assoc

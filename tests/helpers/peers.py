@@ -11,6 +11,7 @@ peer itself (storescp's files, Orthanc's REST API, the receiver's own record).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -186,7 +187,13 @@ class Orthanc:
         return self
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}{path}", timeout=10) as r:
+        request = urllib.request.Request(f"http://{HOST}:{self.http_port}{path}")
+        users = json.loads(self.config_path.read_text()).get("RegisteredUsers") or {}
+        if users:  # AuthenticationEnabled: the first registered user's basic auth
+            user, password = next(iter(users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as r:
             return json.loads(r.read())
 
     def received(self) -> set[str]:
@@ -320,7 +327,17 @@ class FhirServer:
             return web.json_response(body, status=201 if created else 200,
                                      content_type="application/fhir+json")
 
+        async def metadata(request: web.Request) -> web.Response:
+            self.requests.append((request.method, str(request.rel_url)))
+            if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+                return web.json_response({"resourceType": "OperationOutcome"}, status=401)
+            return web.json_response(
+                {"resourceType": "CapabilityStatement", "status": "active",
+                 "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"]},
+                content_type="application/fhir+json")
+
         app = web.Application()
+        app.router.add_get("/fhir/metadata", metadata)
         app.router.add_route("*", "/fhir/{rtype}", handle)
         app.router.add_route("*", "/fhir/{rtype}/{rid}", handle)
         self._runner = web.AppRunner(app, access_log=None)
