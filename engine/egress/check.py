@@ -17,9 +17,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.egress.errors import DeliveryError
+from engine.egress.delivery import CheckableSender
+from engine.egress.errors import DeliveryError, PermanentDeliveryError
 from engine.observability.logging import get_logger
-from engine.settings import DicomwebDestination, DimseDestination, Hl7Destination, MppsDestination
+from engine.settings import (
+    AuditFile,
+    AuditRepository,
+    DicomwebDestination,
+    DimseDestination,
+    Hl7Destination,
+    MppsDestination,
+)
 
 if TYPE_CHECKING:
     from engine.egress.dispatcher import DestinationConfig, SenderFactory
@@ -66,6 +74,11 @@ def describe(name: str, config: DestinationConfig) -> DestinationInfo:
     if isinstance(config, Hl7Destination):
         return DestinationInfo(name, config.type, f"{config.host}:{config.port}",
                                config.tls is not None)
+    if isinstance(config, AuditRepository):
+        return DestinationInfo(name, config.type, f"{config.host}:{config.port}",
+                               config.transport == "tls")
+    if isinstance(config, AuditFile):
+        return DestinationInfo(name, config.type, str(config.path), False)
     url = config.url if isinstance(config, DicomwebDestination) else config.base_url
     return DestinationInfo(name, config.type, url, url.startswith("https:"))
 
@@ -92,6 +105,9 @@ class DestinationChecker:
         started = time.perf_counter()
         ok, reason = False, None
         try:
+            if not isinstance(sender, CheckableSender):
+                raise PermanentDeliveryError(f"no check for {info.type} destinations",
+                                             reason="unsupported")
             async with asyncio.timeout(CHECK_DEADLINE):
                 detail = await sender.check()
             ok = True

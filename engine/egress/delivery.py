@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from engine.dicom.vr import is_valid_uid
 from engine.durable.store import OutboxRow
@@ -203,6 +203,11 @@ class Sender(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CheckableSender(Protocol):
+    """A sender that can check its destination (every type a route can name)."""
 
     async def check(self) -> str:
         """Reach the destination as a delivery would (same addresses, AE titles, TLS and
