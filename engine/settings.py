@@ -331,6 +331,13 @@ class Hl7Destination(_Destination):
     idle_close: float = Field(default=30.0, ge=0)
     max_ack_bytes: int = Field(default=1024 * 1024, ge=1024)
     tls: ClientTlsSettings | None = None
+    #: character set (HL7 table 0211 name, e.g. ``UNICODE UTF-8``) of the messages radflow
+    #: writes for this receiver (status updates); empty: the charset of the order answered.
+    #: Forwarded messages always keep their own bytes.
+    charset: str = ""
+    #: MSH-5 / MSH-6 of the messages radflow writes; empty: the answered order's MSH-3 / MSH-4
+    receiving_application: str = ""
+    receiving_facility: str = ""
 
 
 class FhirDestination(_Destination):

@@ -25,7 +25,7 @@ from engine.hl7.message import (
     DEFAULT_ENCODING_CHARS,
     EncodingChars,
     Hl7Message,
-    codec_for_charset,
+    codec_for_msh18,
     escape,
 )
 from engine.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
@@ -86,11 +86,13 @@ def wire_bytes(delivery: Delivery) -> tuple[bytes, str]:
     if not text.endswith("\r"):
         text += "\r"
     try:
-        ascii_view = Hl7Message.parse(text.encode("latin-1", "replace"))
-        charset = ascii_view.msh.field(18).split(ascii_view.encoding_chars.repetition)[0]
-        codec = codec_for_charset(charset) if charset else "latin-1"
+        charset, codec = _charset_of(text)
         data = text.encode(codec)
-        control_id = Hl7Message.parse(data).control_id
+        control_id = Hl7Message.parse(data, charset).control_id
+    except UnicodeEncodeError as exc:
+        raise PermanentDeliveryError(
+            f"outbox row {delivery.row_id}: {_unfit(text, exc, charset)}",
+            reason="charset") from exc
     except (InvalidInput, ValueError, UnicodeError) as exc:
         raise PermanentDeliveryError(f"outbox row {delivery.row_id}: not a sendable HL7 "
                                      f"message: {exc}", reason="bad_payload") from exc
@@ -98,6 +100,31 @@ def wire_bytes(delivery: Delivery) -> tuple[bytes, str]:
         raise PermanentDeliveryError("the message holds an MLLP block character",
                                      reason="bad_payload")
     return data, control_id
+
+
+def _charset_of(text: str) -> tuple[str, str]:
+    """(character set, codec) the text's MSH-18 names; Latin-1 when it names none (what this
+    sender has always written then, and a superset of ASCII)."""
+    msh = text.split("\r", 1)[0]
+    if len(msh) < 8:
+        raise InvalidInput("no MSH segment")
+    fields = msh.split(msh[3])
+    msh18 = fields[17] if len(fields) > 17 else ""
+    repetition = fields[1][1] if len(fields[1]) > 1 else "~"
+    return codec_for_msh18(msh18, repetition, "8859/1")
+
+
+def _unfit(text: str, exc: UnicodeEncodeError, charset: str) -> str:
+    """Which field holds the character the character set cannot write, for the dead letter:
+    radflow never sends '?' in place of a patient's name."""
+    char = text[exc.start]
+    line_start = text.rfind("\r", 0, exc.start) + 1
+    segment = text[line_start:line_start + 3]
+    field_sep = text[3] if len(text) > 3 else "|"
+    field_no = text.count(field_sep, line_start, exc.start) + (1 if segment == "MSH" else 0)
+    return (f"{segment}-{field_no}: character {char!r} (U+{ord(char):04X}) cannot be written "
+            f"in {charset}; set the destination's charset to one that holds it (e.g. "
+            f"UNICODE UTF-8)")
 
 
 #: the raw bytes of a journalled HL7 message (``hl7_messages.raw``), None if unknown

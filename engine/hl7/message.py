@@ -34,8 +34,11 @@ __all__ = [
     "Hl7Message",
     "Hl7ParseError",
     "Hl7Segment",
+    "canonical_charset",
     "codec_for_charset",
+    "codec_for_msh18",
     "escape",
+    "msh18_for_charset",
     "unescape",
 ]
 
@@ -148,6 +151,31 @@ def codec_for_charset(name: str) -> str:
     if canonical is None:
         raise ValueError(f"unsupported HL7 character set {name!r}")
     return _CHARSETS[canonical]
+
+
+def canonical_charset(name: str) -> str | None:
+    """The table 0211 spelling of ``name`` (``"UTF-8"`` → ``"UNICODE UTF-8"``); None if
+    unsupported."""
+    return _canonical_charset(name)
+
+
+def codec_for_msh18(msh18: str, repetition: str = "~", default: str = "ASCII"
+                    ) -> tuple[str, str]:
+    """(character set, Python codec) an MSH-18 value as written selects, by the same rule
+    the parser uses (an ISO 2022 set in any repetition decides); ``default`` when empty.
+    Raises :class:`Hl7ParseError` for an unsupported name."""
+    default_canonical = _canonical_charset(default)
+    if default_canonical is None:
+        raise ValueError(f"unsupported default HL7 character set {default!r}")
+    return _choose_codec(msh18, EncodingChars(repetition=repetition) if repetition != "~"
+                         else DEFAULT_ENCODING_CHARS, default_canonical)
+
+
+def msh18_for_charset(name: str, repetition: str = "~") -> str:
+    """MSH-18 as a writer declares character set ``name``: ISO 2022 code extensions go in the
+    second repetition after an empty (ASCII) default, as Japanese receivers (JAHIS) expect."""
+    canonical = _canonical_charset(name) or name
+    return f"{repetition}{canonical}" if canonical in _ISO2022 else canonical
 
 
 # --- escaping -------------------------------------------------------------------------------

@@ -341,6 +341,18 @@ MPPS_STUDIES_COMPLETE = Counter(
     "Studies marked complete because every instance a COMPLETED MPPS lists has arrived.",
     registry=REGISTRY,
 )
+STATUS_MESSAGES_WITHHELD = Counter(
+    "radflow_status_messages_withheld_total",
+    "Order status messages a route would send but radflow held back (reason no_order: the "
+    "procedure step is linked to no order yet; sent once an order for it arrives).",
+    ["reason"],
+    registry=REGISTRY,
+)
+PROCEDURE_STEPS_LINKED = Counter(
+    "radflow_procedure_steps_linked_total",
+    "Unscheduled procedure steps linked to an order that arrived after they started.",
+    registry=REGISTRY,
+)
 
 # --- audit trail (IHE ATNA); the audit queue itself is the outbox destination "audit" --------
 AUDIT_RECORDS = Counter(

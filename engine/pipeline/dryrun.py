@@ -127,12 +127,19 @@ def dry_run_step(data: bytes, ruleset: Ruleset, context: RoutingContext, *,
     for decision in decisions:
         if decision.discard:
             continue
+        held = set(procedure_steps.withheld(record, decision, ruleset.destination_types))
         for row in procedure_steps.rows_for(record, decision, dataset, ruleset.version,
-                                            ruleset.destination_types):
+                                            ruleset.destination_types,
+                                            ruleset.destination_options, withhold=False):
             body = json.loads(row.payload)
             content = body.get("message") or body.get("resource") or body.get("mpps")
-            messages.append({"route": row.route, "destination": row.destination,
-                             "kind": row.kind, "content": content})
+            message = {"route": row.route, "destination": row.destination,
+                       "kind": row.kind, "content": content}
+            if row.destination in held:
+                # A dry run knows no worklist: the real step sends this only once it is
+                # linked to an order (the order numbers then filled in).
+                message["note"] = "sent once the step is linked to an order"
+            messages.append(message)
     return DryRun(label, uid, study, decisions, traces, [], messages=messages,
                   event="procedure_step")
 
@@ -196,8 +203,9 @@ def render_text(run: DryRun) -> str:
         lines.append(f"  -> {d.route}: {', '.join(d.destinations)} "
                      f"[{d.trigger.describe()}]" + (" (fallback)" if d.fallback else ""))
     for message in run.messages:
+        note = f" [{message['note']}]" if message.get("note") else ""
         lines.append(f"  {message['kind']} for {message['destination']} "
-                     f"(route {message['route']}):")
+                     f"(route {message['route']}){note}:")
         content = message["content"]
         shown = content if isinstance(content, str) else json.dumps(
             content, indent=2, ensure_ascii=False)

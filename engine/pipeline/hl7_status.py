@@ -5,7 +5,14 @@ ORM^O01 with ORC-1 ``SC`` (status changed) and ORC-5 ``IP`` / ``CM`` / ``DC``, o
 group per linked worklist item (ORC-2/3 and OBR-2/3 the placer/filler order numbers, OBR-18 the
 accession number, OBR-19 the requested procedure id, OBR-20 the scheduled procedure step id)
 and PID-3/5 from the first item. An unscheduled step (no item) is described from the MPPS
-attributes. Rendering is deterministic: the same event row gives the same bytes on every
+attributes, though routing sends no status for a step without an order (a RIS cannot place
+it). PID-5 keeps the whole name: one XPN repetition per PN component group, XPN-8 saying which
+(``A`` alphabetic, ``I`` ideographic, ``P`` phonetic) when there is more than one. The text is
+meant for the character set of the order it answers (the item's ``source_charset``) or the
+destination's ``charset``; MSH-18 declares it (ISO 2022 sets JAHIS-style, ``~ISO IR87``), and
+the sender encodes in it, dead-lettering a character it cannot hold rather than writing ``?``.
+MSH-5/MSH-6 name the destination's receiving application/facility, by default the order's
+MSH-3/MSH-4. Rendering is deterministic: the same event row gives the same bytes on every
 replay (MSH-7 is the event's receive time, MSH-10 is derived from the event row id), so a retry
 after a crash sends the same message. Every field value is escaped with
 :func:`engine.hl7.message.escape`. Pure: no store, no clock, no network.
@@ -20,7 +27,7 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 
-from engine.hl7.message import DEFAULT_ENCODING_CHARS, escape
+from engine.hl7.message import DEFAULT_ENCODING_CHARS, escape, msh18_for_charset
 from engine.worklist.model import WorklistItem
 
 MESSAGE_TYPE: Final = "ORM^O01"
@@ -29,8 +36,19 @@ ORDER_STATUS: Final[dict[str, str]] = {
     "IN PROGRESS": "IP", "COMPLETED": "CM", "DISCONTINUED": "DC"}
 
 _ENC = DEFAULT_ENCODING_CHARS
-#: a field: plain text, or components (each a text), escaped when rendered
-Field = str | Sequence[str]
+#: XPN-8 name representation code (HL7 table 4000) of each DICOM PN component group
+_REPRESENTATION: Final = ("A", "I", "P")
+
+
+@dataclass(frozen=True, slots=True)
+class Repeated:
+    """A repeating field: each repetition's components (escaped when rendered)."""
+
+    repetitions: tuple[tuple[str, ...], ...]
+
+
+#: a field: plain text, components (each a text), or repetitions of components
+Field = str | Sequence[str] | Repeated
 
 
 def control_id(event_id: int) -> str:
@@ -52,12 +70,30 @@ def hl7_timestamp(iso: str) -> str:
 def xpn(pn: str) -> list[str]:
     """DICOM PN (family^given^middle^prefix^suffix, first group) → XPN components
     (family^given^middle^suffix^prefix)."""
-    parts = (pn.split("=")[0].split("^") + [""] * 5)[:5]
+    return _xpn_group(pn.split("=")[0])
+
+
+def _xpn_group(group: str) -> list[str]:
+    parts = (group.split("^") + [""] * 5)[:5]
     family, given, middle, prefix, suffix = parts
     out = [family, given, middle, suffix, prefix]
     while out and not out[-1]:
         out.pop()
     return out
+
+
+def xpn_repetitions(pn: str) -> Repeated:
+    """Every component group of a DICOM PN as one XPN repetition each; with more than one
+    group, XPN-8 names the representation (A/I/P), so a receiver knows which is which."""
+    groups = pn.split("=")[:3]
+    present = [(i, g) for i, g in enumerate(groups) if g.strip("^ ")]
+    if len(present) <= 1 and (not present or present[0][0] == 0):
+        return Repeated((tuple(_xpn_group(groups[0])),))
+    reps = []
+    for i, group in present:
+        comps = (_xpn_group(group) + [""] * 5)[:5]
+        reps.append((*comps, "", "", _REPRESENTATION[i]))
+    return Repeated(tuple(reps))
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -80,6 +116,8 @@ def _dtm(ds: Dataset, date_kw: str, time_kw: str) -> str:
 def _field(value: Field) -> str:
     if isinstance(value, str):
         return escape(value, _ENC)
+    if isinstance(value, Repeated):
+        return _ENC.repetition.join(_field(rep) for rep in value.repetitions)
     comps = list(value)
     while comps and not comps[-1]:
         comps.pop()
@@ -105,18 +143,22 @@ class StatusUpdate:
 def render_status_update(*, event_id: int, status: str, received_at: str, dataset: Dataset,
                          items: Sequence[WorklistItem], accession_number: str = "",
                          sending_application: str = "RADFLOW",
-                         sending_facility: str = "RADFLOW") -> StatusUpdate:
+                         sending_facility: str = "RADFLOW", charset: str = "",
+                         receiving_application: str = "", receiving_facility: str = ""
+                         ) -> StatusUpdate:
     """The ORM^O01 status update of one procedure step event.
 
     ``dataset`` is the step's MPPS attributes as of the event, ``items`` its linked worklist
-    items (empty: an unscheduled step, described from ``dataset``)."""
+    items (empty: an unscheduled step, described from ``dataset``). ``charset`` and the
+    receiving application/facility are the destination's (empty: the order's)."""
     order_status = ORDER_STATUS.get(status)
     if order_status is None:
         raise ValueError(f"no HL7 order status for procedure step status {status!r}")
     when = hl7_timestamp(received_at)
     cid = control_id(event_id)
     first = items[0] if items else None
-    receiving_facility = first.source if first else ""
+    receiving_application = receiving_application or (first.source_application if first else "")
+    receiving_facility = receiving_facility or (first.source if first else "")
     if first is not None:
         patient_id, issuer, patient_name = (first.patient_id, first.issuer_of_patient_id,
                                             first.patient_name)
@@ -142,9 +184,11 @@ def render_status_update(*, event_id: int, status: str, received_at: str, datase
         orders.append(("", "", ["", description], accession_number, "",
                        _text(dataset, "PerformedProcedureStepID"), modality))
 
-    header: list[Field] = [sending_application, sending_facility, "", receiving_facility,
-                           when, "", ["ORM", "O01", "ORM_O01"], cid, "P", "2.5.1"]
-    segments = [_segment("PID", ["1", "", [patient_id, "", "", issuer], "", xpn(patient_name)])]
+    header: list[Field] = [sending_application, sending_facility, receiving_application,
+                           receiving_facility, when, "", ["ORM", "O01", "ORM_O01"], cid, "P",
+                           "2.5.1"]
+    segments = [_segment("PID", ["1", "", [patient_id, "", "", issuer], "",
+                                 xpn_repetitions(patient_name)])]
     body: list[str] = []
     for n, (placer, filler, service, accession, rp_id, sps_id, mod) in enumerate(orders, 1):
         body.append(_segment("ORC", ["SC", placer, filler, "", order_status, "", "", "", when]))
@@ -167,11 +211,15 @@ def render_status_update(*, event_id: int, status: str, received_at: str, datase
             _field(f) for f in fields)
 
     text = "\r".join([msh(header), *rest]) + "\r"
-    if not text.isascii():
-        # MSH-13..17 empty, MSH-18: the character set the sender encodes the text in; 8859/1
-        # when it suffices (the common case, and what most RIS expect), else UTF-8.
-        charset = "8859/1" if _latin1(text) else "UNICODE UTF-8"
-        text = "\r".join([msh([*header, "", "", "", "", "", charset]), *rest]) + "\r"
+    if charset or not text.isascii():
+        # MSH-13..17 empty, MSH-18: the character set the sender encodes the text in: the
+        # destination's, else the order's; for a step without one, 8859/1 when it suffices
+        # (what most RIS expect), else UTF-8. MSH-18 is written raw: "~" is its repetition.
+        chosen = charset or (first.source_charset if first else "")
+        if not chosen or (chosen in ("ASCII", "ISO IR6") and not text.isascii()):
+            chosen = "8859/1" if _latin1(text) else "UNICODE UTF-8"
+        text = "\r".join([msh([*header, "", "", "", "", ""]) + _ENC.field
+                           + msh18_for_charset(chosen), *rest]) + "\r"
     return StatusUpdate(text, cid, order_status)
 
 

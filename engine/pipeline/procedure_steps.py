@@ -17,8 +17,17 @@ becomes outbox rows by destination type:
                 "dataset": {...DICOM JSON: the Attribute / Modification List as received}}}
 
 * ``hl7`` — an ORM^O01 status update rendered now (:mod:`engine.pipeline.hl7_status`), in
-  ``message`` as text (the egress HL7 sender sends text as is), with ``message_type`` and
-  ``control_id``; the other keys as above with ``"kind": "hl7"``.
+  ``message`` as text (the egress HL7 sender encodes it in the character set its MSH-18
+  names), with ``message_type`` and ``control_id``; the other keys as above with
+  ``"kind": "hl7"``. The destination's ``charset``, ``receiving_application`` and
+  ``receiving_facility`` (``Ruleset.destination_options``) shape it. A step linked to no
+  worklist item gets none (a RIS rejects a status without order numbers): it is logged
+  (``routing.procedure_step.no_order``) and counted, and sent by the ``link`` event written
+  when an order for the step arrives later.
+
+A ``link`` event (an unscheduled step linked to a late order) carries the step's current
+status; it makes ``hl7`` and ``fhir`` rows but no ``mpps`` forward (no DIMSE operation
+happened).
 
 * ``fhir`` — a FHIR R4 ``Task`` for the step, rendered now (:mod:`engine.pipeline.fhir_status`),
   in ``resource``, which the egress FHIR sender writes with a conditional update on its
@@ -40,6 +49,7 @@ from pydicom.dataset import Dataset
 from engine.durable.routing import ProcedureStepEventRecord, RoutingOutcome, RoutingPlan
 from engine.durable.store import NewOutboxRow
 from engine.observability.logging import get_logger
+from engine.observability.metrics import STATUS_MESSAGES_WITHHELD
 from engine.pipeline.fhir_status import render_task
 from engine.pipeline.hl7_status import MESSAGE_TYPE, render_status_update
 from engine.pipeline.payload import PAYLOAD_VERSION
@@ -89,9 +99,23 @@ def _received_json(record: ProcedureStepEventRecord) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def withheld(record: ProcedureStepEventRecord, decision: Decision,
+             destination_types: Mapping[str, str]) -> list[str]:
+    """The ``hl7`` destinations of ``decision`` that get no status for this event: the step is
+    linked to no order, and a status without order numbers is one a RIS rejects."""
+    if record.worklist_items:
+        return []
+    return [n for n in decision.destinations if destination_types.get(n) == "hl7"]
+
+
 def rows_for(record: ProcedureStepEventRecord, decision: Decision, dataset: Dataset,
-             ruleset: str, destination_types: Mapping[str, str]) -> list[NewOutboxRow]:
-    """One decision's outbox rows (one per supported destination)."""
+             ruleset: str, destination_types: Mapping[str, str],
+             destination_options: Mapping[str, Mapping[str, str]] | None = None,
+             *, withhold: bool = True) -> list[NewOutboxRow]:
+    """One decision's outbox rows (one per supported destination). ``withhold=False`` (dry
+    runs, which know no worklist) renders the statuses :func:`withheld` would hold back."""
+    options = destination_options or {}
+    skipped = set(withheld(record, decision, destination_types)) if withhold else set()
     step = record.step
     common: dict[str, Any] = {
         "v": PAYLOAD_VERSION, "route": decision.route, "ruleset": ruleset,
@@ -106,16 +130,22 @@ def rows_for(record: ProcedureStepEventRecord, decision: Decision, dataset: Data
     for name in decision.destinations:
         kind = str(destination_types.get(name, ""))
         dest = {"name": name, "type": kind}
+        if name in skipped or (kind == "mpps" and record.operation == "link"):
+            continue
         if kind == "mpps":
             body = {**common, "kind": "mpps", "destination": dest,
                     "mpps": {"operation": record.operation,
                              "sop_instance_uid": step.sop_instance_uid,
                              "dataset": _received_json(record)}}
         elif kind == "hl7":
+            dest_options = options.get(name, {})
             update = render_status_update(
                 event_id=record.id, status=record.status, received_at=record.received_at,
                 dataset=dataset, items=[s.item for s in record.worklist_items],
-                accession_number=step.accession_number)
+                accession_number=step.accession_number,
+                charset=dest_options.get("charset", ""),
+                receiving_application=dest_options.get("receiving_application", ""),
+                receiving_facility=dest_options.get("receiving_facility", ""))
             body = {**common, "kind": "hl7", "destination": dest, "message": update.text,
                     "message_type": MESSAGE_TYPE, "control_id": update.control_id}
         elif kind == "fhir":
@@ -145,8 +175,15 @@ def plan_procedure_step(ruleset: Ruleset, record: ProcedureStepEventRecord
     rows: list[NewOutboxRow] = []
     for decision in decisions:
         if not decision.discard:
+            for name in withheld(record, decision, ruleset.destination_types):
+                STATUS_MESSAGES_WITHHELD.labels("no_order").inc()
+                log.warning("routing.procedure_step.no_order", route=decision.route,
+                            destination=name, journal_id=record.id,
+                            sop_instance_uid=record.step.sop_instance_uid,
+                            accession_number=record.step.accession_number,
+                            study_instance_uid=record.step.study_instance_uid)
             rows.extend(rows_for(record, decision, dataset, ruleset.version,
-                                 ruleset.destination_types))
+                                 ruleset.destination_types, ruleset.destination_options))
     outcome: RoutingOutcome = ("routed" if rows else "discarded" if decisions
                                else "unmatched")
     return RoutingPlan(SOURCE_TABLE, record.id, outcome, tuple(rows)), decisions

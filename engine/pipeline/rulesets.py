@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from engine.dicom.audit import SOFTWARE_CONFIGURATION
+from engine.hl7.message import SUPPORTED_CHARSETS, codec_for_charset
 from engine.morph.ops import MorphKeys
 from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import RULES_LAST_RELOAD_OK, RULES_RELOADS, RULES_ROUTES
 from engine.rules.loader import load_ruleset, watched_files
 from engine.rules.ruleset import Ruleset
-from engine.settings import Settings, SettingsError, SettingsProblem
+from engine.settings import Hl7Destination, Settings, SettingsError, SettingsProblem
 
 log = get_logger("engine.rules")
 
@@ -36,9 +38,35 @@ EXAMPLE_SECRET = "change-me-radflow-example-secret"
 def load_for_settings(settings: Settings) -> Ruleset:
     """The ruleset of ``settings.routing`` (raises :class:`SettingsError`)."""
     routing = settings.routing
-    return load_ruleset(routing.routes_dir,
-                        {name: d.type for name, d in settings.destinations.items()},
-                        has_secret=routing.secret is not None, uid_prefix=routing.uid_prefix)
+    options = destination_options(settings)
+    ruleset = load_ruleset(routing.routes_dir,
+                           {name: d.type for name, d in settings.destinations.items()},
+                           has_secret=routing.secret is not None, uid_prefix=routing.uid_prefix)
+    return dataclasses.replace(ruleset, destination_options=options)
+
+
+def destination_options(settings: Settings) -> dict[str, dict[str, str]]:
+    """What routing-time rendering needs of each ``hl7`` destination; a character set radflow
+    cannot write is a :class:`SettingsError` (check-config reports it)."""
+    options: dict[str, dict[str, str]] = {}
+    problems: list[SettingsProblem] = []
+    for name, dest in settings.destinations.items():
+        if not isinstance(dest, Hl7Destination):
+            continue
+        if dest.charset:
+            try:
+                codec_for_charset(dest.charset)
+            except ValueError:
+                problems.append(SettingsProblem(
+                    "configuration", None, f"destinations.{name}.charset",
+                    f"unsupported HL7 character set {dest.charset!r}; use one of "
+                    f"{', '.join(sorted(SUPPORTED_CHARSETS))}"))
+        options[name] = {"charset": dest.charset,
+                         "receiving_application": dest.receiving_application,
+                         "receiving_facility": dest.receiving_facility}
+    if problems:
+        raise SettingsError(problems)
+    return options
 
 
 def _signature(folder: Path) -> tuple[tuple[str, int, int], ...]:

@@ -266,6 +266,9 @@ class Ruleset:
     #: the top-level tags the routes' predicates read (a reader may parse only these); None
     #: when some predicate reads a sequence or private attribute (parse everything)
     header_tags: frozenset[int] | None = None
+    #: per destination, the options messages rendered at routing time need (an ``hl7``
+    #: destination's ``charset``, ``receiving_application``, ``receiving_facility``)
+    destination_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     #: per event kind: the (ordinary, fallback) routes that apply, in order
     _walks: Mapping[EventKind, tuple[tuple[_Step, ...], tuple[_Step, ...]]] = field(
         init=False, repr=False, compare=False)

@@ -294,6 +294,8 @@ class WorklistMapping:
         texts += [c.meaning for seq in codes.values() for c in seq]
         values["specific_character_set"] = charset.choose(msg.charset, texts)
         values["source"] = msg.sending_facility
+        values["source_application"] = msg.sending_application
+        values["source_charset"] = msg.charset
         values.setdefault("patient_id", "")
         return WorklistItem(**values), generated
 

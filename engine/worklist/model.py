@@ -100,6 +100,11 @@ class WorklistItem:
     specific_character_set: tuple[str, ...] = ()
     #: MSH-4 of the order that created the item: order numbers are only unique per placer
     source: str = ""
+    #: MSH-3 of that order: where status messages about the item are addressed by default
+    source_application: str = ""
+    #: the HL7 character set (table 0211 name) that order was read in: status messages
+    #: answering it are written in the same one unless the destination names another
+    source_charset: str = ""
     created_at: str = ""  # ISO 8601 UTC
     updated_at: str = ""
 
