@@ -136,6 +136,8 @@ class Engine:
         # are all here (the quiet-period timer stays the fallback).
         self.procedure_steps.study_complete = self.router.study_complete
         self.bus.subscribe(InstanceStored, self.procedure_steps.on_instance_stored)
+        # An order placed after its modality started links the waiting unscheduled step.
+        self.bus.subscribe(OrderReceived, self.procedure_steps.on_order_received)
         # --- delivery (D3): outbox -> per-destination workers -> senders ---
         secret = settings.routing.secret
         self.dispatcher = Dispatcher(

@@ -543,6 +543,15 @@ class Store(Protocol):
         result names those not in the instance journal yet)."""
         ...
 
+    async def link_unscheduled_procedure_steps(
+        self, item_ids: Sequence[int] | None,
+        decide: Callable[[PpsStatus], Callable[[Sequence[StoredWorklistItem]], WorklistLink]],
+        now: str) -> list[ProcedureStepCommit]:
+        """In ONE transaction: link steps that started without a worklist item to the active
+        items (``item_ids``, or all when None) with their Accession Number or Study Instance
+        UID, move those items (``decide``) and journal a ``link`` event per linked step."""
+        ...
+
     async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None: ...
 
     async def list_procedure_steps(self, status: str | None = None,

@@ -24,13 +24,14 @@ from engine.bus import EventBus
 from engine.durable.store import Store
 from engine.events import (
     InstanceStored,
+    OrderReceived,
     ProcedureStepCompleted,
     ProcedureStepDiscontinued,
     ProcedureStepEvent,
     ProcedureStepStarted,
 )
 from engine.observability.logging import get_logger
-from engine.observability.metrics import MPPS_STUDIES_COMPLETE
+from engine.observability.metrics import MPPS_STUDIES_COMPLETE, PROCEDURE_STEPS_LINKED
 from engine.procedure.model import (
     NewProcedureStep,
     PpsStatus,
@@ -75,6 +76,8 @@ class ProcedureStepService:
             self._watch(step, missing)
         for step_id in [s for s, m in self._missing.items() if not m]:
             self._spawn(self._complete(step_id))
+        # Orders that arrived while radflow was down (or whose linking a crash cut short).
+        await self.link_late_orders(None)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -154,6 +157,46 @@ class ProcedureStepService:
             sop_instance_uid=step.sop_instance_uid, study_instance_uid=step.study_instance_uid,
             accession_number=step.accession_number, worklist_item_ids=step.worklist_item_ids,
             unscheduled=step.unscheduled, calling_ae=step.calling_ae, **extra))
+
+    # --- unscheduled steps linked to orders placed later --------------------------------------
+    def on_order_received(self, event: OrderReceived) -> None:
+        """Bus subscriber (never blocks, never raises): an accepted order may be the one an
+        unscheduled step was waiting for."""
+        self._spawn(self._order_received(event.journal_id))
+
+    async def _order_received(self, journal_id: int) -> None:
+        try:
+            record = await self.store.get_hl7_message(journal_id)
+            if record is not None and record.worklist_item_ids:
+                await self.link_late_orders(record.worklist_item_ids)
+        except Exception:
+            # The sweep at the next start links it; the step itself is safe either way.
+            log.exception("mpps.link_failed", journal_id=journal_id)
+
+    async def link_late_orders(self, item_ids: Sequence[int] | None) -> int:
+        """Link unscheduled steps to these worklist items (all when None); each linked step
+        gets a ``link`` event, published like the step's own, so its order status goes to the
+        RIS now. The number linked."""
+        now = now_iso()
+
+        def decide(status: PpsStatus) -> Callable[[Sequence[StoredWorklistItem]], WorklistLink]:
+            return lambda items: worklist_link(items, (), status, now)
+
+        commits = await self.store.link_unscheduled_procedure_steps(item_ids, decide, now)
+        for commit in commits:
+            step = commit.step
+            PROCEDURE_STEPS_LINKED.inc()
+            log.info("mpps.linked_late", sop_instance_uid=step.sop_instance_uid,
+                     status=step.status.value, accession_number=step.accession_number,
+                     study_instance_uid=step.study_instance_uid,
+                     worklist_item_ids=list(step.worklist_item_ids),
+                     worklist_updated=[s.id for s in commit.link.updates])
+            kind: type[ProcedureStepEvent] = {
+                PpsStatus.COMPLETED: ProcedureStepCompleted,
+                PpsStatus.DISCONTINUED: ProcedureStepDiscontinued,
+            }.get(step.status, ProcedureStepStarted)
+            self._publish(kind, commit)
+        return len(commits)
 
     # --- completeness from evidence ------------------------------------------------------------
     def _watch(self, step: ProcedureStep, missing: Sequence[str]) -> None:

@@ -28,7 +28,7 @@ from engine.procedure.model import (
     StepUpdate,
     WorklistLink,
 )
-from engine.worklist.model import StoredWorklistItem
+from engine.worklist.model import ACTIVE_STATUSES, StoredWorklistItem
 
 #: the domain's link decision over candidate worklist items (see ``procedure.worklist_link``)
 LinkDecision = Callable[[Sequence[StoredWorklistItem]], WorklistLink]
@@ -164,3 +164,57 @@ def awaiting(conn: sqlite3.Connection) -> list[tuple[ProcedureStep, tuple[str, .
 def mark_complete(conn: sqlite3.Connection, step_id: int, now: str) -> bool:
     return conn.execute("UPDATE procedure_steps SET complete_at = ? WHERE id = ? AND "
                         "complete_at IS NULL", (now, step_id)).rowcount > 0
+
+
+def link_unscheduled(conn: sqlite3.Connection, item_ids: Sequence[int] | None,
+                     decide: Callable[[PpsStatus], LinkDecision], now: str
+                     ) -> list[ProcedureStepCommit]:
+    """Link steps that started with no worklist item to items that have appeared since (an
+    order placed after the modality started), by Accession Number or Study Instance UID.
+    ``item_ids``: only those items are candidates (a new order); None: every active item
+    (the sweep at start). Each linked step gets its items moved (``decide``), its link
+    written and a ``link`` journal row with its current status, in ONE transaction."""
+    commits: list[ProcedureStepCommit] = []
+    with transaction(conn):
+        steps = [row_to_step(r) for r in conn.execute(
+            f"SELECT {STEP_COLUMNS} FROM procedure_steps s WHERE s.unscheduled = 1 "
+            "AND s.worklist_item_ids = '[]' ORDER BY s.id")]
+        if not steps:
+            return commits
+        offered = items_by_ids(conn, list(item_ids)) if item_ids is not None else None
+        for step in steps:
+            if offered is not None:
+                candidates = [i for i in offered if _same_order(step, i)]
+            else:
+                terms, params = [], []
+                if step.accession_number:
+                    terms.append("accession_number = ?")
+                    params.append(step.accession_number)
+                if step.study_instance_uid:
+                    terms.append("study_instance_uid = ?")
+                    params.append(step.study_instance_uid)
+                candidates = select_items(conn, "SELECT id, data FROM worklist_items WHERE "
+                                          + " OR ".join(terms) + " ORDER BY id",
+                                          params) if terms else []
+            candidates = [i for i in candidates if i.item.status in ACTIVE_STATUSES]
+            if not candidates:
+                continue
+            link = decide(step.status)(candidates)
+            if not link.item_ids:
+                continue
+            _write_link(conn, link)
+            conn.execute("UPDATE procedure_steps SET worklist_item_ids = ?, unscheduled = 0, "
+                         "updated_at = ? WHERE id = ?",
+                         (json.dumps(list(link.item_ids)), now, step.id))
+            event_id = _event(conn, step.id, "link", step.status, "{}", now)
+            after = read_step(conn, step.sop_instance_uid)
+            assert after is not None
+            commits.append(ProcedureStepCommit(after, event_id, link))
+    return commits
+
+
+def _same_order(step: ProcedureStep, stored: StoredWorklistItem) -> bool:
+    item = stored.item
+    return bool((step.accession_number and item.accession_number == step.accession_number)
+                or (step.study_instance_uid
+                    and item.study_instance_uid == step.study_instance_uid))

@@ -415,6 +415,13 @@ class SqliteStore:
         return await self._mpps_write("set", lambda c: mpps.set_step(
             c, sop_instance_uid, change, decide, now))
 
+    async def link_unscheduled_procedure_steps(
+            self, item_ids: Sequence[int] | None,
+            decide: Callable[[PpsStatus], mpps.LinkDecision],
+            now: str) -> list[ProcedureStepCommit]:
+        return await self._mpps_write("link", lambda c: mpps.link_unscheduled(
+            c, item_ids, decide, now))
+
     async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None:
         return await self._read(lambda c: mpps.get_step(c, sop_instance_uid))
 
