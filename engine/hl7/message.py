@@ -448,6 +448,13 @@ class Hl7Message:
             raise Hl7ParseError("MSH delimiters and MSH-18 must be ASCII", "MSH") from exc
         enc = _delimiters(field_sep, msh2)
         charset, codec = _choose_codec(msh18, enc, default_canonical)
+        # 0x0B and 0x1C frame MLLP: a message holding one cannot be answered (its ACK echoes
+        # MSH fields, and a frame byte in an ACK would cut it) nor forwarded intact.
+        frame_bytes = [i for i in (data.find(b"\x0b", start), data.find(b"\x1c", start)) if i >= 0]
+        if frame_bytes:
+            at = min(frame_bytes)
+            raise Hl7ParseError(f"byte 0x{data[at]:02X} (an MLLP frame byte) at offset {at}",
+                                _locate(data, at, fs_byte))
 
         try:
             text = data.decode(codec) if start == 0 else data[start:].decode(codec)
