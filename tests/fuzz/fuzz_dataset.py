@@ -12,9 +12,9 @@ from __future__ import annotations
 from tests.fuzz._common import fuzz, instrumented
 
 with instrumented():
+    from engine.dicom.vr import is_valid_uid
     from engine.errors import RadflowError
     from engine.ingress.dimse.encoding import check_structure, read_keys
-    from engine.vr import is_valid_uid
 
 SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99",
             "1.2.840.10008.1.2.2")

@@ -16,9 +16,9 @@ from tests.fuzz._common import fuzz, instrumented
 
 with instrumented():
     from engine.errors import RadflowError
-    from engine.ingress.hl7.ack import AckError, Hl7ErrorCode, build_ack
-    from engine.ingress.hl7.message import Hl7Message
-    from engine.ingress.hl7.mllp import frame
+    from engine.hl7.ack import AckError, Hl7ErrorCode, build_ack
+    from engine.hl7.message import Hl7Message
+    from engine.hl7.mllp import frame
     from engine.worklist.mapping import load_mapping
 
 _MAPPING = load_mapping(Path(__file__).resolve().parents[2] / "routes/worklist/hl7-mwl.yaml")

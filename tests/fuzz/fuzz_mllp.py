@@ -14,7 +14,7 @@ import asyncio
 from tests.fuzz._common import fuzz, instrumented
 
 with instrumented():
-    from engine.ingress.hl7.mllp import MllpFramingError, read_messages
+    from engine.hl7.mllp import MllpFramingError, read_messages
 
 _LOOP = asyncio.new_event_loop()
 

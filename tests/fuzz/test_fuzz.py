@@ -58,8 +58,8 @@ def test_seeds_and_past_crashes_pass_the_harness(name: str, tmp_path: Path) -> N
 def test_ack_of_a_message_with_esc_bytes_in_msh_can_be_parsed() -> None:
     from datetime import UTC, datetime
 
-    from engine.ingress.hl7.ack import build_ack
-    from engine.ingress.hl7.message import Hl7Message
+    from engine.hl7.ack import build_ack
+    from engine.hl7.message import Hl7Message
 
     msg = Hl7Message.parse(ESC_IN_MSH)
     ack = build_ack(msg, "AA", sending_application="RADFLOW", sending_facility="HOSP",

@@ -88,7 +88,10 @@ def test_power_loss_at_a_crash_point_loses_nothing_acknowledged(fanout, dicom_di
     instances = dicomgen.write_series(dicom_dir, FILES)
     acked = crash_run(rf, [i.path for i in instances], point,
                       RADFLOW_CRASH_POWERLOSS=str(rf.spool_dir))
-    assert acked, "nothing was acknowledged before the power cut"
+    if point in HIT:
+        assert acked, "nothing was acknowledged before the power cut"
+    # (routing and delivery may run before storescu reads its first answer: then the cut
+    # comes before any acknowledgement, and the resend below carries the whole series)
     # On disk, straight after the power cut: every journal row still has its whole object
     # (files not committed yet may be left over; the next start removes them, checked below).
     verdict = check((), {}, rf=rf)
