@@ -202,14 +202,37 @@ class StorageSettings(_Strict):
     journal_retention_days: float = Field(default=0.0, ge=0)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this
+    machine; a wildcard (``0.0.0.0``, ``::``) or another name is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HttpSettings(_Strict):
     """The admin HTTP server (health, metrics, JSON API)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8080
-    #: when set, /api/v1 asks for ``Authorization: Bearer <token>``
+    #: when set, /api/v1 asks for ``Authorization: Bearer <token>``; required when ``host``
+    #: is not a loopback address
     token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _beyond_loopback_needs_a_token(self) -> HttpSettings:
+        # The API retries, purges, reloads and deletes: reachable from the network it must
+        # not be open to anyone who can connect.
+        if self.enabled and not is_loopback(self.host) and \
+                not (self.token and self.token.get_secret_value().strip()):
+            raise ValueError(f"the admin API listens on {self.host!r}, beyond loopback, without "
+                             "a token: set http.token (or RADFLOW_HTTP__TOKEN), or listen on "
+                             "127.0.0.1")
+        return self
 
 
 class WorklistSettings(_Strict):

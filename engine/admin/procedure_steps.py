@@ -1,6 +1,6 @@
 """Performed procedure steps (MPPS) in the admin API: ``/api/v1/procedure-steps`` (list) and
-``/api/v1/procedure-steps/{sop_instance_uid}`` (one step with its attributes), with their
-OpenAPI entries.
+``/api/v1/procedure-steps/{sop_instance_uid}`` (one step with its attributes), declared with
+their request models.
 
 Handlers translate HTTP to :class:`~engine.procedure.service.ProcedureStepService` reads and
 back; they hold no MPPS logic and never touch the store themselves (the server's rule).
@@ -9,10 +9,12 @@ back; they hold no MPPS logic and never touch the store themselves (the server's
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
+from engine.admin.api import Api, Call
+from engine.admin.models import InstancePath, Paging
 from engine.procedure.model import PpsStatus
 from engine.procedure.service import ProcedureStepService
 
@@ -24,53 +26,30 @@ _STEP_FIELDS = (
     "received_instances (of those, in the instance journal), complete_at (study marked "
     "complete from that evidence), created_at, updated_at")
 
-PROCEDURE_STEP_OPENAPI: dict[str, Any] = {
-    "/api/v1/procedure-steps": {"get": {
-        "summary": "Modality Performed Procedure Steps, newest first: " + _STEP_FIELDS,
-        "parameters": [
-            {"name": "status", "in": "query", "schema": {
-                "type": "string", "enum": [s.value for s in PpsStatus]}},
-            {"name": "unscheduled", "in": "query", "schema": {"type": "boolean"},
-             "description": "true: only steps no worklist item matched"},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
-            {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
-        "responses": {"200": {"description": "{total, items}"},
-                      "400": {"description": "bad filter"}}}},
-    "/api/v1/procedure-steps/{sop_instance_uid}": {"get": {
-        "summary": "One step, with its full attributes as DICOM JSON (``dataset``)",
-        "parameters": [{"name": "sop_instance_uid", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "the step"},
-                      "404": {"description": "unknown"}}}},
-}
+
+class StepQuery(Paging):
+    status: PpsStatus | None = None
+    unscheduled: bool | None = Field(default=None,
+                                     description="true: only steps no worklist item matched")
 
 
-def _bad(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=json.dumps({"error": message}),
-                              content_type="application/json")
-
-
-def add_procedure_step_routes(app: web.Application, service: ProcedureStepService) -> None:
-    async def list_steps(request: web.Request) -> web.Response:
-        q = request.query
-        try:
-            status = PpsStatus(q["status"]) if q.get("status") else None
-            limit = min(int(q.get("limit", "100")), 1000)
-            offset = max(int(q.get("offset", "0")), 0)
-        except ValueError as exc:
-            raise _bad(f"bad parameter: {exc}") from None
-        unscheduled = None
-        if "unscheduled" in q:
-            unscheduled = q["unscheduled"].lower() in ("1", "true", "yes")
-        total, steps = await service.list(status, unscheduled, limit, offset)
+def add_procedure_step_routes(api: Api, service: ProcedureStepService) -> None:
+    async def list_steps(request: web.Request, call: Call[StepQuery, None]) -> web.Response:
+        q = call.params
+        total, steps = await service.list(q.status, q.unscheduled, q.limit, q.offset)
         return web.json_response({"total": total, "items": [s.to_json() for s in steps]})
 
-    async def get_step(request: web.Request) -> web.Response:
-        step = await service.get(request.match_info["sop_instance_uid"])
+    async def get_step(request: web.Request, call: Call[InstancePath, None]) -> web.Response:
+        step = await service.get(call.params.sop_instance_uid)
         if step is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such procedure step"}),
                                    content_type="application/json")
         return web.json_response(step.to_json(dataset=True))
 
-    app.router.add_get("/api/v1/procedure-steps", list_steps)
-    app.router.add_get("/api/v1/procedure-steps/{sop_instance_uid}", get_step)
+    api.route("GET", "/api/v1/procedure-steps", list_steps, params=StepQuery,
+              summary="Modality Performed Procedure Steps, newest first: " + _STEP_FIELDS,
+              responses={"200": "{total, items}"})
+    api.route("GET", "/api/v1/procedure-steps/{sop_instance_uid}", get_step,
+              params=InstancePath,
+              summary="One step, with its full attributes as DICOM JSON (``dataset``)",
+              responses={"200": "the step", "404": "unknown"})

@@ -1,55 +1,45 @@
 """The delivery queues in the admin API: ``/api/v1/queues`` and dead letters (list, retry,
-purge), with their OpenAPI entries.
+purge), declared with their request models (``engine.admin.models``).
 
 Handlers translate HTTP to :class:`~engine.egress.queues.QueueAdmin` calls and back; they hold
-no queue logic and never touch the store themselves (the server's rule).
+no queue logic and never touch the store themselves (the server's rule). Retry and purge act on
+the ids named, or on every dead letter of the destination only when ``all`` is said in so many
+words (``?all=true`` or ``{"all": true}``): a missing or malformed selection is a 400 that
+changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from aiohttp import web
 
+from engine.admin.api import Api, Call, NoParams
+from engine.admin.models import (
+    DeadLetterList,
+    DeadLetterQuery,
+    DeadLetterSelection,
+    DestinationPath,
+)
 from engine.egress.queues import QueueAdmin, dead_letter_json
 
-_DEST = {"name": "destination", "in": "path", "required": True, "schema": {"type": "string"}}
-_IDS = {"name": "id", "in": "query", "schema": {"type": "array", "items": {"type": "integer"}},
-        "style": "form", "explode": True,
-        "description": "one or more row ids (repeat or comma-separate); none: every dead letter "
-                       "of the destination"}
+_SELECT = ("the dead letters to act on: ?id=... (repeat or comma-separate) or ?all=true, or a "
+           'JSON body {"ids": [...]} or {"all": true}; nothing else selects all')
 
-QUEUE_OPENAPI: dict[str, Any] = {
-    "/api/v1/queues": {"get": {
-        "summary": "Every destination's queue: pending, leased, dead, age of the oldest "
-                   "undelivered row, circuit breaker state",
-        "responses": {"200": {"description": "{queues: [...]}"}}}},
-    "/api/v1/queues/{destination}/dead": {
-        "get": {"summary": "Dead letters of a destination, oldest first, with the last error",
-                "parameters": [_DEST,
-                               {"name": "limit", "in": "query",
-                                "schema": {"type": "integer", "maximum": 1000}},
-                               {"name": "offset", "in": "query", "schema": {"type": "integer"}},
-                               {"name": "payload", "in": "query",
-                                "schema": {"type": "boolean"},
-                                "description": "include each row's frozen payload"}],
-                "responses": {"200": {"description": "{total, items}"},
-                              "404": {"description": "unknown destination"}}},
-        "delete": {"summary": "Purge dead letters (all of the destination's, or ?id=...)",
-                   "parameters": [_DEST, _IDS],
-                   "responses": {"200": {"description": "{purged: n}"},
-                                 "404": {"description": "unknown destination"}}}},
-    "/api/v1/queues/{destination}/retry": {"post": {
-        "summary": "Send dead letters again (all of the destination's, or ?id=... or a JSON "
-                   "body {\"ids\": [...]}); attempts start from zero",
-        "parameters": [_DEST, _IDS],
-        "requestBody": {"required": False, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"ids": {"type": "array",
-                                                     "items": {"type": "integer"}}}}}}},
-        "responses": {"200": {"description": "{retried: n}"},
-                      "404": {"description": "unknown destination"}}}},
-}
+
+def selection(call: Call[DeadLetterQuery, DeadLetterSelection]) -> list[int] | None:
+    """The ids named (``None``: all of the destination's, said explicitly); raises 400."""
+    q, body = call.params, call.body
+    by_query = q.id is not None or q.all
+    if body is not None and by_query:
+        raise _bad("select in the query or in the body, not both")
+    if body is not None:  # the model already refused neither and both
+        return None if body.all else list(body.ids or [])
+    if not by_query:
+        raise _bad(f"name {_SELECT}")
+    if q.id is not None and q.all:
+        raise _bad("give ids or all, not both")
+    return None if q.all else list(q.id or [])
 
 
 def _bad(message: str) -> web.HTTPBadRequest:
@@ -57,55 +47,45 @@ def _bad(message: str) -> web.HTTPBadRequest:
                               content_type="application/json")
 
 
-async def _ids(request: web.Request) -> list[int] | None:
-    raw = [v for value in request.query.getall("id", []) for v in value.split(",") if v.strip()]
-    if request.can_read_body and request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            raise _bad("the body is not JSON") from None
-        if isinstance(body, dict) and isinstance(body.get("ids"), list):
-            raw += [str(v) for v in body["ids"]]
-    if not raw:
-        return None
-    try:
-        return [int(v) for v in raw]
-    except ValueError:
-        raise _bad("ids are integers") from None
+def add_queue_routes(api: Api, queues: QueueAdmin) -> None:
+    def destination(params: DestinationPath) -> str:
+        if not queues.known(params.destination):
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no destination {params.destination!r}"}),
+                content_type="application/json")
+        return params.destination
 
-
-def add_queue_routes(app: web.Application, queues: QueueAdmin) -> None:
-    def destination(request: web.Request) -> str:
-        name = request.match_info["destination"]
-        if not queues.known(name):
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no destination {name!r}"}),
-                                   content_type="application/json")
-        return name
-
-    async def overview(request: web.Request) -> web.Response:
+    async def overview(request: web.Request, call: Call[NoParams, None]) -> web.Response:
         return web.json_response({"queues": await queues.overview()})
 
-    async def dead(request: web.Request) -> web.Response:
-        name = destination(request)
-        try:
-            limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
-            offset = max(int(request.query.get("offset", "0")), 0)
-        except ValueError:
-            raise _bad("limit and offset are integers") from None
-        with_payload = request.query.get("payload", "").lower() in ("1", "true", "yes")
-        total, items = await queues.dead_letters(name, limit, offset)
-        return web.json_response({"total": total,
-                                  "items": [dead_letter_json(d, with_payload) for d in items]})
+    async def dead(request: web.Request, call: Call[DeadLetterList, None]) -> web.Response:
+        name = destination(call.params)
+        total, items = await queues.dead_letters(name, call.params.limit, call.params.offset)
+        return web.json_response({"total": total, "items": [
+            dead_letter_json(d, call.params.payload) for d in items]})
 
-    async def retry(request: web.Request) -> web.Response:
-        name = destination(request)
-        return web.json_response({"retried": await queues.retry(name, await _ids(request))})
+    async def retry(request: web.Request,
+                    call: Call[DeadLetterQuery, DeadLetterSelection]) -> web.Response:
+        name = destination(call.params)
+        return web.json_response({"retried": await queues.retry(name, selection(call))})
 
-    async def purge(request: web.Request) -> web.Response:
-        name = destination(request)
-        return web.json_response({"purged": await queues.purge(name, await _ids(request))})
+    async def purge(request: web.Request,
+                    call: Call[DeadLetterQuery, DeadLetterSelection]) -> web.Response:
+        name = destination(call.params)
+        return web.json_response({"purged": await queues.purge(name, selection(call))})
 
-    app.router.add_get("/api/v1/queues", overview)
-    app.router.add_get("/api/v1/queues/{destination}/dead", dead)
-    app.router.add_delete("/api/v1/queues/{destination}/dead", purge)
-    app.router.add_post("/api/v1/queues/{destination}/retry", retry)
+    api.route("GET", "/api/v1/queues", overview,
+              summary="Every destination's queue: pending, leased, dead, age of the oldest "
+                      "undelivered row, circuit breaker state",
+              responses={"200": "{queues: [...]}"})
+    api.route("GET", "/api/v1/queues/{destination}/dead", dead, params=DeadLetterList,
+              summary="Dead letters of a destination, oldest first, with the last error",
+              responses={"200": "{total, items}", "404": "unknown destination"})
+    api.route("DELETE", "/api/v1/queues/{destination}/dead", purge, params=DeadLetterQuery,
+              body=DeadLetterSelection,
+              summary=f"Purge dead letters: {_SELECT}",
+              responses={"200": "{purged: n}", "404": "unknown destination"})
+    api.route("POST", "/api/v1/queues/{destination}/retry", retry, params=DeadLetterQuery,
+              body=DeadLetterSelection,
+              summary=f"Send dead letters again (attempts start from zero): {_SELECT}",
+              responses={"200": "{retried: n}", "404": "unknown destination"})

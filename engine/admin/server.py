@@ -3,7 +3,10 @@
 Readiness is computed from probes the engine passes in (store reachable, spool has room,
 listeners up), so this module knows no engine internals beyond the store's read API. When a token
 is configured every ``/api/`` route requires ``Authorization: Bearer <token>``; health and metrics
-stay open for probes and scrapers. It must never write to the store directly.
+stay open for probes and scrapers. Every route is declared through :mod:`engine.admin.api`
+with the models of its parameters and body (:mod:`engine.admin.models`): that layer validates
+each request before a handler runs and generates the OpenAPI description from the same models.
+It must never write to the store directly.
 """
 
 from __future__ import annotations
@@ -18,9 +21,20 @@ from typing import Any
 from aiohttp import web
 
 from engine import __version__
-from engine.admin.destinations import DESTINATION_OPENAPI, add_destination_routes
-from engine.admin.procedure_steps import PROCEDURE_STEP_OPENAPI, add_procedure_step_routes
-from engine.admin.queues import QUEUE_OPENAPI, add_queue_routes
+from engine.admin.api import MAX_BODY_KEY, Api, Call, NoParams, guard_middleware
+from engine.admin.models import (
+    DryRunQuery,
+    Hl7MessagesQuery,
+    InstancePath,
+    Paging,
+    StepDryRunQuery,
+    WorklistDelete,
+    WorklistItemPath,
+    WorklistQuery,
+)
+from engine.admin.destinations import add_destination_routes
+from engine.admin.procedure_steps import add_procedure_step_routes
+from engine.admin.queues import add_queue_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.check import DestinationChecker
 from engine.egress.queues import QueueAdmin
@@ -41,138 +55,13 @@ log = get_logger("engine.admin")
 
 Probe = Callable[[], Awaitable[tuple[bool, str]]]
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "radflow admin API", "version": __version__},
-    "paths": {
-        "/healthz": {"get": {"summary": "Process is alive", "responses": {"200": {
-            "description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Ready to accept work (stores, spool room, listeners)",
-                            "responses": {"200": {"description": "ready"},
-                                          "503": {"description": "not ready, with reasons"}}}},
-        "/metrics": {"get": {"summary": "Prometheus text exposition",
-                             "responses": {"200": {"description": "metrics"}}}},
-        "/api/v1/instances": {"get": {
-            "summary": "Received instances, newest first",
-            "parameters": [
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "a page of instances"},
-                          "401": {"description": "token missing or wrong"}}}},
-        "/api/v1/instances/{sop_instance_uid}": {"get": {
-            "summary": "The latest version of one instance",
-            "parameters": [{"name": "sop_instance_uid", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the instance"},
-                          "404": {"description": "unknown"}}}},
-        "/api/v1/worklist": {
-            "get": {
-                "summary": "Worklist items, newest first, with filters (wildcards * and ?)",
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": "string"}, "description": d}
-                    for n, d in (
-                        ("status", "comma-separated: SCHEDULED, IN_PROGRESS, COMPLETED, "
-                                   "DISCONTINUED, CANCELLED (default: all)"),
-                        ("patient_id", "PatientID"), ("accession_number", "AccessionNumber"),
-                        ("modality", "Modality"), ("station_ae", "ScheduledStationAETitle"),
-                        ("date", "ScheduledProcedureStepStartDate: D, D-, -D or D1-D2"),
-                        ("limit", "at most 1000 (default 100)"), ("offset", "default 0"))],
-                "responses": {"200": {"description": "{total, items}"},
-                              "400": {"description": "bad filter"}}},
-            "post": {
-                "summary": "Add an item: a JSON item, or an HL7 v2 order message (ER7 body, "
-                           "Content-Type x-application/hl7-v2+er7 or text/plain) applied as "
-                           "if received over MLLP",
-                "requestBody": {"content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "x-application/hl7-v2+er7": {"schema": {"type": "string"}}}},
-                "responses": {"201": {"description": "item added (JSON)"},
-                              "200": {"description": "HL7 accepted (AA): the outcome"},
-                              "422": {"description": "HL7 refused (AE/AR) or invalid item"}}}},
-        "/api/v1/worklist/{id}": {
-            "get": {"summary": "One worklist item",
-                    "parameters": [{"name": "id", "in": "path", "required": True,
-                                    "schema": {"type": "integer"}}],
-                    "responses": {"200": {"description": "the item"},
-                                  "404": {"description": "unknown"}}},
-            "delete": {"summary": "Cancel an item (it vanishes from C-FIND answers); "
-                                  "?purge=true deletes the row",
-                       "parameters": [{"name": "id", "in": "path", "required": True,
-                                       "schema": {"type": "integer"}},
-                                      {"name": "purge", "in": "query",
-                                       "schema": {"type": "boolean"}}],
-                       "responses": {"200": {"description": "cancelled or deleted"},
-                                     "404": {"description": "unknown"},
-                                     "409": {"description": "already completed"}}}},
-        "/api/v1/hl7/messages": {"get": {
-            "summary": "Journal of received HL7 messages, newest first",
-            "parameters": [
-                {"name": "ack", "in": "query", "schema": {"type": "string"},
-                 "description": "comma-separated ACK codes, e.g. AE,AR for rejected ones"},
-                {"name": "limit", "in": "query", "schema": {"type": "integer",
-                                                            "maximum": 1000}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "{total, items}"}}}},
-        "/api/v1/routes": {"get": {
-            "summary": "The ruleset in use: routes in evaluation order, profiles, load and "
-                       "reload status, routing counts and open series/study groups",
-            "responses": {"200": {"description": "ruleset status"}}}},
-        "/api/v1/routes/test": {"post": {
-            "summary": "Dry run: which routes a DICOM object matches and why, the before/after "
-                       "diff of each morph, the destinations. Nothing is stored or sent.",
-            "parameters": [
-                {"name": "calling_ae", "in": "query", "schema": {"type": "string"}},
-                {"name": "called_ae", "in": "query", "schema": {"type": "string"}},
-                {"name": "source_ip", "in": "query", "schema": {"type": "string"}},
-                {"name": "time", "in": "query", "schema": {"type": "string"},
-                 "description": "evaluation time, ISO 8601 (default: now)"}],
-            "requestBody": {"required": True, "content": {
-                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
-                "application/octet-stream": {"schema": {"type": "string",
-                                                        "format": "binary"}}}},
-            "responses": {"200": {"description": "the dry run (routes, decisions, morphs)"},
-                          "400": {"description": "not a readable DICOM file"},
-                          "413": {"description": "file too large"}}}},
-        "/api/v1/routes/test/procedure-step": {"post": {
-            "summary": "Dry run of an MPPS event: which procedure_step routes match and why, "
-                       "and the messages they would queue (HL7 status update, FHIR Task, MPPS "
-                       "forward). Nothing is stored or sent.",
-            "parameters": [
-                {"name": "status", "in": "query", "schema": {
-                    "type": "string", "enum": ["IN PROGRESS", "COMPLETED", "DISCONTINUED"]},
-                 "description": "the event's status (default: the attributes' own)"},
-                {"name": "calling_ae", "in": "query", "schema": {"type": "string"}},
-                {"name": "time", "in": "query", "schema": {"type": "string"},
-                 "description": "evaluation time, ISO 8601 (default: now)"}],
-            "requestBody": {"required": True, "content": {"application/dicom+json": {
-                "schema": {"type": "object"}, "description": "the step's MPPS attributes"}}},
-            "responses": {"200": {"description": "the dry run (routes, decisions, messages)"},
-                          "400": {"description": "not DICOM JSON, or an unknown status"},
-                          "413": {"description": "body too large"}}}},
-        "/api/v1/routes/unmatched": {"get": {
-            "summary": "Instances no route matched (kept in the spool and journal), newest "
-                       "first",
-            "parameters": [
-                {"name": "limit", "in": "query", "schema": {"type": "integer",
-                                                            "maximum": 1000}},
-                {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "{total, items}"}}}},
-        "/api/v1/routes/reload": {"post": {
-            "summary": "Reload the routes folder now (as SIGHUP does); an invalid folder keeps "
-                       "the rules in use",
-            "responses": {"200": {"description": "reloaded"},
-                          "422": {"description": "invalid; previous rules kept, problems "
-                                                 "listed"}}}},
-    },
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-}
-OPENAPI["paths"].update(QUEUE_OPENAPI)
-OPENAPI["paths"].update(PROCEDURE_STEP_OPENAPI)
-OPENAPI["paths"].update(DESTINATION_OPENAPI)
+#: the largest upload a route takes (a DICOM file for a dry run)
 _MAX_DRY_RUN_BODY = 256 * 1024 * 1024
-_HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2",
-                                "text/plain", "application/octet-stream"})
 _MAX_HL7_BODY = 1024 * 1024
+_HL7_UPLOADS = {t: {"type": "string"} for t in (
+    "x-application/hl7-v2+er7", "application/hl7-v2", "text/plain", "application/octet-stream")}
+_DICOM_UPLOADS = {t: {"type": "string", "format": "binary"}
+                  for t in ("application/dicom", "application/octet-stream")}
 
 
 def worklist_json(stored: StoredWorklistItem) -> dict[str, Any]:
@@ -203,32 +92,11 @@ def hl7_record_json(rec: Hl7JournalRecord) -> dict[str, Any]:
             "worklist_item_ids": list(rec.worklist_item_ids)}
 
 
-def _paging(request: web.Request) -> tuple[int, int]:
-    try:
-        limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
-        offset = max(int(request.query.get("offset", "0")), 0)
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "limit and offset are integers"}',
-                                 content_type="application/json") from None
-    return limit, offset
-
-
-async def _dry_run_body(request: web.Request, what: str) -> bytes:
-    data = await request.content.read(_MAX_DRY_RUN_BODY + 1)
-    if len(data) > _MAX_DRY_RUN_BODY:
-        raise web.HTTPRequestEntityTooLarge(
-            max_size=_MAX_DRY_RUN_BODY, actual_size=len(data),
-            text=json.dumps({"error": "file too large"}), content_type="application/json")
-    if not data:
-        raise _bad_request(f"send {what} as the request body")
-    return data
-
-
-def _dry_run_time(request: web.Request) -> datetime | None:
-    if not request.query.get("time"):
+def _dry_run_time(value: str | None) -> datetime | None:
+    if not value:
         return None
     try:
-        return datetime.fromisoformat(request.query["time"]).astimezone()
+        return datetime.fromisoformat(value).astimezone()
     except ValueError:
         raise _bad_request("time is ISO 8601, e.g. 2026-11-25T22:30") from None
 
@@ -289,8 +157,8 @@ class AdminServer:
                  rules: RulesManager | None = None, queues: QueueAdmin | None = None,
                  procedure_steps: ProcedureStepService | None = None,
                  destinations: DestinationChecker | None = None) -> None:
-        self._procedure_steps = procedure_steps
         self._destinations = destinations
+        self._procedure_steps = procedure_steps
         self._worklist = worklist
         self._rules = rules
         self._queues = queues
@@ -304,31 +172,87 @@ class AdminServer:
         self.app = self._build_app()
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/api/v1/openapi.json", self.openapi)
-        app.router.add_get("/api/v1/instances", self.list_instances)
-        app.router.add_get("/api/v1/instances/{sop_instance_uid}", self.get_instance)
+        app = web.Application(middlewares=[guard_middleware, self._auth],
+                              client_max_size=_MAX_DRY_RUN_BODY)
+        app[MAX_BODY_KEY] = _MAX_DRY_RUN_BODY
+        api = self.api = Api(app)
+        api.route("GET", "/healthz", self.healthz, summary="Process is alive",
+                  responses={"200": "alive"})
+        api.route("GET", "/readyz", self.readyz,
+                  summary="Ready to accept work (stores, spool room, listeners)",
+                  responses={"200": "ready", "503": "not ready, with reasons"})
+        api.route("GET", "/metrics", self.metrics, summary="Prometheus text exposition",
+                  responses={"200": "metrics"})
+        api.route("GET", "/api/v1/openapi.json", self.openapi,
+                  summary="This description", responses={"200": "OpenAPI 3.1"})
+        api.route("GET", "/api/v1/instances", self.list_instances, params=Paging,
+                  summary="Received instances, newest first",
+                  responses={"200": "a page of instances"})
+        api.route("GET", "/api/v1/instances/{sop_instance_uid}", self.get_instance,
+                  params=InstancePath, summary="The latest version of one instance",
+                  responses={"200": "the instance", "404": "unknown"})
         if self._worklist is not None:
-            app.router.add_get("/api/v1/worklist", self.list_worklist)
-            app.router.add_post("/api/v1/worklist", self.add_worklist)
-            app.router.add_get(r"/api/v1/worklist/{id:\d+}", self.get_worklist_item)
-            app.router.add_delete(r"/api/v1/worklist/{id:\d+}", self.delete_worklist_item)
-            app.router.add_get("/api/v1/hl7/messages", self.list_hl7_messages)
+            api.route("GET", "/api/v1/worklist", self.list_worklist, params=WorklistQuery,
+                      summary="Worklist items, newest first, with filters (wildcards * and ?)",
+                      responses={"200": "{total, items}"})
+            api.route("POST", "/api/v1/worklist", self.add_worklist, body_required=True,
+                      uploads={"application/json": {"type": "object"}, **_HL7_UPLOADS},
+                      max_body=_MAX_HL7_BODY,
+                      summary="Add an item: a JSON item, or an HL7 v2 order message (ER7 "
+                              "body, Content-Type x-application/hl7-v2+er7 or text/plain) "
+                              "applied as if received over MLLP",
+                      responses={"201": "item added (JSON)",
+                                 "200": "HL7 accepted (AA): the outcome",
+                                 "422": "HL7 refused (AE/AR) or invalid item"})
+            api.route("GET", "/api/v1/worklist/{id}", self.get_worklist_item,
+                      params=WorklistItemPath, pattern=r"/api/v1/worklist/{id:\d+}",
+                      summary="One worklist item", responses={"200": "the item",
+                                                              "404": "unknown"})
+            api.route("DELETE", "/api/v1/worklist/{id}", self.delete_worklist_item,
+                      params=WorklistDelete, pattern=r"/api/v1/worklist/{id:\d+}",
+                      summary="Cancel an item (it vanishes from C-FIND answers); "
+                              "?purge=true deletes the row",
+                      responses={"200": "cancelled or deleted", "404": "unknown",
+                                 "409": "already completed"})
+            api.route("GET", "/api/v1/hl7/messages", self.list_hl7_messages,
+                      params=Hl7MessagesQuery,
+                      summary="Journal of received HL7 messages, newest first",
+                      responses={"200": "{total, items}"})
         if self._rules is not None:
-            app.router.add_get("/api/v1/routes", self.routes_status)
-            app.router.add_post("/api/v1/routes/test", self.routes_test)
-            app.router.add_post("/api/v1/routes/test/procedure-step", self.routes_test_step)
-            app.router.add_get("/api/v1/routes/unmatched", self.routes_unmatched)
-            app.router.add_post("/api/v1/routes/reload", self.routes_reload)
+            api.route("GET", "/api/v1/routes", self.routes_status,
+                      summary="The ruleset in use: routes in evaluation order, profiles, load "
+                              "and reload status, routing counts and open series/study groups",
+                      responses={"200": "ruleset status"})
+            api.route("POST", "/api/v1/routes/test", self.routes_test, params=DryRunQuery,
+                      uploads=_DICOM_UPLOADS, body_required=True, max_body=_MAX_DRY_RUN_BODY,
+                      summary="Dry run: which routes a DICOM object matches and why, the "
+                              "before/after diff of each morph, the destinations. Nothing is "
+                              "stored or sent.",
+                      responses={"200": "the dry run (routes, decisions, morphs)"})
+            api.route("POST", "/api/v1/routes/test/procedure-step", self.routes_test_step,
+                      params=StepDryRunQuery, body_required=True, max_body=_MAX_HL7_BODY,
+                      uploads={"application/dicom+json": {"type": "object"},
+                               "application/json": {"type": "object"}},
+                      summary="Dry run of an MPPS event: which procedure_step routes match "
+                              "and why, and the messages they would queue (HL7 status update, "
+                              "FHIR Task, MPPS forward). Nothing is stored or sent.",
+                      responses={"200": "the dry run (routes, decisions, messages)"})
+            api.route("GET", "/api/v1/routes/unmatched", self.routes_unmatched, params=Paging,
+                      summary="Instances no route matched (kept in the spool and journal), "
+                              "newest first", responses={"200": "{total, items}"})
+            api.route("POST", "/api/v1/routes/reload", self.routes_reload,
+                      summary="Reload the routes folder now (as SIGHUP does); an invalid "
+                              "folder keeps the rules in use",
+                      responses={"200": "reloaded",
+                                 "422": "invalid; previous rules kept, problems listed"})
         if self._queues is not None:
-            add_queue_routes(app, self._queues)  # delivery queues and dead letters
+            add_queue_routes(api, self._queues)  # delivery queues and dead letters
         if self._procedure_steps is not None:
-            add_procedure_step_routes(app, self._procedure_steps)  # MPPS
+            add_procedure_step_routes(api, self._procedure_steps)  # MPPS
         if self._destinations is not None:
-            add_destination_routes(app, self._destinations)  # list and check
+            add_destination_routes(api, self._destinations)  # list and check
+        self.openapi_doc = api.openapi({"title": "radflow admin API", "version": __version__},
+                                       secured=bool(self._token))
         return app
 
     @web.middleware
@@ -366,10 +290,10 @@ class AdminServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
         return web.json_response({"status": "alive", "version": __version__})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
         checks: dict[str, dict[str, Any]] = {}
         ready = not self.stopping
         for name, probe in self._probes.items():
@@ -383,21 +307,22 @@ class AdminServer:
                 "checks": checks}
         return web.json_response(body, status=200 if ready else 503)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
         return web.Response(body=render(), content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 
-    async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(OPENAPI)
+    async def openapi(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
+        return web.json_response(self.openapi_doc)
 
-    async def list_instances(self, request: web.Request) -> web.Response:
-        limit, offset = _paging(request)
-        items = await self._store.list_instances(limit, offset)
+    async def list_instances(self, request: web.Request, call: Call[Paging, None]
+                             ) -> web.Response:
+        items = await self._store.list_instances(call.params.limit, call.params.offset)
         total = await self._store.count_instances()
         return web.json_response({"total": total, "items": [instance_json(i) for i in items]})
 
-    async def get_instance(self, request: web.Request) -> web.Response:
-        item = await self._store.get_instance(request.match_info["sop_instance_uid"])
+    async def get_instance(self, request: web.Request, call: Call[InstancePath, None]
+                           ) -> web.Response:
+        item = await self._store.get_instance(call.params.sop_instance_uid)
         if item is None:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response(instance_json(item))
@@ -407,26 +332,31 @@ class AdminServer:
         assert self._worklist is not None  # routes exist only with a worklist
         return self._worklist
 
-    async def list_worklist(self, request: web.Request) -> web.Response:
-        limit, offset = _paging(request)
+    async def list_worklist(self, request: web.Request, call: Call[WorklistQuery, None]
+                            ) -> web.Response:
+        q = call.params
+        filters = {k: v for k, v in q.model_dump(exclude={"limit", "offset"}).items()
+                   if v is not None}
         try:
-            constraints, statuses = worklist_filters(request.query)
+            constraints, statuses = worklist_filters(filters)
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
-        total, items = await self._wl().list_items(constraints, statuses, limit, offset)
+        total, items = await self._wl().list_items(constraints, statuses, q.limit, q.offset)
         return web.json_response({"total": total, "items": [worklist_json(i) for i in items]})
 
-    async def get_worklist_item(self, request: web.Request) -> web.Response:
-        stored = await self._wl().get_item(int(request.match_info["id"]))
+    async def get_worklist_item(self, request: web.Request,
+                                call: Call[WorklistItemPath, None]) -> web.Response:
+        stored = await self._wl().get_item(call.params.id)
         if stored is None:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response(worklist_json(stored))
 
-    async def add_worklist(self, request: web.Request) -> web.Response:
-        content_type = request.content_type
-        if content_type == "application/json":
+    async def add_worklist(self, request: web.Request, call: Call[NoParams, None]
+                           ) -> web.Response:
+        raw = call.raw or b""
+        if call.content_type == "application/json":
             try:
-                data = await request.json()
+                data = json.loads(raw)  # depth already bounded by the API layer
                 if not isinstance(data, dict):
                     raise ValueError("the body must be a JSON object")
                 data.pop("id", None)
@@ -441,24 +371,17 @@ class AdminServer:
                                          status=422)
             stored = await self._wl().add_item(item)
             return web.json_response(worklist_json(stored), status=201)
-        if content_type in _HL7_CONTENT_TYPES:
-            raw = await request.content.read(_MAX_HL7_BODY + 1)
-            if len(raw) > _MAX_HL7_BODY:
-                return web.json_response({"error": "message too large"}, status=413)
-            # Newlines from a file or curl stand for HL7's segment separator.
-            raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-            received = self._wl().received(raw, peer_host=request.remote or "",
-                                           listener="http")
-            (outcome,) = await self._wl().accept_hl7_batch([received])
-            return web.json_response(outcome_json(outcome),
-                                     status=200 if outcome.code == "AA" else 422)
-        return web.json_response(
-            {"error": "send application/json or an HL7 message (x-application/hl7-v2+er7)"},
-            status=415)
+        # Newlines from a file or curl stand for HL7's segment separator.
+        raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        received = self._wl().received(raw, peer_host=request.remote or "", listener="http")
+        (outcome,) = await self._wl().accept_hl7_batch([received])
+        return web.json_response(outcome_json(outcome),
+                                 status=200 if outcome.code == "AA" else 422)
 
-    async def delete_worklist_item(self, request: web.Request) -> web.Response:
-        item_id = int(request.match_info["id"])
-        if request.query.get("purge", "").lower() in ("1", "true", "yes"):
+    async def delete_worklist_item(self, request: web.Request,
+                                   call: Call[WorklistDelete, None]) -> web.Response:
+        item_id = call.params.id
+        if call.params.purge:
             if not await self._wl().delete_item(item_id):
                 return web.json_response({"error": "not found"}, status=404)
             return web.json_response({"id": item_id, "deleted": True})
@@ -470,11 +393,12 @@ class AdminServer:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response(worklist_json(stored))
 
-    async def list_hl7_messages(self, request: web.Request) -> web.Response:
-        limit, offset = _paging(request)
+    async def list_hl7_messages(self, request: web.Request,
+                                call: Call[Hl7MessagesQuery, None]) -> web.Response:
+        q = call.params
         codes = [c.strip().upper()
-                 for c in request.query.get("ack", "").replace("|", ",").split(",") if c.strip()]
-        total, records = await self._wl().hl7_messages(codes or None, limit, offset)
+                 for c in (q.ack or "").replace("|", ",").split(",") if c.strip()]
+        total, records = await self._wl().hl7_messages(codes or None, q.limit, q.offset)
         return web.json_response({"total": total,
                                   "items": [hl7_record_json(r) for r in records]})
 
@@ -483,7 +407,8 @@ class AdminServer:
         assert self._rules is not None  # routes exist only with a rules manager
         return self._rules
 
-    async def routes_status(self, request: web.Request) -> web.Response:
+    async def routes_status(self, request: web.Request, call: Call[NoParams, None]
+                            ) -> web.Response:
         body = self._rm().status()
         body["counts"] = await self._store.routing_counts()
         body["open_groups"] = [
@@ -492,34 +417,41 @@ class AdminServer:
             for g in await self._store.open_routing_groups()]
         return web.json_response(body)
 
-    async def routes_test(self, request: web.Request) -> web.Response:
-        data = await _dry_run_body(request, "a DICOM file")
+    async def routes_test(self, request: web.Request, call: Call[DryRunQuery, None]
+                          ) -> web.Response:
+        q = call.params
+        data = call.raw or b""
+        if not data:
+            raise _bad_request("send a DICOM file as the request body")
         rules = self._rm()
         context = dryrun.context_for(
-            calling_ae=request.query.get("calling_ae", ""),
-            called_ae=request.query.get("called_ae", ""),
-            source_ip=request.query.get("source_ip", request.remote or ""),
-            when=_dry_run_time(request))
+            calling_ae=q.calling_ae, called_ae=q.called_ae,
+            source_ip=q.source_ip if q.source_ip is not None else request.remote or "",
+            when=_dry_run_time(q.time))
         # Parsing and morphing a large object takes longer than the loop may be held.
         run = await asyncio.to_thread(dryrun.dry_run, data, rules.current, rules.keys, context,
-                                      request.query.get("name", "upload"))
+                                      q.name)
         return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
 
-    async def routes_test_step(self, request: web.Request) -> web.Response:
-        data = await _dry_run_body(request, "the step's MPPS attributes as DICOM JSON")
-        context = dryrun.context_for(calling_ae=request.query.get("calling_ae", ""),
-                                     when=_dry_run_time(request))
-        run = dryrun.dry_run_step(data, self._rm().current, context,
-                                  status=request.query.get("status") or None,
-                                  label=request.query.get("name", "upload"))
+    async def routes_test_step(self, request: web.Request, call: Call[StepDryRunQuery, None]
+                               ) -> web.Response:
+        q = call.params
+        data = call.raw or b""
+        if not data:
+            raise _bad_request("send the step's MPPS attributes as DICOM JSON")
+        context = dryrun.context_for(calling_ae=q.calling_ae, when=_dry_run_time(q.time))
+        run = dryrun.dry_run_step(data, self._rm().current, context, status=q.status or None,
+                                  label=q.name)
         return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
 
-    async def routes_unmatched(self, request: web.Request) -> web.Response:
-        limit, offset = _paging(request)
-        total, items = await self._store.unmatched_instances(limit, offset)
+    async def routes_unmatched(self, request: web.Request, call: Call[Paging, None]
+                               ) -> web.Response:
+        total, items = await self._store.unmatched_instances(call.params.limit,
+                                                             call.params.offset)
         return web.json_response({"total": total, "items": [instance_json(i) for i in items]})
 
-    async def routes_reload(self, request: web.Request) -> web.Response:
+    async def routes_reload(self, request: web.Request, call: Call[NoParams, None]
+                            ) -> web.Response:
         rules = self._rm()
         ok = await rules.reload("api")
         body = {"ok": ok, "ruleset": rules.current.version,

@@ -146,7 +146,9 @@ def test_dead_letters_through_the_api_and_the_cli(radflow: RadflowFactory,
                              text=True, timeout=60)
         assert cli.returncode == 0 and "1 dead letter(s) of pacs queued again" in cli.stdout
         wait(lambda: len(scp.stored) == 2, 30, "CLI-retried row delivered", rf)
-        assert api(rf, "DELETE", "/api/v1/queues/pacs/dead") == (200, {"purged": 2})
+        # "all" is said, never implied
+        assert api(rf, "DELETE", "/api/v1/queues/pacs/dead")[0] == 400
+        assert api(rf, "DELETE", "/api/v1/queues/pacs/dead?all=true") == (200, {"purged": 2})
         assert api(rf, "GET", "/api/v1/queues/pacs/dead")[1]["total"] == 0
         assert api(rf, "GET", "/api/v1/queues/nowhere/dead")[0] == 404
         assert rf.stop() == 0

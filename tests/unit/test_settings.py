@@ -468,3 +468,19 @@ def test_the_shipped_config_checks_from_any_working_directory(
     assert settings.storage.spool_dir == REPO_ROOT / "var" / "spool"
     assert settings.routing.routes_dir == REPO_ROOT / "routes"
     assert settings.worklist.mapping_file == REPO_ROOT / "routes" / "worklist" / "hl7-mwl.yaml"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.5", "radflow.example.org"])
+def test_admin_api_beyond_loopback_without_a_token_is_a_configuration_error(
+        tmp_path: Path, host: str) -> None:
+    path = write(tmp_path, f"http:\n  host: '{host}'\n")
+    [problem] = problems_of(path, {})
+    assert problem.path == "http"
+    assert "without a token" in problem.message and "http.token" in problem.message
+    assert load_settings(path, {"RADFLOW_HTTP__TOKEN": "s3cret"}).http.host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_admin_api_on_loopback_needs_no_token(tmp_path: Path, host: str) -> None:
+    path = write(tmp_path, f"http:\n  host: '{host}'\n")
+    assert load_settings(path, {}).http.token is None
