@@ -22,6 +22,7 @@ from aiohttp import web
 
 from engine import __version__
 from engine.admin.api import MAX_BODY_KEY, Api, Call, NoParams, guard_middleware
+from engine.admin.destinations import add_destination_routes
 from engine.admin.models import (
     DryRunQuery,
     Hl7MessagesQuery,
@@ -32,7 +33,6 @@ from engine.admin.models import (
     WorklistItemPath,
     WorklistQuery,
 )
-from engine.admin.destinations import add_destination_routes
 from engine.admin.procedure_steps import add_procedure_step_routes
 from engine.admin.queues import add_queue_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
