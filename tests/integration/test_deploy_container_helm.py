@@ -43,6 +43,17 @@ K8S_VERSION = "1.30.0"
 dockerfile_parse = pytest.importorskip("dockerfile_parse")
 
 
+def check_config(config: Path, token: str | None = "a-token"
+                 ) -> subprocess.CompletedProcess[str]:
+    """``radflow check-config`` as the container runs it: the admin token from the
+    environment (the image's config listens beyond loopback, which needs one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADFLOW_")}
+    if token is not None:
+        env["RADFLOW_HTTP__TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "engine", "check-config", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60, env=env)
+
+
 # --- the image ----------------------------------------------------------------------------
 def final_stage() -> list[tuple[str, str]]:
     parser = dockerfile_parse.DockerfileParser(fileobj=open(CONTAINERFILE, "rb"))  # noqa: SIM115
@@ -111,9 +122,11 @@ def test_containerfile_user_volumes_ports_health_and_entrypoint() -> None:
 def test_image_tree_runs_radflow_with_its_own_config(tmp_path: Path) -> None:
     root = tmp_path / "image"
     config = build_tree(root)
-    check = subprocess.run([sys.executable, "-m", "engine", "check-config", "--config",
-                            str(config)], capture_output=True, text=True, timeout=60)
+    check = check_config(config)
     assert check.returncode == 0, check.stdout + check.stderr
+    # closed by default: without a token the image's admin API would be open, so it refuses
+    refused = check_config(config, token=None)
+    assert refused.returncode == 1 and "http.token" in refused.stdout + refused.stderr
 
     http_port = free_port()
     env = dict(os.environ,
@@ -185,8 +198,7 @@ def test_compose_two_nodes_on_postgresql(tmp_path: Path) -> None:
         # Everything but the storage section, until the PostgreSQL backend is on this tree.
         site["storage"] = {"backend": "sqlite", "spool_dir": site["storage"]["spool_dir"]}
         config.write_text(yaml.safe_dump(site))
-    check = subprocess.run([sys.executable, "-m", "engine", "check-config", "--config",
-                            str(config)], capture_output=True, text=True, timeout=60)
+    check = check_config(config)
     assert check.returncode == 0, check.stdout + check.stderr
     if not postgresql_backend_available():
         pytest.xfail("storage.backend: postgresql is not in this tree's settings yet")
@@ -285,6 +297,5 @@ def test_chart_renders_valid_kubernetes_manifests(values: dict[str, Any],
     if config["storage"]["backend"] == "postgresql" and not postgresql_backend_available():
         config["storage"] = {"backend": "sqlite"}
     config_file.write_text(yaml.safe_dump(config))
-    check = subprocess.run([sys.executable, "-m", "engine", "check-config", "--config",
-                            str(config_file)], capture_output=True, text=True, timeout=60)
+    check = check_config(config_file)
     assert check.returncode == 0, check.stdout + check.stderr
