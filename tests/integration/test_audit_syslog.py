@@ -89,11 +89,16 @@ def site(tmp_path: Path) -> Any:
     s.rsyslog.stop()
 
 
-def received(rsyslog: Rsyslog, want: dict[str, int], timeout: float = 30.0) -> list[Received]:
-    """Every message so far, once the repository holds at least ``want`` of each event."""
+def received(rsyslog: Rsyslog, want: dict[str, int], timeout: float = 30.0,
+             actions: dict[str, str] | None = None) -> list[Received]:
+    """Every message so far, once the repository holds at least ``want`` of each event (and,
+    for the events ``actions`` names, one with that EventActionCode)."""
     def enough(lines: list[bytes]) -> bool:
-        have = Counter(parse_syslog(line).event_id for line in lines)
-        return all(have[k] >= n for k, n in want.items())
+        got = [parse_syslog(line) for line in lines]
+        have = Counter(m.event_id for m in got)
+        acted = {(m.event_id, m.action) for m in got}
+        return all(have[k] >= n for k, n in want.items()) and \
+            all((k, a) in acted for k, a in (actions or {}).items())
     return [parse_syslog(line) for line in rsyslog.wait_for(enough, timeout)]
 
 
@@ -199,7 +204,8 @@ def test_every_event_reaches_the_repository_over_mutual_tls(
         assert http(rf, "POST", "/api/v1/routes/reload", token="s3cret") == 200
 
         got = received(site.rsyslog, {APP: 1, USER_AUTH: 3, SECURITY: 2, INSTANCES: 2,
-                                      EXPORT: 1, ORDER: 1, QUERY: 1, PROCEDURE: 1})
+                                      EXPORT: 1, ORDER: 1, QUERY: 1, PROCEDURE: 1},
+                       actions={INSTANCES: "C"})
         for msg in got:  # each one passed the schema checks in parse_syslog
             assert msg.pri == 85 and msg.msgid == "IHE+RFC-3881" and msg.app_name == "radflow"
             source = msg.root.find("AuditSourceIdentification")
