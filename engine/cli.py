@@ -325,6 +325,53 @@ def cmd_spool_verify(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# --- radflow trace KEY (one order end to end, from the store) --------------------------------
+def cmd_trace(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    configure_logging("warning", settings.logging.format)
+    from engine.dicom.vr import is_valid_uid
+    from engine.durable.store import open_store
+    from engine.durable.trace import TraceBy, trace_json
+
+    async def run() -> dict[str, Any]:
+        store = open_store(settings.storage)
+        await store.open()
+        try:
+            # Without --accession/--study/--patient: a UID is a study; anything else an
+            # accession number, and a patient ID when no order has that accession.
+            tries: list[TraceBy] = [args.by] if args.by else (
+                ["study"] if is_valid_uid(args.key) and "." in args.key
+                else ["accession", "patient"])
+            for by in tries:
+                records = await store.trace(by, args.key)
+                if not records.empty:
+                    break
+            return trace_json(by, args.key, records)
+        finally:
+            await store.close()
+
+    answer = asyncio.run(run())
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        return 0 if answer["found"] else 1
+    if not answer["found"]:
+        print(f"radflow: nothing known for {args.key!r}", file=sys.stderr)
+        return 1
+    keys = answer["keys"]
+    print(f"{answer['by']} {answer['value']}")
+    for name in ("accession_numbers", "study_instance_uids", "patient_ids",
+                 "placer_order_numbers", "filler_order_numbers"):
+        if keys[name]:
+            print(f"  {name.replace('_', ' ')}: {', '.join(keys[name])}")
+    for entry in answer["timeline"]:
+        print(f"{entry['at']:<25} {entry['kind']:<15} {entry['summary']}")
+    if answer["truncated"]:
+        print("(cut: more records than one trace shows; use a narrower key)")
+    return 0
+
+
 # --- radflow destinations list|check (reach a destination now, without the engine) ---------
 def cmd_destinations(args: argparse.Namespace) -> int:
     settings = _load(args.config)
@@ -457,6 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "recorded at intake; exit 1 when any is damaged or missing"))
     verify.add_argument("--study", metavar="UID", help="only this Study Instance UID")
     verify.set_defaults(func=cmd_spool_verify)
+    trace = with_config(sub.add_parser(
+        "trace", help="one order end to end: HL7, worklist, MPPS, instances, routes, "
+                      "deliveries as one timeline"))
+    trace.add_argument("key", help="an accession number, Study Instance UID or patient ID")
+    by = trace.add_mutually_exclusive_group()
+    for name, what in (("accession", "an accession number"), ("study", "a Study Instance UID"),
+                       ("patient", "a patient ID")):
+        by.add_argument(f"--{name}", dest="by", action="store_const", const=name,
+                        help=f"KEY is {what}")
+    trace.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
+    trace.set_defaults(func=cmd_trace, by=None)
     dests = sub.add_parser("destinations", help="configured destinations: list, or check "
                                                 "that one answers (C-ECHO, MLLP connect, GET)")
     d_sub = dests.add_subparsers(dest="action", required=True)

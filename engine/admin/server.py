@@ -35,6 +35,7 @@ from engine.admin.models import (
 )
 from engine.admin.procedure_steps import add_procedure_step_routes
 from engine.admin.queues import add_queue_routes
+from engine.admin.trace import add_trace_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.check import DestinationChecker
 from engine.egress.queues import QueueAdmin
@@ -251,6 +252,7 @@ class AdminServer:
             add_procedure_step_routes(api, self._procedure_steps)  # MPPS
         if self._destinations is not None:
             add_destination_routes(api, self._destinations)  # list and check
+        add_trace_routes(api, self._store)  # one order end to end
         self.openapi_doc = api.openapi({"title": "radflow admin API", "version": __version__},
                                        secured=bool(self._token))
         return app

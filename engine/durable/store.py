@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         RoutingCommitResult,
         RoutingPlan,
     )
+    from engine.durable.trace import TraceBy, TraceRecords
     from engine.procedure.model import (
         NewProcedureStep,
         PpsStatus,
@@ -394,6 +395,12 @@ class Store(Protocol):
         the entry is recorded with its disposition. A failure of the whole transaction raises
         :class:`~engine.errors.StorageFailure` and nothing of the batch is kept.
         """
+        ...
+
+    async def trace(self, by: TraceBy, value: str) -> TraceRecords:
+        """What the store holds for one accession number, Study Instance UID or patient ID:
+        HL7 messages, worklist items, MPPS steps, instances per study, routing groups and
+        deliveries (:mod:`engine.durable.trace`); bounded by ``TRACE_LIMIT``."""
         ...
 
     async def list_hl7_messages(self, ack_codes: Sequence[str] | None = None, limit: int = 100,

@@ -233,6 +233,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX procedure_steps_updated ON procedure_steps (updated_at);
     CREATE INDEX procedure_step_events_step ON procedure_step_events (step_id)
     """,
+    # 9: tracing one order end to end (SQL in sqlite/trace.py): instances and MPPS steps by
+    # accession number and by patient, as the worklist already is.
+    """
+    CREATE INDEX instances_accession ON instances (accession_number);
+    CREATE INDEX instances_patient ON instances (patient_id);
+    CREATE INDEX procedure_steps_accession ON procedure_steps (accession_number);
+    CREATE INDEX procedure_steps_patient ON procedure_steps (patient_id)
+    """,
 )
 
 

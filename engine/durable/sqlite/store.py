@@ -36,6 +36,7 @@ from engine.durable.sqlite import (
     retention,
     routing,
     schema,
+    trace,
     worklist,
 )
 from engine.durable.sqlite._common import connect
@@ -56,6 +57,7 @@ from engine.durable.store import (
     QueueStats,
     StoredInstance,
 )
+from engine.durable.trace import TraceBy, TraceRecords
 from engine.durable.writer_thread import LaneWriter
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
@@ -239,6 +241,9 @@ class SqliteStore:
             return await self._write(lambda c: hl7.commit_batch(c, entries, apply))
         except sqlite3.Error as exc:
             raise StorageFailure(f"HL7 journal commit failed: {exc}") from exc
+
+    async def trace(self, by: TraceBy, value: str) -> TraceRecords:
+        return await self._read(lambda c: trace.trace(c, by, value))
 
     async def list_hl7_messages(self, ack_codes: Sequence[str] | None = None, limit: int = 100,
                                 offset: int = 0) -> list[Hl7JournalRecord]:
