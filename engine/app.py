@@ -44,7 +44,7 @@ from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
-from engine.ingress.hl7.listener import MllpListener
+from engine.ingress.hl7.listener import MllpListener, SourceFilter
 from engine.observability import audit_sink
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
@@ -157,7 +157,9 @@ class Engine:
             self.dispatcher.on_delivered = self.audit.on_delivered
             self.audit.on_rows = self.dispatcher.wake
         # --- end audit trail ---
-        self.mllp = [MllpListener(cfg, self.hl7_intake) for cfg in settings.hl7.listeners]
+        sources = SourceFilter.of(settings.hl7)
+        self.mllp = [MllpListener(cfg, self.hl7_intake, sources)
+                     for cfg in settings.hl7.listeners]
         self.admin: AdminServer | None = None
         self._stop_steps: list[StopStep] = []
         self._tasks: list[asyncio.Task[None]] = []

@@ -164,9 +164,15 @@ class Hl7Listener(_Strict):
     host: str = "0.0.0.0"
     port: Port = 2575
     max_connections: int = Field(default=64, ge=1, le=10_000)
+    #: open connections one source address may hold; more are refused, so one sender (or a
+    #: scanner) cannot take every slot
+    max_connections_per_source: int = Field(default=8, ge=1, le=10_000)
+    #: a new connection must deliver its first complete message within this many seconds, or
+    #: it is closed (idle sockets must not hold slots for the whole idle timeout)
+    first_message_timeout: float = Field(default=10.0, gt=0)
     #: a message larger than this closes the connection (it is never buffered whole)
     max_message_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1024 * 1024)
-    #: a connection silent for this long is closed
+    #: an established connection silent for this long is closed
     idle_timeout: float = Field(default=300.0, gt=0)
     tls: TlsSettings | None = None
 
@@ -175,6 +181,11 @@ class Hl7Settings(_Strict):
     """HL7 v2 ingress: MLLP listeners and how radflow signs its acknowledgements."""
 
     listeners: list[Hl7Listener] = Field(default_factory=lambda: [Hl7Listener()])
+    #: addresses or networks (CIDR) allowed to connect; empty: nobody, unless
+    #: ``accept_any_source`` opens the listeners to every address
+    allowed_sources: list[HostPattern] = Field(default_factory=list)
+    #: accept HL7 from any address (a lab bench, or a firewall that already filters)
+    accept_any_source: bool = False
     #: MSH-3 / MSH-4 of radflow's ACKs
     sending_application: str = "RADFLOW"
     sending_facility: str = "RADFLOW"

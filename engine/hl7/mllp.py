@@ -14,7 +14,7 @@ listener, not this module, chooses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Final
 
 from engine.errors import InvalidInput, RadflowError
@@ -102,7 +102,7 @@ async def read_messages(
     *,
     max_message_bytes: int,
     idle_timeout: float | None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield each frame's payload from ``reader`` until a clean EOF between frames.
 
     Raises :class:`MllpUnframedData`, :class:`MllpMessageTooLarge` (detected while reading:

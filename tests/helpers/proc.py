@@ -131,7 +131,10 @@ def default_config(data_dir: Path, dicom_port: int, http_port: int) -> dict[str,
     }
     if "hl7" in Settings.model_fields:
         # Keep the MLLP listener off its well-known port, which parallel tests would share.
-        config["hl7"] = {"listeners": [{"host": HOST, "port": free_port()}]}
+        # Senders on the whole loopback network: tests that play an abusive client bind a
+        # second loopback address (127.0.0.2) so its limits do not hit the well-behaved one.
+        config["hl7"] = {"listeners": [{"host": HOST, "port": free_port()}],
+                         "allowed_sources": ["127.0.0.0/8"]}
     if "routing" in Settings.model_fields:
         # An empty routes folder of the test's own: the shipped routes/ name destinations
         # this config does not have. Tests about routing put their route files here.

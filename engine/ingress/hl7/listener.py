@@ -1,25 +1,33 @@
 """The MLLP listener: asyncio TCP (optionally TLS) server feeding :class:`Hl7Intake`.
 
-Owns connections: the connection limit, TCP_NODELAY, the idle timeout, the message-size bound
-(through ``mllp.read_messages``), one ACK per message in order, and the graceful stop (stop
-accepting, close idle connections, let a message being processed get its ACK, until the
-deadline). A framing error closes that connection with a log line; nothing half-read reaches the
-intake. It must not parse HL7 or touch the store.
+Owns connections: who may connect (``hl7.allowed_sources``; nobody when empty unless
+``accept_any_source``), the connection limits (in all and per source address), TCP_NODELAY, the
+first-message deadline (a new connection that has not delivered one complete message within
+``first_message_timeout`` is closed, so idle sockets cannot hold the slots for the whole idle
+timeout), the idle timeout of established connections, the message-size bound (through
+``mllp.read_messages``), one ACK per message in order, and the graceful stop (stop accepting,
+close idle connections, let a message being processed get its ACK, until the deadline). Every
+refused or timed-out connection is logged with its source address and counted. A framing
+error closes that connection with a log line; nothing half-read reaches the intake. It must not
+parse HL7 or touch the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 
 from engine.errors import RadflowError
 from engine.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MLLP_CONNECTION_ERRORS, MLLP_CONNECTIONS
-from engine.settings import Hl7Listener
+from engine.settings import Hl7Listener, Hl7Settings
 from engine.tls import server_ssl_context
 
 log = get_logger("engine.ingress.hl7")
@@ -34,14 +42,46 @@ class _Connection:
         self.busy = False
 
 
+class SourceFilter:
+    """Which peer addresses may connect: listed addresses and networks, or any when opened
+    explicitly. An IPv4 peer seen through an IPv6 socket (``::ffff:a.b.c.d``) is matched as
+    IPv4."""
+
+    def __init__(self, allowed: Sequence[str], accept_any: bool) -> None:
+        self.accept_any = accept_any
+        self._networks = [ipaddress.ip_network(a, strict=False) for a in allowed]
+
+    @classmethod
+    def of(cls, settings: Hl7Settings) -> SourceFilter:
+        return cls(settings.allowed_sources, settings.accept_any_source)
+
+    @property
+    def closed(self) -> bool:
+        return not self.accept_any and not self._networks
+
+    def allows(self, host: str) -> bool:
+        if self.accept_any:
+            return True
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self._networks)
+
+
 class MllpListener:
     """One MLLP listening socket and its connections."""
 
-    def __init__(self, config: Hl7Listener, intake: Hl7Intake) -> None:
+    def __init__(self, config: Hl7Listener, intake: Hl7Intake,
+                 sources: SourceFilter | None = None) -> None:
         self.config = config
         self._intake = intake
+        self._sources = sources or SourceFilter((), accept_any=False)
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _Connection] = {}
+        self._per_source: Counter[str] = Counter()
         self._stopping = False
 
     @property
@@ -52,36 +92,68 @@ class MllpListener:
         self._server = await asyncio.start_server(
             self._on_connection, self.config.host, self.config.port,
             ssl=server_ssl_context(self.config.tls) if self.config.tls else None,
+            # A TLS peer is handed over only after its handshake: bound that by the same
+            # first-message deadline, or a silent socket would wait out asyncio's 60 s.
+            ssl_handshake_timeout=self.config.first_message_timeout if self.config.tls
+            else None,
             reuse_address=True)
         log.info("ingress.hl7.listening", listener=self.config.name, host=self.config.host,
-                 port=self.config.port, tls=self.config.tls is not None)
+                 port=self.config.port, tls=self.config.tls is not None,
+                 any_source=self._sources.accept_any)
+        if self._sources.closed:
+            log.warning("ingress.hl7.no_sources_allowed", listener=self.config.name,
+                        detail="hl7.allowed_sources is empty: every connection is refused; "
+                               "list the senders' addresses (or set accept_any_source)")
+
+    def _refusal(self, host: str) -> str | None:
+        if self._stopping:
+            return "shutting_down"
+        if not self._sources.allows(host):
+            return "source_not_allowed"
+        if len(self._connections) >= self.config.max_connections:
+            return "too_many_connections"
+        if self._per_source[host] >= self.config.max_connections_per_source:
+            return "too_many_from_source"
+        return None
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
         name = self.config.name
         peer = writer.get_extra_info("peername")
         host = str(peer[0]) if peer else "?"
-        if self._stopping or len(self._connections) >= self.config.max_connections:
-            reason = "shutting_down" if self._stopping else "too_many_connections"
+        reason = self._refusal(host)
+        if reason is not None:
             MLLP_CONNECTION_ERRORS.labels(name, reason).inc()
             log.warning("ingress.hl7.connection_refused", listener=name, peer_host=host,
-                        reason=reason, open_connections=len(self._connections))
+                        reason=reason, open_connections=len(self._connections),
+                        from_source=self._per_source[host])
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
         conn = _Connection(writer, task)
         self._connections[task] = conn
+        self._per_source[host] += 1
         MLLP_CONNECTIONS.labels(name).set(len(self._connections))
         sock = writer.get_extra_info("socket")
         if sock is not None:
             # Each ACK is one small write; Nagle would hold it back for the peer's delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         log.debug("ingress.hl7.connection_opened", listener=name, peer_host=host)
+        messages = read_messages(reader, max_message_bytes=self.config.max_message_bytes,
+                                 idle_timeout=self.config.idle_timeout)
         try:
-            async for payload in read_messages(
-                    reader, max_message_bytes=self.config.max_message_bytes,
-                    idle_timeout=self.config.idle_timeout):
+            try:
+                async with asyncio.timeout(self.config.first_message_timeout):
+                    first = await anext(messages, None)
+            except TimeoutError:
+                MLLP_CONNECTION_ERRORS.labels(name, "first_message_timeout").inc()
+                log.warning("ingress.hl7.first_message_timeout", listener=name, peer_host=host,
+                            timeout=self.config.first_message_timeout)
+                return
+            if first is None:
+                return  # connected and left without a message (a port check)
+            async for payload in _chain(first, messages):
                 conn.busy = True
                 ack = await self._intake.handle(payload, host, name)
                 writer.write(frame(ack))
@@ -106,7 +178,11 @@ class MllpListener:
             log.warning("ingress.hl7.connection_error", listener=name, peer_host=host,
                         reason=exc.reason, detail=str(exc))
         finally:
+            await messages.aclose()
             self._connections.pop(task, None)
+            self._per_source[host] -= 1
+            if self._per_source[host] <= 0:
+                del self._per_source[host]
             MLLP_CONNECTIONS.labels(name).set(len(self._connections))
             writer.close()
             with contextlib.suppress(Exception):
@@ -134,3 +210,9 @@ class MllpListener:
                     await self._server.wait_closed()
             self._server = None
         log.info("ingress.hl7.stopped", listener=self.config.name)
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for payload in rest:
+        yield payload
