@@ -35,6 +35,9 @@ class InstanceStored(Event):
     listener: str
     size_bytes: int
     version: int
+    # correlation keys (engine.observability.logging.CORRELATION_KEYS) where the object has them
+    accession_number: str | None = None
+    patient_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,13 @@ class OrderReceived(Event):
     control_id: str
     peer_host: str
     listener: str
+    # correlation keys of the order(s) it carries, as the worklist mapping read them ("" when
+    # unknown; comma-separated when one message holds several orders)
+    accession_number: str = ""
+    study_instance_uid: str = ""
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    patient_id: str = ""
 
 
 # --- Modality Performed Procedure Step (engine.procedure) ------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import socket
@@ -32,7 +33,7 @@ from engine.egress.delivery import Delivery, Sender, SendOutcome, failed, find_m
 from engine.egress.errors import DeliveryError, TransientDeliveryError
 from engine.egress.policy import CircuitBreaker, CircuitState, backoff_delay, gives_up
 from engine.errors import StorageFailure
-from engine.observability.logging import get_logger
+from engine.observability.logging import CORRELATION_KEYS, correlation, get_logger
 from engine.observability.metrics import (
     DELIVERY_ATTEMPTS,
     DELIVERY_CIRCUIT_STATE,
@@ -111,6 +112,22 @@ def default_sender_factory(spool_root: Path, store: Store | None = None,
         return MppsSender(name, config)
 
     return make
+
+
+def row_keys(row: OutboxRow, *, from_payload: bool = False) -> dict[str, str]:
+    """A row's correlation keys for its log lines: the study from the row itself; with
+    ``from_payload`` (failures only: it parses the JSON) the accession and patient the payload
+    names (an instance's ``object``, a step's ``procedure_step``)."""
+    keys = correlation(study_instance_uid=row.study_instance_uid)
+    if from_payload:
+        try:
+            payload = json.loads(row.payload)
+        except ValueError:
+            return keys
+        for part in (payload.get("object"), payload.get("procedure_step")):
+            if isinstance(part, dict):
+                keys.update(correlation(**{k: part.get(k) for k in CORRELATION_KEYS}))
+    return keys
 
 
 def node_name() -> str:
@@ -394,7 +411,7 @@ class Dispatcher:
                 DELIVERY_OUTCOMES.labels(q.name, "delivered").inc()
                 log.debug(f"egress.{kind}.sent", destination=q.name, row=row.id,
                           attempt=row.attempts, seconds=round(outcome.seconds, 4),
-                          **outcome.notes)
+                          **outcome.notes, **row_keys(row))
                 continue
             text = f"{err.reason}: {err}"[:_MAX_ERROR]
             if err.reached_peer:
@@ -408,13 +425,15 @@ class Dispatcher:
                 results.append(OutboxResult(row.id, OutboxVerdict.DEAD, error=text))
                 DELIVERY_OUTCOMES.labels(q.name, "dead_letter").inc()
                 log.warning("outbox.dead_lettered", destination=q.name, row=row.id,
-                            route=row.route, attempts=row.attempts, why=why, error=text)
+                            route=row.route, attempts=row.attempts, why=why, error=text,
+                            **row_keys(row, from_payload=True))
             else:
                 delay = backoff_delay(q.policy, row.attempts, self._rng)
                 results.append(OutboxResult(row.id, OutboxVerdict.RETRY, now + delay, text))
                 DELIVERY_OUTCOMES.labels(q.name, "retry").inc()
                 log.info(f"egress.{kind}.failed", destination=q.name, row=row.id,
-                         attempt=row.attempts, retry_in=round(delay, 2), error=text)
+                         attempt=row.attempts, retry_in=round(delay, 2), error=text,
+                         **row_keys(row, from_payload=True))
         if delivered and self.on_delivered is not None:
             done = [row for row, result in zip(rows, results, strict=True)
                     if result.verdict is OutboxVerdict.DONE]

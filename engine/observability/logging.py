@@ -76,6 +76,19 @@ def _identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+#: The keys that tie one order's log lines and events together, from the HL7 order through the
+#: worklist, MPPS, the images and every delivery: ``radflow trace`` finds the same story by them.
+CORRELATION_KEYS = ("accession_number", "study_instance_uid", "placer_order_number",
+                    "filler_order_number", "patient_id")
+
+
+def correlation(**values: object) -> dict[str, str]:
+    """The correlation keys among ``values`` that are known (empty and None are left out, so
+    a line never claims an empty accession)."""
+    return {key: str(value) for key, value in values.items()
+            if key in CORRELATION_KEYS and value not in (None, "")}
+
+
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger

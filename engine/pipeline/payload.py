@@ -48,6 +48,8 @@ def object_json(stored: StoredInstance) -> dict[str, Any]:
         "transfer_syntax_uid": rec.transfer_syntax_uid,
         "study_instance_uid": rec.study_instance_uid,
         "series_instance_uid": rec.series_instance_uid,
+        # correlation keys: a failed delivery's log line names the order it belongs to
+        "accession_number": rec.accession_number, "patient_id": rec.patient_id,
     }
 
 

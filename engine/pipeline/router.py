@@ -41,7 +41,7 @@ from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.events import InstanceStored, OrderReceived, ProcedureStepEvent
 from engine.hl7.message import Hl7Message, Hl7ParseError
 from engine.morph import MorphKeys
-from engine.observability.logging import get_logger
+from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import (
     ROUTING_BATCH,
     ROUTING_ENTRIES,
@@ -240,7 +240,9 @@ class Router:
             except Exception as exc:
                 ROUTING_FAILURES.labels("unreadable_object").inc()
                 log.error("routing.instance_failed", journal_id=stored.id,
-                          sop_instance_uid=stored.record.sop_instance_uid, error=str(exc))
+                          sop_instance_uid=stored.record.sop_instance_uid, error=str(exc),
+                          **correlation(study_instance_uid=stored.record.study_instance_uid,
+                                        accession_number=stored.record.accession_number))
         for record in messages:
             plans.append(self.plan_message(ruleset, record))
         for step in steps:
@@ -387,7 +389,8 @@ class Router:
         self._announce(None)
         log.info("routing.group_fired", route=group.route, level=group.level,
                  key=group.key, reason=reason, instances=fired.instances,
-                 outbox_rows=fired.outbox_rows)
+                 outbox_rows=fired.outbox_rows,
+                 **correlation(study_instance_uid=group.study_instance_uid))
 
     def _announce(self, destinations: set[str] | None) -> None:
         """Wake the senders of ``destinations`` (None: every destination)."""

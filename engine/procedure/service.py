@@ -30,7 +30,7 @@ from engine.events import (
     ProcedureStepEvent,
     ProcedureStepStarted,
 )
-from engine.observability.logging import get_logger
+from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import MPPS_STUDIES_COMPLETE, PROCEDURE_STEPS_LINKED
 from engine.procedure.model import (
     NewProcedureStep,
@@ -47,6 +47,12 @@ from engine.worklist.model import StoredWorklistItem
 log = get_logger("engine.procedure")
 
 StudyComplete = Callable[[str], Awaitable[int]]
+
+
+def step_keys(step: ProcedureStep) -> dict[str, str]:
+    """A step's correlation keys, for every log line about it."""
+    return correlation(study_instance_uid=step.study_instance_uid,
+                       accession_number=step.accession_number, patient_id=step.patient_id)
 
 
 def now_iso() -> str:
@@ -120,8 +126,8 @@ class ProcedureStepService:
             if step.expected_instances:
                 self._watch(step, commit.missing)
                 log.info("mpps.completeness.waiting", sop_instance_uid=step.sop_instance_uid,
-                         study_instance_uid=step.study_instance_uid,
-                         expected=step.expected_instances, missing=len(commit.missing))
+                         expected=step.expected_instances, missing=len(commit.missing),
+                         **step_keys(step))
                 if not commit.missing:
                     # Every listed instance is already in the journal: complete now, off the
                     # modality's answer path.
@@ -134,18 +140,15 @@ class ProcedureStepService:
         step = commit.step
         log.info(f"mpps.{'created' if operation == 'create' else 'set'}",
                  sop_instance_uid=step.sop_instance_uid, status=step.status.value,
-                 study_instance_uid=step.study_instance_uid,
-                 accession_number=step.accession_number, calling_ae=step.calling_ae,
-                 worklist_item_ids=list(step.worklist_item_ids),
-                 worklist_updated=[s.id for s in commit.link.updates])
+                 calling_ae=step.calling_ae, worklist_item_ids=list(step.worklist_item_ids),
+                 worklist_updated=[s.id for s in commit.link.updates], **step_keys(step))
         if operation == "create" and step.unscheduled:
             log.warning("mpps.unscheduled", sop_instance_uid=step.sop_instance_uid,
-                        study_instance_uid=step.study_instance_uid,
-                        accession_number=step.accession_number, calling_ae=step.calling_ae)
+                        calling_ae=step.calling_ae, **step_keys(step))
         for item_id, status in commit.link.refused:
             log.warning("mpps.worklist_conflict", sop_instance_uid=step.sop_instance_uid,
                         worklist_item_id=item_id, worklist_status=status,
-                        mpps_status=step.status.value)
+                        mpps_status=step.status.value, **step_keys(step))
 
     def _publish(self, kind: type[ProcedureStepEvent], commit: ProcedureStepCommit,
                  **extra: int) -> None:
@@ -187,8 +190,7 @@ class ProcedureStepService:
             step = commit.step
             PROCEDURE_STEPS_LINKED.inc()
             log.info("mpps.linked_late", sop_instance_uid=step.sop_instance_uid,
-                     status=step.status.value, accession_number=step.accession_number,
-                     study_instance_uid=step.study_instance_uid,
+                     status=step.status.value, **step_keys(step),
                      worklist_item_ids=list(step.worklist_item_ids),
                      worklist_updated=[s.id for s in commit.link.updates])
             kind: type[ProcedureStepEvent] = {
@@ -236,9 +238,8 @@ class ProcedureStepService:
             if self.study_complete is not None and step.study_instance_uid:
                 fired = await self.study_complete(step.study_instance_uid)
             log.info("mpps.study_complete", sop_instance_uid=step.sop_instance_uid,
-                     study_instance_uid=step.study_instance_uid,
                      expected=step.expected_instances, received=step.expected_instances,
-                     groups_fired=fired)
+                     groups_fired=fired, **step_keys(step))
         except Exception:
             # The quiet-period timer stays as the fallback; the next start retries this step.
             log.exception("mpps.study_complete_failed", sop_instance_uid=step.sop_instance_uid)

@@ -28,7 +28,7 @@ from engine.durable.store import (
 from engine.errors import InvalidInput
 from engine.hl7.ack import AckError, Hl7ErrorCode
 from engine.hl7.message import Hl7Message, Hl7ParseError
-from engine.observability.logging import get_logger
+from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import WORKLIST_ITEMS, WORKLIST_PURGED
 from engine.status import AckCode
 from engine.worklist.mapping import WorklistMapping
@@ -241,6 +241,26 @@ def _entry(received: Hl7Received) -> Hl7JournalEntry:
                            received.raw)
 
 
+def change_keys(plan: WorklistChange | Exception | None) -> dict[str, str]:
+    """The correlation keys of a planned change: what ties the message to its order's images,
+    steps and deliveries in logs and events (several orders in one message: comma-joined)."""
+    if isinstance(plan, OrderChanges):
+        items = [o.item for o in plan.orders if o.item is not None]
+
+        def joined(values: Sequence[str]) -> str:
+            return ",".join(dict.fromkeys(v for v in values if v))
+
+        return correlation(
+            placer_order_number=joined([o.placer_order_number for o in plan.orders]),
+            filler_order_number=joined([o.filler_order_number for o in plan.orders]),
+            accession_number=joined([i.accession_number for i in items]),
+            study_instance_uid=joined([i.study_instance_uid for i in items]),
+            patient_id=joined([i.patient_id for i in items]))
+    if isinstance(plan, PatientUpdate | PatientMerge):
+        return correlation(patient_id=plan.patient.patient_id)
+    return {}
+
+
 class WorklistService:
     """The worklist of one engine."""
 
@@ -277,12 +297,13 @@ class WorklistService:
 
         results = await self.store.commit_hl7_batch([_entry(r) for r in items], apply)
         outcomes = []
-        for received, result in zip(items, results, strict=True):
+        for received, plan, result in zip(items, plans, results, strict=True):
             disp = result.disposition
             outcome = Hl7Outcome(code=disp.ack_code, errors=errors_from_json(disp.errors_json),
                                  text=disp.text, duplicate=result.duplicate,
                                  journal_id=result.journal_id,
-                                 worklist_item_ids=disp.worklist_item_ids)
+                                 worklist_item_ids=disp.worklist_item_ids,
+                                 keys=change_keys(plan))
             outcomes.append(outcome)
             msg = received.message
             # Debug: ingress.hl7.ack_sent already logs every message at info.
@@ -290,7 +311,7 @@ class WorklistService:
                      journal_id=result.journal_id, ack_code=outcome.code,
                      message_type=f"{msg.message_type}^{msg.trigger_event}" if msg else None,
                      control_id=msg.control_id if msg else None,
-                     worklist_item_ids=list(outcome.worklist_item_ids),
+                     worklist_item_ids=list(outcome.worklist_item_ids), **outcome.keys,
                      # Where and which code only: error texts may quote patient data.
                      errors=[_error_key(e) for e in outcome.errors] or None)
         return outcomes

@@ -10,7 +10,7 @@ ACK bytes or touch the store.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.errors import InvalidInput
 from engine.hl7.ack import AckError, Hl7ErrorCode
@@ -42,6 +42,9 @@ class Hl7Outcome:
     duplicate: bool
     journal_id: int | None
     worklist_item_ids: tuple[int, ...]
+    #: the order's correlation keys as the mapping read them (accession, study, placer and
+    #: filler order numbers, patient): for the log line and the event of this message
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 class UnsupportedMessage(InvalidInput):

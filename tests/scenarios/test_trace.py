@@ -141,6 +141,23 @@ def test_one_order_traced_end_to_end(radflow: RadflowFactory, dicom_dir: Path,
     assert deliveries[("status-to-ris", "ris")]["delivered"] == 2
     assert all(d["attempts"] >= d["rows"] for d in deliveries.values())
 
+    # The log lines of the order, its steps and its study carry the same correlation keys.
+    order_keys = {"accession_number": "ACC-42", "study_instance_uid": study_uid,
+                  "placer_order_number": "O-42", "filler_order_number": "F-42",
+                  "patient_id": "MRN-42"}
+    [ack] = rf.events("ingress.hl7.ack_sent", control_id="MPPS-1")
+    assert {k: ack.get(k) for k in order_keys} == order_keys
+    step_keys = {k: order_keys[k] for k in ("accession_number", "study_instance_uid",
+                                            "patient_id")}
+    for name in ("mpps.created", "mpps.set"):
+        [line] = rf.events(name, sop_instance_uid=mpps_uid)
+        assert {k: line.get(k) for k in step_keys} == step_keys, line
+    # Every line that names this study names the order's accession too, and vice versa.
+    for line in rf.logs():
+        if line.get("study_instance_uid") == study_uid or line.get("accession_number"):
+            assert line.get("accession_number") == "ACC-42", line
+            assert line.get("study_instance_uid") in (study_uid, None), line
+
     # The same story from the study and from the patient.
     status, by_study = api(rf, f"/api/v1/trace?study={study_uid}")
     assert status == 200 and by_study["timeline"] == trace["timeline"]

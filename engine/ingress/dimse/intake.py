@@ -43,7 +43,7 @@ from engine.errors import (
 )
 from engine.events import InstanceStored
 from engine.ingress.dimse.encoding import check_structure, read_keys
-from engine.observability.logging import get_logger
+from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import (
     DIMSE_BYTES_RECEIVED,
     DIMSE_DUPLICATES,
@@ -191,7 +191,7 @@ class StoreIntake:
             if result.outcome in (InstanceOutcome.IDENTICAL, InstanceOutcome.IGNORED):
                 assert result.journal_id is not None
                 self._await_original(result.journal_id)
-        self._account(req, result)
+        self._account(req, result, record)
         return result
 
     def _settle(self, record: InstanceRecord, spooled: SpooledObject,
@@ -205,7 +205,10 @@ class StoreIntake:
             return
         self._journal.watch.settle(journal_id, ok=False)
         log.error("ingress.dimse.c_store.fsync_failed", sop_instance_uid=record.sop_instance_uid,
-                  journal_id=journal_id, detail=str(sync_error))
+                  journal_id=journal_id, detail=str(sync_error),
+                  **correlation(study_instance_uid=record.study_instance_uid,
+                                accession_number=record.accession_number,
+                                patient_id=record.patient_id))
         try:
             self._bridge.call(self._journal.withdraw(journal_id, spooled.rel_path), self._timeout)
         except Exception:  # the row stays "not durable": the next start checks its file
@@ -234,11 +237,16 @@ class StoreIntake:
             transfer_syntax_uid=record.transfer_syntax_uid, calling_ae=record.calling_ae,
             called_ae=record.called_ae, peer_host=record.peer_host,
             listener=record.listener, size_bytes=record.size_bytes,
-            version=result.version)
+            version=result.version, accession_number=record.accession_number,
+            patient_id=record.patient_id)
         self._journal.mark_durable(result.journal_id, lambda: self._bus.publish(event))
 
-    def _account(self, req: ReceivedInstance, result: InstanceCommitResult) -> None:
+    def _account(self, req: ReceivedInstance, result: InstanceCommitResult,
+                 record: InstanceRecord) -> None:
         outcome = result.outcome
+        keys = correlation(study_instance_uid=record.study_instance_uid,
+                           accession_number=record.accession_number,
+                           patient_id=record.patient_id)
         if outcome in (InstanceOutcome.STORED, InstanceOutcome.NEW_VERSION):
             DIMSE_INSTANCES_RECEIVED.labels(req.listener).inc()
             DIMSE_BYTES_RECEIVED.labels(req.listener).inc(len(req.dataset))
@@ -246,11 +254,11 @@ class StoreIntake:
                 DIMSE_DUPLICATES.labels(req.listener, "new_version").inc()
                 log.info("ingress.dimse.c_store.new_version",
                          sop_instance_uid=req.sop_instance_uid, version=result.version,
-                         calling_ae=req.calling_ae)
+                         calling_ae=req.calling_ae, **keys)
             return
         DIMSE_DUPLICATES.labels(req.listener, outcome.value).inc()
         log.info("ingress.dimse.c_store.duplicate", outcome=outcome.value,
                  sop_instance_uid=req.sop_instance_uid, calling_ae=req.calling_ae,
-                 journal_id=result.journal_id)
+                 journal_id=result.journal_id, **keys)
         if outcome is InstanceOutcome.REJECTED:
             raise DuplicateRejected("SOP Instance UID already stored with other content")

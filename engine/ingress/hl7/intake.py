@@ -85,7 +85,7 @@ class Hl7Intake:
             self._bus.publish(OrderReceived(
                 occurred_at=now, journal_id=outcome.journal_id, message_type=message_type,
                 control_id=message.control_id if message else "", peer_host=peer_host,
-                listener=listener))
+                listener=listener, **outcome.keys))
         HL7_MESSAGES.labels(message_type, sent_code).inc()
         HL7_MESSAGE_SECONDS.observe(time.perf_counter() - started)
         log_fn = log.info if outcome.code == "AA" else log.warning
@@ -93,7 +93,7 @@ class Hl7Intake:
                message_type=message_type, control_id=message.control_id if message else None,
                ack_code=sent_code, duplicate=outcome.duplicate,
                reason=(outcome.errors[0].text if outcome.errors else outcome.text) or None,
-               journal_id=outcome.journal_id)
+               journal_id=outcome.journal_id, **outcome.keys)
         return ack
 
     async def _commit(self, item: Hl7Received) -> Hl7Outcome:
