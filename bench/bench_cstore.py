@@ -246,6 +246,7 @@ class Radflow(Server):
             f"      ae_title: {self.ae_title}\n"
             f"      host: {LOOPBACK}\n"
             f"      port: {self.port}\n"
+            "      accept_any_calling: true\n"
             "http:\n"
             f"  host: {LOOPBACK}\n"
             f"  port: {self.http_port}\n"

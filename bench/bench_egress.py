@@ -263,7 +263,7 @@ def radflow_config(work: Path, sink_port: int, *, dicom_port: int, http_port: in
         "storage": {"sqlite_path": str(base / "radflow.db"), "spool_dir": str(base / "spool"),
                     "min_free_mb": 1},
         "dicom": {"listeners": [{"ae_title": "RADFLOW", "host": LOOPBACK, "port": dicom_port,
-                                 "max_pdu_size": 131072}]},
+                                 "max_pdu_size": 131072, "accept_any_calling": True}]},
         "hl7": {"listeners": [{"host": LOOPBACK, "port": mllp_port}]},
         "http": {"host": LOOPBACK, "port": http_port},
         "routing": {"routes_dir": str(routes), "reload_poll_seconds": 0},

@@ -114,7 +114,8 @@ def start_radflow(work: Path) -> tuple[object, int]:
     cfg = work / "radflow.yaml"
     cfg.write_text(
         f"storage: {{sqlite_path: {work / 'radflow.db'}, spool_dir: {work / 'spool'}}}\n"
-        f"dicom: {{listeners: [{{name: main, host: {LOOPBACK}, port: {dicom}}}]}}\n"
+        f"dicom: {{listeners: [{{name: main, host: {LOOPBACK}, port: {dicom}, "
+        "accept_any_calling: true}]}\n"
         f"hl7: {{listeners: [{{name: mllp, host: {LOOPBACK}, port: {mllp}}}]}}\n"
         f"http: {{host: {LOOPBACK}, port: {http}}}\n"
         "logging: {level: warning}\n"

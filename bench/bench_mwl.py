@@ -312,7 +312,8 @@ def start_radflow(work: Path, n: int) -> tuple[subprocess.Popen[bytes], int, Pat
     config = {
         "storage": {"sqlite_path": str(db), "spool_dir": str(data / "spool"), "min_free_mb": 1},
         "dicom": {"listeners": [{"ae_title": RADFLOW_AE, "host": LOOPBACK, "port": port,
-                                 "dimse_timeout": 600, "network_timeout": 600}]},
+                                 "dimse_timeout": 600, "network_timeout": 600,
+                                 "accept_any_calling": True}]},
         "hl7": {"listeners": [{"host": LOOPBACK, "port": mllp_port}]},
         "http": {"host": LOOPBACK, "port": http_port},
         "worklist": {"find_limit": 100_000, "retention_days": 0,

@@ -93,7 +93,12 @@ def _config(base: Path, ports: dict[str, int], pacs_ae: str) -> dict[str, Any]:
         "site": {"name": "radflow demo"},
         "storage": {"sqlite_path": str(base / "radflow.db"), "spool_dir": str(base / "spool"),
                     "min_free_mb": 1},
-        "dicom": {"listeners": [{"ae_title": "RADFLOW", "host": HOST, "port": ports["dicom"]}]},
+        "dicom": {"listeners": [{
+            "ae_title": "RADFLOW", "host": HOST, "port": ports["dicom"],
+            # The demo's own modality AEs, and DCMTK's default calling AE titles for trying
+            # storescu / echoscu / findscu against it from this machine.
+            "allowed_calling": [{"ae_title": ae, "host": HOST} for ae in
+                                ("DEMO_CT", "CT_1", "STORESCU", "ECHOSCU", "FINDSCU")]}]},
         "hl7": {"listeners": [{"host": HOST, "port": ports["mllp"]}],
                 "allowed_sources": [HOST]},
         "http": {"host": HOST, "port": ports["http"]},

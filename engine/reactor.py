@@ -12,6 +12,13 @@ It also reads each PDU with as few ``recv`` calls as possible instead of pynetdi
 ones (see :func:`_recv_exact`), and hands a P-DATA-TF PDU received in Sta6 straight to the
 DIMSE layer (see :func:`_read_pdu`).
 
+Because every byte from a peer passes through it, it also bounds what a peer can make the
+process hold: a PDU longer than radflow advertised (P-DATA-TF) or than
+:data:`MAX_ASSOCIATION_PDU` (every other PDU, and any PDU before the association is
+negotiated) is answered with an A-ABORT before a byte of its body is read, and every PDU must
+arrive whole before a deadline (the ARTIM timer before negotiation, the network timeout after):
+pynetdicom allocates whatever a header declares and reads a blocking socket with no time limit.
+
 How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
 put on its outgoing queue writes to; the association thread waits on an event that every put
 on its incoming queues sets. Both waits are bounded (``_IDLE_WAIT``) so flags set from other
@@ -34,6 +41,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +53,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from engine.observability.logging import get_logger
+from engine.observability.metrics import DIMSE_REJECTIONS
 
 log = get_logger("engine.reactor")
 
@@ -63,6 +72,40 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
+
+
+class _UserQueue(_WakingQueue):
+    """The DUL's queue of primitives for the association thread, which stops blocking readers
+    once the DUL is gone: pynetdicom's acceptor otherwise waits out the whole ACSE timeout for
+    an A-ASSOCIATE-RQ from a connection that is already closed, holding its thread (and a
+    pending-connection place) for nothing."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__(wake)
+        self.closed = False
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        # queue.Queue.get, plus the ``closed`` check: items already queued are still returned.
+        with self.not_empty:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._qsize():
+                if not block or self.closed:
+                    raise queue.Empty
+                if deadline is None:
+                    self.not_empty.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise queue.Empty
+                self.not_empty.wait(remaining)
+            item = self._get()
+            self.not_full.notify()
+            return item
+
+    def close(self) -> None:
+        with self.not_empty:
+            self.closed = True
+            self.not_empty.notify_all()
 
 
 class _Waker:
@@ -100,13 +143,16 @@ class EventDrivenAE(AE):
         return super()._create_socket(assoc, address, tls_args)
 
 
-def install(assoc: Association) -> None:
-    """Give an association, whose threads have not started yet, the event-driven loops."""
+def install(assoc: Association, listener: str | None = None) -> None:
+    """Give an association, whose threads have not started yet, the event-driven loops.
+    ``listener``: the name of the radflow listener that accepted it, for the rejection
+    counters (``None`` on radflow's own outgoing associations)."""
     dul = assoc.dul
     waker = _Waker()
     activity = threading.Event()
     dul.to_provider_queue = _WakingQueue(waker.wake)
-    dul.to_user_queue = _WakingQueue(activity.set)
+    dul.to_user_queue = _UserQueue(activity.set)
+    dul._radflow_listener = listener  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = _WakingQueue(activity.set)
     original_kill_dul = dul.kill_dul
 
@@ -148,23 +194,57 @@ def _wait_for_socket(dul: DULServiceProvider, waker: _Waker) -> None:
     waker.drain()
 
 
-def _recv_exact(transport: AssociationSocket, nr_bytes: int) -> bytearray:
-    """pynetdicom's ``AssociationSocket.recv``: ``nr_bytes`` read, or fewer if the peer closed.
+#: The longest PDU radflow reads before an association is negotiated, and the longest
+#: A-ASSOCIATE-RQ/AC, A-ASSOCIATE-RJ, A-RELEASE or A-ABORT PDU at any time (PS3.8 9.3). A
+#: request with all 128 presentation contexts a peer may propose, each with five transfer
+#: syntaxes of 64-character UIDs, is 128 * (8 + 68 + 5 * 68) = 53,248 bytes; real ones (DCMTK's
+#: storescu proposing everything it knows) are a fraction of that. A user-information item
+#: carrying a 64 KB identity token does not fit, and is refused as the abuse it almost always
+#: is. The four fixed-size PDUs are 4 bytes long.
+MAX_ASSOCIATION_PDU = 65_536
+#: The most a P-DATA-TF may hold when the local side advertised no maximum (0, "unlimited"):
+#: radflow's listeners always advertise one; this only bounds a requestor configured without.
+_UNLIMITED_PDATA = 128 * 1024 * 1024
+#: Buffers grow by at most this much ahead of the bytes actually received, so a header that
+#: declares a large (but allowed) length and then stalls costs little.
+_READ_CHUNK = 1024 * 1024
+
+# A-ABORT reasons when the source is the service provider (PS3.8 Table 9-26)
+_ABORT_REASON_NOT_SPECIFIED = 0x00
+_ABORT_INVALID_PDU_PARAMETER = 0x06
+# States in which the association is not negotiated yet (PS3.8 Table 9-10): Sta2 waits for the
+# A-ASSOCIATE-RQ, Sta13 for the transport to close after an A-ABORT or A-ASSOCIATE-RJ.
+_UNNEGOTIATED_STATES = frozenset({"Sta1", "Sta2", "Sta3", "Sta4", "Sta5", "Sta13"})
+
+
+def _recv_exact(transport: AssociationSocket, nr_bytes: int,
+                deadline: float | None = None) -> bytearray:
+    """pynetdicom's ``AssociationSocket.recv``: ``nr_bytes`` read, or fewer if the peer closed;
+    ``TimeoutError`` if ``deadline`` (``time.monotonic``) passes first.
 
     pynetdicom reads 4 KiB per ``recv`` call, so a 512 KiB CT image is 128 calls, each of which
     lets go of the GIL and must win it back from whichever thread took it meanwhile: with the
-    delivery workers busy that wait dominated intake. One buffer filled by ``recv_into`` takes
-    as few calls as the kernel's socket buffer allows."""
+    delivery workers busy that wait dominated intake. The buffer is filled by ``recv_into``
+    with as few calls as the kernel's socket buffer allows, and grows at most
+    :data:`_READ_CHUNK` ahead of what arrived."""
     sock = transport.socket
-    buf = bytearray(nr_bytes)
+    assert sock is not None
+    buf = bytearray(min(nr_bytes, _READ_CHUNK))
     got = 0
-    with memoryview(buf) as view:
-        while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)  # type: ignore[union-attr]
-            if not n:
-                break
-            got += n
-    if got < nr_bytes:
+    while got < nr_bytes:
+        if got == len(buf):
+            buf.extend(bytes(min(_READ_CHUNK, nr_bytes - got)))
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+        with memoryview(buf) as view:
+            n = sock.recv_into(view[got:], len(buf) - got)
+        if not n:
+            break
+        got += n
+    if got < len(buf):
         del buf[got:]
     return buf
 
@@ -192,22 +272,109 @@ def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
     return out
 
 
+def pdu_limit(dul: DULServiceProvider, pdu_type: int) -> int:
+    """The longest PDU of ``pdu_type`` the peer may send now: for a P-DATA-TF on a negotiated
+    association, the maximum length the local side advertised (PS3.8 D.1); otherwise
+    :data:`MAX_ASSOCIATION_PDU`."""
+    if pdu_type == 0x04 and dul.state_machine.current_state not in _UNNEGOTIATED_STATES:
+        assoc = dul.assoc
+        local = assoc.acceptor if assoc.is_acceptor else assoc.requestor
+        return int(local.maximum_length or _UNLIMITED_PDATA)
+    return MAX_ASSOCIATION_PDU
+
+
+def _read_deadline(dul: DULServiceProvider) -> float | None:
+    """When the PDU now arriving must be complete (``time.monotonic``): before negotiation the
+    ARTIM timer's end (PS3.8 9.1.5: the peer gets that long to send its A-ASSOCIATE-RQ, or to
+    close after an abort), after it the network timeout from the PDU's first byte."""
+    artim = dul.artim_timer
+    if dul.state_machine.current_state in _UNNEGOTIATED_STATES and artim.timeout is not None:
+        # ``remaining`` is the full timeout while the timer is not running (Sta3-Sta5).
+        return time.monotonic() + max(0.0, artim.remaining)
+    timeout = dul.assoc.network_timeout
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _peer_context(dul: DULServiceProvider) -> dict[str, Any]:
+    assoc = dul.assoc
+    remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    primitive = assoc.requestor.primitive
+    calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
+    return {"peer_host": str(remote.address), "calling_ae": calling,
+            "state": dul.state_machine.current_state}
+
+
+def _give_up(dul: DULServiceProvider, reason: str, abort_reason: int | None,
+             **context: Any) -> None:
+    """Refuse the rest of the connection: log and count ``reason``, send an A-ABORT (service
+    provider, ``abort_reason``) unless ``None``, and let the state machine close the transport
+    (Evt17), which ends the association (A-P-ABORT indication) or the unnegotiated
+    connection. The A-ABORT goes straight to the socket, as pynetdicom's own hard abort does:
+    the state machine has no transition for "the peer broke the PDU framing"."""
+    listener: str | None = getattr(dul, "_radflow_listener", None)
+    if listener is not None:
+        DIMSE_REJECTIONS.labels(listener, reason).inc()
+    log.warning(f"dimse.dul.{reason}", listener=listener, **_peer_context(dul), **context)
+    transport = dul.socket
+    sock = getattr(transport, "socket", None)
+    if abort_reason is not None and sock is not None:
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = abort_reason
+        with contextlib.suppress(OSError, ValueError):
+            sock.settimeout(1.0)  # ten bytes; a peer that reads nothing must not hold us
+            sock.sendall(abort_pdu.encode())
+    dul.event_queue.put("Evt17")
+    queue_ = dul.to_user_queue
+    if isinstance(queue_, _UserQueue) and dul.state_machine.current_state in _UNNEGOTIATED_STATES:
+        queue_.close()
+
+
 def _read_pdu(dul: DULServiceProvider) -> None:
-    """pynetdicom's ``DULServiceProvider._read_pdu_data``, but a P-DATA-TF PDU that arrives in
-    Sta6 (where its only action, DT-2, hands the data to DIMSE and stays in Sta6) goes to the
-    DIMSE layer at once, its fragments as views of the received buffer. pynetdicom copies a
-    PDU's bytes four times on the way (buffer, ``bytes``, PDU items, primitive) and runs the
-    state machine for it: for a CT image that is several megabytes of copying per instance on
-    the thread whose GIL time the whole association waits on. Every other PDU, a P-DATA-TF in
-    any other state, and any association with handlers bound to ``EVT_DATA_RECV`` or
-    ``EVT_PDU_RECV`` (which expect pynetdicom's objects) take pynetdicom's own path, with the
-    same events for the same failures."""
+    """pynetdicom's ``DULServiceProvider._read_pdu_data``, bounded, and with a fast path.
+
+    Bounded: the declared length is checked against :func:`pdu_limit` before any of the body
+    is read, and the whole PDU must arrive before :func:`_read_deadline`; either failure is an
+    A-ABORT (or, before negotiation on a timeout, a close, as ARTIM expiry is) with a log line
+    and a count, never a buffer of the declared size or a thread parked on a silent peer.
+
+    Fast path: a P-DATA-TF PDU that arrives in Sta6 (where its only action, DT-2, hands the
+    data to DIMSE and stays in Sta6) goes to the DIMSE layer at once, its fragments as views
+    of the received buffer. pynetdicom copies a PDU's bytes four times on the way (buffer,
+    ``bytes``, PDU items, primitive) and runs the state machine for it: for a CT image that is
+    several megabytes of copying per instance on the thread whose GIL time the whole
+    association waits on. Every other PDU, a P-DATA-TF in any other state, and any association
+    with handlers bound to ``EVT_DATA_RECV`` or ``EVT_PDU_RECV`` (which expect pynetdicom's
+    objects) take pynetdicom's own path, with the same events for the same failures."""
     transport = dul.socket
     assert transport is not None
+    sock = transport.socket
+    if sock is None:
+        dul.event_queue.put("Evt17")
+        return
+    previous_timeout = sock.gettimeout()
+    deadline = _read_deadline(dul)
     try:
-        header = transport.recv(6)
+        _read_bounded_pdu(dul, transport, deadline)
+    except TimeoutError:
+        negotiated = dul.state_machine.current_state not in _UNNEGOTIATED_STATES
+        _give_up(dul, "read_timeout",
+                 _ABORT_REASON_NOT_SPECIFIED if negotiated else None)
+        return
+    finally:
+        if transport.socket is not None:
+            with contextlib.suppress(OSError, ValueError):
+                transport.socket.settimeout(previous_timeout)
+
+
+def _read_bounded_pdu(dul: DULServiceProvider, transport: AssociationSocket,
+                      deadline: float | None) -> None:
+    try:
+        header = _recv_exact(transport, 6, deadline)
         pdu_type, _, length = _PDU_HEADER.unpack(header)
-    except (OSError, TimeoutError, struct.error):
+    except TimeoutError:
+        raise
+    except (OSError, struct.error):
         # The connection closed before a whole header: Evt17, as pynetdicom raises it.
         dul.event_queue.put("Evt17")
         return
@@ -215,9 +382,16 @@ def _read_pdu(dul: DULServiceProvider) -> None:
         log.error("dimse.dul.unknown_pdu", pdu_type=f"0x{pdu_type:02X}")
         dul.event_queue.put("Evt19")
         return
+    limit = pdu_limit(dul, pdu_type)
+    if length > limit:
+        _give_up(dul, "pdu_too_large", _ABORT_INVALID_PDU_PARAMETER,
+                 pdu_type=f"0x{pdu_type:02X}", declared_length=length, limit=limit)
+        return
     try:
-        body = transport.recv(length)
-    except (OSError, TimeoutError):
+        body = _recv_exact(transport, length, deadline)
+    except TimeoutError:
+        raise
+    except OSError:
         dul.event_queue.put("Evt17")
         return
     if len(body) != length:
@@ -250,9 +424,6 @@ def _read_pdu(dul: DULServiceProvider) -> None:
 def _run_dul(dul: DULServiceProvider, waker: _Waker) -> None:
     """pynetdicom's ``DULServiceProvider.run_reactor``, with the idle sleep replaced by a wait
     on the socket and the wake-up pair, and whole-PDU reads."""
-    if isinstance(dul.socket, AssociationSocket):
-        transport = dul.socket
-        transport.recv = lambda nr_bytes: _recv_exact(transport, nr_bytes)  # type: ignore[method-assign]
     dul._idle_timer.start()
     try:
         while True:
@@ -280,6 +451,8 @@ def _run_dul(dul: DULServiceProvider, waker: _Waker) -> None:
             dul.state_machine.do_action(event)
     finally:
         waker.close()
+        if isinstance(dul.to_user_queue, _UserQueue):
+            dul.to_user_queue.close()
 
 
 def _abort_hard(dul: DULServiceProvider) -> None:

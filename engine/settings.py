@@ -121,20 +121,39 @@ class DicomListener(_Strict):
     ae_title: AETitle = "RADFLOW"
     host: str = "0.0.0.0"
     port: Port = 11112
-    #: empty: any calling AE is accepted (the called AE title is always checked)
+    #: the calling AEs that may associate; empty: nobody, unless ``accept_any_calling``
     allowed_calling: list[CallingPeer] = Field(default_factory=list)
+    #: accept any calling AE title (the called AE title is still checked): an explicit opening,
+    #: never the result of an empty ``allowed_calling``
+    accept_any_calling: bool = False
     #: empty: identities are not asked for; otherwise an association must present one of these
     user_identities: list[UserIdentity] = Field(default_factory=list)
+    #: negotiated associations open at once; one more is refused (A-ASSOCIATE-RJ, local limit)
     max_associations: int = Field(default=16, ge=1, le=1000)
+    #: connections not yet through association negotiation (each is closed when acse_timeout
+    #: runs out); one more is closed at once. Separate from max_associations so silent or
+    #: half-open connections can never take the places of modalities that negotiate.
+    max_pending_connections: int = Field(default=64, ge=1, le=10_000)
     max_pdu_size: int = Field(default=262_144, ge=4096, le=16_777_216)
+    #: seconds a new connection has to finish its TLS handshake and send its whole
+    #: A-ASSOCIATE-RQ (the ARTIM timer); then it is closed
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)
+    #: seconds an association may stay silent, and the longest one PDU may take to arrive
+    #: once it has begun; then it is aborted
     network_timeout: float = Field(default=120.0, gt=0)
     transfer_syntaxes: list[Uid] = Field(default_factory=lambda: list(DEFAULT_TRANSFER_SYNTAXES))
     #: private or very new storage SOP classes to accept besides pynetdicom's list
     extra_storage_sop_classes: list[Uid] = Field(default_factory=list)
     #: DICOM over TLS (PS3.15 B.1; port 2762 by convention): this listener then speaks TLS only
     tls: TlsSettings | None = None
+
+    @model_validator(mode="after")
+    def _allow_list_or_any(self) -> DicomListener:
+        if self.accept_any_calling and self.allowed_calling:
+            raise ValueError("accept_any_calling: true makes allowed_calling meaningless: "
+                             "set one or the other")
+        return self
 
     @model_validator(mode="after")
     def _certificates_need_client_tls(self) -> DicomListener:

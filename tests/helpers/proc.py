@@ -120,6 +120,9 @@ def default_config(data_dir: Path, dicom_port: int, http_port: int) -> dict[str,
             "listeners": [{
                 "name": "main", "ae_title": "RADFLOW", "host": HOST, "port": dicom_port,
                 "acse_timeout": 10, "dimse_timeout": 20, "network_timeout": 20,
+                # Tests call from many AE titles (DCMTK's defaults, pynetdicom's, their own);
+                # those about the allow list set it and turn this off.
+                "accept_any_calling": True,
             }],
         },
         "http": {"enabled": True, "host": HOST, "port": http_port},

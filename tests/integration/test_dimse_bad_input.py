@@ -82,7 +82,7 @@ def test_wrong_called_ae_is_rejected(radflow: RadflowFactory, dicom_dir: Path) -
     assert_next_association_works(rf, dicom_dir)
 
 
-ALLOW_LIST = {"dicom": {"listeners": [{"allowed_calling": [
+ALLOW_LIST = {"dicom": {"listeners": [{"accept_any_calling": False, "allowed_calling": [
     {"ae_title": "GOODSCU", "host": "127.0.0.1"},
     {"ae_title": "REMOTESCU", "host": "10.0.0.0/8"},
 ]}]}}

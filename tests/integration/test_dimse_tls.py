@@ -54,6 +54,8 @@ def tls_radflow(radflow: Any, pki: Pki, *, client_ca: bool, acse_timeout: float 
     tls = {"cert_file": str(pki.radflow[0]), "key_file": str(pki.radflow[1])}
     if client_ca:
         tls["client_ca_file"] = str(pki.ca[0])
+    if listener.get("allowed_calling"):
+        listener.setdefault("accept_any_calling", False)
     rf: RadflowProcess = radflow({"dicom": {"listeners": [
         {"tls": tls, "acse_timeout": acse_timeout, **listener}]}})
     return rf

@@ -46,6 +46,7 @@ _RJ_CALLING_AE = (0x01, 0x01, 0x03)
 _RJ_CALLED_AE = (0x01, 0x01, 0x07)
 _RJ_NO_REASON = (0x01, 0x01, 0x01)
 _RJ_CONGESTION = (0x02, 0x03, 0x01)
+_RJ_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 # A-ASSOCIATE-AC presentation context results, PS3.8 9.3.3.2
 _CONTEXT_RESULTS = {0x01: "user_rejection", 0x02: "no_reason",
                     0x03: "abstract_syntax_not_supported",
@@ -55,11 +56,21 @@ _MAX_LOGGED_CONTEXTS = 16
 
 @dataclass
 class ListenerPolicy:
-    """Who may associate with one listener, and the bookkeeping of its open associations."""
+    """Who may associate with one listener, and the bookkeeping of its connections: the
+    pending ones (accepted, not yet negotiated), the association slots, the established ones.
+
+    Two budgets, because pynetdicom has one: it counts every connection against
+    ``maximum_associations``, so connections that never send an A-ASSOCIATE-RQ could refuse
+    every modality. Pending connections have their own budget (``max_pending_connections``,
+    each bounded in time by the ACSE timeout); an association slot (``max_associations``) is
+    taken only by a request that passed every other check, and given back when its thread
+    ends."""
 
     config: DicomListener
     is_closing: Callable[[], bool]
     _open: set[int] = field(default_factory=set)
+    _slots: set[int] = field(default_factory=set)
+    _pending: set[object] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -75,11 +86,10 @@ class ListenerPolicy:
             return "shutting_down", _RJ_CONGESTION
         if called_ae != self.config.ae_title:
             return "called_ae_unknown", _RJ_CALLED_AE
-        allowed = self.config.allowed_calling
-        if allowed and not any(
+        if not self.config.accept_any_calling and not any(
                 _peer_matches(p.ae_title, p.host, calling_ae, host)
                 and (p.certificate is None or p.certificate.casefold() in certificate_names)
-                for p in allowed):
+                for p in self.config.allowed_calling):
             return "calling_ae_not_allowed", _RJ_CALLING_AE
         if self.config.user_identities and not has_identity:
             return "user_identity_required", _RJ_NO_REASON
@@ -98,6 +108,33 @@ class ListenerPolicy:
             if id_type == 2 and ident.passcode is not None and secondary is not None:
                 return ident.passcode.get_secret_value() == secondary.decode("utf-8", "replace")
         return False
+
+    def admit(self, connection: object) -> bool:
+        """Count a new connection as pending; ``False`` if the pending budget is spent."""
+        with self._lock:
+            if len(self._pending) >= self.config.max_pending_connections:
+                return False
+            self._pending.add(connection)
+            return True
+
+    def settle(self, connection: object) -> None:
+        """The connection is no longer pending (negotiated, refused or closed)."""
+        with self._lock:
+            self._pending.discard(connection)
+
+    def take_slot(self, assoc_id: int) -> bool:
+        """Reserve one of ``max_associations`` for an association about to be accepted."""
+        with self._lock:
+            if assoc_id in self._slots:
+                return True
+            if len(self._slots) >= self.config.max_associations:
+                return False
+            self._slots.add(assoc_id)
+            return True
+
+    def release_slot(self, assoc_id: int) -> None:
+        with self._lock:
+            self._slots.discard(assoc_id)
 
     def opened(self, assoc_id: int) -> None:
         with self._lock:
@@ -150,10 +187,26 @@ def _peer(event: Event) -> tuple[str, str, str]:
 
 
 # --- notification handlers -------------------------------------------------------------------
-def handle_conn_open(event: Event) -> None:
-    wire.set_nodelay(event.assoc)
-    reactor.install(event.assoc)
-    wire.fast_responses(event.assoc)
+def handle_conn_open(event: Event, policy: ListenerPolicy) -> None:
+    assoc = event.assoc
+    wire.set_nodelay(assoc)
+    reactor.install(assoc, policy.name)
+    wire.fast_responses(assoc)
+    connection = getattr(assoc.dul.socket, "socket", None)
+    assoc_id = id(assoc)
+    run = assoc.run
+
+    def run_then_settle() -> None:
+        # The one exit every association thread passes, whatever ended it (release, abort,
+        # ARTIM, a refused request, an exception): its pending place and slot are given back.
+        try:
+            run()
+        finally:
+            policy.settle(connection)
+            policy.release_slot(assoc_id)
+
+    # ``Thread.run`` is looked up on the instance, as reactor.install relies on too.
+    assoc.run = run_then_settle  # type: ignore[method-assign]
 
 
 def handle_requested(event: Event, policy: ListenerPolicy) -> None:
@@ -162,7 +215,9 @@ def handle_requested(event: Event, policy: ListenerPolicy) -> None:
     has_identity = event.assoc.requestor.user_identity is not None
     refusal = policy.refusal(calling, called, host, has_identity, certificate_names(event))
     if refusal is None:
-        return
+        if policy.take_slot(id(event.assoc)):
+            return
+        refusal = "too_many_associations", _RJ_LOCAL_LIMIT
     reason, (result, source, diagnostic) = refusal
     event.assoc.acse.send_reject(result, source, diagnostic)
     DIMSE_REJECTIONS.labels(policy.name, reason).inc()
@@ -177,6 +232,7 @@ def handle_requested(event: Event, policy: ListenerPolicy) -> None:
 
 
 def handle_established(event: Event, policy: ListenerPolicy) -> None:
+    policy.settle(getattr(event.assoc.dul.socket, "socket", None))
     policy.opened(id(event.assoc))
     calling, called, host = _peer(event)
     log.info("ingress.dimse.association.accepted", listener=policy.name, calling_ae=calling,
@@ -281,7 +337,7 @@ def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | Non
     return [
         *worklist,
         *procedure_steps,
-        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_CONN_OPEN, handle_conn_open, [policy]),
         (evt.EVT_REQUESTED, handle_requested, [policy]),
         (evt.EVT_USER_ID, handle_user_id, [policy]),
         (evt.EVT_ESTABLISHED, handle_established, [policy]),

@@ -58,9 +58,11 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    ae.maximum_associations = config.max_associations
+    # pynetdicom counts every connection, negotiated or not, against its limit; radflow's
+    # policy counts the two apart (ListenerPolicy), so pynetdicom's own never bites first.
+    ae.maximum_associations = config.max_associations + config.max_pending_connections
     ae.maximum_pdu_size = config.max_pdu_size
-    ae.acse_timeout = config.acse_timeout
+    ae.acse_timeout = config.acse_timeout  # also the ARTIM timer: pynetdicom sets both
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
     # Checked again in the EVT_REQUESTED policy; kept on so pynetdicom itself fails closed.
@@ -85,10 +87,28 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
 
 
 class _AssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with the TLS handshake on each connection's thread."""
+    """pynetdicom's threaded server, with the TLS handshake on each connection's thread and
+    the pending-connection budget of the listener's policy applied as connections arrive."""
 
     listener = "main"
     handshake_timeout = 30.0
+    policy: ListenerPolicy | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.policy is None or self.policy.admit(request):
+            return True
+        # Refused before any thread exists for it: socketserver closes it.
+        DIMSE_REJECTIONS.labels(self.listener, "too_many_pending").inc()
+        log.warning("ingress.dimse.connection.refused", listener=self.listener,
+                    reason="too_many_pending",
+                    limit=self.policy.config.max_pending_connections,
+                    peer_host=str(client_address[0]) if client_address else "")
+        return False
+
+    def shutdown_request(self, request: Any) -> None:
+        if self.policy is not None:
+            self.policy.settle(request)
+        super().shutdown_request(request)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -123,16 +143,18 @@ class _AssociationServer(ThreadedAssociationServer):
             return False
 
 
-def start_listener(ae: AE, config: DicomListener, evt_handlers: list[Any]
-                   ) -> _AssociationServer:
+def start_listener(ae: AE, config: DicomListener, evt_handlers: list[Any],
+                   policy: ListenerPolicy | None = None) -> _AssociationServer:
     """Start ``ae`` serving ``config`` on its own accept thread (pynetdicom's non-blocking
-    ``start_server``, with radflow's server class)."""
+    ``start_server``, with radflow's server class); ``policy``: the listener's, whose
+    pending-connection budget the server applies."""
     server = ae.make_server(
         (config.host, config.port), evt_handlers=evt_handlers,
         ssl_context=server_ssl_context(config.tls) if config.tls else None,
         server_class=_AssociationServer)
     assert isinstance(server, _AssociationServer)
     server.listener = config.name
+    server.policy = policy
     server.handshake_timeout = config.acse_timeout
     threading.Thread(target=server.serve_forever, name=f"dicom-accept-{config.name}",
                      daemon=True).start()
@@ -163,7 +185,7 @@ class DimseListeners:
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
                 start_listener, ae, config,
-                bindings(policy, self._intake, self._mwl, self._mpps))
+                bindings(policy, self._intake, self._mwl, self._mpps), policy)
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
                      host=config.host, port=config.port, tls=config.tls is not None)
