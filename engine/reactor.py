@@ -209,6 +209,18 @@ _UNLIMITED_PDATA = 128 * 1024 * 1024
 #: declares a large (but allowed) length and then stalls costs little.
 _READ_CHUNK = 1024 * 1024
 
+#: The most presentation context items an A-ASSOCIATE-RQ/AC can carry: context ids are the
+#: odd numbers 1-255 (PS3.8 9.3.2.2).
+MAX_PRESENTATION_CONTEXTS = 128
+#: The longest user information item radflow reads. What legitimately goes there is small
+#: (maximum length, implementation identity, asynchronous operations, a username and passcode -
+#: the only identities radflow checks) except role selection and extended negotiation, one
+#: sub-item per SOP class: about 10 KiB for all 128 contexts. Twice that is room enough.
+MAX_USER_INFORMATION = 32 * 1024
+#: PS3.5 9.1: a UID is at most 64 bytes.
+_MAX_UID = 64
+_UID_ITEMS = frozenset({0x10, 0x30, 0x40})  # application context, abstract and transfer syntax
+
 # A-ABORT reasons when the source is the service provider (PS3.8 Table 9-26)
 _ABORT_REASON_NOT_SPECIFIED = 0x00
 _ABORT_INVALID_PDU_PARAMETER = 0x06
@@ -272,6 +284,59 @@ def _pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
     return out
 
 
+def association_items_problem(body: bytes | bytearray) -> str | None:
+    """What is wrong with the items of an A-ASSOCIATE-RQ or -AC PDU's body, or ``None``.
+
+    pynetdicom's decoder takes an item's declared length on trust (a sub-item longer than its
+    item is read from whatever follows), accepts any number of presentation contexts and any
+    size of user information: it decoded 200 contexts and a 64 KB identity without complaint.
+    This walk checks only framing and sizes, in one pass over a body already bounded by
+    :data:`MAX_ASSOCIATION_PDU`; pynetdicom still decodes and negotiates."""
+    offset, end = 68, len(body)  # protocol version, reserved, AE titles, reserved (PS3.8 9.3.2)
+    if end < offset:
+        return "shorter than its fixed fields"
+    contexts = 0
+    while offset < end:
+        if end - offset < 4:
+            return "an item header is cut short"
+        item_type, _, length = struct.unpack_from(">BBH", body, offset)
+        start, offset = offset + 4, offset + 4 + length
+        if offset > end:
+            return f"item 0x{item_type:02X} declares {length} bytes, {end - start} are left"
+        if item_type in _UID_ITEMS and length > _MAX_UID:
+            return f"item 0x{item_type:02X} holds a UID of {length} bytes"
+        if item_type in (0x20, 0x21):
+            contexts += 1
+            if contexts > MAX_PRESENTATION_CONTEXTS:
+                return f"more than {MAX_PRESENTATION_CONTEXTS} presentation contexts"
+            problem = _sub_items_problem(body, start + 4, offset, item_type)
+        elif item_type == 0x50:
+            if length > MAX_USER_INFORMATION:
+                return f"a user information item of {length} bytes"
+            problem = _sub_items_problem(body, start, offset, item_type)
+        else:
+            problem = None
+        if problem:
+            return problem
+    return None
+
+
+def _sub_items_problem(body: bytes | bytearray, offset: int, end: int, parent: int
+                       ) -> str | None:
+    if offset > end:
+        return f"item 0x{parent:02X} is shorter than its fixed fields"
+    while offset < end:
+        if end - offset < 4:
+            return f"a sub-item header in item 0x{parent:02X} is cut short"
+        sub_type, _, length = struct.unpack_from(">BBH", body, offset)
+        offset += 4 + length
+        if offset > end:
+            return f"sub-item 0x{sub_type:02X} runs past the end of item 0x{parent:02X}"
+        if parent != 0x50 and sub_type in _UID_ITEMS and length > _MAX_UID:
+            return f"sub-item 0x{sub_type:02X} holds a UID of {length} bytes"
+    return None
+
+
 def pdu_limit(dul: DULServiceProvider, pdu_type: int) -> int:
     """The longest PDU of ``pdu_type`` the peer may send now: for a P-DATA-TF on a negotiated
     association, the maximum length the local side advertised (PS3.8 D.1); otherwise
@@ -300,8 +365,9 @@ def _peer_context(dul: DULServiceProvider) -> dict[str, Any]:
     remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
     primitive = assoc.requestor.primitive
     calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
-    return {"peer_host": str(remote.address), "calling_ae": calling,
-            "state": dul.state_machine.current_state}
+    state = dul.state_machine.current_state
+    return {"peer_host": str(remote.address), "calling_ae": calling, "state": state,
+            "negotiated": state not in _UNNEGOTIATED_STATES}
 
 
 def _give_up(dul: DULServiceProvider, reason: str, abort_reason: int | None,
@@ -324,6 +390,13 @@ def _give_up(dul: DULServiceProvider, reason: str, abort_reason: int | None,
         with contextlib.suppress(OSError, ValueError):
             sock.settimeout(1.0)  # ten bytes; a peer that reads nothing must not hold us
             sock.sendall(abort_pdu.encode())
+    _transport_closed(dul)
+
+
+def _transport_closed(dul: DULServiceProvider) -> None:
+    """Evt17, and, before negotiation, no more waiting for an A-ASSOCIATE primitive: the
+    state machine goes back to Sta1 without ending the DUL, and the association thread would
+    otherwise sit out its whole ACSE timeout on a connection that is gone."""
     dul.event_queue.put("Evt17")
     queue_ = dul.to_user_queue
     if isinstance(queue_, _UserQueue) and dul.state_machine.current_state in _UNNEGOTIATED_STATES:
@@ -350,7 +423,7 @@ def _read_pdu(dul: DULServiceProvider) -> None:
     assert transport is not None
     sock = transport.socket
     if sock is None:
-        dul.event_queue.put("Evt17")
+        _transport_closed(dul)
         return
     previous_timeout = sock.gettimeout()
     deadline = _read_deadline(dul)
@@ -376,7 +449,7 @@ def _read_bounded_pdu(dul: DULServiceProvider, transport: AssociationSocket,
         raise
     except (OSError, struct.error):
         # The connection closed before a whole header: Evt17, as pynetdicom raises it.
-        dul.event_queue.put("Evt17")
+        _transport_closed(dul)
         return
     if pdu_type not in _KNOWN_PDU_TYPES:
         log.error("dimse.dul.unknown_pdu", pdu_type=f"0x{pdu_type:02X}")
@@ -392,11 +465,17 @@ def _read_bounded_pdu(dul: DULServiceProvider, transport: AssociationSocket,
     except TimeoutError:
         raise
     except OSError:
-        dul.event_queue.put("Evt17")
+        _transport_closed(dul)
         return
     if len(body) != length:
-        dul.event_queue.put("Evt17")  # closed in the middle of the PDU
+        _transport_closed(dul)  # closed in the middle of the PDU
         return
+    if pdu_type in (0x01, 0x02):
+        problem = association_items_problem(body)
+        if problem is not None:
+            _give_up(dul, "invalid_association_pdu", _ABORT_INVALID_PDU_PARAMETER,
+                     pdu_type=f"0x{pdu_type:02X}", detail=problem)
+            return
     assoc = dul.assoc
     if (pdu_type == 0x04 and dul.state_machine.current_state == "Sta6"
             and not assoc.get_handlers(evt.EVT_DATA_RECV)

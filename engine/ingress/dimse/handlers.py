@@ -25,6 +25,7 @@ from engine import reactor
 from engine.crashpoints import crash_point
 from engine.dicom import wire
 from engine.errors import RadflowError
+from engine.ingress.dimse import guard
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
 from engine.ingress.dimse.mwl import MwlProvider, handle_find
@@ -192,6 +193,7 @@ def handle_conn_open(event: Event, policy: ListenerPolicy) -> None:
     wire.set_nodelay(assoc)
     reactor.install(assoc, policy.name)
     wire.fast_responses(assoc)
+    guard.install(assoc, policy.name)
     connection = getattr(assoc.dul.socket, "socket", None)
     assoc_id = id(assoc)
     run = assoc.run
