@@ -81,6 +81,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if problems:
         _print_problems(SettingsError(problems))
         return 1
+    for lst in settings.dicom.listeners:
+        if not lst.allowed_calling and not lst.accept_any_calling:
+            # Valid (closed is the safe default) but almost never what was meant.
+            print(f"{args.config}: warning: DICOM listener {lst.name!r} accepts no calling AE: "
+                  "list them in allowed_calling (or set accept_any_calling: true)",
+                  file=sys.stderr)
     listeners = ", ".join(f"{lst.ae_title}@{lst.host}:{lst.port}"
                           for lst in settings.dicom.listeners)
     print(f"{args.config}: OK (DICOM {listeners}; admin http://{settings.http.host}:"

@@ -254,3 +254,105 @@ def test_a_bound_pdu_handler_still_sees_every_pdata_pdu() -> None:
         assert seen.count(P_DATA_TF.__name__) == 3
     finally:
         server.shutdown()
+
+
+# --- bounds ------------------------------------------------------------------------------------
+def test_the_pynetdicom_internals_the_bounds_rely_on_are_there() -> None:
+    from pynetdicom.timer import Timer
+
+    timer = Timer(5)
+    assert timer.remaining == 5  # not started: the whole timeout
+    timer.start()
+    assert 0 < timer.remaining <= 5
+    dul = Association(AE(), "acceptor").dul
+    assert dul.artim_timer.timeout is not None
+    assert dul.state_machine.current_state == "Sta1"
+    assoc = Association(AE(), "acceptor")
+    assert assoc.acceptor.maximum_length is not None and assoc.requestor.primitive is None
+
+
+def test_a_read_past_its_deadline_raises_and_a_stalled_body_costs_one_chunk() -> None:
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"\x04\x00")
+        transport = _Transport(b)
+        with pytest.raises(TimeoutError):
+            # A declared length far beyond what arrives: the buffer never grows past a chunk.
+            reactor._recv_exact(transport, 1 << 30, time.monotonic() + 0.2)  # type: ignore[arg-type]
+        a.sendall(b"x" * 10)
+        assert reactor._recv_exact(transport, 10, time.monotonic() + 5) == b"x" * 10  # type: ignore[arg-type]
+        # More than one chunk, delivered whole.
+        payload = bytes(range(256)) * (reactor._READ_CHUNK // 256 + 3)
+        sender = threading.Thread(target=a.sendall, args=(payload,))
+        sender.start()
+        assert reactor._recv_exact(transport, len(payload), time.monotonic() + 30) == payload  # type: ignore[arg-type]
+        sender.join()
+    finally:
+        a.close()
+        b.close()
+
+
+def _rq_body(items: bytes) -> bytes:
+    return bytes(68) + items
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def _context(context_id: int, *subs: bytes) -> bytes:
+    return _item(0x20, bytes([context_id, 0, 0, 0]) + b"".join(subs))
+
+
+VERIFICATION_UID = b"1.2.840.10008.1.1"
+IMPLICIT = b"1.2.840.10008.1.2"
+
+
+@pytest.mark.parametrize(("items", "problem"), [
+    (b"", None),
+    (_context(1, _item(0x30, VERIFICATION_UID), _item(0x40, IMPLICIT))
+     + _item(0x50, _item(0x51, b"\x00\x00\x40\x00")), None),
+    (b"".join(_context(i, _item(0x30, VERIFICATION_UID)) for i in range(1, 256, 2)), None),
+    (b"".join(_context(1, _item(0x30, VERIFICATION_UID)) for _ in range(129)),
+     "more than 128 presentation contexts"),
+    (_item(0x10, b"1" * 65), "a UID of 65 bytes"),
+    (_context(1, _item(0x30, b"1" * 65)), "a UID of 65 bytes"),
+    (_context(1, struct.pack(">BBH", 0x30, 0, 200) + VERIFICATION_UID), "runs past the end"),
+    (struct.pack(">BBH", 0x20, 0, 500) + b"\x01\x00\x00\x00", "declares 500 bytes"),
+    (b"\x20\x00", "cut short"),
+    (_item(0x50, _item(0x58, bytes(33 * 1024))), "user information item of"),
+    (_item(0x20, b"\x01"), "shorter than its fixed fields"),
+], ids=["none", "one_context", "128_contexts", "129_contexts", "long_app_context",
+        "long_abstract", "sub_item_past_end", "item_past_end", "cut_header", "big_user_info",
+        "short_context"])
+def test_association_items_are_checked_for_framing_and_size(items: bytes,
+                                                            problem: str | None) -> None:
+    found = reactor.association_items_problem(_rq_body(items))
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+def test_a_closed_user_queue_stops_blocking_but_returns_what_it_holds() -> None:
+    import queue as queue_module
+
+    q = reactor._UserQueue(lambda: None)
+    q.put("a")
+    waiter_done = threading.Event()
+
+    def wait_for_more() -> None:
+        with pytest.raises(queue_module.Empty):
+            q.get(timeout=60)
+        waiter_done.set()
+
+    assert q.get(timeout=1) == "a"
+    waiter = threading.Thread(target=wait_for_more)
+    waiter.start()
+    q.close()
+    waiter.join(10)
+    assert waiter_done.is_set()
+    q.put("b")
+    assert q.get(timeout=1) == "b"  # what arrives is still delivered

@@ -197,6 +197,24 @@ def test_a_certificate_pin_needs_client_certificates(tmp_path: Path) -> None:
     assert "client_ca_file" in problem.message
 
 
+def test_a_listener_is_closed_unless_opened_explicitly(tmp_path: Path) -> None:
+    [listener] = load_settings(write(tmp_path, ""), {}).dicom.listeners
+    assert listener.allowed_calling == [] and listener.accept_any_calling is False
+    path = write(
+        tmp_path,
+        """
+        dicom:
+          listeners:
+            - name: main                  # listener
+              accept_any_calling: true
+              allowed_calling: [{ae_title: CT1}]
+    """,
+    )
+    [problem] = problems_of(path)
+    assert problem.path == "dicom.listeners[0]"
+    assert "accept_any_calling" in problem.message
+
+
 def test_a_duplicate_port_from_defaults_still_has_a_line(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -409,7 +427,10 @@ def test_check_config_applies_environment_overrides(
     # An empty config has no destinations: point routing at an empty folder, not routes/.
     clean_environment.setenv("RADFLOW_ROUTING__ROUTES_DIR", str(tmp_path))
     assert main(["check-config", "--config", str(write(tmp_path, ""))]) == 0
-    assert "RADFLOW@0.0.0.0:104" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "RADFLOW@0.0.0.0:104" in out
+    # Valid, but nobody could connect: said plainly.
+    assert "listener 'main' accepts no calling AE" in err
 
 
 # --- relative paths ------------------------------------------------------------------------------
