@@ -378,6 +378,7 @@ def _give_up(dul: DULServiceProvider, reason: str, abort_reason: int | None,
     connection. The A-ABORT goes straight to the socket, as pynetdicom's own hard abort does:
     the state machine has no transition for "the peer broke the PDU framing"."""
     listener: str | None = getattr(dul, "_radflow_listener", None)
+    dul._radflow_refused = reason  # type: ignore[attr-defined]
     if listener is not None:
         DIMSE_REJECTIONS.labels(listener, reason).inc()
     log.warning(f"dimse.dul.{reason}", listener=listener, **_peer_context(dul), **context)
@@ -503,6 +504,15 @@ def _read_bounded_pdu(dul: DULServiceProvider, transport: AssociationSocket,
 def _run_dul(dul: DULServiceProvider, waker: _Waker) -> None:
     """pynetdicom's ``DULServiceProvider.run_reactor``, with the idle sleep replaced by a wait
     on the socket and the wake-up pair, and whole-PDU reads."""
+    sock = getattr(dul.socket, "socket", None)
+    if sock is not None and sock.gettimeout() is None:
+        # Each PDU read sets its own deadline as the socket's timeout. Starting from a timeout
+        # rather than none keeps the descriptor non-blocking throughout: switching it while
+        # another thread sends a response (engine.dicom.wire writes them from the
+        # association thread) would make that blocking send fail with EAGAIN. Sends are then
+        # bounded by the network timeout too.
+        with contextlib.suppress(OSError):
+            sock.settimeout(dul.assoc.network_timeout or dul.assoc.acse_timeout or 60.0)
     dul._idle_timer.start()
     try:
         while True:

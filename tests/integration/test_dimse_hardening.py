@@ -312,15 +312,19 @@ def test_a_64_kb_user_information_item_is_refused(radflow: RadflowFactory) -> No
 
 
 # --- 2. deadlines and places ----------------------------------------------------------------
-@pytest.mark.parametrize("sent", [b"\x01", b"\xff" * 10, b"\x01\x00\x00\x00\x01\x00\x00"],
-                         ids=["one_byte", "ten_ff", "partial_body"])
+@pytest.mark.parametrize("sent", [b"", b"\x01", b"\xff" * 10, b"\x01\x00\x00\x00\x01\x00\x00"],
+                         ids=["nothing", "one_byte", "ten_ff", "partial_body"])
 def test_a_stalled_connection_is_closed_at_the_acse_deadline(radflow: RadflowFactory,
                                                              sent: bytes) -> None:
     rf = radflow({"dicom": {"listeners": [{"acse_timeout": 2}]}})
     with raw_peer(rf) as peer:
         peer.send(sent)
         assert peer.closed()
-    if sent[0] != 0xFF:
+    if not sent:
+        event = rf.wait_for_event("ingress.dimse.connection.timed_out")
+        assert event["peer_host"] == HOST
+        assert rf.metric("radflow_dimse_rejections_total", reason="acse_timeout") == 1
+    elif sent[0] != 0xFF:
         event = rf.wait_for_event("dimse.dul.read_timeout")
         assert event["peer_host"] == HOST and event["negotiated"] is False
     assert_echo_works(rf)

@@ -206,9 +206,21 @@ def handle_conn_open(event: Event, policy: ListenerPolicy) -> None:
         finally:
             policy.settle(connection)
             policy.release_slot(assoc_id)
+            _note_unnegotiated_timeout(assoc, policy)
 
     # ``Thread.run`` is looked up on the instance, as reactor.install relies on too.
     assoc.run = run_then_settle  # type: ignore[method-assign]
+
+
+def _note_unnegotiated_timeout(assoc: Any, policy: ListenerPolicy) -> None:
+    """Log and count a connection closed because no A-ASSOCIATE-RQ came within the ACSE
+    timeout (ARTIM), unless the reader already logged why it gave up on it."""
+    dul = assoc.dul
+    if (assoc.requestor.primitive is None and dul.artim_timer.expired
+            and getattr(dul, "_radflow_refused", None) is None):
+        DIMSE_REJECTIONS.labels(policy.name, "acse_timeout").inc()
+        log.info("ingress.dimse.connection.timed_out", listener=policy.name,
+                 peer_host=str(assoc.requestor.address), acse_timeout=policy.config.acse_timeout)
 
 
 def handle_requested(event: Event, policy: ListenerPolicy) -> None:
