@@ -456,3 +456,32 @@ class MllpSink:
             time.sleep(0.05)
         with self._lock:
             return list(self.raw)
+
+
+class FhirServerThread:
+    """:class:`FhirServer` on an event loop of its own thread, for tests around a radflow
+    process (which are synchronous)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(FhirServer(**options).start(),
+                                                       self.loop).result(10)
+
+    def wait_for(self, key: tuple[str, str], timeout: float = 30.0,
+                 check: Callable[[dict[str, Any]], bool] = lambda r: True
+                 ) -> dict[str, Any] | None:
+        """The resource stored under ``key`` once ``check`` holds for it (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.server.resources.get(key)
+            if found is not None and check(found):
+                return found
+            time.sleep(0.1)
+        return None
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
