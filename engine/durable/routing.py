@@ -115,5 +115,7 @@ class FiredGroup:
 
 #: builds a fired group's outbox rows inside the transaction: (decision JSON, member instances
 #: that are not superseded, fire reason, group) -> rows. Pure; runs on the store's thread.
-BuildGroupRows = Callable[[str, "Sequence[StoredInstance]", str, OpenGroup],
-                          list[NewOutboxRow]]
+#: (decision, members, reason, group, study_instances): ``study_instances(uid)`` reads every
+#: durable, current instance of a study inside the same transaction (for whole-study resources)
+BuildGroupRows = Callable[[str, "Sequence[StoredInstance]", str, OpenGroup,
+                           "Callable[[str], Sequence[StoredInstance]]"], list[NewOutboxRow]]

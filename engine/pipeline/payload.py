@@ -12,13 +12,18 @@ of a DICOM payload that do not depend on the instance are serialized once (:clas
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from engine.durable.routing import OpenGroup
 from engine.durable.store import Hl7JournalRecord, NewOutboxRow, StoredInstance
+from engine.hl7.message import Hl7Message
+from engine.pipeline import fhir_resources
 from engine.rules.ruleset import Decision
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 PAYLOAD_VERSION: Final = 1
 
@@ -132,34 +137,83 @@ class PayloadCache:
         return found
 
 
+#: every instance of a study so far (the store's, inside the firing transaction)
+StudyInstances = Callable[[str], Sequence[StoredInstance]]
+#: one instance's header attributes (:data:`fhir_resources.HEADER_KEYWORDS`), None if unreadable
+HeaderOf = Callable[[StoredInstance], "Dataset | None"]
+
+
 def group_rows(decision: str, members: Sequence[StoredInstance], reason: str,
-               group: OpenGroup) -> list[NewOutboxRow]:
-    """A fired group's rows: every member to every destination, with the frozen decision."""
+               group: OpenGroup, study_instances: StudyInstances | None = None,
+               header_of: HeaderOf | None = None) -> list[NewOutboxRow]:
+    """A fired group's rows: every member to every DICOM destination, with the frozen
+    decision; one ImagingStudy per ``fhir`` destination, describing every instance of the
+    study so far (``study_instances``), so a late series updates the same resource."""
     frozen = json.loads(decision)
     trigger = {"level": group.level, "group_id": group.id, "key": group.key,
                "reason": reason, "instances": len(members)}
-    made = DicomRows.build(frozen["route"], frozen["ruleset"], frozen["destinations"],
+    fhir = [d for d in frozen["destinations"] if d.get("type") == "fhir"]
+    dicom = [d for d in frozen["destinations"] if d.get("type") != "fhir"]
+    made = DicomRows.build(frozen["route"], frozen["ruleset"], dicom,
                            frozen["morph"], frozen.get("secret_fingerprint"), trigger)
     rows: list[NewOutboxRow] = []
     for stored in members:
         rows.extend(made.rows(stored))
+    if fhir and members:
+        rows.extend(_imaging_study_rows(frozen, trigger, fhir, members, study_instances,
+                                        header_of))
     return rows
 
 
+def _imaging_study_rows(frozen: Mapping[str, Any], trigger: Mapping[str, Any],
+                        destinations: Sequence[Mapping[str, str]],
+                        members: Sequence[StoredInstance],
+                        study_instances: StudyInstances | None,
+                        header_of: HeaderOf | None) -> list[NewOutboxRow]:
+    study_uid = members[-1].record.study_instance_uid or ""
+    everything = list(study_instances(study_uid)) if study_instances and study_uid else []
+    instances = everything or list(members)
+    header = header_of(instances[0]) if header_of is not None else None
+    resource = fhir_resources.imaging_study([s.record for s in instances], header)
+    if resource is None:
+        return []
+    last = max(s.id for s in members)
+    return [NewOutboxRow(
+        destination=dest["name"], kind="fhir", source_table="instances", source_id=last,
+        route=frozen["route"],
+        payload=_dumps({"v": PAYLOAD_VERSION, "kind": "fhir", "route": frozen["route"],
+                        "ruleset": frozen["ruleset"], "trigger": dict(trigger),
+                        "destination": dict(dest), "resource": resource}),
+        study_instance_uid=study_uid or None) for dest in destinations]
+
+
 def hl7_rows(record: Hl7JournalRecord, decision: Decision, ruleset: str,
-             destination_types: Mapping[str, str], charset: str = "") -> list[NewOutboxRow]:
+             destination_types: Mapping[str, str], charset: str = "",
+             parsed: Hl7Message | None = None) -> list[NewOutboxRow]:
     """A routed message's rows. ``charset`` is the table 0211 name the message was read with
     (its MSH-18, or the site's default when MSH-18 is empty): the sender reads the journalled
-    bytes with it, so a change of the site's default later does not strand queued rows."""
+    bytes with it, so a change of the site's default later does not strand queued rows. A
+    ``fhir`` destination gets one ServiceRequest per order group of ``parsed``."""
     e = record.entry
     message = {"journal_id": record.id, "message_type": f"{e.message_type}^{e.trigger_event}",
                "control_id": e.control_id, "sending_application": e.sending_application,
                "sending_facility": e.sending_facility}
     if charset:
         message["charset"] = charset
-    rows = []
+    rows: list[NewOutboxRow] = []
+    requests = fhir_resources.service_requests(parsed) if parsed is not None else []
     for name in decision.destinations:
         dest = {"name": name, "type": destination_types.get(name, "")}
+        if dest["type"] == "fhir":
+            rows.extend(NewOutboxRow(
+                destination=name, kind="fhir", source_table="hl7_messages",
+                source_id=record.id, route=decision.route, study_instance_uid=None,
+                payload=_dumps({"v": PAYLOAD_VERSION, "kind": "fhir", "route": decision.route,
+                                "ruleset": ruleset, "trigger": {"level": decision.trigger.level},
+                                "destination": dest, "message": message,
+                                "resource": resource}))
+                for resource in requests)
+            continue
         payload = {"v": PAYLOAD_VERSION, "kind": "hl7", "route": decision.route,
                    "ruleset": ruleset, "trigger": {"level": decision.trigger.level},
                    "destination": dest, "message": message}

@@ -21,11 +21,14 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from prometheus_client import Counter
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 
 from engine.crashpoints import crash_point
 from engine.durable.routing import (
@@ -53,7 +56,7 @@ from engine.observability.metrics import (
     ROUTING_ROUTE_MATCHES,
     ROUTING_SECONDS,
 )
-from engine.pipeline import payload
+from engine.pipeline import fhir_resources, payload
 from engine.pipeline.header import read_header
 from engine.pipeline.procedure_steps import plan_procedure_step
 from engine.pipeline.rulesets import RulesManager
@@ -63,6 +66,8 @@ log = get_logger("engine.pipeline")
 
 _BATCH_MAX: Final = 256
 _REPLAY_PAGE: Final = 500
+_FHIR_TAGS: Final = frozenset(int(tag_for_keyword(k) or 0)
+                              for k in fhir_resources.HEADER_KEYWORDS)
 _GATHER_SECONDS: Final = 0.025
 _COUNTERS: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
 
@@ -312,8 +317,17 @@ class Router:
         rows = []
         for decision in decisions:
             _count(ROUTING_ROUTE_MATCHES, decision.route)
-            rows.extend(payload.hl7_rows(record, decision, ruleset.version,
-                                         ruleset.destination_types, message.charset))
+            made = payload.hl7_rows(record, decision, ruleset.version,
+                                    ruleset.destination_types, message.charset, message)
+            for name in decision.destinations:
+                if ruleset.destination_types.get(name) == "fhir" and \
+                        not any(r.destination == name for r in made):
+                    # No order group (an ADT), or one without any order number.
+                    log.warning("routing.order.no_resource", route=decision.route,
+                                destination=name, journal_id=record.id,
+                                message_type=f"{e.message_type}^{e.trigger_event}",
+                                control_id=e.control_id)
+            rows.extend(made)
         return RoutingPlan("hl7_messages", record.id, _outcome(decisions, bool(rows), False),
                            tuple(rows))
 
@@ -373,8 +387,9 @@ class Router:
 
     async def _fire(self, group: OpenGroup, reason: str) -> None:
         try:
-            fired = await self._store.fire_routing_group(group.id, reason, time.time(),
-                                                         payload.group_rows)
+            fired = await self._store.fire_routing_group(
+                group.id, reason, time.time(),
+                functools.partial(payload.group_rows, header_of=self._fhir_header))
         except Exception:
             log.exception("routing.group_fire_failed", group_id=group.id, route=group.route)
             # Try again after a quiet period rather than spinning on a failing store.
@@ -391,6 +406,17 @@ class Router:
                  key=group.key, reason=reason, instances=fired.instances,
                  outbox_rows=fired.outbox_rows,
                  **correlation(study_instance_uid=group.study_instance_uid))
+
+    def _fhir_header(self, stored: StoredInstance) -> Dataset | None:
+        """The few attributes an ImagingStudy needs beyond the journal (Study Date/Time...),
+        from one spooled file: read only when a group fires to a ``fhir`` destination."""
+        try:
+            return read_header(str(self._spool.path_of(stored.record.spool_path)),
+                               _FHIR_TAGS)
+        except Exception:
+            log.warning("routing.fhir_header_unreadable", journal_id=stored.id,
+                        study_instance_uid=stored.record.study_instance_uid)
+            return None
 
     def _announce(self, destinations: set[str] | None) -> None:
         """Wake the senders of ``destinations`` (None: every destination)."""

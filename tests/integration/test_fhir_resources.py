@@ -44,7 +44,7 @@ def order(control_id: str, control: str = "NW", status: str = "") -> bytes:
         f"MSH|^~\\&|HIS|HOSP|RADFLOW|RAD|20261125120000||ORM^O01^ORM_O01|{control_id}|P|2.5.1",
         "PID|1||PAT-F^^^HOSP^MR||Fhir^Fiona||19800101|F",
         f"ORC|{control}|PL-F^HIS|FL-F^RAD||{status}||^^^20261125083000",
-        "OBR|1|PL-F^HIS|FL-F^RAD|CTCHEST^CT Chest^LOCAL|||||||||||||||ACC-F|RP-F|||||CT",
+        "OBR|1|PL-F^HIS|FL-F^RAD|CTCHEST^CT Chest^LOCAL||||||||||||||ACC-F|RP-F||||CT",
     ]) + "\r").encode()
 
 
@@ -117,7 +117,7 @@ def test_order_messages_become_service_request_status(
     send_order(rf, order("ORD1"))
     key = ("ServiceRequest", "ACC-F")
     sent = fhir.wait_for(key)
-    assert sent is not None, rf.diagnostics()
+    assert sent is not None, (fhir.server.requests, rf._table("outbox"))
     ServiceRequest.model_validate(sent)
     assert (sent["status"], sent["intent"]) == ("active", "order")
     assert sent["subject"]["identifier"]["value"] == "PAT-F"
