@@ -62,7 +62,7 @@ def test_adt_makes_no_service_request() -> None:
 def test_an_unknown_destination_charset_is_a_configuration_error() -> None:
     settings = Settings.model_validate({"destinations": {"ris": {
         "type": "hl7", "host": "127.0.0.1", "port": 2575, "charset": "KLINGON"}}})
-    with pytest.raises(SettingsError, match="destinations.ris.charset"):
+    with pytest.raises(SettingsError, match=r"destinations\.ris\.charset"):
         destination_options(settings)
     settings = Settings.model_validate({"destinations": {"ris": {
         "type": "hl7", "host": "127.0.0.1", "port": 2575, "charset": "UTF-8",
