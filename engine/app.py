@@ -42,6 +42,7 @@ from engine.events import (
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
+from engine.ingress.dimse.qr import QrProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.ingress.hl7.listener import MllpListener, SourceFilter
@@ -49,6 +50,7 @@ from engine.observability import audit_sink
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
 from engine.observability.metrics import NODE_INFO, STORE_UP
+from engine.pipeline.qr_index import QrIndexer
 from engine.pipeline.router import Router
 from engine.pipeline.rulesets import RulesManager
 from engine.procedure.service import ProcedureStepService
@@ -116,8 +118,18 @@ class Engine:
         self.procedure_steps = ProcedureStepService(self.store, self.bus)
         mpps = MppsProvider(self.bridge, self.procedure_steps, settings.dicom.store_timeout)
         # --- end procedure steps ---
+        # --- Query/Retrieve over the spool: an index kept beside the journal, off intake ---
+        qrs = settings.query_retrieve
+        self.qr_indexer: QrIndexer | None = None
+        qr: QrProvider | None = None
+        if qrs.enabled:
+            self.qr_indexer = QrIndexer(self.store, self.spool)
+            self.bus.subscribe(InstanceStored, self.qr_indexer.on_instance_stored)
+            qr = QrProvider(self.bridge, self.store, settings.storage.spool_dir,
+                            qrs.destinations(settings.destinations), qrs.find_limit, qrs.timeout)
+        # --- end Query/Retrieve ---
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
-                                    lambda: self.bridge.closing, mwl, mpps)
+                                    lambda: self.bridge.closing, mwl, mpps, qr)
         self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room,
                                     self.bus)
         # --- routing (D3): journal -> rules -> outbox; invalid routes raise SettingsError ---
@@ -200,6 +212,9 @@ class Engine:
         self._stop_steps.append(("router", self.router.stop))
         await self.procedure_steps.start()  # rebuilds the MPPS completeness watch
         self._stop_steps.append(("procedure-steps", self.procedure_steps.stop))
+        if self.qr_indexer is not None:
+            await self.qr_indexer.start()  # catches up from its watermark in the background
+            self._stop_steps.append(("qr-indexer", self.qr_indexer.stop))
         # Delivery workers: after the stores, stopped before them (in-flight batches finish).
         await self.dispatcher.start()
         self._stop_steps.append(

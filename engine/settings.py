@@ -284,6 +284,36 @@ class WorklistSettings(_Strict):
     find_timeout: float = Field(default=10.0, gt=0)
 
 
+class MoveDestination(_Strict):
+    """A node radflow may send to when asked by C-MOVE (besides the ``dimse`` destinations)."""
+
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class QueryRetrieveSettings(_Strict):
+    """Query/Retrieve SCP (C-FIND, C-MOVE, C-GET) over the instances still in the spool."""
+
+    enabled: bool = True
+    #: Move Destinations by AE title; every ``dimse`` destination is one too (by its AE title)
+    move_destinations: list[MoveDestination] = Field(default_factory=list)
+    #: a C-FIND with more matches is refused (Out of Resources): narrow the query
+    find_limit: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: how long one index lookup may take before the request fails (seconds)
+    timeout: float = Field(default=30.0, gt=0)
+
+    def destinations(self, configured: Mapping[str, object]) -> dict[str, tuple[str, int]]:
+        """Move Destination AE title -> (host, port)."""
+        out: dict[str, tuple[str, int]] = {}
+        for dest in configured.values():
+            if isinstance(dest, DimseDestination):
+                out.setdefault(dest.ae_title, (dest.host, dest.port))
+        for move in self.move_destinations:
+            out[move.ae_title] = (move.host, move.port)
+        return out
+
+
 class RetryPolicy(_Strict):
     """How the dispatcher retries one destination (D3). Defaults keep a queue for days."""
 
@@ -559,6 +589,7 @@ class Settings(_Strict):
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    query_retrieve: QueryRetrieveSettings = Field(default_factory=QueryRetrieveSettings)
     #: named destinations; routes refer to them by name
     destinations: dict[str, Destination] = Field(default_factory=dict)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)

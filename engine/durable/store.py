@@ -20,6 +20,7 @@ from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStat
 from engine.worklist.query import Constraint
 
 if TYPE_CHECKING:
+    from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
     from engine.durable.routing import (
         BuildGroupRows,
         FiredGroup,
@@ -571,6 +572,26 @@ class Store(Protocol):
         ...
 
     async def mark_procedure_step_complete(self, step_id: int, now: str) -> bool: ...
+
+    # --- Query/Retrieve index (engine.durable.qr); SQL in sqlite/qr.py -----------------------
+    async def qr_index_watermark(self) -> int:
+        """The last journal row the Q/R index has taken in (0: none)."""
+        ...
+
+    async def qr_index(self, rows: Sequence[QrIndexRow], last_instance_id: int) -> int:
+        """Add (or replace, for a newer version) these index rows and move the watermark to
+        ``last_instance_id``, in one transaction; rows whose journal entry is gone are
+        skipped. The number written."""
+        ...
+
+    async def qr_find(self, query: QrQuery) -> list[QrRecord]:
+        """C-FIND answers at ``query.level`` (at most ``query.limit + 1``)."""
+        ...
+
+    async def qr_locate(self, query: QrQuery) -> list[QrLocated]:
+        """The instances (with their spooled files) a C-MOVE or C-GET names (at most
+        ``query.limit + 1``)."""
+        ...
 
 
 def open_store(settings: StorageSettings) -> Store:

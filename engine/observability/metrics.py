@@ -190,6 +190,25 @@ MWL_FIND_REQUESTS = Counter(
     ["listener", "outcome"],
     registry=REGISTRY,
 )
+QR_REQUESTS = Counter(
+    "radflow_qr_requests_total",
+    "Query/Retrieve requests (C-FIND, C-MOVE, C-GET) over the spool, by final outcome.",
+    ["listener", "operation", "outcome"],
+    registry=REGISTRY,
+)
+QR_SECONDS = Histogram(
+    "radflow_qr_seconds",
+    "Query/Retrieve: time from the request to its final answer.",
+    ["listener", "operation"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0),
+    registry=REGISTRY,
+)
+QR_INSTANCES_SENT = Counter(
+    "radflow_qr_instances_sent_total",
+    "Instances handed to C-STORE sub-operations of C-MOVE and C-GET.",
+    ["listener", "operation"],
+    registry=REGISTRY,
+)
 
 # --- routing (rules, morphs, outbox) --------------------------------------------------------
 RULES_ROUTES = Gauge(

@@ -241,6 +241,42 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX procedure_steps_accession ON procedure_steps (accession_number);
     CREATE INDEX procedure_steps_patient ON procedure_steps (patient_id)
     """,
+    # 10: the Query/Retrieve index (SQL in sqlite/qr.py): one row per current SOP Instance,
+    # gone with its journal row; the last journal row indexed.
+    """
+    CREATE TABLE qr_instances (
+        sop_instance_uid TEXT PRIMARY KEY,
+        instance_id INTEGER NOT NULL REFERENCES instances (id) ON DELETE CASCADE,
+        patient_id TEXT NOT NULL DEFAULT '',
+        patient_name TEXT NOT NULL DEFAULT '',
+        patient_birth_date TEXT NOT NULL DEFAULT '',
+        patient_sex TEXT NOT NULL DEFAULT '',
+        study_instance_uid TEXT NOT NULL DEFAULT '',
+        study_date TEXT NOT NULL DEFAULT '',
+        study_time TEXT NOT NULL DEFAULT '',
+        accession_number TEXT NOT NULL DEFAULT '',
+        study_id TEXT NOT NULL DEFAULT '',
+        study_description TEXT NOT NULL DEFAULT '',
+        referring_physician_name TEXT NOT NULL DEFAULT '',
+        series_instance_uid TEXT NOT NULL DEFAULT '',
+        series_number TEXT NOT NULL DEFAULT '',
+        series_description TEXT NOT NULL DEFAULT '',
+        modality TEXT NOT NULL DEFAULT '',
+        sop_class_uid TEXT NOT NULL DEFAULT '',
+        instance_number TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX qr_instances_instance ON qr_instances (instance_id);
+    CREATE INDEX qr_instances_patient ON qr_instances (patient_id);
+    CREATE INDEX qr_instances_name ON qr_instances (patient_name COLLATE NOCASE);
+    CREATE INDEX qr_instances_study ON qr_instances (study_instance_uid);
+    CREATE INDEX qr_instances_date ON qr_instances (study_date);
+    CREATE INDEX qr_instances_accession ON qr_instances (accession_number);
+    CREATE INDEX qr_instances_series ON qr_instances (series_instance_uid);
+    CREATE TABLE qr_index_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_instance_id INTEGER NOT NULL
+    )
+    """,
 )
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
 from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
@@ -33,6 +34,7 @@ from engine.durable.sqlite import (
     journal,
     mpps,
     outbox,
+    qr,
     retention,
     routing,
     schema,
@@ -210,6 +212,19 @@ class SqliteStore:
 
     async def count_instances(self) -> int:
         return await self._read(journal.count)
+
+    # --- Query/Retrieve index ------------------------------------------------------------------
+    async def qr_index_watermark(self) -> int:
+        return await self._read(qr.watermark)
+
+    async def qr_index(self, rows: Sequence[QrIndexRow], last_instance_id: int) -> int:
+        return await self._write(lambda c: qr.index(c, rows, last_instance_id))
+
+    async def qr_find(self, query: QrQuery) -> list[QrRecord]:
+        return await self._read(lambda c: qr.find(c, query))
+
+    async def qr_locate(self, query: QrQuery) -> list[QrLocated]:
+        return await self._read(lambda c: qr.locate(c, query))
 
     async def expired_instances(self, received_before: str, limit: int
                                 ) -> list[ExpiredInstance]:

@@ -29,6 +29,13 @@ from engine.ingress.dimse import guard
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
 from engine.ingress.dimse.mwl import MwlProvider, handle_find
+from engine.ingress.dimse.qr import (
+    FIND_SOP_CLASSES,
+    QrProvider,
+    handle_get,
+    handle_move,
+    handle_qr_find,
+)
 from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
@@ -342,14 +349,28 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
         DIMSE_STORE_SECONDS.labels(policy.name).observe(time.perf_counter() - started)
 
 
+def handle_c_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider | None,
+                  qr: QrProvider | None) -> Any:
+    """EVT_C_FIND: one handler per event, so the SOP class picks the service."""
+    if qr is not None and str(event.context.abstract_syntax) in FIND_SOP_CLASSES:
+        return handle_qr_find(event, policy, qr)
+    assert mwl is not None  # the only other C-FIND context build_ae accepts
+    return handle_find(event, policy, mwl)
+
+
 def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | None = None,
-             mpps: MppsProvider | None = None) -> list[tuple[Any, ...]]:
+             mpps: MppsProvider | None = None, qr: QrProvider | None = None
+             ) -> list[tuple[Any, ...]]:
     """Every (event, handler, arguments) binding of one listener, in one place."""
-    worklist = [(evt.EVT_C_FIND, handle_find, [policy, mwl])] if mwl is not None else []
+    worklist = [(evt.EVT_C_FIND, handle_c_find, [policy, mwl, qr])] \
+        if mwl is not None or qr is not None else []
+    query_retrieve = [(evt.EVT_C_MOVE, handle_move, [policy, qr]),
+                      (evt.EVT_C_GET, handle_get, [policy, qr])] if qr is not None else []
     procedure_steps = [(evt.EVT_N_CREATE, handle_n_create, [policy, mpps]),
                        (evt.EVT_N_SET, handle_n_set, [policy, mpps])] if mpps is not None else []
     return [
         *worklist,
+        *query_retrieve,
         *procedure_steps,
         (evt.EVT_CONN_OPEN, handle_conn_open, [policy]),
         (evt.EVT_REQUESTED, handle_requested, [policy]),

@@ -37,6 +37,7 @@ from engine.ingress.dimse.handlers import ListenerPolicy, bindings
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
+from engine.ingress.dimse.qr import FIND_SOP_CLASSES, RETRIEVE_SOP_CLASSES, QrProvider
 from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import DIMSE_REJECTIONS
@@ -51,7 +52,8 @@ _QUERY_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.84
                              "1.2.840.10008.1.2.1.99"})
 
 
-def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = False) -> AE:
+def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = False,
+             query_retrieve: bool = False) -> AE:
     """An acceptor AE with radflow's contexts, limits and identity (``worklist``: also the
     Modality Worklist Information Model - FIND; ``mpps``: also Modality Performed Procedure
     Step, N-CREATE / N-SET)."""
@@ -74,8 +76,14 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
     # echoscu proposes nothing else, so Verification always accepts it.
     ae.add_supported_context(Verification, list(dict.fromkeys([*syntaxes, ImplicitVRLittleEndian])))
     sop_classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    # query_retrieve: a C-GET requestor proposes to be the SCP of these (role selection,
+    # PS3.7 D.3.3.4); accepting both roles leaves plain C-STORE as it was.
+    roles = {"scu_role": True, "scp_role": True} if query_retrieve else {}
     for uid in [*sop_classes, *config.extra_storage_sop_classes]:
-        ae.add_supported_context(uid, syntaxes)
+        ae.add_supported_context(uid, syntaxes, **roles)
+    if query_retrieve:
+        for uid in [*FIND_SOP_CLASSES, *RETRIEVE_SOP_CLASSES]:
+            ae.add_supported_context(uid, [ts for ts in syntaxes if ts in _QUERY_SYNTAXES])
     if worklist:
         query_syntaxes = [ts for ts in syntaxes if ts in _QUERY_SYNTAXES]
         ae.add_supported_context(ModalityWorklistInformationFind, query_syntaxes)
@@ -167,12 +175,13 @@ class DimseListeners:
 
     def __init__(self, configs: list[DicomListener], intake: StoreIntake,
                  is_closing: Callable[[], bool], mwl: MwlProvider | None = None,
-                 mpps: MppsProvider | None = None) -> None:
+                 mpps: MppsProvider | None = None, qr: QrProvider | None = None) -> None:
         self._configs = configs
         self._intake = intake
         self._is_closing = is_closing
         self._mwl = mwl
         self._mpps = mpps
+        self._qr = qr
         self._servers: list[tuple[DicomListener, ThreadedAssociationServer]] = []
 
     @property
@@ -181,11 +190,12 @@ class DimseListeners:
 
     async def start(self) -> None:
         for config in self._configs:
-            ae = build_ae(config, worklist=self._mwl is not None, mpps=self._mpps is not None)
+            ae = build_ae(config, worklist=self._mwl is not None, mpps=self._mpps is not None,
+                          query_retrieve=self._qr is not None)
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
                 start_listener, ae, config,
-                bindings(policy, self._intake, self._mwl, self._mpps), policy)
+                bindings(policy, self._intake, self._mwl, self._mpps, self._qr), policy)
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
                      host=config.host, port=config.port, tls=config.tls is not None)

@@ -1,0 +1,142 @@
+"""The Query/Retrieve index in the store and the Identifier parser (no sockets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from journal_samples import record
+from pydicom.dataset import Dataset
+
+from engine.durable.qr import COLUMNS, KEYWORD_COLUMNS, QrIndexRow, QrMatch, QrQuery
+from engine.durable.sqlite import SqliteStore
+from engine.durable.store import DuplicatePolicy, InstanceCommit
+from engine.ingress.dimse.qr_query import IdentifierError, answer, parse
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "db" / "radflow.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _row(instance_id: int, **values: str) -> QrIndexRow:
+    by_keyword = {"SOPInstanceUID": f"1.2.3.{instance_id}", "StudyInstanceUID": "1.2.9",
+                  "SeriesInstanceUID": "1.2.9.1", "PatientID": "P1", "Modality": "CT",
+                  **values}
+    return QrIndexRow(instance_id, tuple(by_keyword.get(k, "") for k in KEYWORD_COLUMNS))
+
+
+async def _journal(store: SqliteStore, n: int) -> list[int]:
+    results = await store.commit_instances(
+        [InstanceCommit(record(i), DuplicatePolicy.VERSION) for i in range(1, n + 1)])
+    return [r.journal_id for r in results if r.journal_id is not None]
+
+
+async def test_study_level_aggregates_and_locate(store: SqliteStore) -> None:
+    ids = await _journal(store, 4)
+    rows = [_row(ids[0], PatientName="Doe^Jane", StudyDate="20250101"),
+            _row(ids[1], PatientName="Doe^Jane", StudyDate="20250101", Modality="SR",
+                 SeriesInstanceUID="1.2.9.2"),
+            _row(ids[2], StudyInstanceUID="1.2.8", SeriesInstanceUID="1.2.8.1",
+                 PatientName="Roe^Rick", StudyDate="20250301", PatientID="P2"),
+            _row(ids[3], StudyInstanceUID="1.2.8", SeriesInstanceUID="1.2.8.1",
+                 PatientName="Roe^Rick", StudyDate="20250301", PatientID="P2")]
+    assert await store.qr_index(rows, ids[-1]) == 4
+    assert await store.qr_index_watermark() == ids[-1]
+    found = await store.qr_find(QrQuery("STUDY", (QrMatch("patient_name", "wildcard",
+                                                          ("doe*",), fold=True),)))
+    assert len(found) == 1
+    assert found[0].values["study_instance_uid"] == "1.2.9"
+    assert (found[0].series, found[0].instances, found[0].modalities) == (2, 2, ("CT", "SR"))
+    by_date = await store.qr_find(QrQuery("STUDY", (QrMatch("study_date", "range",
+                                                            ("20250201", "")),)))
+    assert [r.values["patient_id"] for r in by_date] == ["P2"]
+    by_modality = await store.qr_find(QrQuery("STUDY", (QrMatch("modality", "modalities",
+                                                                ("SR",)),)))
+    assert [(r.values["study_instance_uid"], r.instances) for r in by_modality] == [("1.2.9", 2)]
+    located = await store.qr_locate(QrQuery("STUDY", (QrMatch("study_instance_uid", "equals",
+                                                              ("1.2.8",)),)))
+    assert [loc.sop_instance_uid for loc in located] == [f"1.2.3.{ids[2]}", f"1.2.3.{ids[3]}"]
+    assert located[0].spool_path == record(3).spool_path
+
+
+async def test_index_rows_go_with_their_journal_rows(store: SqliteStore) -> None:
+    ids = await _journal(store, 2)
+    await store.qr_index([_row(ids[0]), _row(ids[1], SOPInstanceUID="1.2.3.99")], ids[-1])
+    # as retention's delete does (its own checks aside), on another connection
+    conn = sqlite3.connect(store.path)
+    conn.execute("PRAGMA foreign_keys=ON")
+    with conn:
+        conn.execute("DELETE FROM instances WHERE id = ?", (ids[0],))
+    conn.close()
+    images = await store.qr_find(QrQuery("IMAGE"))
+    assert [r.values["sop_instance_uid"] for r in images] == ["1.2.3.99"]
+    # a row whose journal entry is already gone is not indexed at all
+    assert await store.qr_index([_row(ids[0])], ids[-1]) == 0
+
+
+async def test_find_limit_reports_one_more(store: SqliteStore) -> None:
+    ids = await _journal(store, 3)
+    await store.qr_index([_row(i, StudyInstanceUID=f"1.2.{i}") for i in ids], ids[-1])
+    assert len(await store.qr_find(QrQuery("STUDY", limit=1))) == 2
+
+
+def test_parse_matching_kinds() -> None:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = "doe*"
+    ds.StudyDate = "20250101-20250131"
+    ds.StudyInstanceUID = ["1.2.3", "1.2.4"]
+    ds.AccessionNumber = "A1"
+    ds.ModalitiesInStudy = ["CT", "MR"]
+    ds.SeriesDescription = "ignored at study level"
+    ds.PatientID = ""
+    request = parse(ds, limit=10)
+    assert request.query.level == "STUDY"
+    assert set(request.query.matches) == {
+        QrMatch("patient_name", "wildcard", ("doe*",), fold=True),
+        QrMatch("study_date", "range", ("20250101", "20250131")),
+        QrMatch("study_instance_uid", "any", ("1.2.3", "1.2.4")),
+        QrMatch("accession_number", "equals", ("A1",)),
+        QrMatch("modality", "modalities", ("CT", "MR"))}
+    assert "PatientID" in request.keys
+
+
+def test_parse_refuses_without_level_and_retrieve_of_everything() -> None:
+    ds = Dataset()
+    ds.PatientID = "P1"
+    with pytest.raises(IdentifierError):
+        parse(ds, limit=10)
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = ""
+    with pytest.raises(IdentifierError):
+        parse(ds, limit=10, retrieve=True)
+
+
+def test_answer_carries_exactly_the_requested_keys() -> None:
+    from engine.durable.qr import QrRecord
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.NumberOfStudyRelatedInstances = ""
+    ds.PatientName = ""
+    ds.OtherPatientIDsSequence = []
+    values = dict.fromkeys(COLUMNS, "")
+    record_ = QrRecord({**values, "study_instance_uid": "1.2.9", "patient_name": "Müller^J"},
+                       instances=7)
+    out = answer(parse(ds, limit=10), record_, "RADFLOW")
+    assert out.StudyInstanceUID == "1.2.9"
+    assert int(out.NumberOfStudyRelatedInstances) == 7
+    assert out.SpecificCharacterSet == "ISO_IR 192"
+    assert str(out.PatientName) == "Müller^J"
+    assert out.OtherPatientIDsSequence == []
+    assert set(out.dir()) == {"QueryRetrieveLevel", "StudyInstanceUID", "SpecificCharacterSet",
+                              "NumberOfStudyRelatedInstances", "PatientName",
+                              "OtherPatientIDsSequence"}
+    assert dataclasses.is_dataclass(record_)
