@@ -315,8 +315,9 @@ class Engine:
         return verdict.ok, verdict.describe()
 
     async def _probe_audit(self) -> tuple[bool, str]:
-        """Not ready once an audit record waited longer than ``audit.max_queue_age_minutes``
-        for the repository or the file (the record itself is kept and sent later)."""
+        """The audit queue's state; once a record waited longer than
+        ``audit.max_queue_age_minutes`` it says so, and with ``audit.readiness: fail`` radflow
+        is not ready (the record itself is kept and sent later either way)."""
         limit = self.settings.audit.max_queue_age_minutes * 60
         stats = await self.store.outbox_stats(self.audit.targets)
         now = time.time()
@@ -328,8 +329,11 @@ class Engine:
                   else "every audit record delivered")
         if dead:
             detail += f"; {dead} dead-lettered"
-        ok = not limit or oldest <= limit
-        return ok, detail if ok else f"{detail} (limit {limit:.0f} s): audit repository down?"
+        if oldest <= limit:
+            return True, detail
+        # Reported, not failed, by default: an audit repository outage must not stop intake.
+        return (self.settings.audit.readiness != "fail",
+                f"{detail} (limit {limit:.0f} s): audit repository down?")
 
     async def _drain_audit(self) -> None:
         await self.audit.stopping()

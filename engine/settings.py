@@ -508,9 +508,12 @@ class AuditSettings(_Strict):
     flush_seconds: float = Field(default=1.0, gt=0, le=60)
     #: a peer's instances of one study make one record once none came for this long (seconds)
     study_quiet_seconds: float = Field(default=5.0, gt=0, le=3600)
-    #: /readyz reports "not ready" when an audit record has waited longer than this (minutes)
-    #: for the repository or file; 0: the audit queue never makes radflow unready
-    max_queue_age_minutes: float = Field(default=60.0, ge=0)
+    #: /readyz's audit check says the repository looks down once a record has waited longer
+    #: than this (minutes) for the repository or file
+    max_queue_age_minutes: float = Field(default=60.0, gt=0)
+    #: ``report``: that check stays ok (intake goes on; the alert and the detail tell);
+    #: ``fail``: radflow reports not ready (for sites whose policy is no audit, no work)
+    readiness: Literal["report", "fail"] = "report"
     #: records held in memory between flushes while the database cannot take them
     max_buffered: int = Field(default=100_000, ge=100)
 
