@@ -83,7 +83,12 @@ class ProcedureStepService:
         for step_id in [s for s, m in self._missing.items() if not m]:
             self._spawn(self._complete(step_id))
         # Orders that arrived while radflow was down (or whose linking a crash cut short).
-        await self.link_late_orders(None)
+        try:
+            await self.link_late_orders(None)
+        except Exception:
+            # Linking is a convenience for the RIS, never a reason not to start: the next
+            # order for such a step, or the next start, tries again.
+            log.exception("mpps.link_failed", journal_id=None)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
