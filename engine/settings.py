@@ -478,6 +478,9 @@ class AuditRepository(_Destination):
     max_udp_bytes: int = Field(default=65_000, ge=480, le=65_507)
     #: an idle TLS connection is closed after this many seconds
     idle_close: float = Field(default=30.0, ge=0)
+    #: an idle worker looks for records this often; the audit trail wakes it when it queues
+    #: records, so this only paces retries and other nodes' records (and idle store reads)
+    idle_poll: float = Field(default=5.0, gt=0, le=60)
 
 
 class AuditFile(_Destination):
@@ -487,6 +490,7 @@ class AuditFile(_Destination):
     type: Literal["audit_file"] = "audit_file"
     concurrency: int = Field(default=1, ge=1, le=1)
     path: Path
+    idle_poll: float = Field(default=5.0, gt=0, le=60)
 
 
 class AuditSettings(_Strict):

@@ -296,7 +296,8 @@ class Dispatcher:
             if permit.probe:
                 q.breaker.release_probe()
             await sender.idle()
-            await q.wait(self.delivery.poll_interval)
+            await q.wait(max(self.delivery.poll_interval,
+                             getattr(q.config, "idle_poll", 0.0)))
             return
         if not permit.probe and len(rows) >= limit:
             state.prefetch = asyncio.create_task(self._lease(q, limit))
