@@ -25,12 +25,13 @@ from engine.admin.server import AdminServer
 from engine.audit.trail import AuditTrail
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
+from engine.dicom.associations import OpenAssociations
 from engine.durable.journal import JournalWriter
 from engine.durable.retention import Retention
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
 from engine.egress.check import DestinationChecker
-from engine.egress.dispatcher import Dispatcher
+from engine.egress.dispatcher import Dispatcher, default_sender_factory
 from engine.egress.queues import QueueAdmin
 from engine.events import (
     InstanceStored,
@@ -39,6 +40,7 @@ from engine.events import (
     ProcedureStepDiscontinued,
     ProcedureStepStarted,
 )
+from engine.ingress.dimse.commitment import CommitmentProvider
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
@@ -50,6 +52,7 @@ from engine.observability import audit_sink
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
 from engine.observability.metrics import NODE_INFO, STORE_UP
+from engine.pipeline.commitment import ArchiveCommitments
 from engine.pipeline.qr_index import QrIndexer
 from engine.pipeline.router import Router
 from engine.pipeline.rulesets import RulesManager
@@ -128,8 +131,19 @@ class Engine:
             qr = QrProvider(self.bridge, self.store, settings.storage.spool_dir,
                             qrs.destinations(settings.destinations), qrs.find_limit, qrs.timeout)
         # --- end Query/Retrieve ---
+        # --- Storage Commitment: requests stored, reports through the outbox ---
+        self.associations = OpenAssociations()
+        commitment: CommitmentProvider | None = None
+        self.archive_commitments: ArchiveCommitments | None = None
+        if settings.commitment.enabled:
+            commitment = CommitmentProvider(self.bridge, self.store, settings.commitment,
+                                            self.associations, settings.dicom.store_timeout)
+            self.archive_commitments = ArchiveCommitments(
+                self.store, settings.commitment.archive_destinations,
+                settings.commitment.archive_check_seconds)
+        # --- end Storage Commitment ---
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
-                                    lambda: self.bridge.closing, mwl, mpps, qr)
+                                    lambda: self.bridge.closing, mwl, mpps, qr, commitment)
         self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room,
                                     self.bus)
         # --- routing (D3): journal -> rules -> outbox; invalid routes raise SettingsError ---
@@ -152,11 +166,17 @@ class Engine:
         self.bus.subscribe(OrderReceived, self.procedure_steps.on_order_received)
         # --- delivery (D3): outbox -> per-destination workers -> senders ---
         secret = settings.routing.secret
+        morph_secret = secret.get_secret_value() if secret else None
         self.dispatcher = Dispatcher(
-            self.store, {**settings.destinations, **settings.audit.destinations()},
-            settings.delivery, settings.storage.spool_dir,
-            morph_secret=secret.get_secret_value() if secret else None)
+            self.store, {**settings.destinations, **settings.audit.destinations(),
+                         **settings.commitment.destinations()},
+            settings.delivery, settings.storage.spool_dir, morph_secret=morph_secret,
+            sender_factory=default_sender_factory(settings.storage.spool_dir, self.store,
+                                                  morph_secret, self.associations))
         self.router.on_rows = self.dispatcher.wake
+        if commitment is not None and self.archive_commitments is not None:
+            commitment.wake = self.dispatcher.wake
+            self.archive_commitments.wake = self.dispatcher.wake
         # --- end delivery ---
         # --- audit trail (IHE ATNA): an observer; its records go out through the outbox ---
         self.audit = AuditTrail(self.store, settings, socket.gethostname())
@@ -215,6 +235,9 @@ class Engine:
         if self.qr_indexer is not None:
             await self.qr_indexer.start()  # catches up from its watermark in the background
             self._stop_steps.append(("qr-indexer", self.qr_indexer.stop))
+        if self.archive_commitments is not None:
+            await self.archive_commitments.start()
+            self._stop_steps.append(("commitment-archive", self.archive_commitments.stop))
         # Delivery workers: after the stores, stopped before them (in-flight batches finish).
         await self.dispatcher.start()
         self._stop_steps.append(
@@ -239,7 +262,8 @@ class Engine:
                 http.token.get_secret_value() if http.token else None,
                 worklist=self.worklist, rules=self.rules,
                 queues=QueueAdmin(self.store, {**self.settings.destinations,
-                                               **self.settings.audit.destinations()},
+                                               **self.settings.audit.destinations(),
+                                               **self.settings.commitment.destinations()},
                                   self.dispatcher),
                 procedure_steps=self.procedure_steps,
                 destinations=DestinationChecker(self.settings.destinations,

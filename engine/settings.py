@@ -535,6 +535,64 @@ class AuditSettings(_Strict):
         return out
 
 
+class CommitmentModality(_Strict):
+    """A modality that asks radflow for Storage Commitment: where its reports go when it does
+    not keep its association open, and its own policy."""
+
+    ae_title: AETitle
+    host: str | None = None
+    port: Port | None = None
+    #: overrides ``commitment.policy`` for this calling AE
+    policy: Literal["on_receipt", "on_archive"] | None = None
+
+
+class CommitmentReports(_Destination):
+    """The outbox destination ``commitment``: N-EVENT-REPORTs to modalities (built from the
+    ``commitment`` section; not configured under ``destinations``)."""
+
+    type: Literal["commitment"] = "commitment"
+    concurrency: int = Field(default=1, ge=1, le=8)
+    calling_ae_title: AETitle = "RADFLOW"
+    modalities: list[CommitmentModality] = Field(default_factory=list)
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class CommitmentSettings(_Strict):
+    """Storage Commitment Push Model SCP: modalities ask, radflow reports later."""
+
+    enabled: bool = True
+    #: ``on_receipt``: committed once durably in radflow's journal; ``on_archive``: once the
+    #: ``archive_destinations`` confirmed every instance
+    policy: Literal["on_receipt", "on_archive"] = "on_receipt"
+    modalities: list[CommitmentModality] = Field(default_factory=list)
+    #: destinations whose delivery confirms an instance for ``on_archive`` (every one named)
+    archive_destinations: list[str] = Field(default_factory=list)
+    #: an ``on_archive`` request still unconfirmed after this long is reported as failed
+    archive_timeout_minutes: float = Field(default=60.0, gt=0)
+    #: how often waiting ``on_archive`` requests are checked (seconds)
+    archive_check_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: AE title radflow calls a modality with when it opens a new association for a report
+    calling_ae_title: AETitle = "RADFLOW"
+    timeout: float = Field(default=30.0, gt=0)
+    retry: RetryPolicy | None = None
+
+    def policy_for(self, calling_ae: str) -> Literal["on_receipt", "on_archive"]:
+        for modality in self.modalities:
+            if modality.ae_title == calling_ae and modality.policy is not None:
+                return modality.policy
+        return self.policy
+
+    def destinations(self) -> dict[str, CommitmentReports]:
+        if not self.enabled:
+            return {}
+        return {COMMITMENT_REPORTS: CommitmentReports(
+            calling_ae_title=self.calling_ae_title, modalities=self.modalities,
+            timeout=self.timeout, retry=self.retry)}
+
+
+#: outbox destination of Storage Commitment reports (reserved like the audit ones)
+COMMITMENT_REPORTS = "commitment"
+
 #: outbox destination names of the audit trail (reserved: no configured destination may use them)
 AUDIT_REPOSITORY = "audit"
 AUDIT_FILE = "audit-file"
@@ -604,13 +662,19 @@ class Settings(_Strict):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
 
     @model_validator(mode="after")
     def _audit_names(self) -> Settings:
-        reserved = {AUDIT_REPOSITORY, AUDIT_FILE} & set(self.destinations)
+        reserved = {AUDIT_REPOSITORY, AUDIT_FILE, COMMITMENT_REPORTS} & set(self.destinations)
         if reserved:
             raise ValueError(f"destination name(s) {sorted(reserved)} are reserved for the "
-                             "audit trail's queues")
+                             "audit trail's and Storage Commitment's queues")
+        unknown_archive = [n for n in self.commitment.archive_destinations
+                           if n not in self.destinations]
+        if unknown_archive:
+            raise ValueError("commitment.archive_destinations names unknown destination(s) "
+                             f"{unknown_archive}")
         unknown = [n for n in self.audit.export_destinations or [] if n not in self.destinations]
         if unknown:
             raise ValueError(f"audit.export_destinations names unknown destination(s) {unknown}")

@@ -44,6 +44,9 @@ class DimseStatus(IntEnum):
     UNABLE_TO_CALCULATE_MATCHES = 0xA701
     UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
     SUBOPERATIONS_COMPLETE_WITH_FAILURES = 0xB000
+    # Storage Commitment Failure Reasons (PS3.3 C.14.1.1) and N-ACTION statuses (PS3.7 C)
+    CLASS_INSTANCE_CONFLICT = 0x0119
+    NO_SUCH_ACTION_TYPE = 0x0123
 
 
 class AckCode(StrEnum):

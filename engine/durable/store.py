@@ -20,6 +20,7 @@ from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStat
 from engine.worklist.query import Constraint
 
 if TYPE_CHECKING:
+    from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
     from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
     from engine.durable.routing import (
         BuildGroupRows,
@@ -591,6 +592,25 @@ class Store(Protocol):
     async def qr_locate(self, query: QrQuery) -> list[QrLocated]:
         """The instances (with their spooled files) a C-MOVE or C-GET names (at most
         ``query.limit + 1``)."""
+        ...
+
+    # --- Storage Commitment (engine.durable.commitment); SQL in sqlite/commitment.py ----------
+    async def commit_commitment_request(self, request: CommitmentRequest, now: float
+                                        ) -> CommitmentResult:
+        """Record a request in ONE transaction; an ``on_receipt`` one is decided against the
+        journal there and its report queued in the outbox. A Transaction UID seen before
+        from the same AE changes nothing (``duplicate``)."""
+        ...
+
+    async def waiting_commitments(self, limit: int) -> list[tuple[int, CommitmentRequest]]:
+        """``on_archive`` requests not reported yet, oldest first."""
+        ...
+
+    async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
+                                 archive_destinations: Sequence[str], now: float
+                                 ) -> CommitmentReport | None:
+        """In ONE transaction, queue the report of a waiting ``on_archive`` request once every
+        instance is confirmed by the archive destinations (or its deadline passed)."""
         ...
 
 

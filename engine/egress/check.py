@@ -23,6 +23,7 @@ from engine.observability.logging import get_logger
 from engine.settings import (
     AuditFile,
     AuditRepository,
+    CommitmentReports,
     DicomwebDestination,
     DimseDestination,
     Hl7Destination,
@@ -79,6 +80,8 @@ def describe(name: str, config: DestinationConfig) -> DestinationInfo:
                                config.transport == "tls")
     if isinstance(config, AuditFile):
         return DestinationInfo(name, config.type, str(config.path), False)
+    if isinstance(config, CommitmentReports):
+        return DestinationInfo(name, config.type, "modalities that ask for commitment", False)
     url = config.url if isinstance(config, DicomwebDestination) else config.base_url
     return DestinationInfo(name, config.type, url, url.startswith("https:"))
 

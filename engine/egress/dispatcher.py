@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.crashpoints import crash_point
+from engine.dicom.associations import OpenAssociations
 from engine.durable.store import OutboxResult, OutboxRow, OutboxVerdict, QueueStats, Store
 from engine.egress.delivery import Delivery, Sender, SendOutcome, failed, find_morph
 from engine.egress.errors import DeliveryError, TransientDeliveryError
@@ -46,6 +47,7 @@ from engine.observability.metrics import (
 from engine.settings import (
     AuditFile,
     AuditRepository,
+    CommitmentReports,
     DeliverySettings,
     DicomwebDestination,
     DimseDestination,
@@ -58,7 +60,7 @@ from engine.settings import (
 log = get_logger("engine.egress.dispatcher")
 
 DestinationConfig = (DimseDestination | DicomwebDestination | Hl7Destination | FhirDestination
-                     | MppsDestination | AuditRepository | AuditFile)
+                     | MppsDestination | AuditRepository | AuditFile | CommitmentReports)
 #: ``(destination, rows)`` just delivered: the audit trail's hook (an observer, never fails)
 DeliveredHook = Callable[[str, Sequence[OutboxRow]], None]
 SenderFactory = Callable[[str, DestinationConfig], Sender]
@@ -73,7 +75,8 @@ _MAX_ERROR = 500
 
 
 def default_sender_factory(spool_root: Path, store: Store | None = None,
-                           morph_secret: str | None = None) -> SenderFactory:
+                           morph_secret: str | None = None,
+                           associations: OpenAssociations | None = None) -> SenderFactory:
     """The sender for each destination type (imported lazily: a site without FHIR
     destinations never imports the FHIR sender)."""
     morph = find_morph(morph_secret)
@@ -103,6 +106,10 @@ def default_sender_factory(spool_root: Path, store: Store | None = None,
             from engine.egress.syslog import SyslogSender
 
             return SyslogSender(name, config)
+        if isinstance(config, CommitmentReports):
+            from engine.egress.commitment import CommitmentSender
+
+            return CommitmentSender(name, config, associations)
         if isinstance(config, AuditFile):
             from engine.egress.syslog import AuditFileSender
 

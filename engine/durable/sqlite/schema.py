@@ -277,6 +277,23 @@ MIGRATIONS: tuple[str, ...] = (
         last_instance_id INTEGER NOT NULL
     )
     """,
+    # 11: Storage Commitment requests (SQL in sqlite/commitment.py); their reports are
+    # outbox rows (source_table 'commitment_requests').
+    """
+    CREATE TABLE commitment_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        transaction_uid TEXT NOT NULL,
+        calling_ae TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        state TEXT NOT NULL,
+        refs TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        deadline REAL,
+        reported_at REAL,
+        UNIQUE (calling_ae, transaction_uid)
+    );
+    CREATE INDEX commitment_requests_waiting ON commitment_requests (id) WHERE state = 'waiting'
+    """,
 )
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
 from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
 from engine.durable.routing import (
     BuildGroupRows,
@@ -30,6 +31,7 @@ from engine.durable.routing import (
     RoutingPlan,
 )
 from engine.durable.sqlite import (
+    commitment,
     hl7,
     journal,
     mpps,
@@ -212,6 +214,20 @@ class SqliteStore:
 
     async def count_instances(self) -> int:
         return await self._read(journal.count)
+
+    # --- Storage Commitment --------------------------------------------------------------------
+    async def commit_commitment_request(self, request: CommitmentRequest, now: float
+                                        ) -> CommitmentResult:
+        return await self._write(lambda c: commitment.commit_request(c, request, now))
+
+    async def waiting_commitments(self, limit: int) -> list[tuple[int, CommitmentRequest]]:
+        return await self._read(lambda c: commitment.waiting(c, limit))
+
+    async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
+                                 archive_destinations: Sequence[str], now: float
+                                 ) -> CommitmentReport | None:
+        return await self._write(lambda c: commitment.resolve_on_archive(
+            c, request_id, request, archive_destinations, now))
 
     # --- Query/Retrieve index ------------------------------------------------------------------
     async def qr_index_watermark(self) -> int:

@@ -26,6 +26,8 @@ from engine.crashpoints import crash_point
 from engine.dicom import wire
 from engine.errors import RadflowError
 from engine.ingress.dimse import guard
+from engine.ingress.dimse.commitment import CommitmentProvider, handle_n_action
+from engine.ingress.dimse.commitment import handle_conn_close as handle_commitment_closed
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
 from engine.ingress.dimse.mwl import MwlProvider, handle_find
@@ -359,18 +361,22 @@ def handle_c_find(event: Event, policy: ListenerPolicy, mwl: MwlProvider | None,
 
 
 def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | None = None,
-             mpps: MppsProvider | None = None, qr: QrProvider | None = None
-             ) -> list[tuple[Any, ...]]:
+             mpps: MppsProvider | None = None, qr: QrProvider | None = None,
+             commitment: CommitmentProvider | None = None) -> list[tuple[Any, ...]]:
     """Every (event, handler, arguments) binding of one listener, in one place."""
     worklist = [(evt.EVT_C_FIND, handle_c_find, [policy, mwl, qr])] \
         if mwl is not None or qr is not None else []
     query_retrieve = [(evt.EVT_C_MOVE, handle_move, [policy, qr]),
                       (evt.EVT_C_GET, handle_get, [policy, qr])] if qr is not None else []
+    storage_commitment = [(evt.EVT_N_ACTION, handle_n_action, [policy, commitment]),
+                          (evt.EVT_CONN_CLOSE, handle_commitment_closed, [commitment])] \
+        if commitment is not None else []
     procedure_steps = [(evt.EVT_N_CREATE, handle_n_create, [policy, mpps]),
                        (evt.EVT_N_SET, handle_n_set, [policy, mpps])] if mpps is not None else []
     return [
         *worklist,
         *query_retrieve,
+        *storage_commitment,
         *procedure_steps,
         (evt.EVT_CONN_OPEN, handle_conn_open, [policy]),
         (evt.EVT_REQUESTED, handle_requested, [policy]),

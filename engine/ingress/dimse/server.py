@@ -33,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from engine.dicom.audit import NODE_AUTHENTICATION
 from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from engine.ingress.dimse.commitment import STORAGE_COMMITMENT_PUSH, CommitmentProvider
 from engine.ingress.dimse.handlers import ListenerPolicy, bindings
 from engine.ingress.dimse.intake import StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider
@@ -53,7 +54,7 @@ _QUERY_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.84
 
 
 def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = False,
-             query_retrieve: bool = False) -> AE:
+             query_retrieve: bool = False, commitment: bool = False) -> AE:
     """An acceptor AE with radflow's contexts, limits and identity (``worklist``: also the
     Modality Worklist Information Model - FIND; ``mpps``: also Modality Performed Procedure
     Step, N-CREATE / N-SET)."""
@@ -81,6 +82,9 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
     roles = {"scu_role": True, "scp_role": True} if query_retrieve else {}
     for uid in [*sop_classes, *config.extra_storage_sop_classes]:
         ae.add_supported_context(uid, syntaxes, **roles)
+    if commitment:
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH,
+                                 [ts for ts in syntaxes if ts in _QUERY_SYNTAXES])
     if query_retrieve:
         for uid in [*FIND_SOP_CLASSES, *RETRIEVE_SOP_CLASSES]:
             ae.add_supported_context(uid, [ts for ts in syntaxes if ts in _QUERY_SYNTAXES])
@@ -175,13 +179,15 @@ class DimseListeners:
 
     def __init__(self, configs: list[DicomListener], intake: StoreIntake,
                  is_closing: Callable[[], bool], mwl: MwlProvider | None = None,
-                 mpps: MppsProvider | None = None, qr: QrProvider | None = None) -> None:
+                 mpps: MppsProvider | None = None, qr: QrProvider | None = None,
+                 commitment: CommitmentProvider | None = None) -> None:
         self._configs = configs
         self._intake = intake
         self._is_closing = is_closing
         self._mwl = mwl
         self._mpps = mpps
         self._qr = qr
+        self._commitment = commitment
         self._servers: list[tuple[DicomListener, ThreadedAssociationServer]] = []
 
     @property
@@ -191,11 +197,13 @@ class DimseListeners:
     async def start(self) -> None:
         for config in self._configs:
             ae = build_ae(config, worklist=self._mwl is not None, mpps=self._mpps is not None,
-                          query_retrieve=self._qr is not None)
+                          query_retrieve=self._qr is not None,
+                          commitment=self._commitment is not None)
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
                 start_listener, ae, config,
-                bindings(policy, self._intake, self._mwl, self._mpps, self._qr), policy)
+                bindings(policy, self._intake, self._mwl, self._mpps, self._qr,
+                         self._commitment), policy)
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
                      host=config.host, port=config.port, tls=config.tls is not None)

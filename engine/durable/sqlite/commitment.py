@@ -1,0 +1,136 @@
+"""SQLite SQL of Storage Commitment: outstanding requests and their reports.
+
+A request is one row (unique per calling AE and Transaction UID, so a repeated N-ACTION changes
+nothing); its report is an outbox row for the ``commitment`` destination written in the same
+transaction as the decision, so a request is never answered twice nor lost across a restart.
+Every function takes the writer's (or reader's) connection; this module must not decide which
+instances are committed (``engine.durable.commitment``) nor talk to peers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from engine.durable.commitment import (
+    COMMITMENT_DESTINATION,
+    COMMITMENT_KIND,
+    COMMITMENT_SOURCE,
+    CommitmentReport,
+    CommitmentRequest,
+    CommitmentResult,
+    decide_on_archive,
+    decide_on_receipt,
+)
+from engine.durable.sqlite._common import chunks, marks, transaction
+
+#: (request id, request) of requests waiting for their archive, oldest first
+Waiting = tuple[int, CommitmentRequest]
+
+
+def journal_classes(conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, str]:
+    """SOP Instance UID -> SOP Class UID of the current journal rows among ``uids``."""
+    found: dict[str, str] = {}
+    for chunk in chunks(list(dict.fromkeys(uids))):
+        found.update(conn.execute(
+            "SELECT sop_instance_uid, sop_class_uid FROM instances WHERE superseded = 0 AND "
+            f"sop_instance_uid IN ({marks(len(chunk))})", chunk).fetchall())
+    return found
+
+
+def _queue_report(conn: sqlite3.Connection, request_id: int, report: CommitmentReport,
+                  now: float) -> None:
+    conn.execute(
+        "INSERT INTO outbox (destination, kind, source_table, source_id, route, payload, "
+        "state, attempts, next_attempt_at, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, '', ?, 'pending', 0, ?, ?, ?)",
+        (COMMITMENT_DESTINATION, COMMITMENT_KIND, COMMITMENT_SOURCE, request_id,
+         report.payload(), now, now, now))
+    conn.execute("UPDATE commitment_requests SET state = 'reported', reported_at = ? "
+                 "WHERE id = ?", (now, request_id))
+
+
+def commit_request(conn: sqlite3.Connection, request: CommitmentRequest, now: float
+                   ) -> CommitmentResult:
+    with transaction(conn):
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO commitment_requests (transaction_uid, calling_ae, policy, "
+            "state, refs, received_at, deadline) VALUES (?, ?, ?, 'waiting', ?, ?, ?)",
+            (request.transaction_uid, request.calling_ae, request.policy,
+             json.dumps([list(r) for r in request.refs]), request.received_at,
+             request.deadline))
+        if cur.rowcount == 0:
+            row = conn.execute("SELECT id FROM commitment_requests WHERE calling_ae = ? AND "
+                               "transaction_uid = ?",
+                               (request.calling_ae, request.transaction_uid)).fetchone()
+            return CommitmentResult(int(row[0]), True, None)
+        assert cur.lastrowid is not None
+        request_id = int(cur.lastrowid)
+        if request.policy != "on_receipt":
+            return CommitmentResult(request_id, False, None)
+        report = decide_on_receipt(
+            request, journal_classes(conn, [uid for _, uid in request.refs]))
+        _queue_report(conn, request_id, report, now)
+        return CommitmentResult(request_id, False, report)
+
+
+def waiting(conn: sqlite3.Connection, limit: int) -> list[Waiting]:
+    rows = conn.execute(
+        "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline "
+        "FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT ?",
+        (limit,)).fetchall()
+    return [(int(r[0]), CommitmentRequest(
+        r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6]))
+        for r in rows]
+
+
+def _journal_ids(conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    found: dict[str, tuple[str, int]] = {}
+    for chunk in chunks(list(dict.fromkeys(uids))):
+        for uid, sop_class, journal_id in conn.execute(
+                "SELECT sop_instance_uid, sop_class_uid, id FROM instances WHERE superseded = 0 "
+                f"AND sop_instance_uid IN ({marks(len(chunk))})", chunk):
+            found[uid] = (sop_class, int(journal_id))
+    return found
+
+
+def _confirmed(conn: sqlite3.Connection, journal_ids: Sequence[int],
+               destinations: Sequence[str]) -> set[int]:
+    """Journal ids with a delivered (``done``) outbox row to every one of ``destinations`` and
+    none still undelivered."""
+    confirmed: set[int] = set()
+    wanted = len(set(destinations))
+    for chunk in chunks(list(journal_ids)):
+        rows = conn.execute(
+            "SELECT source_id, COUNT(DISTINCT destination) FROM outbox "
+            "WHERE source_table = 'instances' AND source_id IN "
+            f"({marks(len(chunk))}) AND destination IN ({marks(len(destinations))}) "
+            "GROUP BY source_id HAVING SUM(state <> 'done') = 0",
+            (*chunk, *destinations)).fetchall()
+        confirmed.update(int(r[0]) for r in rows if int(r[1]) == wanted)
+    return confirmed
+
+
+def resolve_on_archive(conn: sqlite3.Connection, request_id: int, request: CommitmentRequest,
+                       destinations: Sequence[str], now: float) -> CommitmentReport | None:
+    """Queue the report of a waiting ``on_archive`` request when every instance is confirmed
+    by ``destinations`` (or its deadline passed); None while it waits."""
+    with transaction(conn):
+        state = conn.execute("SELECT state FROM commitment_requests WHERE id = ?",
+                             (request_id,)).fetchone()
+        if state is None or state[0] != "waiting":
+            return None
+        journal = _journal_ids(conn, [uid for _, uid in request.refs])
+        confirmed = _confirmed(conn, [j for _, j in journal.values()], destinations) \
+            if destinations else set()
+        expired = request.deadline is not None and now >= request.deadline
+        report = decide_on_archive(request, journal, confirmed, expired)
+        if report is not None:
+            _queue_report(conn, request_id, report, now)
+        return report
+
+
+def count(conn: sqlite3.Connection, state: str) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM commitment_requests WHERE state = ?",
+                            (state,)).fetchone()[0])

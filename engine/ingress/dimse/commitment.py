@@ -1,0 +1,132 @@
+"""The Storage Commitment Push Model SCP handler (N-ACTION): thin and synchronous.
+
+:func:`handle_n_action` reads the Action Information (Transaction UID and the Referenced SOP
+Sequence, PS3.4 J.3.2), records the request through the one bridge (the store decides an
+``on_receipt`` request in the same transaction and queues its report in the outbox) and only
+then answers Success: the request survives a restart from that moment. The N-EVENT-REPORT goes
+later, from the dispatcher, on this association while the modality keeps it open (registered in
+:class:`~engine.dicom.associations.OpenAssociations`) or on a new one. A malformed request gets
+a named failure status. It must not hold module state, talk SQL or ``await``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from engine.bridge import LoopBridge
+from engine.dicom.associations import OpenAssociations
+from engine.dicom.vr import is_valid_uid
+from engine.durable.commitment import CommitmentRequest, CommitmentResult, SopRef
+from engine.durable.store import Store
+from engine.errors import InvalidInput, RadflowError
+from engine.observability.logging import get_logger
+from engine.settings import CommitmentSettings
+from engine.status import DimseStatus, error_comment
+
+if TYPE_CHECKING:  # handlers.py binds these handlers, so a runtime import would be circular
+    from engine.ingress.dimse.handlers import ListenerPolicy
+
+log = get_logger("engine.ingress.dimse")
+
+STORAGE_COMMITMENT_PUSH: Final = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE: Final = "1.2.840.10008.1.20.1.1"  # the well-known SOP Instance
+_REQUEST_COMMITMENT: Final = 1  # Action Type ID
+_MAX_REFS: Final = 65_535
+
+
+class BadCommitmentRequest(InvalidInput):
+    reason = "invalid_commitment_request"
+
+
+@dataclass
+class CommitmentProvider:
+    """What the N-ACTION handler needs, bound once per engine."""
+
+    bridge: LoopBridge
+    store: Store
+    settings: CommitmentSettings
+    associations: OpenAssociations
+    timeout: float
+    #: wakes the ``commitment`` queue's worker (the dispatcher's ``wake``), on the loop
+    wake: Callable[[str | None], None] | None = None
+
+    async def _record(self, request: CommitmentRequest) -> CommitmentResult:
+        result = await self.store.commit_commitment_request(request, time.time())
+        if result.report is not None and self.wake is not None:
+            self.wake("commitment")
+        return result
+
+    def record(self, request: CommitmentRequest) -> CommitmentResult:
+        return self.bridge.call(self._record(request), self.timeout)
+
+
+def parse_request(info: Dataset, calling_ae: str, settings: CommitmentSettings,
+                  now: float) -> CommitmentRequest:
+    """The request in an N-ACTION's Action Information (``BadCommitmentRequest`` if unusable)."""
+    try:
+        transaction_uid = str(info.get("TransactionUID", "") or "").strip()
+        items = info.get("ReferencedSOPSequence") or []
+        refs: list[SopRef] = [(str(i.get("ReferencedSOPClassUID", "") or "").strip(),
+                               str(i.get("ReferencedSOPInstanceUID", "") or "").strip())
+                              for i in items]
+    except Exception as exc:
+        raise BadCommitmentRequest(f"undecodable Action Information: {exc}") from exc
+    if not is_valid_uid(transaction_uid):
+        raise BadCommitmentRequest("Transaction UID missing or not a UID")
+    if not refs or len(refs) > _MAX_REFS:
+        raise BadCommitmentRequest("Referenced SOP Sequence empty or too long")
+    for sop_class, uid in refs:
+        if not is_valid_uid(sop_class) or not is_valid_uid(uid):
+            raise BadCommitmentRequest("a Referenced SOP Sequence item lacks a valid UID")
+    policy = settings.policy_for(calling_ae)
+    deadline = now + settings.archive_timeout_minutes * 60 if policy == "on_archive" else None
+    return CommitmentRequest(transaction_uid, calling_ae, policy, tuple(refs),
+                             dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), deadline)
+
+
+def _failure(status: DimseStatus, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def handle_n_action(event: Event, policy: ListenerPolicy, commitment: CommitmentProvider
+                    ) -> tuple[int | Dataset, Dataset | None]:
+    """EVT_N_ACTION for the Storage Commitment Push Model SOP Class."""
+    calling = str(event.assoc.requestor.ae_title).strip()
+    request = event.request
+    if int(getattr(request, "ActionTypeID", 0) or 0) != _REQUEST_COMMITMENT:
+        log.warning("ingress.dimse.commitment.failed", listener=policy.name,
+                    calling_ae=calling, reason="no_such_action_type")
+        return _failure(DimseStatus.NO_SUCH_ACTION_TYPE, "Action Type ID must be 1"), None
+    try:
+        parsed = parse_request(event.action_information, calling, commitment.settings,
+                               time.time())
+        # Registered before the report can exist: a report queued now finds this association.
+        commitment.associations.add(calling, event.assoc)
+        result = commitment.record(parsed)
+    except Exception as exc:
+        status = DimseStatus.INVALID_ATTRIBUTE_VALUE if isinstance(exc, InvalidInput) \
+            else DimseStatus.PROCESSING_FAILURE
+        reason = exc.reason if isinstance(exc, RadflowError) else "internal_error"
+        log_fn = log.warning if isinstance(exc, RadflowError) else log.exception
+        log_fn("ingress.dimse.commitment.failed", listener=policy.name, calling_ae=calling,
+               reason=reason, status=f"0x{int(status):04X}", detail=str(exc))
+        return _failure(status, error_comment(exc)), None
+    log.info("ingress.dimse.commitment.requested", listener=policy.name, calling_ae=calling,
+             transaction_uid=parsed.transaction_uid, instances=len(parsed.refs),
+             policy=parsed.policy, duplicate=result.duplicate,
+             failed=len(result.report.failed) if result.report else None)
+    return int(DimseStatus.SUCCESS), None
+
+
+def handle_conn_close(event: Event, commitment: CommitmentProvider) -> None:
+    commitment.associations.remove(event.assoc)
