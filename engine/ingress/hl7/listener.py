@@ -18,13 +18,16 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
+from engine.dicom.audit import NODE_AUTHENTICATION
 from engine.errors import RadflowError
 from engine.hl7.mllp import MllpFramingError, MllpIdleTimeout, frame, read_messages
 from engine.ingress.hl7.intake import Hl7Intake
+from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MLLP_CONNECTION_ERRORS, MLLP_CONNECTIONS
 from engine.settings import Hl7Listener, Hl7Settings
@@ -83,20 +86,19 @@ class MllpListener:
         self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._per_source: Counter[str] = Counter()
         self._stopping = False
+        self._ssl: ssl.SSLContext | None = None
 
     @property
     def running(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
     async def start(self) -> None:
+        # TLS is started per connection (start_tls) rather than by the server: a refused source
+        # gets no handshake, and a failed handshake is ours to log and audit (asyncio's server
+        # drops it silently).
+        self._ssl = server_ssl_context(self.config.tls) if self.config.tls else None
         self._server = await asyncio.start_server(
-            self._on_connection, self.config.host, self.config.port,
-            ssl=server_ssl_context(self.config.tls) if self.config.tls else None,
-            # A TLS peer is handed over only after its handshake: bound that by the same
-            # first-message deadline, or a silent socket would wait out asyncio's 60 s.
-            ssl_handshake_timeout=self.config.first_message_timeout if self.config.tls
-            else None,
-            reuse_address=True)
+            self._on_connection, self.config.host, self.config.port, reuse_address=True)
         log.info("ingress.hl7.listening", listener=self.config.name, host=self.config.host,
                  port=self.config.port, tls=self.config.tls is not None,
                  any_source=self._sources.accept_any)
@@ -142,9 +144,13 @@ class MllpListener:
         log.debug("ingress.hl7.connection_opened", listener=name, peer_host=host)
         messages = read_messages(reader, max_message_bytes=self.config.max_message_bytes,
                                  idle_timeout=self.config.idle_timeout)
+        # One deadline for the TLS handshake and the first message together.
+        deadline = asyncio.get_running_loop().time() + self.config.first_message_timeout
         try:
+            if self._ssl is not None and not await self._start_tls(writer, host, deadline):
+                return
             try:
-                async with asyncio.timeout(self.config.first_message_timeout):
+                async with asyncio.timeout_at(deadline):
                     first = await anext(messages, None)
             except TimeoutError:
                 MLLP_CONNECTION_ERRORS.labels(name, "first_message_timeout").inc()
@@ -187,6 +193,23 @@ class MllpListener:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, host: str, deadline: float
+                         ) -> bool:
+        name = self.config.name
+        assert self._ssl is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                await writer.start_tls(self._ssl)
+            return True
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            detail = str(exc) or type(exc).__name__
+            MLLP_CONNECTION_ERRORS.labels(name, "tls_failed").inc()
+            log.warning("ingress.hl7.tls_failed", listener=name, peer_host=host, detail=detail)
+            audit_sink.notify(lambda a: a.security_alert(
+                NODE_AUTHENTICATION, f"TLS handshake failed: {detail}", peer_host=host,
+                subject=f"mllp-listener:{name}"))
+            return False
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; close idle connections; let busy ones answer until ``grace``."""
