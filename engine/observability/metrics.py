@@ -66,7 +66,7 @@ DIMSE_DUPLICATES = Counter(
 )
 DIMSE_REJECTIONS = Counter(
     "radflow_dimse_rejections_total",
-    "Refused associations and failed C-STOREs, by reason.",
+    "Refused connections, associations, PDUs and DIMSE requests, and failed C-STOREs, by reason.",
     ["listener", "reason"],
     registry=REGISTRY,
 )
