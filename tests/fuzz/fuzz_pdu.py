@@ -10,7 +10,9 @@ thread (radflow's DUL loop turns it into an A-ABORT with a log line, but a failu
 own reading code is a bug). An exception raised inside pynetdicom's DIMSE assembly (e.g. a
 command set without Command Field) ends the association the same way, by design, and ends the
 run of that input; it is not a crash. After each PDU read whole, the reader must have consumed
-exactly its header and declared length, so the stream stays in step.
+exactly its header and declared length, so the stream stays in step, and that length must be
+within what the reader allows (:func:`engine.reactor.pdu_limit`): a longer PDU is an A-ABORT
+and Evt17 before any of its body is read.
 """
 
 from __future__ import annotations
@@ -38,12 +40,17 @@ class _Transport:
     def __init__(self, data: bytes) -> None:
         self.data, self.pos = data, 0
         self.socket = self
+        self.sent = b""
 
-    def recv(self, n: int) -> bytearray:
-        # pynetdicom's contract as radflow's reader uses it: up to ``n`` bytes, fewer at EOF.
+    def recv_into(self, buffer: Any, n: int) -> int:
+        # A socket's contract as radflow's reader uses it: up to ``n`` bytes, 0 at EOF.
         chunk = self.data[self.pos:self.pos + n]
+        buffer[:len(chunk)] = chunk
         self.pos += len(chunk)
-        return bytearray(chunk)
+        return len(chunk)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data  # the A-ABORT for a PDU longer than advertised
 
     def settimeout(self, _: Any) -> None:
         pass
@@ -54,6 +61,17 @@ class _Transport:
 
 class _StateMachine:
     current_state = "Sta6"
+
+
+class _Timer:
+    timeout = 30.0
+    remaining = 30.0
+
+
+class _ServiceUser:
+    maximum_length = 262_144  # the listener's default max_pdu_size
+    primitive = None
+    address = "127.0.0.1"
 
 
 class _Dimse:
@@ -78,6 +96,8 @@ class _Assoc:
     def __init__(self) -> None:
         self.dimse = _Dimse()
         self.is_acceptor = True
+        self.network_timeout = 30.0
+        self.acceptor = self.requestor = _ServiceUser()
 
     def get_handlers(self, _: Any) -> list[Any]:
         return []
@@ -92,6 +112,8 @@ class _Dul:
         self.event_queue: queue.Queue[str] = queue.Queue()
         self._recv_pdu: queue.Queue[Any] = queue.Queue()
         self.state_machine = _StateMachine()
+        self.artim_timer = _Timer()
+        self.to_user_queue: queue.Queue[Any] = queue.Queue()
         self.assoc = _Assoc()
 
     def _decode_pdu(self, b: bytearray) -> tuple[Any, str]:
@@ -115,6 +137,7 @@ def one_input(data: bytes) -> None:
             return
         declared = int.from_bytes(data[start + 2:start + 6], "big")
         assert dul.socket.pos == start + 6 + declared, (start, dul.socket.pos, declared)
+        assert declared <= reactor.pdu_limit(dul, data[start])  # type: ignore[arg-type]
         if dul.socket.pos >= len(data):
             return
 

@@ -10,6 +10,9 @@ Inputs that once crashed stay here as regressions, with what they taught:
 * ``pdu``: a P-DATA-TF whose command fragment lacks Command Field makes pynetdicom's DIMSE layer
   raise inside radflow's reader; radflow's DUL loop answers with an A-ABORT and a log line
   (checked end to end in ``tests/reliability/test_bad_input.py``).
+* ``pdu``: a header declaring 0xFFFFFFF0 bytes made the reader allocate that much before reading
+  a byte of it (4 GB of RSS, the process stalled). Now it is an A-ABORT before the body
+  (end to end in ``tests/integration/test_dimse_hardening.py``).
 * ``hl7`` (xfail): ESC bytes inside MSH with no ISO 2022 character set make the byte-level MSH
   reading (for MSH-18) and the field split the ACK copies from disagree; the ACK then carries a
   garbage MSH-18 that a receiver cannot parse. Still answered and journaled; not fixed yet.
@@ -33,7 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 REGRESSIONS: dict[str, list[bytes]] = {
     "hl7": [b"MSH|^~\\&|R\x1cIS|HOSP|RADFLOW|HOSP|20261125120000||ORM^O01^ORM_O01|C1|P|2.5.1\r"
             b"PID|1||PID1^^^HOSP^MR||DOE^JOHN\r"],
-    "pdu": [b"\x04\x01\x00\x00\x00\x06\x00\x00\x00\x02\x00S"],
+    "pdu": [b"\x04\x01\x00\x00\x00\x06\x00\x00\x00\x02\x00S",
+            b"\x04\x00\xff\xff\xff\xf0\x00\x00"],
 }
 ESC_IN_MSH = base64.b64decode(
     "TVNIfF5+XCZ8UklTfEhPU1B8UkFERkxPV3xIT01TSHxeflwmfBsbGxsbGxt8SE9TUHxSQURGMjUxU1B8MjAyNjEx"
