@@ -196,6 +196,15 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=10) as r:
             return json.loads(r.read())
 
+    def post(self, path: str, body: bytes | dict[str, Any] | list[Any],
+             timeout: float = 60) -> Any:
+        """POST JSON (or raw bytes, e.g. a DICOM file to ``/instances``); the JSON answer."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://{HOST}:{self.http_port}{path}", data=data,
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
     def received(self) -> set[str]:
         return {str(i["MainDicomTags"]["SOPInstanceUID"])
                 for i in self.get("/instances?expand")}

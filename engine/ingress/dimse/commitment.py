@@ -5,7 +5,8 @@ Sequence, PS3.4 J.3.2), records the request through the one bridge (the store de
 ``on_receipt`` request in the same transaction and queues its report in the outbox) and only
 then answers Success: the request survives a restart from that moment. The N-EVENT-REPORT goes
 later, from the dispatcher, on this association while the modality keeps it open (registered in
-:class:`~engine.dicom.associations.OpenAssociations`) or on a new one. A malformed request gets
+:class:`~engine.dicom.associations.OpenAssociations` once the N-ACTION response is sent) or on
+a new one. A malformed request gets
 a named failure status. It must not hold module state, talk SQL or ``await``.
 """
 
@@ -58,10 +59,12 @@ class CommitmentProvider:
     wake: Callable[[str | None], None] | None = None
 
     async def _record(self, request: CommitmentRequest) -> CommitmentResult:
-        result = await self.store.commit_commitment_request(request, time.time())
-        if result.report is not None and self.wake is not None:
-            self.wake("commitment")
-        return result
+        return await self.store.commit_commitment_request(request, time.time())
+
+    def responded(self) -> None:
+        """The N-ACTION response is on its way: the report may follow now."""
+        if self.wake is not None:
+            self.bridge.post(self.wake, "commitment")
 
     def record(self, request: CommitmentRequest) -> CommitmentResult:
         return self.bridge.call(self._record(request), self.timeout)
@@ -110,8 +113,6 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
     try:
         parsed = parse_request(event.action_information, calling, commitment.settings,
                                time.time())
-        # Registered before the report can exist: a report queued now finds this association.
-        commitment.associations.add(calling, event.assoc)
         result = commitment.record(parsed)
     except Exception as exc:
         status = DimseStatus.INVALID_ATTRIBUTE_VALUE if isinstance(exc, InvalidInput) \
@@ -126,6 +127,15 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
              policy=parsed.policy, duplicate=result.duplicate,
              failed=len(result.report.failed) if result.report else None)
     return int(DimseStatus.SUCCESS), None
+
+
+def handle_dimse_sent(event: Event, commitment: CommitmentProvider) -> None:
+    """After the N-ACTION response went out, offer this association for the report: sent
+    earlier, the report would reach the modality before the answer it is waiting for."""
+    if type(event.message).__name__ != "N_ACTION_RSP":
+        return
+    commitment.associations.add(str(event.assoc.requestor.ae_title).strip(), event.assoc)
+    commitment.responded()
 
 
 def handle_conn_close(event: Event, commitment: CommitmentProvider) -> None:

@@ -26,7 +26,11 @@ from engine.crashpoints import crash_point
 from engine.dicom import wire
 from engine.errors import RadflowError
 from engine.ingress.dimse import guard
-from engine.ingress.dimse.commitment import CommitmentProvider, handle_n_action
+from engine.ingress.dimse.commitment import (
+    CommitmentProvider,
+    handle_dimse_sent,
+    handle_n_action,
+)
 from engine.ingress.dimse.commitment import handle_conn_close as handle_commitment_closed
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
 from engine.ingress.dimse.mpps import MppsProvider, handle_n_create, handle_n_set
@@ -369,6 +373,7 @@ def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | Non
     query_retrieve = [(evt.EVT_C_MOVE, handle_move, [policy, qr]),
                       (evt.EVT_C_GET, handle_get, [policy, qr])] if qr is not None else []
     storage_commitment = [(evt.EVT_N_ACTION, handle_n_action, [policy, commitment]),
+                          (evt.EVT_DIMSE_SENT, handle_dimse_sent, [commitment]),
                           (evt.EVT_CONN_CLOSE, handle_commitment_closed, [commitment])] \
         if commitment is not None else []
     procedure_steps = [(evt.EVT_N_CREATE, handle_n_create, [policy, mpps]),

@@ -1,0 +1,99 @@
+"""Orthanc 1.10 against radflow: as a modality asking radflow for Storage Commitment, and as
+a node querying and retrieving from radflow's Query/Retrieve SCP (its REST API drives it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from tests.helpers.dicomgen import Instance, write_instance
+from tests.helpers.peers import Orthanc, have_orthanc
+from tests.helpers.proc import HOST, RadflowProcess, storescu
+
+pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk,
+              pytest.mark.skipif(not have_orthanc(), reason="Orthanc not installed")]
+
+
+class Pair:
+    def __init__(self, rf: RadflowProcess, orthanc: Orthanc) -> None:
+        self.rf = rf
+        self.orthanc = orthanc
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    orthanc_port_holder = Orthanc(tmp_path / "orthanc-probe")  # picks free ports only
+    dicom_port = orthanc_port_holder.dicom_port
+    rf = RadflowProcess(tmp_path / "radflow", {
+        "commitment": {"modalities": [{"ae_title": "ORTHANC", "host": HOST,
+                                       "port": dicom_port}],
+                       "retry": {"initial_delay": 0.2, "max_delay": 1.0, "jitter": 0.0}},
+        "query_retrieve": {"move_destinations": [{"ae_title": "ORTHANC", "host": HOST,
+                                                  "port": dicom_port}]}})
+    orthanc = Orthanc(tmp_path / "orthanc", extra={
+        "DicomPort": dicom_port,
+        "DicomModalities": {"radflow": ["RADFLOW", HOST, rf.port]}})
+    orthanc.dicom_port = dicom_port
+    orthanc.start()
+    rf.start()
+    try:
+        yield Pair(rf, orthanc)
+    finally:
+        rf.close()
+        orthanc.stop()
+
+
+def _wait(predicate: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_orthanc_modality_gets_commitment_from_radflow(pair: Pair, tmp_path: Path) -> None:
+    study = generate_uid()
+    insts = [write_instance(tmp_path / "f", seed=i, study_instance_uid=study) for i in range(2)]
+    ids = [pair.orthanc.post("/instances", i.path.read_bytes())["ID"] for i in insts]
+    answer = pair.orthanc.post("/modalities/radflow/store",
+                               {"Resources": ids, "StorageCommitment": True})
+    transaction = answer["StorageCommitmentTransactionUID"]
+    _wait(lambda: pair.orthanc.get(f"/storage-commitment/{transaction}")["Status"]
+          != "Pending")
+    report = pair.orthanc.get(f"/storage-commitment/{transaction}")
+    assert report["Status"] == "Success", report
+    assert {s["SOPInstanceUID"] for s in report["Success"]} == {
+        i.sop_instance_uid for i in insts}
+
+
+def _stored_study(pair: Pair, tmp_path: Path, patient: str) -> list[Instance]:
+    study, series = generate_uid(), generate_uid()
+    insts = [write_instance(tmp_path / "q", seed=i, patient_id=patient, instance_number=i,
+                            study_instance_uid=study, series_instance_uid=series)
+             for i in range(1, 4)]
+    assert storescu(pair.rf, [i.path for i in insts]).returncode == 0
+    return insts
+
+
+def test_orthanc_queries_and_moves_from_radflow(pair: Pair, tmp_path: Path) -> None:
+    insts = _stored_study(pair, tmp_path, "P-ORTHANC")
+    answers: list[dict[str, object]] = []
+
+    def queried() -> bool:
+        query = pair.orthanc.post("/modalities/radflow/query", {
+            "Level": "Study", "Query": {"PatientID": "P-ORTHANC", "StudyInstanceUID": "",
+                                        "NumberOfStudyRelatedInstances": ""}})
+        answers[:] = pair.orthanc.get(f"/queries/{query['ID']}/answers?expand&simplify")
+        return bool(answers)
+
+    _wait(queried)  # the index follows intake within moments
+    assert len(answers) == 1
+    assert answers[0]["NumberOfStudyRelatedInstances"] == "3"
+    study_instance_uid = str(answers[0]["StudyInstanceUID"])
+    pair.orthanc.post("/modalities/radflow/move", {
+        "Level": "Study", "Resources": [{"StudyInstanceUID": study_instance_uid}],
+        "TargetAet": "ORTHANC"})
+    _wait(lambda: {i.sop_instance_uid for i in insts} <= pair.orthanc.received())
