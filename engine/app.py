@@ -26,11 +26,13 @@ from engine.audit.trail import AuditTrail
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
 from engine.dicom.associations import OpenAssociations
+from engine.durable.commitment import SopRef
 from engine.durable.journal import JournalWriter
 from engine.durable.retention import Retention
 from engine.durable.spool import Spool
 from engine.durable.store import DuplicatePolicy, Store, open_store
 from engine.egress.check import DestinationChecker
+from engine.egress.commitment import ask_commitment
 from engine.egress.dispatcher import Dispatcher, default_sender_factory
 from engine.egress.queues import QueueAdmin
 from engine.events import (
@@ -57,7 +59,7 @@ from engine.pipeline.qr_index import QrIndexer
 from engine.pipeline.router import Router
 from engine.pipeline.rulesets import RulesManager
 from engine.procedure.service import ProcedureStepService
-from engine.settings import Settings
+from engine.settings import DimseDestination, Settings
 from engine.worklist.mapping import load_mapping
 from engine.worklist.service import WorklistService
 
@@ -138,9 +140,17 @@ class Engine:
         if settings.commitment.enabled:
             commitment = CommitmentProvider(self.bridge, self.store, settings.commitment,
                                             self.associations, settings.dicom.store_timeout)
+            archives = {name: settings.destinations[name]
+                        for name in settings.commitment.archive_destinations}
+            committing = {name: d for name, d in archives.items()
+                          if isinstance(d, DimseDestination) and d.storage_commitment}
+
+            async def ask(name: str, transaction_uid: str, refs: tuple[SopRef, ...]) -> None:
+                await asyncio.to_thread(ask_commitment, committing[name], transaction_uid, refs)
+
             self.archive_commitments = ArchiveCommitments(
-                self.store, settings.commitment.archive_destinations,
-                settings.commitment.archive_check_seconds)
+                self.store, list(archives), settings.commitment.archive_check_seconds,
+                committing=list(committing), ask=ask, uid_prefix=settings.routing.uid_prefix)
         # --- end Storage Commitment ---
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
                                     lambda: self.bridge.closing, mwl, mpps, qr, commitment)

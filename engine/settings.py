@@ -374,6 +374,9 @@ class DimseDestination(_Destination):
     #: rows one association sends per lease (a batch reuses the open association)
     batch_size: int = Field(default=64, ge=1, le=1000)
     tls: ClientTlsSettings | None = None
+    #: as an ``on_archive`` commitment destination: ask this archive for Storage Commitment
+    #: after delivery and relay its answer (otherwise its C-STORE Success confirms)
+    storage_commitment: bool = False
 
 
 class HttpAuth(_Strict):

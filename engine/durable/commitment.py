@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from engine.status import DimseStatus
@@ -37,6 +37,9 @@ class CommitmentRequest:
     received_at: str  # ISO 8601, UTC
     #: on_archive: when a request still unconfirmed turns into a failure report (epoch seconds)
     deadline: float | None = None
+    #: on_archive, archives radflow asked for commitment: destination ->
+    #: ``{"transaction_uid": ..., "results": {SOP Instance UID: Failure Reason or 0} | None}``
+    asks: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,24 +96,41 @@ def decide_on_receipt(request: CommitmentRequest, journal: Mapping[str, str]
 
 
 def decide_on_archive(request: CommitmentRequest, journal: Mapping[str, tuple[str, int]],
-                      confirmed: set[int], expired: bool) -> CommitmentReport | None:
+                      confirmed: set[int], expired: bool,
+                      committing: tuple[str, ...] = ()) -> CommitmentReport | None:
     """The ``on_archive`` policy. ``journal``: SOP Instance UID -> (SOP Class UID, journal id);
-    ``confirmed``: journal ids every archive destination confirmed. None while an instance is
-    still on its way and the deadline has not passed; past it, what is unconfirmed fails with
-    Processing Failure (never a silent success)."""
+    ``confirmed``: journal ids every archive destination delivered; ``committing``: the
+    archive destinations whose own Storage Commitment answer (``request.asks``) must confirm
+    too. None while an instance is still on its way and the deadline has not passed; past it,
+    what is unconfirmed fails with Processing Failure (never a silent success)."""
     success: list[SopRef] = []
     failed: list[FailedRef] = []
     waiting = False
+    processing_failure = int(DimseStatus.PROCESSING_FAILURE)
     for sop_class, uid in request.refs:
         held = journal.get(uid)
         if held is None:
             failed.append((sop_class, uid, int(DimseStatus.NO_SUCH_OBJECT_INSTANCE)))
-        elif held[0] != sop_class:
+            continue
+        if held[0] != sop_class:
             failed.append((sop_class, uid, int(DimseStatus.CLASS_INSTANCE_CONFLICT)))
-        elif held[1] in confirmed:
+            continue
+        reason: int | None = 0 if held[1] in confirmed else None
+        for destination in committing if reason == 0 else ():
+            results = (request.asks.get(destination) or {}).get("results")
+            if results is None:
+                reason = None  # asked (or about to be), not answered yet
+                break
+            answer = int(results.get(uid, processing_failure))
+            if answer != 0:
+                reason = answer  # the archive's own Failure Reason, relayed
+                break
+        if reason == 0:
             success.append((sop_class, uid))
+        elif reason is not None:
+            failed.append((sop_class, uid, reason))
         elif expired:
-            failed.append((sop_class, uid, int(DimseStatus.PROCESSING_FAILURE)))
+            failed.append((sop_class, uid, processing_failure))
         else:
             waiting = True
     if waiting:

@@ -607,10 +607,29 @@ class Store(Protocol):
         ...
 
     async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
-                                 archive_destinations: Sequence[str], now: float
+                                 archive_destinations: Sequence[str],
+                                 committing: Sequence[str], now: float
                                  ) -> CommitmentReport | None:
         """In ONE transaction, queue the report of a waiting ``on_archive`` request once every
-        instance is confirmed by the archive destinations (or its deadline passed)."""
+        instance is confirmed by the archive destinations (and, for ``committing`` ones, by
+        their own commitment answer), or its deadline passed."""
+        ...
+
+    async def commitment_delivered(self, sop_instance_uids: Sequence[str], destination: str
+                                   ) -> set[str]:
+        """Which of these instances ``destination`` has delivered (outbox rows done)."""
+        ...
+
+    async def record_commitment_ask(self, request_id: int, destination: str,
+                                    transaction_uid: str, sent: bool) -> None:
+        """Remember that radflow asks (``sent=False``: before the N-ACTION, so an answer that
+        comes at once finds it) or asked ``destination`` for commitment with this UID."""
+        ...
+
+    async def record_archive_commitment(self, transaction_uid: str,
+                                        results: dict[str, int]) -> bool:
+        """An archive's answer (SOP Instance UID -> Failure Reason, 0 committed) to radflow's
+        own request; False if no waiting request asked with ``transaction_uid``."""
         ...
 
 

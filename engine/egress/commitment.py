@@ -30,7 +30,8 @@ from engine.egress.delivery import Delivery, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.observability.logging import get_logger
 from engine.reactor import EventDrivenAE
-from engine.settings import CommitmentReports
+from engine.settings import CommitmentReports, DimseDestination
+from engine.tls import client_ssl_context
 
 log = get_logger("engine.egress.commitment")
 
@@ -165,3 +166,53 @@ class CommitmentSender:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+
+def ask_commitment(config: DimseDestination, transaction_uid: str,
+                   refs: Sequence[tuple[str, str]]) -> None:
+    """radflow as Storage Commitment SCU: N-ACTION to an archive for instances it delivered
+    (blocking). The archive answers later with an N-EVENT-REPORT to radflow's listener (the
+    association is released at once, so an archive that would answer on it opens a new one,
+    as PS3.4 J.3.3 allows). Raises :class:`TransientDeliveryError` when it cannot ask."""
+    ae = EventDrivenAE(ae_title=config.calling_ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    for attr in ("acse_timeout", "dimse_timeout", "network_timeout"):
+        setattr(ae, attr, config.timeout)
+    ae.connection_timeout = min(config.timeout, 15.0)
+    tls = ((client_ssl_context(config.tls), config.tls.server_hostname or config.host)
+           if config.tls else None)
+    where = f"{config.ae_title}@{config.host}:{config.port}"
+    try:
+        assoc = ae.associate(config.host, config.port, ae_title=config.ae_title,
+                             contexts=[build_context(STORAGE_COMMITMENT_PUSH, _SYNTAXES)],
+                             tls_args=tls)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise TransientDeliveryError(f"{where} unreachable: {exc}", reason="unreachable") \
+            from exc
+    if not assoc.is_established:
+        raise TransientDeliveryError(f"{where} refused the association",
+                                     reason="association_rejected")
+    try:
+        if not assoc.accepted_contexts:
+            raise TransientDeliveryError(f"{where} does not offer Storage Commitment",
+                                         reason="context_rejected")
+        info = Dataset()
+        info.TransactionUID = transaction_uid
+        items = []
+        for sop_class, uid in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = uid
+            items.append(item)
+        info.ReferencedSOPSequence = items
+        status, _reply = assoc.send_n_action(info, 1, STORAGE_COMMITMENT_PUSH,
+                                             STORAGE_COMMITMENT_INSTANCE)
+        code = getattr(status, "Status", None)
+        if code is None or classify_dimse(int(code)) is not Verdict.DELIVERED:
+            raise TransientDeliveryError(f"{where} answered the N-ACTION with "
+                                         f"{'nothing' if code is None else hex(int(code))}",
+                                         reason="commitment_refused")
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
+from pydicom.uid import generate_uid
+
+from engine.durable.commitment import CommitmentRequest, SopRef
 from engine.durable.store import Store
 from engine.observability.logging import get_logger
 
@@ -23,11 +26,19 @@ log = get_logger("engine.pipeline")
 _PAGE = 200
 
 
+#: asks an archive (by destination name) for Storage Commitment: (name, Transaction UID, refs)
+AskCommitment = Callable[[str, str, tuple[SopRef, ...]], Awaitable[None]]
+
+
 class ArchiveCommitments:
     def __init__(self, store: Store, archive_destinations: Sequence[str],
-                 interval: float) -> None:
+                 interval: float, committing: Sequence[str] = (),
+                 ask: AskCommitment | None = None, uid_prefix: str = "2.25.") -> None:
         self._store = store
         self._destinations = list(archive_destinations)
+        self._committing = tuple(committing)
+        self._ask = ask
+        self._uid_prefix = uid_prefix
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         #: the dispatcher's ``wake``
@@ -55,9 +66,10 @@ class ArchiveCommitments:
         """Decide what can be decided now; the number of reports queued."""
         queued = 0
         for request_id, request in await self._store.waiting_commitments(_PAGE):
-            report = await self._store.resolve_commitment(request_id, request,
-                                                          self._destinations, time.time())
+            report = await self._store.resolve_commitment(
+                request_id, request, self._destinations, self._committing, time.time())
             if report is None:
+                await self._ask_archives(request_id, request)
                 continue
             queued += 1
             log.info("commitment.archive_decided", calling_ae=request.calling_ae,
@@ -66,3 +78,32 @@ class ArchiveCommitments:
         if queued and self.wake is not None:
             self.wake("commitment")
         return queued
+
+    async def _ask_archives(self, request_id: int, request: CommitmentRequest) -> None:
+        """Ask each committing archive that delivered every instance and was not asked yet
+        (or whose ask failed: it is asked again at the next check)."""
+        if self._ask is None:
+            return
+        uids = [uid for _, uid in request.refs]
+        for destination in self._committing:
+            if (request.asks.get(destination) or {}).get("sent"):
+                continue
+            if await self._store.commitment_delivered(uids, destination) != set(uids):
+                continue  # still on its way (or never coming: the deadline decides)
+            # One UID per request and archive, derived so a repeat names the same request.
+            transaction_uid = generate_uid(self._uid_prefix, entropy_srcs=[
+                request.calling_ae, request.transaction_uid, destination])
+            await self._store.record_commitment_ask(request_id, destination, transaction_uid,
+                                                    sent=False)
+            try:
+                await self._ask(destination, transaction_uid, request.refs)
+            except Exception as exc:
+                log.warning("commitment.archive_ask_failed", destination=destination,
+                            calling_ae=request.calling_ae,
+                            transaction_uid=request.transaction_uid, detail=str(exc))
+                continue
+            await self._store.record_commitment_ask(request_id, destination, transaction_uid,
+                                                    sent=True)
+            log.info("commitment.archive_asked", destination=destination,
+                     calling_ae=request.calling_ae, transaction_uid=request.transaction_uid,
+                     archive_transaction_uid=transaction_uid, instances=len(uids))

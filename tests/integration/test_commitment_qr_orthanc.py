@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from tests.helpers.dicomgen import Instance, write_instance
 from tests.helpers.peers import Orthanc, have_orthanc
-from tests.helpers.proc import HOST, RadflowProcess, storescu
+from tests.helpers.proc import HOST, RadflowProcess, free_port, storescu
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.dcmtk,
               pytest.mark.skipif(not have_orthanc(), reason="Orthanc not installed")]
@@ -26,8 +26,7 @@ class Pair:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
-    orthanc_port_holder = Orthanc(tmp_path / "orthanc-probe")  # picks free ports only
-    dicom_port = orthanc_port_holder.dicom_port
+    dicom_port = free_port()
     rf = RadflowProcess(tmp_path / "radflow", {
         "commitment": {"modalities": [{"ae_title": "ORTHANC", "host": HOST,
                                        "port": dicom_port}],
@@ -97,3 +96,44 @@ def test_orthanc_queries_and_moves_from_radflow(pair: Pair, tmp_path: Path) -> N
         "Level": "Study", "Resources": [{"StudyInstanceUID": study_instance_uid}],
         "TargetAet": "ORTHANC"})
     _wait(lambda: {i.sop_instance_uid for i in insts} <= pair.orthanc.received())
+
+
+def test_on_archive_relays_the_archives_commitment(tmp_path: Path) -> None:
+    """radflow delivers to Orthanc (the PACS), asks it for commitment, and relays its answer
+    to the modality on the association the modality kept open."""
+    from tests.integration.test_storage_commitment import Reports, _action, _modality, _request
+
+    pacs_port = free_port()
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "10-all.yaml").write_text(
+        "version: 1\nroutes:\n  - name: everything\n    destinations: [pacs]\n")
+    rf = RadflowProcess(tmp_path / "radflow", {
+        "routing": {"routes_dir": str(routes), "reload_poll_seconds": 0},
+        "destinations": {"pacs": {"type": "dimse", "ae_title": "ORTHANC", "host": HOST,
+                                  "port": pacs_port, "storage_commitment": True}},
+        "delivery": {"poll_interval": 0.1},
+        "commitment": {"policy": "on_archive", "archive_destinations": ["pacs"],
+                       "archive_check_seconds": 0.2}})
+    orthanc = Orthanc(tmp_path / "orthanc", extra={
+        "DicomPort": pacs_port, "DicomModalities": {"radflow": ["RADFLOW", HOST, rf.port]}})
+    orthanc.dicom_port = pacs_port
+    orthanc.start()
+    rf.start()
+    try:
+        insts = [write_instance(tmp_path / "f", seed=i) for i in range(2)]
+        assert storescu(rf, [i.path for i in insts]).returncode == 0
+        reports = Reports()
+        assoc = _modality(rf, reports)
+        try:
+            assert _action(assoc, _request(insts)) == 0x0000
+            (event_type, info), = reports.wait(timeout=90)
+        finally:
+            assoc.release()
+        assert event_type == 1, info
+        assert {str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence} == {
+            i.sop_instance_uid for i in insts}
+        assert rf.events("ingress.dimse.commitment.archive_reported", known=True)
+    finally:
+        rf.close()
+        orthanc.stop()

@@ -217,3 +217,39 @@ def test_malformed_request_is_refused(rf: RadflowProcess) -> None:
     finally:
         assoc.release()
     assert rf.events("ingress.dimse.commitment.failed", reason="invalid_commitment_request")
+
+
+def test_on_archive_failure_when_the_archive_never_confirms(tmp_path: Path) -> None:
+    """An archive that takes the images but cannot answer commitment (DCMTK storescp) turns
+    into a failure report after the configured time, never a silent success."""
+    from tests.helpers.peers import Storescp
+
+    sink = Storescp(tmp_path / "sink", ae_title="PACS").start()
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "10-all.yaml").write_text(
+        "version: 1\nroutes:\n  - name: everything\n    destinations: [pacs]\n")
+    rf = RadflowProcess(tmp_path / "radflow", {
+        "routing": {"routes_dir": str(routes), "reload_poll_seconds": 0},
+        "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": HOST,
+                                  "port": sink.port, "storage_commitment": True}},
+        "delivery": {"poll_interval": 0.1},
+        "commitment": {"policy": "on_archive", "archive_destinations": ["pacs"],
+                       "archive_check_seconds": 0.2, "archive_timeout_minutes": 0.05}})
+    rf.start()
+    try:
+        insts = _stored(rf, tmp_path, 1)
+        reports = Reports()
+        assoc = _modality(rf, reports)
+        try:
+            assert _action(assoc, _request(insts)) == 0x0000
+            (event_type, info), = reports.wait(timeout=90)
+        finally:
+            assoc.release()
+        assert sink.wait_for({insts[0].sop_instance_uid}) == set()  # delivered, unconfirmed
+        assert event_type == 2
+        assert _refs(info, "FailedSOPSequence") == {insts[0].sop_instance_uid: 0x0110}
+        assert rf.events("commitment.archive_ask_failed", destination="pacs")
+    finally:
+        rf.close()
+        sink.stop()

@@ -9,6 +9,7 @@ instances are committed (``engine.durable.commitment``) nor talk to peers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -77,12 +78,52 @@ def commit_request(conn: sqlite3.Connection, request: CommitmentRequest, now: fl
 
 def waiting(conn: sqlite3.Connection, limit: int) -> list[Waiting]:
     rows = conn.execute(
-        "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline "
-        "FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT ?",
+        "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline, "
+        "archive_asks FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT ?",
         (limit,)).fetchall()
     return [(int(r[0]), CommitmentRequest(
-        r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6]))
-        for r in rows]
+        r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6],
+        json.loads(r[7] or "{}"))) for r in rows]
+
+
+def delivered(conn: sqlite3.Connection, uids: Sequence[str], destination: str) -> set[str]:
+    """Which of ``uids`` (current journal rows) ``destination`` has delivered."""
+    journal = _journal_ids(conn, uids)
+    done = _confirmed(conn, [j for _, j in journal.values()], [destination])
+    return {uid for uid, (_, j) in journal.items() if j in done}
+
+
+def record_ask(conn: sqlite3.Connection, request_id: int, destination: str,
+               transaction_uid: str, sent: bool) -> None:
+    with transaction(conn):
+        row = conn.execute("SELECT archive_asks FROM commitment_requests WHERE id = ?",
+                           (request_id,)).fetchone()
+        if row is None:
+            return
+        asks = json.loads(row[0] or "{}")
+        results = (asks.get(destination) or {}).get("results")
+        asks[destination] = {"transaction_uid": transaction_uid, "sent": sent,
+                             "results": results}
+        conn.execute("UPDATE commitment_requests SET archive_asks = ? WHERE id = ?",
+                     (json.dumps(asks), request_id))
+
+
+def record_archive_report(conn: sqlite3.Connection, transaction_uid: str,
+                          results: dict[str, int]) -> bool:
+    """Keep an archive's answer to radflow's own request; False if no waiting request asked
+    with ``transaction_uid``."""
+    with transaction(conn):
+        for request_id, raw in conn.execute(
+                "SELECT id, archive_asks FROM commitment_requests WHERE state = 'waiting' "
+                "AND instr(archive_asks, ?) > 0", (transaction_uid,)).fetchall():
+            asks = json.loads(raw or "{}")
+            for ask in asks.values():
+                if ask.get("transaction_uid") == transaction_uid:
+                    ask["results"] = {**(ask.get("results") or {}), **results}
+                    conn.execute("UPDATE commitment_requests SET archive_asks = ? WHERE id = ?",
+                                 (json.dumps(asks), request_id))
+                    return True
+    return False
 
 
 def _journal_ids(conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -113,19 +154,21 @@ def _confirmed(conn: sqlite3.Connection, journal_ids: Sequence[int],
 
 
 def resolve_on_archive(conn: sqlite3.Connection, request_id: int, request: CommitmentRequest,
-                       destinations: Sequence[str], now: float) -> CommitmentReport | None:
+                       destinations: Sequence[str], committing: Sequence[str], now: float
+                       ) -> CommitmentReport | None:
     """Queue the report of a waiting ``on_archive`` request when every instance is confirmed
     by ``destinations`` (or its deadline passed); None while it waits."""
     with transaction(conn):
-        state = conn.execute("SELECT state FROM commitment_requests WHERE id = ?",
+        state = conn.execute("SELECT state, archive_asks FROM commitment_requests WHERE id = ?",
                              (request_id,)).fetchone()
         if state is None or state[0] != "waiting":
             return None
+        request = dataclasses.replace(request, asks=json.loads(state[1] or "{}"))
         journal = _journal_ids(conn, [uid for _, uid in request.refs])
         confirmed = _confirmed(conn, [j for _, j in journal.values()], destinations) \
             if destinations else set()
         expired = request.deadline is not None and now >= request.deadline
-        report = decide_on_archive(request, journal, confirmed, expired)
+        report = decide_on_archive(request, journal, confirmed, expired, tuple(committing))
         if report is not None:
             _queue_report(conn, request_id, report, now)
         return report

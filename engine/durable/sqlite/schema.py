@@ -294,6 +294,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX commitment_requests_waiting ON commitment_requests (id) WHERE state = 'waiting'
     """,
+    # 12: on_archive requests radflow relayed to an archive: per destination, the Transaction
+    # UID radflow asked with and the archive's answer (SQL in sqlite/commitment.py).
+    """
+    ALTER TABLE commitment_requests ADD COLUMN archive_asks TEXT NOT NULL DEFAULT '{}'
+    """,
 )
 
 

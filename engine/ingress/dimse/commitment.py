@@ -129,6 +129,48 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
     return int(DimseStatus.SUCCESS), None
 
 
+def archive_results(info: Dataset) -> tuple[str, dict[str, int]]:
+    """(Transaction UID, SOP Instance UID -> Failure Reason or 0) of an archive's report."""
+    try:
+        transaction_uid = str(info.get("TransactionUID", "") or "").strip()
+        results = {str(i.ReferencedSOPInstanceUID): 0
+                   for i in info.get("ReferencedSOPSequence") or []}
+        for item in info.get("FailedSOPSequence") or []:
+            reason = item.get("FailureReason")
+            results[str(item.ReferencedSOPInstanceUID)] = \
+                int(reason) if reason else int(DimseStatus.PROCESSING_FAILURE)
+    except Exception as exc:
+        raise BadCommitmentRequest(f"undecodable Event Information: {exc}") from exc
+    if not is_valid_uid(transaction_uid):
+        raise BadCommitmentRequest("Transaction UID missing or not a UID")
+    return transaction_uid, results
+
+
+def handle_n_event_report(event: Event, policy: ListenerPolicy,
+                          commitment: CommitmentProvider) -> tuple[int | Dataset, None]:
+    """EVT_N_EVENT_REPORT: an archive answers the commitment radflow asked it for (``on_archive``
+    relays it to the modality)."""
+    calling = str(event.assoc.requestor.ae_title).strip()
+    try:
+        transaction_uid, results = archive_results(event.event_information)
+        known = commitment.bridge.call(
+            commitment.store.record_archive_commitment(transaction_uid, results),
+            commitment.timeout)
+    except Exception as exc:
+        status = DimseStatus.INVALID_ATTRIBUTE_VALUE if isinstance(exc, InvalidInput) \
+            else DimseStatus.PROCESSING_FAILURE
+        reason = exc.reason if isinstance(exc, RadflowError) else "internal_error"
+        log.warning("ingress.dimse.commitment.archive_report_failed", listener=policy.name,
+                    calling_ae=calling, reason=reason, detail=str(exc))
+        return _failure(status, error_comment(exc)), None
+    log_fn = log.info if known else log.warning
+    log_fn("ingress.dimse.commitment.archive_reported", listener=policy.name,
+           calling_ae=calling, archive_transaction_uid=transaction_uid, known=known,
+           committed=sum(1 for r in results.values() if r == 0),
+           failed=sum(1 for r in results.values() if r != 0))
+    return int(DimseStatus.SUCCESS), None
+
+
 def handle_dimse_sent(event: Event, commitment: CommitmentProvider) -> None:
     """After the N-ACTION response went out, offer this association for the report: sent
     earlier, the report would reach the modality before the answer it is waiting for."""

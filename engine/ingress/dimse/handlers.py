@@ -30,6 +30,7 @@ from engine.ingress.dimse.commitment import (
     CommitmentProvider,
     handle_dimse_sent,
     handle_n_action,
+    handle_n_event_report,
 )
 from engine.ingress.dimse.commitment import handle_conn_close as handle_commitment_closed
 from engine.ingress.dimse.intake import ReceivedInstance, StoreIntake
@@ -373,6 +374,7 @@ def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | Non
     query_retrieve = [(evt.EVT_C_MOVE, handle_move, [policy, qr]),
                       (evt.EVT_C_GET, handle_get, [policy, qr])] if qr is not None else []
     storage_commitment = [(evt.EVT_N_ACTION, handle_n_action, [policy, commitment]),
+                          (evt.EVT_N_EVENT_REPORT, handle_n_event_report, [policy, commitment]),
                           (evt.EVT_DIMSE_SENT, handle_dimse_sent, [commitment]),
                           (evt.EVT_CONN_CLOSE, handle_commitment_closed, [commitment])] \
         if commitment is not None else []

@@ -83,8 +83,11 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
     for uid in [*sop_classes, *config.extra_storage_sop_classes]:
         ae.add_supported_context(uid, syntaxes, **roles)
     if commitment:
+        # Both roles: modalities ask radflow (radflow SCP), and archives radflow asked report
+        # back on associations they open, proposing the SCP role (PS3.4 J.3.3).
         ae.add_supported_context(STORAGE_COMMITMENT_PUSH,
-                                 [ts for ts in syntaxes if ts in _QUERY_SYNTAXES])
+                                 [ts for ts in syntaxes if ts in _QUERY_SYNTAXES],
+                                 scu_role=True, scp_role=True)
     if query_retrieve:
         for uid in [*FIND_SOP_CLASSES, *RETRIEVE_SOP_CLASSES]:
             ae.add_supported_context(uid, [ts for ts in syntaxes if ts in _QUERY_SYNTAXES])
