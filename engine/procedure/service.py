@@ -49,10 +49,18 @@ log = get_logger("engine.procedure")
 StudyComplete = Callable[[str], Awaitable[int]]
 
 
-def step_keys(step: ProcedureStep) -> dict[str, str]:
-    """A step's correlation keys, for every log line about it."""
-    return correlation(study_instance_uid=step.study_instance_uid,
-                       accession_number=step.accession_number, patient_id=step.patient_id)
+def step_keys(step: ProcedureStep, items: Sequence[StoredWorklistItem] = ()
+              ) -> dict[str, str]:
+    """A step's correlation keys, for every log line about it; with the worklist items it
+    moved, their order numbers too."""
+    def joined(values: Sequence[str]) -> str:
+        return ",".join(dict.fromkeys(v for v in values if v))
+
+    return correlation(
+        study_instance_uid=step.study_instance_uid, accession_number=step.accession_number,
+        patient_id=step.patient_id,
+        placer_order_number=joined([s.item.placer_order_number for s in items]),
+        filler_order_number=joined([s.item.filler_order_number for s in items]))
 
 
 def now_iso() -> str:
@@ -146,7 +154,8 @@ class ProcedureStepService:
         log.info(f"mpps.{'created' if operation == 'create' else 'set'}",
                  sop_instance_uid=step.sop_instance_uid, status=step.status.value,
                  calling_ae=step.calling_ae, worklist_item_ids=list(step.worklist_item_ids),
-                 worklist_updated=[s.id for s in commit.link.updates], **step_keys(step))
+                 worklist_updated=[s.id for s in commit.link.updates],
+                 **step_keys(step, commit.link.updates))
         if operation == "create" and step.unscheduled:
             log.warning("mpps.unscheduled", sop_instance_uid=step.sop_instance_uid,
                         calling_ae=step.calling_ae, **step_keys(step))
