@@ -201,7 +201,12 @@ class MllpSender:
             raise TransientDeliveryError(
                 f"TLS handshake with {self.config.host}:{self.config.port} failed: {exc}",
                 reason="tls_failed") from exc
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            what = "connection and TLS handshake" if self._ssl is not None else "connection"
+            raise TransientDeliveryError(
+                f"cannot connect to {self.config.host}:{self.config.port}: no {what} within "
+                f"{self.config.connect_timeout:g} s", reason="unreachable") from exc
+        except OSError as exc:
             raise TransientDeliveryError(
                 f"cannot connect to {self.config.host}:{self.config.port}: {exc}",
                 reason="unreachable") from exc
