@@ -19,7 +19,6 @@ files (the caller reads the one header ``started`` needs).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -27,7 +26,7 @@ from pydicom.dataset import Dataset
 
 from engine.durable.store import InstanceRecord
 from engine.hl7.message import Hl7Message, Hl7Segment
-from engine.pipeline.fhir_status import fhir_datetime
+from engine.pipeline.fhir_status import fhir_datetime, with_zone
 
 _DICOM_UID: Final = "urn:dicom:uid"
 _DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
@@ -63,18 +62,6 @@ def _text(ds: Dataset | None, keyword: str) -> str:
     except Exception:  # a malformed value in a header must not stop the resource
         return ""
     return str(value).strip() if value not in (None, "") else ""
-
-
-def with_zone(when: str, offset: str = "") -> str:
-    """A FHIR dateTime with a time gets a zone, as FHIR requires: DICOM's Timezone Offset
-    From UTC (``+0100``) when the images carry it, else this host's zone at that moment
-    (modalities keep the site's local time)."""
-    if "T" not in when:
-        return when
-    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
-        return f"{when}{offset[:3]}:{offset[3:]}"
-    local = dt.datetime.fromisoformat(when).astimezone().strftime("%z")
-    return f"{when}{local[:3]}:{local[3:]}"
 
 
 def _started(header: Dataset | None) -> str:

@@ -15,6 +15,7 @@ is the event's receive time). Pure: no store, no clock, no network.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -44,6 +45,18 @@ def fhir_datetime(date: str, time: str) -> str:
         seconds = digits[4:6] if len(digits) >= 6 and digits[4:6].isdigit() else "00"
         out += f"T{digits[:2]}:{digits[2:4]}:{seconds}"
     return out
+
+
+def with_zone(when: str, offset: str = "") -> str:
+    """A FHIR dateTime with a time gets a zone, as FHIR requires: DICOM's Timezone Offset
+    From UTC (``+0100``) when the images carry it, else this host's zone at that moment
+    (modalities keep the site's local time)."""
+    if "T" not in when:
+        return when
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        return f"{when}{offset[:3]}:{offset[3:]}"
+    local = dt.datetime.fromisoformat(when).astimezone().strftime("%z")
+    return f"{when}{local[:3]}:{local[3:]}"
 
 
 def _typed_identifier(code: str, value: str) -> dict[str, Any]:
@@ -91,10 +104,13 @@ def render_task(*, status: str, received_at: str, dataset: Dataset, sop_instance
             ident["assigner"] = {"display": issuer}
         task["for"] = {"type": "Patient", "identifier": ident}
     period = {k: v for k, v in (
-        ("start", fhir_datetime(_text(dataset, "PerformedProcedureStepStartDate"),
-                                _text(dataset, "PerformedProcedureStepStartTime"))),
-        ("end", fhir_datetime(_text(dataset, "PerformedProcedureStepEndDate"),
-                              _text(dataset, "PerformedProcedureStepEndTime")))) if v}
+        # FHIR requires a zone on a dateTime with a time; MPPS carries none.
+        ("start", with_zone(fhir_datetime(_text(dataset, "PerformedProcedureStepStartDate"),
+                                          _text(dataset, "PerformedProcedureStepStartTime")),
+                            _text(dataset, "TimezoneOffsetFromUTC"))),
+        ("end", with_zone(fhir_datetime(_text(dataset, "PerformedProcedureStepEndDate"),
+                                        _text(dataset, "PerformedProcedureStepEndTime")),
+                          _text(dataset, "TimezoneOffsetFromUTC")))) if v}
     if period:
         task["executionPeriod"] = period
     station = _text(dataset, "PerformedStationAETitle")

@@ -256,8 +256,13 @@ def test_procedure_step_status_reaches_a_fhir_ehr_as_one_task(radflow: RadflowFa
         assert task["status"] == "completed"
         assert task["focus"]["identifier"]["value"] == "ACC-P-FHIR"
         assert task["for"]["identifier"]["value"] == "P-FHIR"
-        assert task["executionPeriod"] == {"start": f"{DAY[:4]}-{DAY[4:6]}-{DAY[6:]}T09:00:00",
-                                           "end": f"{DAY[:4]}-{DAY[4:6]}-{DAY[6:]}T09:30:00"}
+        from engine.pipeline.fhir_status import with_zone
+
+        day = f"{DAY[:4]}-{DAY[4:6]}-{DAY[6:]}"
+        assert task["executionPeriod"] == {"start": with_zone(f"{day}T09:00:00"),
+                                           "end": with_zone(f"{day}T09:30:00")}
+        from fhir.resources.R4B.task import Task
+        Task.model_validate(task)  # valid FHIR
         # one Task, created then updated in place by conditional update on its identifier
         assert [k for k in fhir.server.resources if k[0] == "Task"] == [key]
         assert [m for m, _ in fhir.server.requests] == ["PUT", "PUT"]

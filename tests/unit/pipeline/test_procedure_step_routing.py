@@ -169,9 +169,14 @@ async def test_create_and_completed_become_outbox_rows(store: SqliteStore,
             ["O-1", "F-1"]  # type: ignore[index]
         assert task["for"]["identifier"]["value"] == "P1"  # type: ignore[index]
         assert task["input"][0]["valueOid"] == f"urn:oid:{STUDY}"  # type: ignore[index]
-    assert tasks[0]["executionPeriod"] == {"start": "2026-11-25T09:00:00"}  # type: ignore[index]
-    assert tasks[1]["executionPeriod"] == {"start": "2026-11-25T09:00:00",  # type: ignore[index]
-                                           "end": "2026-11-25T09:30:00"}
+    from fhir.resources.R4B.task import Task
+
+    from engine.pipeline.fhir_status import with_zone
+    start, end = with_zone("2026-11-25T09:00:00"), with_zone("2026-11-25T09:30:00")
+    assert tasks[0]["executionPeriod"] == {"start": start}  # type: ignore[index]
+    assert tasks[1]["executionPeriod"] == {"start": start, "end": end}  # type: ignore[index]
+    for task in tasks:
+        Task.model_validate(task)  # valid FHIR (a dateTime with a time carries a zone)
 
 
 async def test_state_and_calling_ae_select_routes(store: SqliteStore,
