@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(180)]
 CT = dicomgen.CT_IMAGE_STORAGE
 VERIFICATION = "1.2.840.10008.1.1"
 MPPS = "1.2.840.10008.3.1.2.3.3"
+MWL_FIND = "1.2.840.10008.5.1.4.31"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 #: A-ABORT from the service provider, reason "invalid PDU parameter value" (PS3.8 9.3.8)
 ABORT_INVALID_PDU_PARAMETER = (0x02, 0x06)
@@ -443,7 +444,12 @@ def _us(value: int) -> bytes:
     # N-SET-RQ without its Requested SOP Instance UID
     (MPPS, [(0x0003, dimse_wire._ui(MPPS)), (0x0100, _us(0x0120)), (0x0110, _us(5)),
             (0x0800, _us(0x0102))], 0x0110),
-], ids=["c_echo", "n_set"])
+    # C-FIND-RQ without its Affected SOP Class UID
+    (MWL_FIND, [(0x0100, _us(0x0020)), (0x0110, _us(5)), (0x0700, _us(0)),
+                (0x0800, _us(0x0102))], 0xC000),
+    # N-CREATE-RQ without its Affected SOP Class UID
+    (MPPS, [(0x0100, _us(0x0140)), (0x0110, _us(5)), (0x0800, _us(0x0102))], 0x0110),
+], ids=["c_echo", "n_set", "c_find", "n_create"])
 def test_other_malformed_requests_get_a_failure_too(radflow: RadflowFactory, abstract: str,
                                                     command: list[tuple[int, bytes]],
                                                     status: int) -> None:
