@@ -19,6 +19,8 @@ must not touch the store.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args, get_origin
@@ -39,6 +41,7 @@ B = TypeVar("B")
 DEFAULT_MAX_BODY = 1024 * 1024
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _JSON = "application/json"
+_REF = "#/components/schemas/{model}"
 
 
 class NoParams(BaseModel):
@@ -143,10 +146,10 @@ class Api:
     def openapi(self, info: Mapping[str, Any], secured: bool) -> dict[str, Any]:
         schemas: dict[str, Any] = {}
         paths: dict[str, dict[str, Any]] = {}
-        ref = "#/components/schemas/{model}"
+        ref = _REF
         for ep in self.endpoints:
             op: dict[str, Any] = {"summary": ep.summary}
-            schema = ep.params.model_json_schema(ref_template=ref)
+            schema = _schema(ep.params)
             schemas.update(schema.pop("$defs", {}))
             required = set(schema.get("required", []))
             parameters = []
@@ -165,7 +168,7 @@ class Api:
                 op["parameters"] = parameters
             content: dict[str, Any] = {}
             if ep.body is not None:
-                body_schema = ep.body.model_json_schema(ref_template=ref)
+                body_schema = _schema(ep.body)
                 schemas.update(body_schema.pop("$defs", {}))
                 schemas[ep.body.__name__] = body_schema
                 content[_JSON] = {"schema": {"$ref": ref.format(model=ep.body.__name__)}}
@@ -191,6 +194,17 @@ class Api:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
         return {"openapi": "3.1.0", "info": dict(info), "paths": paths,
                 "components": components}
+
+
+@functools.cache
+def _schema_of(model: type[BaseModel]) -> str:
+    return json.dumps(model.model_json_schema(ref_template=_REF))
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A fresh copy of ``model``'s JSON schema (generated once per model and process)."""
+    loaded: dict[str, Any] = json.loads(_schema_of(model))
+    return loaded
 
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes | web.Response:

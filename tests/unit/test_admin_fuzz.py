@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,41 @@ content_types = st.sampled_from([None, "application/json", "text/plain",
                                  "application/x-www-form-urlencoded"])
 
 
-async def test_no_generated_request_is_a_server_error(store: SqliteStore) -> None:
+Request = tuple[str, str, dict[str, str], bytes | None, str | None]
+
+
+def generated_requests(doc: dict[str, Any]) -> list[Request]:
+    """Requests for every operation of ``doc``: known and unknown parameters with odd values,
+    JSON of any shape, raw bytes, deep nesting, and assorted content types."""
+    operations = [(path, method, op) for path, ops in doc["paths"].items()
+                  for method, op in ops.items()]
+    assert len(operations) >= 10
+    requests: list[Request] = []
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def one(data: st.DataObject) -> None:
+        path, method, op = data.draw(st.sampled_from(operations))
+        names = [p["name"] for p in op.get("parameters", [])] + ["bogus"]
+        query = data.draw(st.dictionaries(st.sampled_from(names), param_values, max_size=4))
+        filled = path
+        for p in op.get("parameters", []):
+            if p["in"] == "path":
+                filled = filled.replace("{" + p["name"] + "}", data.draw(st.sampled_from(
+                    ["pacs", "1", "x", "99999999999999999999"])))
+                query.pop(p["name"], None)
+        requests.append((method.upper(), filled, query, data.draw(bodies),
+                         data.draw(content_types)))
+
+    one()
+    return requests
+
+
+async def _serve(tmp_path: Path, work: Callable[[AdminServer, TestClient[Any, Any]],
+                                                 Awaitable[Any]]) -> Any:
+    store = SqliteStore(tmp_path / "radflow.db")
+    await store.open()
     destinations = {"pacs": DimseDestination(type="dimse", ae_title="PACS", host="127.0.0.1",
                                              port=104)}
     mapping = load_mapping(REPO_ROOT / "routes" / "worklist" / "hl7-mwl.yaml")
@@ -52,36 +87,28 @@ async def test_no_generated_request_is_a_server_error(store: SqliteStore) -> Non
     client: TestClient[Any, Any] = TestClient(TestServer(server.app))
     await client.start_server()
     try:
-        operations = [(path, method, op) for path, ops in server.openapi_doc["paths"].items()
-                      for method, op in ops.items()]
-        assert len(operations) >= 10
-        failures: list[str] = []
+        return await work(server, client)
+    finally:
+        await client.close()
+        await store.close()
 
-        @settings(max_examples=300, deadline=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        @given(st.data())
-        def one(data: st.DataObject) -> None:
-            path, method, op = data.draw(st.sampled_from(operations))
-            names = [p["name"] for p in op.get("parameters", [])] + ["bogus"]
-            query = data.draw(st.dictionaries(st.sampled_from(names), param_values, max_size=4))
-            filled = path
-            for p in op.get("parameters", []):
-                if p["in"] == "path":
-                    filled = filled.replace("{" + p["name"] + "}",
-                                            data.draw(st.sampled_from(["pacs", "1", "x",
-                                                                       "99999999999999999999"])))
-                    query.pop(p["name"], None)
-            body = data.draw(bodies)
-            ctype = data.draw(content_types)
-            requests.append((method.upper(), filled, query, body, ctype))
 
-        requests: list[tuple[str, str, dict[str, str], bytes | None, str | None]] = []
-        await asyncio.to_thread(one)  # generating is CPU work: off the loop
+def test_no_generated_request_is_a_server_error(tmp_path: Path) -> None:
+    # A plain test running its own loops: hypothesis collects garbage between examples, which
+    # would stall a shared loop; requests are drawn first, then sent.
+    async def describe(server: AdminServer, client: TestClient[Any, Any]) -> Any:
+        return await (await client.get("/api/v1/openapi.json")).json()
+
+    requests = generated_requests(asyncio.run(_serve(tmp_path / "a", describe)))
+
+    async def send_all(server: AdminServer, client: TestClient[Any, Any]) -> list[str]:
+        failures = []
         for method, url, query, body, ctype in requests:
             headers = {"Content-Type": ctype} if ctype and body is not None else {}
             resp = await client.request(method, url, params=query, data=body, headers=headers)
             if resp.status >= 500:
                 failures.append(f"{method} {url} {query} {ctype} {body!r:.80} -> {resp.status}")
-        assert not failures, "\n".join(failures[:10])
-    finally:
-        await client.close()
+        return failures
+
+    failures = asyncio.run(_serve(tmp_path / "b", send_all))
+    assert not failures, "\n".join(failures[:10])
