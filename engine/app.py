@@ -255,6 +255,8 @@ class Engine:
         # Runs before the dispatcher stops: the Application Stop record still reaches the
         # repository when it is up.
         self._stop_steps.append(("audit-drain", self._drain_audit))
+        # Other nodes' new rows (PostgreSQL NOTIFY) wake the workers too; polling stays.
+        self.store.watch_outbox(self.dispatcher.wake)
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health-metrics"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),

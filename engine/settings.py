@@ -214,11 +214,78 @@ class Hl7Settings(_Strict):
     commit_timeout: float = Field(default=30.0, gt=0)
 
 
+_PG_SCHEMA_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _check_pg_schema(value: str) -> str:
+    if not value or value[0].isdigit() or not set(value) <= _PG_SCHEMA_CHARS or len(value) > 63:
+        raise ValueError("a schema name is 1-63 lower-case letters, digits or _, not starting "
+                         "with a digit")
+    return value
+
+
+class PostgresSettings(_Strict):
+    """The PostgreSQL server radflow keeps its state in (``storage.backend: postgresql``).
+
+    The password is never read from this file: it comes from the environment variable named by
+    ``password_env`` or from ``password_file`` (libpq's own PGPASSWORD and ~/.pgpass also work).
+    """
+
+    #: a libpq connection string or URI ("host=db1 dbname=radflow user=radflow" or
+    #: "postgresql://radflow@db1/radflow"), without a password; when set, host, port, database
+    #: and user below are not used
+    dsn: str = ""
+    host: str = "127.0.0.1"
+    port: Port = 5432
+    database: str = "radflow"
+    user: str = "radflow"
+    #: name of the environment variable holding the password
+    password_env: str = "RADFLOW_POSTGRESQL_PASSWORD"
+    #: a file holding the password (first line), readable by radflow only
+    password_file: Path | None = None
+    #: the schema radflow's tables live in (created when missing)
+    db_schema: Annotated[str, AfterValidator(_check_pg_schema)] = Field(
+        default="public", alias="schema")
+    #: connections for reads and for background work (commits have one of their own)
+    pool_size: int = Field(default=8, ge=1, le=200)
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
+                     "verify-full"] = "prefer"
+    #: CA bundle for verify-ca / verify-full
+    sslrootcert: Path | None = None
+    #: a statement running longer than this is cancelled (seconds; 0: no limit)
+    statement_timeout: float = Field(default=30.0, ge=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    #: prepared statements (faster); turn off behind PgBouncer in transaction mode (older
+    #: than 1.22), which cannot keep them
+    prepared_statements: bool = True
+    #: radflow refuses a server whose sessions run with ``synchronous_commit = off`` (a commit
+    #: could be lost after radflow answered Success); true accepts that risk
+    allow_async_commit: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _dsn_without_password(self) -> PostgresSettings:
+        if self.dsn:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                parts = conninfo_to_dict(self.dsn)
+            except Exception as exc:
+                raise ValueError(f"dsn is not a valid libpq connection string: {exc}") from exc
+            if parts.get("password"):
+                raise ValueError("dsn must not carry a password: use password_env or "
+                                 "password_file")
+        return self
+
+
 class StorageSettings(_Strict):
     """Where durable state lives: the embedded default is SQLite plus a local spool folder."""
 
-    backend: Literal["sqlite"] = "sqlite"
+    #: sqlite (one file, no server) or postgresql (shared by several radflow nodes)
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     sqlite_path: Path = Path("var/radflow.db")
+    postgresql: PostgresSettings = Field(default_factory=PostgresSettings)
     spool_dir: Path = Path("var/spool")
     #: below this much free space on the spool's disk intake answers Out of Resources
     min_free_mb: int = Field(default=1024, ge=0)

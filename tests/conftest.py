@@ -1,5 +1,5 @@
 """Shared fixtures: ``radflow`` (a factory of real radflow processes), ``store`` (an open
-SQLite store in the test's folder) and DCMTK availability.
+store, once on SQLite and once on PostgreSQL) and DCMTK availability.
 
 ``radflow(overrides)`` writes a config under the test's ``tmp_path`` (data, spool and database
 there too, DICOM and HTTP on free loopback ports), starts ``python -m engine run`` and waits for
@@ -9,6 +9,7 @@ Tests that use DCMTK's tools are skipped when they are not installed.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -22,19 +23,39 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from engine.durable.postgresql import PostgresStore  # noqa: E402
 from engine.durable.sqlite import SqliteStore  # noqa: E402
+from tests.helpers import pg  # noqa: E402
 from tests.helpers.proc import RadflowFactory, RadflowProcess, dcmtk_tool  # noqa: E402
 
 __all__ = ["RadflowFactory"]
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    """An open SQLite store (``radflow.db`` in the test's folder), closed at teardown."""
-    s = SqliteStore(tmp_path / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """An open store, once per backend: SQLite (``radflow.db`` in the test's folder) and
+    PostgreSQL (a fresh schema on the shared server, dropped after). Closed at teardown.
+    A test marked ``sqlite_only`` (it looks at SQLite's own plans or file) runs on SQLite."""
+    if request.param == "sqlite":
+        if request.node.get_closest_marker("postgresql_only"):
+            pytest.skip("looks at PostgreSQL itself")
+        s: Any = SqliteStore(tmp_path / "radflow.db")
+        await s.open()
+        yield s
+        await s.close()
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("looks at SQLite itself")
+    if (why := await asyncio.to_thread(pg.unavailable)) is not None:
+        pytest.skip(why)
+    name = pg.new_schema_name()
+    s = PostgresStore(pg.settings(name), connect_attempts=1)
+    try:
+        await s.open()
+        yield s
+    finally:
+        await s.close()
+        await asyncio.to_thread(pg.drop_schema, name)
 
 
 @pytest.fixture

@@ -258,6 +258,9 @@ class OutboxResult:
     verdict: OutboxVerdict
     next_attempt_at: float | None = None  # RETRY (and optionally RELEASE)
     error: str | None = None
+    #: the lease's attempt number (``OutboxRow.attempts``): a fencing token, so a verdict for an
+    #: attempt whose lease expired and was taken again is ignored (None: owner check only)
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +322,11 @@ class Store(Protocol):
     async def ping(self) -> bool: ...
 
     async def schema_version(self) -> int: ...
+
+    def watch_outbox(self, wake: Callable[[str | None], None]) -> None:
+        """Call ``wake(destination)`` when any process adds outbox rows (a hint: the
+        dispatcher also polls). A backend with one process per database does nothing."""
+        ...
 
     async def commit_instances(
         self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
@@ -635,6 +643,10 @@ class Store(Protocol):
 
 def open_store(settings: StorageSettings) -> Store:
     """Build the configured backend (not yet opened)."""
+    if settings.backend == "postgresql":
+        from engine.durable.postgresql import PostgresStore
+
+        return PostgresStore(settings.postgresql)
     from engine.durable.sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path)

@@ -325,7 +325,8 @@ class Dispatcher:
             return
         if rows:
             await self._write_verdicts(
-                q, [OutboxResult(r.id, OutboxVerdict.RELEASE) for r in rows], self._clock())
+                q, [OutboxResult(r.id, OutboxVerdict.RELEASE, attempt=r.attempts)
+                    for r in rows], self._clock())
 
     async def _settle(self, q: _Queue, state: _Slot) -> None:
         """At the end of a worker: the last verdicts written, a prefetched page given back."""
@@ -407,7 +408,8 @@ class Dispatcher:
         kind = q.config.type
         for row in rows:
             if row.id in released:
-                results.append(OutboxResult(row.id, OutboxVerdict.RELEASE))
+                results.append(OutboxResult(row.id, OutboxVerdict.RELEASE,
+                                            attempt=row.attempts))
                 DELIVERY_OUTCOMES.labels(q.name, "released").inc()
                 continue
             outcome = outcomes[row.id]
@@ -415,7 +417,7 @@ class Dispatcher:
             err = outcome.error
             if err is None:
                 delivered += 1
-                results.append(OutboxResult(row.id, OutboxVerdict.DONE))
+                results.append(OutboxResult(row.id, OutboxVerdict.DONE, attempt=row.attempts))
                 DELIVERY_OUTCOMES.labels(q.name, "delivered").inc()
                 log.debug(f"egress.{kind}.sent", destination=q.name, row=row.id,
                           attempt=row.attempts, seconds=round(outcome.seconds, 4),
@@ -430,14 +432,16 @@ class Dispatcher:
                 transient += 1
             if not err.transient or gives_up(q.policy, row.attempts, row.created_at, now):
                 why = "permanent" if not err.transient else "policy exhausted"
-                results.append(OutboxResult(row.id, OutboxVerdict.DEAD, error=text))
+                results.append(OutboxResult(row.id, OutboxVerdict.DEAD, error=text,
+                                            attempt=row.attempts))
                 DELIVERY_OUTCOMES.labels(q.name, "dead_letter").inc()
                 log.warning("outbox.dead_lettered", destination=q.name, row=row.id,
                             route=row.route, attempts=row.attempts, why=why, error=text,
                             **row_keys(row, from_payload=True))
             else:
                 delay = backoff_delay(q.policy, row.attempts, self._rng)
-                results.append(OutboxResult(row.id, OutboxVerdict.RETRY, now + delay, text))
+                results.append(OutboxResult(row.id, OutboxVerdict.RETRY, now + delay, text,
+                                            attempt=row.attempts))
                 DELIVERY_OUTCOMES.labels(q.name, "retry").inc()
                 log.info(f"egress.{kind}.failed", destination=q.name, row=row.id,
                          attempt=row.attempts, retry_in=round(delay, 2), error=text,

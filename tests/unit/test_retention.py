@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from journal_samples import record
@@ -16,6 +16,7 @@ from engine.durable.routing import GroupJoin, RoutingPlan
 from engine.durable.spool import Spool
 from engine.durable.sqlite import SqliteStore
 from engine.durable.store import DuplicatePolicy, InstanceCommit, NewOutboxRow
+from tests.helpers.pg import raw_connection
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 OLD = "2026-10-01T09:00:00+00:00"  # 55 days before NOW
@@ -65,7 +66,7 @@ async def test_only_what_nothing_needs_is_purged(store: SqliteStore, spool: Spoo
     fired_group = results_routing[-1].groups[0].id
     assert await store.fire_routing_group(fired_group, "quiet", 2.0,
                                           lambda *_: []) is not None
-    with sqlite3.connect(store.path) as conn:  # the dispatcher's verdicts, in short
+    with raw_connection(store) as conn:  # the dispatcher's verdicts, in short
         conn.execute("UPDATE outbox SET state = 'done' WHERE source_id = ?",
                      (ids["delivered"],))
         conn.execute("UPDATE outbox SET state = 'dead' WHERE source_id = ?", (ids["dead"],))
@@ -90,7 +91,7 @@ async def test_zero_keeps_everything(store: SqliteStore, spool: Spool) -> None:
 
 
 # --- HL7 and MPPS journal retention --------------------------------------------------------
-def _hl7(conn: sqlite3.Connection, control_id: str, *, ack: str = "AA", routed: bool = True,
+def _hl7(conn: Any, control_id: str, *, ack: str = "AA", routed: bool = True,
          received_at: str = OLD) -> int:
     cur = conn.execute(
         "INSERT INTO hl7_messages (sending_application, sending_facility, control_id, "
@@ -100,7 +101,7 @@ def _hl7(conn: sqlite3.Connection, control_id: str, *, ack: str = "AA", routed: 
     return int(cur.lastrowid or 0)
 
 
-def _step(conn: sqlite3.Connection, uid: str, status: str, *, updated_at: str = OLD,
+def _step(conn: Any, uid: str, status: str, *, updated_at: str = OLD,
           complete: bool = False, listed: bool = False, events_routed: bool = True) -> int:
     cur = conn.execute(
         "INSERT INTO procedure_steps (sop_instance_uid, status, created_at, updated_at, "
@@ -118,7 +119,7 @@ def _step(conn: sqlite3.Connection, uid: str, status: str, *, updated_at: str = 
     return step_id
 
 
-def _outbox(conn: sqlite3.Connection, table: str, source_id: int, state: str) -> None:
+def _outbox(conn: Any, table: str, source_id: int, state: str) -> None:
     conn.execute(
         "INSERT INTO outbox (destination, kind, source_table, source_id, route, payload, "
         "state, next_attempt_at, created_at, updated_at) "
@@ -127,7 +128,7 @@ def _outbox(conn: sqlite3.Connection, table: str, source_id: int, state: str) ->
 
 async def test_journal_retention_keeps_what_is_still_needed(store: SqliteStore,
                                                             spool: Spool) -> None:
-    with sqlite3.connect(store.path) as conn:
+    with raw_connection(store) as conn:
         hl7 = {name: _hl7(conn, name, **kw) for name, kw in {
             "delivered": {}, "no-routes": {}, "rejected": {"ack": "AE", "routed": False},
             "unrouted": {"routed": False}, "pending": {}, "dead": {},
@@ -152,7 +153,7 @@ async def test_journal_retention_keeps_what_is_still_needed(store: SqliteStore,
     purged = await retention.purge_journal(NOW)
     assert (purged.hl7_messages, purged.procedure_steps) == (3, 3)
 
-    with sqlite3.connect(store.path) as conn:
+    with raw_connection(store) as conn:
         left_hl7 = {r[0] for r in conn.execute("SELECT control_id FROM hl7_messages")}
         left_steps = {int(r[0]) for r in conn.execute("SELECT id FROM procedure_steps")}
         orphans = conn.execute(
@@ -170,7 +171,7 @@ async def test_journal_retention_keeps_what_is_still_needed(store: SqliteStore,
 
 async def test_journal_retention_zero_keeps_everything(store: SqliteStore,
                                                        spool: Spool) -> None:
-    with sqlite3.connect(store.path) as conn:
+    with raw_connection(store) as conn:
         _hl7(conn, "old")
         _step(conn, "1.2.3", "DISCONTINUED")
     purged = await Retention(store, spool, retention_days=30).purge_journal(NOW)

@@ -173,6 +173,9 @@ class SqliteStore:
     async def schema_version(self) -> int:
         return await self._read(schema.schema_version)
 
+    def watch_outbox(self, wake: Callable[[str | None], None]) -> None:
+        """One process per file: the router wakes the dispatcher in memory."""
+
     # --- instances ---------------------------------------------------------------------------
     async def commit_instances(
         self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,

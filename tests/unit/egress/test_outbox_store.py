@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engine.durable.sqlite import SqliteStore
 from engine.durable.store import NewOutboxRow, OutboxResult, OutboxState, OutboxVerdict
 
@@ -132,6 +134,7 @@ async def test_per_study_order_a_dead_row_does_not_block_its_study(store: Sqlite
     assert [r.id for r in got] == a[1:]
 
 
+@pytest.mark.sqlite_only
 async def test_lease_cost_does_not_grow_with_the_queue(store: SqliteStore) -> None:
     """The claim walks the index and stops after the page (EXPLAIN: no full scan, no sort)."""
     from engine.durable.sqlite import outbox

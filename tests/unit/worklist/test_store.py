@@ -1,6 +1,10 @@
-"""The worklist tables in SQLite: migration, indexed queries (EXPLAIN QUERY PLAN), filtering."""
+"""The worklist tables on both backends: migration, indexed queries (the planner's own
+EXPLAIN on SQLite and on PostgreSQL), filtering."""
 
 from __future__ import annotations
+
+import asyncio
+import datetime as dt
 
 import pytest
 from pydicom.dataset import Dataset
@@ -67,6 +71,7 @@ async def plan(store: SqliteStore, constraints: list[Constraint]) -> str:
     (ident(StudyInstanceUID=["1.2.3.7", "1.2.3.8"]), "worklist_study"),
     (ident(PatientName="NAME0004*"), "worklist_name"),
 ])
+@pytest.mark.sqlite_only
 async def test_queries_use_an_index(seeded: SqliteStore, query: Dataset, index: str) -> None:
     q = MwlQuery.parse(query, case_insensitive_pn=True)
     text = await plan(seeded, q.constraints)
@@ -74,6 +79,7 @@ async def test_queries_use_an_index(seeded: SqliteStore, query: Dataset, index: 
     assert "SCAN worklist_items" not in text, text
 
 
+@pytest.mark.sqlite_only
 async def test_name_query_searches_every_component_group(seeded: SqliteStore) -> None:
     q = MwlQuery.parse(ident(PatientName="name0004*"), case_insensitive_pn=True)
     text = await plan(seeded, q.constraints)
@@ -105,6 +111,17 @@ async def test_glob_special_characters_are_literal(store: SqliteStore) -> None:
     assert [s.item.patient_id for s in found] == ["A[1]"]
 
 
+async def test_like_special_characters_are_literal(store: SqliteStore) -> None:
+    """PostgreSQL matches wildcards with LIKE: its own % and _ must not match anything."""
+    await store.add_worklist_items([
+        WorklistItem(patient_id=pid, created_at="x", updated_at="x")
+        for pid in ("A%1", "A_1", "AB1", "a%1")])
+    for pattern, expected in (("A%*", ["A%1"]), ("A_?", ["A_1"]), ("?%1", ["A%1", "a%1"])):
+        q = MwlQuery.parse(ident(PatientID=pattern))
+        found = await store.find_worklist(q.constraints, ACTIVE_STATUSES, 10)
+        assert sorted(s.item.patient_id for s in found) == expected, pattern
+
+
 async def test_final_items_are_not_candidates(store: SqliteStore) -> None:
     ids = await store.add_worklist_items(items(5))
     for item_id, status in zip(ids, WorklistStatus, strict=True):
@@ -112,3 +129,50 @@ async def test_final_items_are_not_candidates(store: SqliteStore) -> None:
     found = await store.find_worklist([], ACTIVE_STATUSES, 10)
     assert sorted(s.item.status for s in found) == sorted(ACTIVE_STATUSES)
     assert await store.count_worklist([], list(WorklistStatus)) == 5
+
+
+# --- PostgreSQL's planner ------------------------------------------------------------------
+def spread_items(n: int) -> list[WorklistItem]:
+    """A year of orders across many stations: PostgreSQL's planner weighs selectivity, so its
+    plans are only meaningful on data shaped like a site's (SQLite's rules are not)."""
+    modalities = ("CT", "MR", "US", "DX", "MG", "NM")
+    out = []
+    for i in range(n):
+        modality = modalities[i % len(modalities)]
+        day = dt.date(2026, 1, 1) + dt.timedelta(days=i % 365)
+        out.append(WorklistItem(
+            patient_id=f"P{i:06d}", patient_name=f"NAME{i:06d}^GIVEN",
+            accession_number=f"A{i:06d}", study_instance_uid=f"1.2.3.{i}", modality=modality,
+            scheduled_station_ae_title=f"{modality}_{i % 40}",
+            scheduled_procedure_step_start_date=day.strftime("%Y%m%d"),
+            scheduled_procedure_step_start_time="080000", placer_order_number=f"O{i}",
+            filler_order_number=f"F{i}", created_at="2026-11-25T00:00:00",
+            updated_at="2026-11-25T00:00:00"))
+    return out
+
+
+PG_PLANS: list[tuple[Dataset, set[str]]] = [
+    (ident(PatientID="P000042"), {"worklist_patient"}),
+    (ident(AccessionNumber="A000042"), {"worklist_accession"}),
+    (ident(AccessionNumber="A00004*"), {"worklist_accession"}),
+    (ident({"Modality": "CT", "ScheduledProcedureStepStartDate": "20261125"}),
+     {"worklist_modality_date"}),
+    (ident({"ScheduledStationAETitle": "CT_6"}), {"worklist_station_date"}),
+    (ident({"ScheduledProcedureStepStartDate": "20261121-20261122"}), {"worklist_date"}),
+    (ident(StudyInstanceUID=["1.2.3.7", "1.2.3.8"]), {"worklist_study"}),
+    (ident(PatientName="NAME00004*"), {"worklist_name", "worklist_name_ideographic",
+                                       "worklist_name_phonetic"}),
+]
+
+
+@pytest.mark.postgresql_only
+async def test_queries_use_an_index_on_postgresql(store: SqliteStore) -> None:
+    await store.add_worklist_items(await asyncio.to_thread(spread_items, 20_000))
+    await store._write(lambda c: c.execute("ANALYZE worklist_items"))
+    for query, indexes in PG_PLANS:
+        q = MwlQuery.parse(query, case_insensitive_pn=True)
+        text = await plan(store, q.constraints)
+        used = {word for word in text.replace("|", " ").split()
+                if word.startswith("worklist_") and word != "worklist_items"}
+        assert used == indexes, text
+        assert "Seq Scan" not in text, text

@@ -1,0 +1,141 @@
+"""PostgreSQL SQL of the HL7 journal: a batch of received messages journalled in one
+transaction, each in its own savepoint, deduplicated on (sending application, sending facility,
+MSH-10).
+
+The same rules as the SQLite backend's ``hl7.py``. The idempotency key is also a UNIQUE
+constraint, and the insert is ``ON CONFLICT DO NOTHING``: when another node journalled the same
+message a moment earlier, this copy's worklist writes are undone (its savepoint) and it is
+answered with that node's disposition, as any repeat is. No HL7 policy lives here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from engine.durable.postgresql._common import transaction
+from engine.durable.postgresql.worklist import WorklistTxn
+from engine.durable.rows import HL7_COLUMNS, row_to_hl7
+from engine.durable.store import (
+    Hl7Apply,
+    Hl7CommitResult,
+    Hl7Disposition,
+    Hl7JournalEntry,
+    Hl7JournalRecord,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+def commit_batch(conn: Conn, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+                 ) -> list[Hl7CommitResult]:
+    txn = WorklistTxn(conn)
+    with transaction(conn):
+        return [_commit_one(conn, txn, entry, index, apply)
+                for index, entry in enumerate(entries)]
+
+
+def _existing(conn: Conn, entry: Hl7JournalEntry) -> tuple[Any, ...] | None:
+    # "= %s" or "IS NULL" per part (not IS NOT DISTINCT FROM, which no index serves).
+    terms: list[str] = []
+    params: list[Any] = []
+    for column, value in (("sending_application", entry.sending_application),
+                          ("sending_facility", entry.sending_facility)):
+        if value is None:
+            terms.append(f"{column} IS NULL")
+        else:
+            terms.append(f"{column} = %s")
+            params.append(value)
+    params.append(entry.control_id)
+    return conn.execute(
+        "SELECT id, ack_code, errors_json, text, worklist_item_ids, retryable FROM hl7_messages "
+        f"WHERE {' AND '.join(terms)} AND control_id = %s FOR UPDATE", params).fetchone()
+
+
+def _answered(existing: Sequence[Any]) -> Hl7CommitResult:
+    return Hl7CommitResult(int(existing[0]), Hl7Disposition(
+        existing[1], existing[2], existing[3], tuple(json.loads(existing[4])), applied=False),
+        duplicate=True)
+
+
+def _commit_one(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry, index: int,
+                apply: Hl7Apply) -> Hl7CommitResult:
+    existing = None
+    if entry.control_id is not None:
+        existing = _existing(conn, entry)
+        if existing is not None and not existing[5]:
+            return _answered(existing)
+    # One savepoint per message: a message whose disposition is "not applied" (or whose
+    # apply fails) leaves no worklist trace, and never takes the rest of the batch along.
+    conn.execute("SAVEPOINT hl7_message")
+    try:
+        disposition = apply(txn, index)
+        if not disposition.applied:
+            conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
+        values = (entry.message_type, entry.trigger_event, entry.peer_host, entry.listener,
+                  entry.received_at, entry.raw, disposition.ack_code,
+                  disposition.errors_json, disposition.text,
+                  json.dumps(list(disposition.worklist_item_ids)),
+                  int(disposition.retryable))
+        if existing is not None:
+            # A repeat of a message whose answer depended on the moment: answered anew.
+            conn.execute(
+                "UPDATE hl7_messages SET message_type=%s, trigger_event=%s, peer_host=%s, "
+                "listener=%s, received_at=%s, raw=%s, ack_code=%s, errors_json=%s, text=%s, "
+                "worklist_item_ids=%s, retryable=%s WHERE id=%s", (*values, existing[0]))
+            journal_id = int(existing[0])
+        else:
+            row = conn.execute(
+                "INSERT INTO hl7_messages (sending_application, sending_facility, "
+                "control_id, message_type, trigger_event, peer_host, listener, "
+                "received_at, raw, ack_code, errors_json, text, worklist_item_ids, "
+                "retryable) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (sending_application, sending_facility, control_id) DO NOTHING "
+                "RETURNING id",
+                (entry.sending_application, entry.sending_facility, entry.control_id,
+                 *values)).fetchone()
+            if row is None:
+                # Another node journalled this message since we looked: its answer stands.
+                conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
+                conn.execute("RELEASE SAVEPOINT hl7_message")
+                winner = _existing(conn, entry)
+                assert winner is not None
+                return _answered(winner)
+            journal_id = int(row[0])
+        conn.execute("RELEASE SAVEPOINT hl7_message")
+    except BaseException:
+        if not conn.broken:
+            conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
+            conn.execute("RELEASE SAVEPOINT hl7_message")
+        raise
+    return Hl7CommitResult(journal_id, disposition, duplicate=False)
+
+
+def _ack_filter(ack_codes: Sequence[str] | None) -> tuple[str, list[Any]]:
+    if not ack_codes:
+        return "", []
+    return " WHERE ack_code = ANY(%s)", [list(ack_codes)]
+
+
+def list_messages(conn: Conn, ack_codes: Sequence[str] | None, limit: int, offset: int
+                  ) -> list[Hl7JournalRecord]:
+    where, params = _ack_filter(ack_codes)
+    rows = conn.execute(
+        f"SELECT {HL7_COLUMNS}, NULL FROM hl7_messages{where} ORDER BY id DESC "
+        "LIMIT %s OFFSET %s", (*params, limit, offset)).fetchall()
+    return [row_to_hl7(r) for r in rows]
+
+
+def count_messages(conn: Conn, ack_codes: Sequence[str] | None) -> int:
+    where, params = _ack_filter(ack_codes)
+    row = conn.execute(f"SELECT COUNT(*) FROM hl7_messages{where}", params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def get_message(conn: Conn, journal_id: int) -> Hl7JournalRecord | None:
+    row = conn.execute(f"SELECT {HL7_COLUMNS}, raw FROM hl7_messages WHERE id = %s",
+                       (journal_id,)).fetchone()
+    return row_to_hl7(row) if row else None

@@ -1,0 +1,505 @@
+"""PostgreSQL backend of the store: the same engine on a database several nodes share.
+
+Writes go through one connection on one writer thread per process, exactly as the SQLite
+backend's (journal commits take its urgent lane and commit in groups), so a commit waits for
+the WAL flush (``synchronous_commit`` on, checked at every connection) and many acknowledgements
+share it. Reads use a psycopg pool on their own threads. Several nodes are kept apart by the
+database itself: unique constraints and upserts for idempotency, row claims with SKIP LOCKED and
+leases for the outbox, row locks where a read decides a write. This class owns connections,
+threads and the LISTEN connection, and turns driver errors into ``StorageFailure``; the SQL
+lives in the package's modules by idea. A connection that dies takes its statement with it:
+that call fails (its peer hears a failure and retries, and dedupe recognises a repeat), the
+connection is replaced on the next call, and nothing needs a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from engine.durable.migrations import SchemaStatus, SchemaTooNew
+from engine.durable.postgresql import (
+    hl7,
+    journal,
+    mpps,
+    outbox,
+    retention,
+    routing,
+    schema,
+    worklist,
+)
+from engine.durable.postgresql._common import (
+    SessionRefused,
+    check_session,
+    connect,
+    conninfo,
+    is_connection_error,
+    notify_channel,
+    where,
+)
+from engine.durable.routing import (
+    BuildGroupRows,
+    FiredGroup,
+    OpenGroup,
+    ProcedureStepEventRecord,
+    RoutingCommitResult,
+    RoutingPlan,
+)
+from engine.durable.store import (
+    DeadLetter,
+    ExpiredInstance,
+    Hl7Apply,
+    Hl7CommitResult,
+    Hl7JournalEntry,
+    Hl7JournalRecord,
+    InstanceCommit,
+    InstanceCommitResult,
+    JournalPurge,
+    NewOutboxRow,
+    OutboxResult,
+    OutboxRow,
+    OutboxState,
+    QueueStats,
+    StoredInstance,
+)
+from engine.durable.writer_thread import LaneWriter
+from engine.errors import StorageFailure
+from engine.observability.logging import get_logger
+from engine.procedure.model import (
+    NewProcedureStep,
+    PpsStatus,
+    ProcedureStep,
+    ProcedureStepCommit,
+    StepUpdate,
+)
+from engine.settings import PostgresSettings
+from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.worklist.query import Constraint
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+log = get_logger("engine.durable.postgresql")
+
+#: how long a reader waits for a pooled connection before its call fails
+_POOL_WAIT = 5.0
+#: how long /readyz's ping waits
+_PING_WAIT = 2.0
+_BACKOFF_MAX = 30.0
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a driver error (libpq's messages run on with hints)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class PostgresStore:
+    """The shared store. ``connect_attempts``: how many times :meth:`open` tries to reach the
+    server before it gives up (0: forever, with backoff, as ``radflow run`` does)."""
+
+    def __init__(self, cfg: PostgresSettings, *, connect_attempts: int = 0,
+                 migrate: bool = True) -> None:
+        self.cfg = cfg
+        self.where = where(cfg)
+        self._connect_attempts = connect_attempts
+        self._migrate = migrate
+        self._writer = LaneWriter("postgresql-writer")
+        self._reader = ThreadPoolExecutor(cfg.pool_size, thread_name_prefix="postgresql-reader")
+        self._wconn: Conn | None = None  # touched only on the writer thread
+        self._pool: ConnectionPool[Conn] | None = None
+        self._open = False
+        self._listen_task: asyncio.Task[None] | None = None
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _writer_conn(self) -> Conn:
+        conn = self._wconn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._wconn = None
+            conn = self._wconn = connect(self.cfg)
+        return conn
+
+    def _run_write(self, fn: Callable[[Conn], T]) -> T:
+        if not self._open:
+            raise StorageFailure("the store is not open")
+        try:
+            return fn(self._writer_conn())
+        except psycopg.Error as exc:
+            if is_connection_error(exc) and self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None
+            raise StorageFailure(f"PostgreSQL at {self.where}: {_reason(exc)}") from exc
+
+    async def _write(self, fn: Callable[[Conn], T]) -> T:
+        if not self._open:
+            raise StorageFailure("the store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._writer, self._run_write, fn)
+        except RuntimeError as exc:
+            if "shutdown" in str(exc):
+                raise StorageFailure("the store is closed") from exc
+            raise
+
+    def _run_read(self, fn: Callable[[Conn], T], wait: float = _POOL_WAIT) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StorageFailure("the store is not open")
+        try:
+            with pool.connection(timeout=wait) as conn:
+                return fn(conn)
+        except psycopg.Error as exc:
+            raise StorageFailure(f"PostgreSQL at {self.where}: {_reason(exc)}") from exc
+
+    async def _read(self, fn: Callable[[Conn], T]) -> T:
+        if self._pool is None:
+            raise StorageFailure("the store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._run_read, fn)
+
+    # --- life cycle --------------------------------------------------------------------------
+    def _connect_and_migrate(self) -> list[int]:
+        conn = self._writer_conn()
+        if self._migrate:
+            return schema.migrate(conn, self.cfg.db_schema)
+        return []
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay, attempt = 0.5, 0
+        self._open = True  # the writer accepts the connect/migrate job
+        while True:
+            try:
+                applied = await loop.run_in_executor(self._writer, self._connect_and_migrate)
+                break
+            except (SessionRefused, SchemaTooNew):
+                self._open = False
+                raise
+            except TimeoutError as exc:
+                self._open = False
+                raise StorageFailure(f"PostgreSQL at {self.where}: {exc}") from exc
+            except psycopg.Error as exc:
+                attempt += 1
+                if self._connect_attempts and attempt >= self._connect_attempts:
+                    self._open = False
+                    raise StorageFailure(
+                        f"PostgreSQL at {self.where} is unreachable: {_reason(exc)}") from exc
+                log.warning("durable.postgresql.unreachable", server=self.where,
+                            reason=_reason(exc), retry_in=round(delay, 1))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+        if applied:
+            log.info("durable.postgresql.schema_migrated", server=self.where,
+                     versions=applied)
+        cfg = self.cfg
+        self._pool = ConnectionPool(
+            kwargs={**conninfo(cfg), "autocommit": True,
+                    "prepare_threshold": 5 if cfg.prepared_statements else None},
+            min_size=1, max_size=cfg.pool_size, open=False, name="radflow",
+            # Checked at checkout (a connection from before a server restart is replaced, not
+            # handed out) and renewed hourly; every new one passes the session checks.
+            check=ConnectionPool.check_connection, max_lifetime=3600.0,
+            configure=lambda conn: check_session(conn, cfg),
+            reconnect_timeout=float("inf"))
+        await loop.run_in_executor(self._reader, self._pool.open)
+        log.info("durable.postgresql.opened", server=self.where, schema=cfg.db_schema,
+                 pool_size=cfg.pool_size)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+            self._listen_task = None
+        self._open = False
+
+        def close_writer() -> None:
+            if self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None
+
+        with contextlib.suppress(RuntimeError):
+            await loop.run_in_executor(self._writer, close_writer)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await loop.run_in_executor(self._reader, pool.close)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        if self._pool is None:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._reader, lambda: self._run_read(
+                    lambda c: c.execute("SELECT 1").fetchone() == (1,), _PING_WAIT))
+        except (StorageFailure, RuntimeError):
+            return False
+
+    async def schema_version(self) -> int:
+        return await self._read(schema.current_version)
+
+    async def schema_status(self) -> SchemaStatus:
+        return await self._read(schema.status)
+
+    def watch_outbox(self, wake: Callable[[str | None], None]) -> None:
+        """LISTEN for new outbox rows (any node's) and call ``wake(destination)``; re-LISTEN
+        after every reconnect (waking everything once, for what was missed meanwhile)."""
+        if self._listen_task is None:
+            self._listen_task = asyncio.create_task(self._listen(wake),
+                                                    name="postgresql-listen")
+
+    async def _listen(self, wake: Callable[[str | None], None]) -> None:
+        channel = notify_channel(self.cfg.db_schema)
+        delay = 1.0
+        while True:
+            try:
+                # A dedicated autocommit connection, never a pooled one (LISTEN is per
+                # session; behind a transaction-mode pooler it would silently do nothing).
+                aconn = await psycopg.AsyncConnection.connect(**conninfo(self.cfg),
+                                                              autocommit=True)
+                async with aconn:
+                    await aconn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    log.info("durable.postgresql.listening", channel=channel)
+                    delay = 1.0
+                    wake(None)
+                    async for note in aconn.notifies():
+                        wake(note.payload or None)
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                # The dispatcher keeps polling meanwhile: a lost LISTEN only delays delivery.
+                log.warning("durable.postgresql.listen_lost", server=self.where,
+                            reason=_reason(exc), retry_in=round(delay, 1))
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    # --- instances ---------------------------------------------------------------------------
+    async def commit_instances(
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
+    ) -> list[InstanceCommitResult]:
+        return await asyncio.wrap_future(self.submit_instance_commits(batch, sync, durable_ids))
+
+    def submit_instance_commits(
+        self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+        durable_ids: Sequence[int] = (),
+    ) -> concurrent.futures.Future[list[InstanceCommitResult]]:
+        if not self._open:
+            raise StorageFailure("the store is not open")
+
+        def run() -> list[InstanceCommitResult]:
+            if sync is not None:
+                sync()
+            return self._run_write(lambda c: journal.commit(c, batch, durable_ids))
+
+        try:
+            return self._writer.submit_urgent(run)
+        except RuntimeError as exc:  # the writer was shut down
+            raise StorageFailure("the store is closed") from exc
+
+    async def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        return await self._read(lambda c: journal.get(c, sop_instance_uid))
+
+    async def list_instances(self, limit: int = 100, offset: int = 0) -> list[StoredInstance]:
+        return await self._read(lambda c: journal.list_instances(c, limit, offset))
+
+    async def count_instances(self) -> int:
+        return await self._read(journal.count)
+
+    async def expired_instances(self, received_before: str, limit: int
+                                ) -> list[ExpiredInstance]:
+        return await self._read(lambda c: retention.expired(c, received_before, limit))
+
+    async def mark_instances_durable(self, ids: Sequence[int]) -> None:
+        await self._write(lambda c: journal.mark_durable(c, ids))
+
+    async def instances_not_durable(self) -> list[StoredInstance]:
+        return await self._read(journal.not_durable)
+
+    async def withdraw_instance(self, instance_id: int) -> bool:
+        return await self._write(lambda c: journal.withdraw(c, instance_id))
+
+    async def forget_instances(self, ids: Sequence[int]) -> int:
+        return await self._write(lambda c: retention.forget(c, ids))
+
+    async def purge_journal(self, before: str, limit: int) -> JournalPurge:
+        return await self._write(lambda c: retention.purge_journal(c, before, limit))
+
+    async def known_object_ids(self, object_ids: Sequence[str]) -> set[str]:
+        return await self._read(lambda c: journal.known_object_ids(c, object_ids))
+
+    # --- HL7 journal -------------------------------------------------------------------------
+    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+                               ) -> list[Hl7CommitResult]:
+        return await self._write(lambda c: hl7.commit_batch(c, entries, apply))
+
+    async def list_hl7_messages(self, ack_codes: Sequence[str] | None = None, limit: int = 100,
+                                offset: int = 0) -> list[Hl7JournalRecord]:
+        return await self._read(lambda c: hl7.list_messages(c, ack_codes, limit, offset))
+
+    async def count_hl7_messages(self, ack_codes: Sequence[str] | None = None) -> int:
+        return await self._read(lambda c: hl7.count_messages(c, ack_codes))
+
+    async def get_hl7_message(self, journal_id: int) -> Hl7JournalRecord | None:
+        return await self._read(lambda c: hl7.get_message(c, journal_id))
+
+    # --- worklist ----------------------------------------------------------------------------
+    async def find_worklist(self, constraints: Sequence[Constraint],
+                            statuses: Sequence[WorklistStatus], limit: int, offset: int = 0,
+                            newest_first: bool = False) -> list[StoredWorklistItem]:
+        query, params = worklist.query_sql(constraints, statuses, limit, offset, newest_first)
+        return await self._read(lambda c: worklist.find(c, query, params))
+
+    async def explain_worklist(self, constraints: Sequence[Constraint],
+                               statuses: Sequence[WorklistStatus]) -> list[str]:
+        """PostgreSQL's plan for a worklist query, one line per node (tests, diagnostics)."""
+        query, params = worklist.query_sql(constraints, statuses, 100)
+        return await self._read(lambda c: worklist.explain(c, query, params))
+
+    async def count_worklist(self, constraints: Sequence[Constraint],
+                             statuses: Sequence[WorklistStatus]) -> int:
+        return await self._read(lambda c: worklist.count(c, constraints, statuses))
+
+    async def get_worklist_item(self, item_id: int) -> StoredWorklistItem | None:
+        return await self._read(lambda c: worklist.get(c, item_id))
+
+    async def add_worklist_items(self, items: Sequence[WorklistItem]) -> list[int]:
+        return await self._write(lambda c: worklist.add(c, items))
+
+    async def update_worklist_item(self, item_id: int,
+                                   change: Callable[[WorklistItem], WorklistItem]
+                                   ) -> StoredWorklistItem | None:
+        return await self._write(lambda c: worklist.update(c, item_id, change))
+
+    async def delete_worklist_item(self, item_id: int) -> bool:
+        return await self._write(lambda c: worklist.delete(c, item_id))
+
+    async def purge_worklist(self, statuses: Sequence[WorklistStatus], updated_before: str
+                             ) -> int:
+        if not statuses:
+            return 0
+        return await self._write(lambda c: worklist.purge(c, statuses, updated_before))
+
+    async def worklist_counts(self) -> dict[WorklistStatus, int]:
+        return await self._read(worklist.counts)
+
+    # --- outbox (D3): the SQL is in outbox.py --------------------------------------------------
+    async def enqueue_outbox(self, rows: Sequence[NewOutboxRow], now: float) -> list[int]:
+        return await self._write(lambda c: outbox.enqueue(c, rows, now, self.cfg.db_schema))
+
+    async def lease_outbox(self, destination: str, owner: str, now: float,
+                           lease_seconds: float, limit: int, per_study: bool = False
+                           ) -> list[OutboxRow]:
+        return await self._write(lambda c: outbox.lease(
+            c, destination, owner, now, lease_seconds, limit, per_study))
+
+    async def record_outbox(self, owner: str, results: Sequence[OutboxResult], now: float
+                            ) -> int:
+        return await self._write(lambda c: outbox.record(c, owner, results, now))
+
+    async def release_outbox_leases(self, owner_prefix: str, keep_owner: str) -> int:
+        return await self._write(
+            lambda c: outbox.release_leases(c, owner_prefix, keep_owner))
+
+    async def outbox_stats(self, destinations: Sequence[str]) -> list[QueueStats]:
+        return await self._read(lambda c: outbox.stats(c, destinations))
+
+    async def list_dead_letters(self, destination: str | None, limit: int = 100,
+                                offset: int = 0) -> list[DeadLetter]:
+        return await self._read(lambda c: outbox.list_dead(c, destination, limit, offset))
+
+    async def count_dead_letters(self, destination: str | None) -> int:
+        return await self._read(lambda c: outbox.count_dead(c, destination))
+
+    async def retry_dead_letters(self, destination: str, ids: Sequence[int] | None,
+                                 now: float) -> int:
+        return await self._write(
+            lambda c: outbox.retry_dead(c, destination, ids, now, self.cfg.db_schema))
+
+    async def purge_dead_letters(self, destination: str, ids: Sequence[int] | None) -> int:
+        return await self._write(lambda c: outbox.purge_dead(c, destination, ids))
+
+    async def purge_done_outbox(self, done_before: float, limit: int = 10_000) -> int:
+        return await self._write(lambda c: outbox.purge_done(c, done_before, limit))
+
+    async def outbox_rows(self, destination: str | None = None,
+                          states: Sequence[OutboxState] = ()) -> list[dict[str, object]]:
+        return await self._read(lambda c: outbox.rows(c, destination, states))
+
+    # --- routing (SQL in routing.py) -----------------------------------------------------------
+    async def commit_routing(self, plans: Sequence[RoutingPlan], now_iso: str, now: float
+                             ) -> list[RoutingCommitResult]:
+        return await self._write(lambda c: routing.commit_routing(
+            c, plans, now_iso, now, self.cfg.db_schema))
+
+    async def fire_routing_group(self, group_id: int, reason: str, now: float,
+                                 build: BuildGroupRows) -> FiredGroup | None:
+        return await self._write(lambda c: routing.fire_group(
+            c, group_id, reason, now, build, self.cfg.db_schema))
+
+    async def open_routing_groups(self, study_instance_uid: str | None = None
+                                  ) -> list[OpenGroup]:
+        return await self._read(lambda c: routing.open_groups(c, study_instance_uid))
+
+    async def unrouted_instances(self, after_id: int, limit: int) -> list[StoredInstance]:
+        return await self._read(lambda c: routing.unrouted_instances(c, after_id, limit))
+
+    async def instances_by_ids(self, ids: Sequence[int]) -> list[StoredInstance]:
+        return await self._read(lambda c: routing.instances_by_ids(c, ids))
+
+    async def unrouted_hl7_messages(self, after_id: int, limit: int
+                                    ) -> list[Hl7JournalRecord]:
+        return await self._read(lambda c: routing.unrouted_hl7(c, after_id, limit))
+
+    async def unrouted_procedure_step_events(self, after_id: int, limit: int,
+                                             ids: Sequence[int] | None = None
+                                             ) -> list[ProcedureStepEventRecord]:
+        return await self._read(lambda c: routing.unrouted_procedure_step_events(
+            c, after_id, limit, ids))
+
+    async def unmatched_instances(self, limit: int, offset: int
+                                  ) -> tuple[int, list[StoredInstance]]:
+        return await self._read(lambda c: routing.unmatched_instances(c, limit, offset))
+
+    async def routing_counts(self) -> dict[str, int]:
+        return await self._read(routing.routing_counts)
+
+    # --- procedure steps (MPPS): the SQL is in mpps.py ------------------------------------------
+    async def create_procedure_step(self, new: NewProcedureStep, decide: mpps.LinkDecision
+                                    ) -> ProcedureStepCommit:
+        return await self._write(lambda c: mpps.create_step(c, new, decide))
+
+    async def set_procedure_step(self, sop_instance_uid: str,
+                                 change: Callable[[ProcedureStep], StepUpdate],
+                                 decide: Callable[[PpsStatus], mpps.LinkDecision],
+                                 now: str) -> ProcedureStepCommit:
+        return await self._write(lambda c: mpps.set_step(
+            c, sop_instance_uid, change, decide, now))
+
+    async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None:
+        return await self._read(lambda c: mpps.get_step(c, sop_instance_uid))
+
+    async def list_procedure_steps(self, status: str | None = None,
+                                   unscheduled: bool | None = None, limit: int = 100,
+                                   offset: int = 0) -> tuple[int, list[ProcedureStep]]:
+        return await self._read(
+            lambda c: mpps.list_steps(c, status, unscheduled, limit, offset))
+
+    async def procedure_steps_awaiting(self) -> list[tuple[ProcedureStep, tuple[str, ...]]]:
+        return await self._read(mpps.awaiting)
+
+    async def mark_procedure_step_complete(self, step_id: int, now: str) -> bool:
+        return await self._write(lambda c: mpps.mark_complete(c, step_id, now))

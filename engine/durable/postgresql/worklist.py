@@ -1,0 +1,219 @@
+"""PostgreSQL SQL of the worklist: items, their indexed columns, and Modality Worklist queries.
+
+The same matching rules as the SQLite backend: a query's constraints (from
+:mod:`engine.worklist.query`) become a WHERE clause over the indexed copies of the item's keys,
+and the caller makes the exact match on the superset returned. DICOM wildcards become a
+case-sensitive ``LIKE`` ("C" collation, as SQLite's GLOB), and the pattern's constant prefix is
+also given as a range, so the index is used whatever plan PostgreSQL picks for a parameter.
+Every function takes the connection it runs on; no worklist policy lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+from engine.durable.postgresql._common import transaction
+from engine.durable.rows import ITEM_COLUMNS, item_values, row_to_item
+from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.worklist.query import AnyOf, Column, Constraint, Criterion
+
+Conn = psycopg.Connection[Any]
+
+# Query columns by name: Column values are checked against this whitelist before they reach SQL.
+_WORKLIST_COLUMNS: dict[Column, str] = {c: c.value for c in Column}
+_ITEM_INSERT = (f"INSERT INTO worklist_items ({', '.join(ITEM_COLUMNS)}) "
+                f"VALUES ({','.join(['%s'] * len(ITEM_COLUMNS))}) RETURNING id")
+_ITEM_UPDATE = (f"UPDATE worklist_items SET {', '.join(c + '=%s' for c in ITEM_COLUMNS)} "
+                "WHERE id=%s")
+
+
+def like(pattern: str) -> str:
+    """A DICOM wildcard pattern as a LIKE pattern (``*`` → ``%``, ``?`` → ``_``; LIKE's own
+    ``%``, ``_`` and the escape character ``\\`` are made literal)."""
+    out = []
+    for ch in pattern:
+        if ch in "\\%_":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def prefix_range(pattern: str) -> tuple[str, str] | None:
+    """The range [low, high) every match of ``pattern`` lies in ("C" collation is code point
+    order), or None when the pattern starts with a wildcard."""
+    cut = min((i for i in (pattern.find("*"), pattern.find("?")) if i >= 0),
+              default=len(pattern))
+    prefix = pattern[:cut]
+    if not prefix or ord(prefix[-1]) >= 0x10FFFF:
+        return None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def where(constraints: Sequence[Constraint], statuses: Sequence[WorklistStatus]
+          ) -> tuple[str, list[Any]]:
+    terms: list[str] = []
+    params: list[Any] = []
+
+    def term(c: Criterion) -> str:
+        col = _WORKLIST_COLUMNS[c.column]
+        if c.op == "eq":
+            params.append(c.value)
+            return f"{col} = %s"
+        if c.op == "wildcard":
+            bounds = prefix_range(c.value)
+            params.append(like(c.value))
+            if bounds is None:
+                return f"{col} LIKE %s"
+            params.extend(bounds)
+            return f"({col} LIKE %s AND {col} >= %s AND {col} < %s)"
+        if c.op == "in":
+            params.append(list(c.values))
+            return f"{col} = ANY(%s)"
+        parts = []
+        if c.low is not None:
+            params.append(c.low)
+            parts.append(f"{col} >= %s")
+        if c.high is not None:
+            params.append(c.high)
+            parts.append(f"{col} <= %s")
+        return " AND ".join(parts) or "TRUE"
+
+    for constraint in constraints:
+        if isinstance(constraint, AnyOf):
+            terms.append("(" + " OR ".join(term(c) for c in constraint.criteria) + ")")
+        else:
+            terms.append(term(constraint))
+    if statuses:
+        params.append([s.value for s in statuses])
+        terms.append("status = ANY(%s)")
+    return (" WHERE " + " AND ".join(terms)) if terms else "", params
+
+
+def query_sql(constraints: Sequence[Constraint], statuses: Sequence[WorklistStatus],
+              limit: int, offset: int = 0, newest_first: bool = False
+              ) -> tuple[str, list[Any]]:
+    """The SELECT behind ``find_worklist`` (also explained by ``explain_worklist``)."""
+    clause, params = where(constraints, statuses)
+    order = " ORDER BY id DESC" if newest_first else ""
+    return (f"SELECT id, data FROM worklist_items{clause}{order} LIMIT %s OFFSET %s",
+            [*params, limit, offset])
+
+
+class WorklistTxn:
+    """:class:`~engine.durable.store.WorklistTxn` on the writer's connection."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+
+    def items_for_order(self, placer: str, filler: str) -> list[StoredWorklistItem]:
+        if placer:
+            sql, key = "placer_order_number = %s", placer
+        else:
+            sql, key = "filler_order_number = %s", filler
+        return select_items(self._conn, f"SELECT id, data FROM worklist_items WHERE {sql} "
+                            "ORDER BY id", (key,))
+
+    def items_for_patient(self, patient_id: str, issuer: str | None) -> list[StoredWorklistItem]:
+        if issuer is None:
+            return select_items(self._conn, "SELECT id, data FROM worklist_items WHERE "
+                                "patient_id = %s ORDER BY id", (patient_id,))
+        return select_items(self._conn, "SELECT id, data FROM worklist_items WHERE "
+                            "patient_id = %s AND issuer_of_patient_id = %s ORDER BY id",
+                            (patient_id, issuer))
+
+    def insert_item(self, item: WorklistItem) -> int:
+        row = self._conn.execute(_ITEM_INSERT, item_values(item)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def update_item(self, item_id: int, item: WorklistItem) -> None:
+        self._conn.execute(_ITEM_UPDATE, (*item_values(item), item_id))
+
+
+def select_items(conn: Conn, sql: str, params: Sequence[Any], *, prepare: bool | None = None
+                 ) -> list[StoredWorklistItem]:
+    """Items of a ``SELECT id, data FROM worklist_items ...``."""
+    return [row_to_item(r) for r in conn.execute(sql, params, prepare=prepare)]
+
+
+def items_by_ids(conn: Conn, ids: Sequence[int]) -> list[StoredWorklistItem]:
+    if not ids:
+        return []
+    return select_items(conn, "SELECT id, data FROM worklist_items WHERE id = ANY(%s) "
+                        "ORDER BY id", (list(ids),))
+
+
+def find(conn: Conn, sql: str, params: Sequence[Any]) -> list[StoredWorklistItem]:
+    # Never a generic (prepared) plan: the constraints' values decide which index is selective.
+    return select_items(conn, sql, params, prepare=False)
+
+
+def explain(conn: Conn, sql: str, params: Sequence[Any]) -> list[str]:
+    return [str(r[0]) for r in conn.execute("EXPLAIN " + sql, params, prepare=False)]
+
+
+def count(conn: Conn, constraints: Sequence[Constraint],
+          statuses: Sequence[WorklistStatus]) -> int:
+    clause, params = where(constraints, statuses)
+    row = conn.execute(f"SELECT COUNT(*) FROM worklist_items{clause}", params,
+                       prepare=False).fetchone()
+    return int(row[0]) if row else 0
+
+
+def get(conn: Conn, item_id: int, *, for_update: bool = False) -> StoredWorklistItem | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = conn.execute(f"SELECT id, data FROM worklist_items WHERE id = %s{lock}",
+                       (item_id,)).fetchone()
+    return row_to_item(row) if row else None
+
+
+def add(conn: Conn, items: Sequence[WorklistItem]) -> list[int]:
+    if not items:
+        return []
+    ids: list[int] = []
+    with transaction(conn), conn.cursor() as cur:
+        # One pipelined batch, not a round trip per item (bulk seeding, imports).
+        cur.executemany(_ITEM_INSERT, [item_values(item) for item in items], returning=True)
+        while True:
+            row = cur.fetchone()
+            if row is not None:
+                ids.append(int(row[0]))
+            if not cur.nextset():
+                break
+    return ids
+
+
+def update(conn: Conn, item_id: int, change: Callable[[WorklistItem], WorklistItem]
+           ) -> StoredWorklistItem | None:
+    with transaction(conn):
+        current = get(conn, item_id, for_update=True)
+        if current is None:
+            return None
+        new = change(current.item)
+        WorklistTxn(conn).update_item(item_id, new)
+    return StoredWorklistItem(item_id, new)
+
+
+def delete(conn: Conn, item_id: int) -> bool:
+    return conn.execute("DELETE FROM worklist_items WHERE id = %s", (item_id,)).rowcount > 0
+
+
+def purge(conn: Conn, statuses: Sequence[WorklistStatus], updated_before: str) -> int:
+    return int(conn.execute(
+        "DELETE FROM worklist_items WHERE status = ANY(%s) AND updated_at < %s",
+        ([s.value for s in statuses], updated_before)).rowcount)
+
+
+def counts(conn: Conn) -> dict[WorklistStatus, int]:
+    out = dict.fromkeys(WorklistStatus, 0)
+    for status, n in conn.execute("SELECT status, COUNT(*) FROM worklist_items GROUP BY status"):
+        out[WorklistStatus(status)] = int(n)
+    return out
