@@ -48,9 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SettingsError as exc:  # the worklist mapping file, read when the engine is built
         _print_problems(exc)
         return 1
+    from engine.errors import StorageFailure
+
     try:
         asyncio.run(engine.run_until_signal())
-    except OSError as exc:
+    except (OSError, StorageFailure) as exc:
         print(f"radflow: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -426,6 +428,107 @@ def cmd_destinations(args: argparse.Namespace) -> int:
             print(f"{r['destination']}: {verdict} in {r['seconds'] * 1000:.0f} ms - "
                   f"{r['type']} {r['target']}\n  {r['detail']}")
     return 0 if all(r["ok"] for r in results) else 1
+def cmd_db(args: argparse.Namespace) -> int:
+    """The store's schema (status, migrate) and the move from SQLite to PostgreSQL (copy)."""
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    configure_logging("warning", settings.logging.format)
+    from engine.errors import StorageFailure
+
+    storage = settings.storage
+    try:
+        if args.action == "copy":
+            return _db_copy(args, settings)
+        if storage.backend == "postgresql":
+            return asyncio.run(_db_postgresql(args.action, settings))
+        return _db_sqlite(args.action, settings)
+    except StorageFailure as exc:
+        print(f"radflow: {exc}", file=sys.stderr)
+        return 1
+
+
+def _db_status_line(where: str, current: int, latest: int) -> str:
+    if current > latest:
+        state = f"NEWER than this radflow ({latest}): upgrade radflow before running it"
+    elif current < latest:
+        state = f"{latest - current} migration(s) pending (radflow db migrate, or start radflow)"
+    else:
+        state = "up to date"
+    return f"{where}: schema version {current}, this radflow knows {latest}: {state}"
+
+
+def _db_sqlite(action: str, settings: Settings) -> int:
+    import sqlite3
+
+    from engine.durable.sqlite import MIGRATIONS
+    from engine.durable.sqlite._common import connect
+    from engine.durable.sqlite.schema import migrate, schema_version
+
+    path = settings.storage.sqlite_path
+    if action == "status":
+        if not path.exists():
+            print(_db_status_line(f"SQLite {path} (not created yet)", 0, len(MIGRATIONS)))
+            return 0
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            current = schema_version(conn)
+        except sqlite3.OperationalError:  # no schema_migrations table yet
+            current = 0
+        finally:
+            conn.close()
+        print(_db_status_line(f"SQLite {path}", current, len(MIGRATIONS)))
+        return 2 if current > len(MIGRATIONS) else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    try:
+        applied = migrate(conn)
+    finally:
+        conn.close()
+    print(f"SQLite {path}: " + (f"applied migration(s) {', '.join(map(str, applied))}"
+                                if applied else "nothing to do") + f"; schema version "
+          f"{len(MIGRATIONS)}")
+    return 0
+
+
+async def _db_postgresql(action: str, settings: Settings) -> int:
+    from engine.durable.postgresql import MIGRATIONS, PostgresStore
+
+    migrate = action == "migrate"
+    store = PostgresStore(settings.storage.postgresql, connect_attempts=1, migrate=False)
+    where = f"PostgreSQL {store.where} schema {settings.storage.postgresql.db_schema}"
+    await store.open()
+    try:
+        status = await store.schema_status()
+    finally:
+        await store.close()
+    if not migrate:
+        print(_db_status_line(where, status.current, status.latest))
+        return 2 if status.too_new else 0
+    store = PostgresStore(settings.storage.postgresql, connect_attempts=1, migrate=True)
+    await store.open()
+    await store.close()
+    pending = status.pending
+    print(f"{where}: " + (f"applied migration(s) {', '.join(map(str, pending))}" if pending
+                          else "nothing to do") + f"; schema version {len(MIGRATIONS)}")
+    return 0
+
+
+def _db_copy(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.storage.backend != "postgresql":
+        print("radflow: db copy fills the PostgreSQL database of the configuration: set "
+              "storage.backend: postgresql (and storage.postgresql) first", file=sys.stderr)
+        return 2
+    from engine.durable.postgresql._common import where
+    from engine.durable.postgresql.copy_from_sqlite import copy
+
+    cfg = settings.storage.postgresql
+    print(f"copying {args.source} -> PostgreSQL {where(cfg)} schema {cfg.db_schema} "
+          "(radflow must be stopped on both)")
+    report = copy(args.source, cfg, lambda table, n: print(f"  {table:<26} {n:>10} rows"))
+    print(f"copied {report.total} rows in one transaction; spool files stay where they are "
+          f"({settings.storage.spool_dir})")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -533,6 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
     d_check.add_argument("--all", action="store_true", help="every configured destination")
     d_check.add_argument("--json", action="store_true", help="JSON, as the HTTP API")
     dests.set_defaults(func=cmd_destinations)
+    db = sub.add_parser("db", help="the database: schema status, migrations, copy from SQLite")
+    db_sub = db.add_subparsers(dest="action", required=True)
+    with_config(db_sub.add_parser("status", help="the schema version against this radflow's"))
+    with_config(db_sub.add_parser("migrate", help="apply pending migrations (once, even with "
+                                                  "several nodes starting)"))
+    db_copy = with_config(db_sub.add_parser(
+        "copy", help="fill the (empty) PostgreSQL database of the configuration from a stopped "
+                     "SQLite installation"))
+    db_copy.add_argument("--from", dest="source", type=Path, required=True,
+                         metavar="SQLITE_PATH", help="the installation's radflow.db")
+    db.set_defaults(func=cmd_db)
     demo = sub.add_parser("demo", help="a whole flow on loopback: order, worklist, MPPS, "
                                        "images, routing, delivery; a summary at the end")
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder")

@@ -58,6 +58,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await asyncio.to_thread(pg.drop_schema, name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_overrides(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """``storage`` overrides for a radflow process, once per backend (PostgreSQL: a fresh
+    schema on the shared server, dropped after the test)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    if (why := pg.unavailable()) is not None:
+        pytest.skip(why)
+    name = pg.new_schema_name()
+    try:
+        yield pg.radflow_storage(name)
+    finally:
+        pg.drop_schema(name)
+
+
 @pytest.fixture
 def radflow(tmp_path: Path) -> Iterator[RadflowFactory]:
     """Factory: ``radflow(overrides=None, *, start=True, wait_ready=True) -> RadflowProcess``."""

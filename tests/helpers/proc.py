@@ -384,14 +384,23 @@ class RadflowProcess:
 
     # --- durable state -------------------------------------------------------------------------
     def journal_rows(self) -> list[dict[str, Any]]:
-        """Every row of the ``instances`` table, read directly from the SQLite file."""
+        """Every row of the ``instances`` table, read directly from the database."""
         return self._table("instances")
 
     def hl7_rows(self) -> list[dict[str, Any]]:
-        """Every row of the ``hl7_messages`` table, read directly from the SQLite file."""
+        """Every row of the ``hl7_messages`` table, read directly from the database."""
         return self._table("hl7_messages")
 
     def _table(self, table: str) -> list[dict[str, Any]]:
+        storage = self.config["storage"]
+        if storage.get("backend") == "postgresql":
+            import psycopg
+            from psycopg.rows import dict_row
+
+            pg = storage["postgresql"]
+            with psycopg.connect(pg["dsn"], options=f"-c search_path={pg['schema']}",
+                                 row_factory=dict_row, connect_timeout=10) as pconn:
+                return list(pconn.execute(f"SELECT * FROM {table} ORDER BY id"))
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             conn.row_factory = sqlite3.Row

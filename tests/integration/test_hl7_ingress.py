@@ -100,8 +100,9 @@ def connection_closed_by_peer(rf: RadflowProcess, payload: bytes, timeout: float
     return False
 
 
-def test_new_order_is_acknowledged_after_commit(radflow: Any) -> None:
-    rf = radflow()
+def test_new_order_is_acknowledged_after_commit(
+        radflow: Any, storage_overrides: dict[str, Any]) -> None:
+    rf = radflow({"storage": storage_overrides})
     ack = send(rf, order("MSG0001"))
     assert msa(ack) == ("AA", "MSG0001")
     assert str(ack.segment("MSH")[9][0][0]) == "ACK"
@@ -110,8 +111,9 @@ def test_new_order_is_acknowledged_after_commit(radflow: Any) -> None:
     assert rf.events("ingress.hl7.ack_sent", ack_code="AA", control_id="MSG0001")
 
 
-def test_duplicate_control_id_gets_the_original_answer_and_changes_nothing(radflow: Any) -> None:
-    rf = radflow()
+def test_duplicate_control_id_gets_the_original_answer_and_changes_nothing(
+        radflow: Any, storage_overrides: dict[str, Any]) -> None:
+    rf = radflow({"storage": storage_overrides})
     first = send(rf, order("DUP1", placer="P-DUP", accession="A-DUP"))
     again = send(rf, order("DUP1", placer="P-DUP", accession="A-DUP"))
     assert msa(first) == msa(again) == ("AA", "DUP1")
@@ -174,8 +176,9 @@ def test_message_over_the_size_limit_closes_the_connection(radflow: Any) -> None
     assert msa(send(rf, order("AFTER2")))[0] == "AA"
 
 
-def test_kill_between_receipt_and_ack_then_resend_gives_exactly_one_item(radflow: Any) -> None:
-    rf = radflow()
+def test_kill_between_receipt_and_ack_then_resend_gives_exactly_one_item(
+        radflow: Any, storage_overrides: dict[str, Any]) -> None:
+    rf = radflow({"storage": storage_overrides})
     message = order("KILL1", placer="P-KILL", accession="A-KILL").encode()
     with socket.create_connection((HOST, mllp_port(rf)), timeout=10) as sock:
         sock.sendall(SB + message + EB)

@@ -11,6 +11,7 @@ association finish (within its grace period), exits 0, and keeps everything it a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -53,9 +54,9 @@ def assert_spool_matches_journal(rf: RadflowProcess) -> None:
         rf.spool_dir / str(r["spool_path"]) for r in rf.journal_rows())
 
 
-def test_sigkill_mid_transfer_loses_nothing_acknowledged(radflow: RadflowFactory,
-                                                         dicom_dir: Path) -> None:
-    rf = radflow()
+def test_sigkill_mid_transfer_loses_nothing_acknowledged(
+        radflow: RadflowFactory, dicom_dir: Path, storage_overrides: dict[str, Any]) -> None:
+    rf = radflow({"storage": storage_overrides})
     instances = dicomgen.write_series(dicom_dir, FILES)
     sent = {inst.path: inst for inst in instances}
 

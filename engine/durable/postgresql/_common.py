@@ -52,7 +52,9 @@ def conninfo(cfg: PostgresSettings) -> dict[str, Any]:
     if cfg.sslrootcert is not None:
         params.setdefault("sslrootcert", str(cfg.sslrootcert))
     params["connect_timeout"] = max(1, round(cfg.connect_timeout))
-    params["application_name"] = "radflow"
+    # Operators (and pg_terminate_backend in tests) tell installations apart in
+    # pg_stat_activity by it.
+    params["application_name"] = f"radflow:{cfg.db_schema}"[:63]
     password = _password(cfg)
     if password is not None:
         params["password"] = password
@@ -150,7 +152,8 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
-def scalar(conn: psycopg.Connection[Any], query: str, params: Any = ()) -> Any:
+def scalar(conn: psycopg.Connection[Any], query: str | sql.Composed, params: Any = ()
+           ) -> Any:
     """The first column of the first row (None when there is no row)."""
     row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
