@@ -61,7 +61,8 @@ def conninfo(cfg: PostgresSettings) -> dict[str, Any]:
     options = [f"-c search_path={cfg.db_schema}"]
     if cfg.statement_timeout > 0:
         options.append(f"-c statement_timeout={round(cfg.statement_timeout * 1000)}")
-    params["options"] = " ".join(options)
+    # The site's own options (in its DSN) come first; radflow's schema and timeout last.
+    params["options"] = " ".join([str(params.get("options") or ""), *options]).strip()
     return params
 
 
