@@ -25,7 +25,18 @@ from engine.settings import PostgresSettings
 
 DSN = os.environ.get("RADFLOW_TEST_PG_DSN",
                      "host=127.0.0.1 port=5432 dbname=test user=postgres")
-PG_BIN = Path(os.environ.get("RADFLOW_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _pg_bin() -> Path:
+    """Debian's newest server binaries (initdb, pg_ctl)."""
+    if "RADFLOW_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["RADFLOW_TEST_PG_BIN"])
+    versions = sorted((p for p in Path("/usr/lib/postgresql").glob("*/bin")),
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    return versions[-1] if versions else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 @functools.cache
