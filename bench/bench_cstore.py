@@ -9,8 +9,10 @@ This script owns the C-STORE *intake* comparison, measured in one run on the sam
   pre-split quarter of the files each);
 * servers, each started fresh on a free port for every run, with a clean receive directory:
   ``storescp`` (DCMTK, writing files), ``bare`` / ``bare-fsync`` (``bare_pynetdicom_scp.py``,
-  writing received bytes, optionally fsyncing each file) and ``radflow``
-  (``python -m engine run --config CFG`` from the repo root; ready on ``GET /readyz``);
+  writing received bytes, optionally fsyncing each file), ``radflow``
+  (``python -m engine run --config CFG`` from the repo root; ready on ``GET /readyz``) on
+  SQLite, and ``radflow-pg``, the same on PostgreSQL (``--backend``, ``--pg-dsn``: a fresh
+  schema per run);
 * figure: wall time from the first sender's start to the last sender's exit, as inst/s and
   MB/s (1 MB = 10^6 bytes of Part 10 files sent), median over ``--repeat`` runs, plus
   radflow's ratio to each peer. After every run the received file count is checked.
@@ -18,7 +20,8 @@ This script owns the C-STORE *intake* comparison, measured in one run on the sam
 It is a hand-run benchmark, not a test: it never asserts on timings. Every loop is bounded,
 every child has a timeout, and all children are killed on exit.
 
-    python bench/bench_cstore.py [--quick] [--repeat N] [--only radflow,storescp,bare,bare-fsync]
+    python bench/bench_cstore.py [--quick] [--repeat N] [--backend sqlite|postgresql|both]
+                                 [--only radflow,radflow-pg,storescp,bare,bare-fsync]
                                  [--data-dir DIR] [--json OUT] [--keep-work] [--repo-root DIR]
 """
 
@@ -71,7 +74,9 @@ from _common import (
     warm_page_cache,
 )
 
-SERVER_NAMES = ("radflow", "storescp", "bare", "bare-fsync")
+SERVER_NAMES = ("radflow", "radflow-pg", "storescp", "bare", "bare-fsync")
+#: PostgreSQL for radflow-pg: each run gets a fresh schema there, dropped after
+DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 ASSOCIATIONS = (1, 4)
 RADFLOW_READY_TIMEOUT = 30.0
 PEER_READY_TIMEOUT = 15.0
@@ -234,11 +239,14 @@ class Radflow(Server):
     def received(self) -> int:
         return count_files(self.received_dir(), "*.dcm")
 
+    def storage_yaml(self) -> str:
+        return f"  sqlite_path: {self.workdir / 'radflow.db'}\n"
+
     def prepare(self) -> None:
         self.port, self.http_port = free_ports(2)
         cfg = (
             "storage:\n"
-            f"  sqlite_path: {self.workdir / 'radflow.db'}\n"
+            f"{self.storage_yaml()}"
             f"  spool_dir: {self.received_dir()}\n"
             "dicom:\n"
             "  listeners:\n"
@@ -273,6 +281,39 @@ class Radflow(Server):
         url = f"http://{LOOPBACK}:{self.http_port}/readyz"
         wait_for_http_ok(url, timeout=self.ready_timeout, proc=self.proc)
         wait_for_port(self.port, timeout=5.0, proc=self.proc)
+
+
+class RadflowPg(Radflow):
+    """radflow on PostgreSQL (``storage.backend: postgresql``), a fresh schema per run."""
+
+    name = "radflow-pg"
+
+    def __init__(self, root: Path, dsn: str) -> None:
+        super().__init__(root)
+        self.dsn = dsn
+        self.schema = ""
+        try:
+            import psycopg
+
+            with psycopg.connect(dsn, connect_timeout=3):
+                pass
+        except Exception as exc:
+            raise ServerUnavailable(f"PostgreSQL at {dsn!r}: {str(exc).strip()}") from None
+
+    def storage_yaml(self) -> str:
+        self.schema = f"bench_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+        return ("  backend: postgresql\n"
+                f"  postgresql: {{dsn: \"{self.dsn}\", schema: {self.schema}}}\n")
+
+    def stop(self) -> StopResult | None:
+        res = super().stop()
+        if self.schema:
+            import psycopg
+
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+            self.schema = ""
+        return res
 
 
 # --------------------------------------------------------------------------- results
@@ -496,7 +537,7 @@ def render(cells: list[Cell], datasets: list[BenchData], servers: list[str]) -> 
 
     if "radflow" in servers:
         rrows: list[list[str]] = []
-        peers = [s for s in ("storescp", "bare", "bare-fsync") if s in servers]
+        peers = [s for s in ("radflow-pg", "storescp", "bare", "bare-fsync") if s in servers]
         for ds in datasets:
             for assoc in ASSOCIATIONS:
                 rad = by_key.get((ds.spec.name, assoc, "radflow"))
@@ -508,7 +549,8 @@ def render(cells: list[Cell], datasets: list[BenchData], servers: list[str]) -> 
                 rrows.append(row)
         if peers:
             out.append("")
-            out.append("radflow inst/s ratio to each peer (same run, same data):")
+            out.append("radflow (SQLite) inst/s ratio to each peer (same run, same data); "
+                       "radflow/radflow-pg above 1 means SQLite is faster:")
             out.append(
                 format_table(
                     ["dataset", "assoc", *(f"radflow/{p}" for p in peers)],
@@ -568,6 +610,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where generated datasets are cached (default %(default)s)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    p.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both",
+                   help="radflow's storage backend(s): radflow (SQLite) and/or radflow-pg "
+                        "(default %(default)s)")
+    p.add_argument("--pg-dsn", default=DEFAULT_PG_DSN,
+                   help="PostgreSQL for radflow-pg (a schema per run; default %(default)s)")
     p.add_argument(
         "--run-timeout",
         type=float,
@@ -588,7 +635,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in only if s not in SERVER_NAMES]
     if unknown or not only:
         p.error(f"--only: unknown {unknown}; choose from {','.join(SERVER_NAMES)}")
-    args.servers = [s for s in SERVER_NAMES if s in only]
+    skip = {"sqlite": {"radflow-pg"}, "postgresql": {"radflow"}, "both": set()}[args.backend]
+    args.servers = [s for s in SERVER_NAMES if s in only and s not in skip]
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     return args
@@ -605,7 +653,8 @@ def give_up(cells: dict[tuple[str, int, str], Cell], server: str, reason: str) -
             c.unavailable = reason
 
 
-def build_servers(names: list[str], radflow_root: Path) -> tuple[dict[str, Server], dict[str, str]]:
+def build_servers(names: list[str], radflow_root: Path, pg_dsn: str = DEFAULT_PG_DSN
+                  ) -> tuple[dict[str, Server], dict[str, str]]:
     """Instantiate the selected servers; those that cannot exist here get a reason instead."""
     servers: dict[str, Server] = {}
     unavailable: dict[str, str] = {}
@@ -613,6 +662,8 @@ def build_servers(names: list[str], radflow_root: Path) -> tuple[dict[str, Serve
         try:
             if name == "radflow":
                 servers[name] = Radflow(radflow_root)
+            elif name == "radflow-pg":
+                servers[name] = RadflowPg(radflow_root, pg_dsn)
             elif name == "storescp":
                 servers[name] = StoreSCP(dcmtk_tool("storescp"))
             elif name == "bare":
@@ -632,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     datasets = [ensure_dataset(args.data_dir, spec) for spec in data_specs(args.quick)]
-    servers, unavailable = build_servers(args.servers, args.repo_root.resolve())
+    servers, unavailable = build_servers(args.servers, args.repo_root.resolve(), args.pg_dsn)
 
     work = Path(tempfile.mkdtemp(prefix="radflow-bench-cstore-"))
     cells: dict[tuple[str, int, str], Cell] = {}

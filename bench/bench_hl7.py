@@ -4,6 +4,8 @@ Runs, in one invocation and on the same messages:
 
 * ``radflow`` — ``python -m engine run`` on SQLite; every ``AA`` follows the group commit of
   the message and its worklist item (WAL, ``synchronous=FULL``);
+* ``radflow-pg`` — the same on PostgreSQL (``--backend``, ``--pg-dsn``; a fresh schema per run,
+  ``synchronous_commit`` on);
 * ``hl7-server`` — the ``hl7`` package's asyncio MLLP server answering an ``AA`` after
   ``hl7.parse`` (no durability at all: the floor a Python MLLP server reaches here);
 * ``hl7apy-parse`` — the same server parsing with hl7apy's ``parse_message`` instead, to show
@@ -13,7 +15,7 @@ The client is an asyncio MLLP sender written here (one request in flight per con
 HL7 original mode requires), over 1 and 8 connections. Prints messages/s and the ratios. Not a
 test: no thresholds. Bounded: a fixed message count and a timeout per phase.
 
-    python bench/bench_hl7.py [--messages 2000] [--quick]
+    python bench/bench_hl7.py [--messages 2000] [--quick] [--backend sqlite|postgresql|both]
 """
 
 from __future__ import annotations
@@ -109,13 +111,29 @@ async def send_all(port: int, messages: list[bytes], connections: int
     return time.perf_counter() - started, acks
 
 
-def start_radflow(work: Path) -> tuple[object, int]:
+DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def pg_storage(dsn: str, schema: str) -> str:
+    return f"backend: postgresql, postgresql: {{dsn: \"{dsn}\", schema: {schema}}}, "
+
+
+def drop_pg_schema(dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def start_radflow(work: Path, storage: str = "") -> tuple[object, int]:
     dicom, mllp, http = free_ports(3)
     cfg = work / "radflow.yaml"
     cfg.write_text(
-        f"storage: {{sqlite_path: {work / 'radflow.db'}, spool_dir: {work / 'spool'}}}\n"
+        f"storage: {{{storage}sqlite_path: {work / 'radflow.db'}, spool_dir: {work / 'spool'}}}
+"
         f"dicom: {{listeners: [{{name: main, host: {LOOPBACK}, port: {dicom}, "
-        "accept_any_calling: true}]}\n"
+        "accept_any_calling: true}]}
+"
         f"hl7: {{listeners: [{{name: mllp, host: {LOOPBACK}, port: {mllp}}}]}}\n"
         f"http: {{host: {LOOPBACK}, port: {http}}}\n"
         "logging: {level: warning}\n"
@@ -142,6 +160,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="400 messages")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN)
     args = parser.parse_args()
     install_signal_handlers()
     count = 400 if args.quick else args.messages
@@ -149,7 +169,12 @@ def main() -> int:
     rates: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory(prefix="radflow-bench-hl7-") as tmp:
         base = Path(tmp)
-        servers = [("radflow", None), ("hl7-server", "hl7"), ("hl7apy-parse", "hl7apy")]
+        servers: list[tuple[str, str | None]] = [
+            ("radflow", None), ("radflow-pg", "pg"), ("hl7-server", "hl7"),
+            ("hl7apy-parse", "hl7apy")]
+        servers = [s for s in servers if not (
+            (args.backend == "sqlite" and s[0] == "radflow-pg")
+            or (args.backend == "postgresql" and s[0] == "radflow"))]
         for name, mode in servers:
             for connections in (1, 8):
                 work = base / f"{name}-{connections}"
@@ -157,11 +182,19 @@ def main() -> int:
                 n = min(count, 300) if mode == "hl7apy" else count
                 offset = connections * 1_000_000  # fresh control ids: no duplicates
                 messages = [order(offset + i) for i in range(n)]
-                proc, port = start_radflow(work) if mode is None else start_peer(work, mode)
+                schema = f"bench_hl7_{os.getpid()}_{connections}"
+                if mode is None:
+                    proc, port = start_radflow(work)
+                elif mode == "pg":
+                    proc, port = start_radflow(work, pg_storage(args.pg_dsn, schema))
+                else:
+                    proc, port = start_peer(work, mode)
                 try:
                     elapsed, acks = asyncio.run(send_all(port, messages, connections))
                 finally:
                     stop_process(proc)  # type: ignore[arg-type]
+                    if mode == "pg":
+                        drop_pg_schema(args.pg_dsn, schema)
                 rate = n / elapsed
                 rates[(name, connections)] = rate
                 ack_codes = " ".join(f"{k}={v}" for k, v in sorted(acks.items()))
@@ -173,13 +206,19 @@ def main() -> int:
     print(format_table(["server", "conns", "msgs", "msg/s", "time s", "ACKs"], rows))
     print()
     ratio_rows = []
+    peers = ("hl7-server", "hl7apy-parse")
     for connections in (1, 8):
-        rad = rates.get(("radflow", connections))
-        if rad:
-            ratio_rows.append([str(connections)] + [
-                f"{rad / rates[(p, connections)]:.2f}x" for p in ("hl7-server", "hl7apy-parse")])
-    print("radflow (durable) msg/s ratio to each peer (not durable):")
-    print(format_table(["conns", "radflow/hl7-server", "radflow/hl7apy-parse"], ratio_rows))
+        row = [str(connections)]
+        for rad in ("radflow", "radflow-pg"):
+            for p in peers:
+                a, b = rates.get((rad, connections)), rates.get((p, connections))
+                row.append(f"{a / b:.2f}x" if a and b else "n/a")
+        a, b = rates.get(("radflow-pg", connections)), rates.get(("radflow", connections))
+        row.append(f"{a / b:.2f}x" if a and b else "n/a")
+        ratio_rows.append(row)
+    print("radflow (durable) msg/s ratio to each peer (not durable), and PostgreSQL to SQLite:")
+    print(format_table(["conns", *(f"{r}/{p}" for r in ("radflow", "radflow-pg") for p in peers),
+                        "radflow-pg/radflow"], ratio_rows))
     return 0
 
 

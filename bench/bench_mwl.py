@@ -1,7 +1,8 @@
 """Modality Worklist C-FIND latency: radflow against DCMTK ``wlmscpfs`` on the same items.
 
 For each size (1,000, 10,000 and 100,000 scheduled items by default) the same synthetic items
-are served by radflow (seeded straight into its SQLite store with the bulk insert) and by
+are served by radflow (seeded straight into its store with the bulk insert; on SQLite and, as
+``radflow-pg``, on PostgreSQL: ``--backend``) and by
 ``wlmscpfs`` (one ``.wl`` file per item, written with pydicom, cached under
 ``/tmp/radflow-bench-data``). Two queries, each with the same return keys a scanner asks for:
 
@@ -20,6 +21,7 @@ query count and a time budget; the script prints median and p99 per line and rad
 It never asserts on timings.
 
     python bench/bench_mwl.py [--sizes 1000,10000,100000] [--queries 30] [--budget 20]
+                              [--backend sqlite|postgresql|both] [--pg-dsn DSN]
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ from bench._common import (
     stop_process,
     wait_for_port,
 )
+from engine.durable.postgresql import PostgresStore
 from engine.durable.sqlite import SqliteStore
+from engine.settings import PostgresSettings
 from engine.worklist.model import WorklistItem
 
 DAY = "20261125"  # "today" in the data
@@ -153,13 +157,22 @@ def wl_files(n: int, root: Path) -> Path:
     return base
 
 
-async def seed_radflow(db: Path, n: int) -> None:
-    store = SqliteStore(db)
+async def seed_radflow(db: Path, n: int, pg_schema: str | None = None,
+                       pg_dsn: str = "") -> None:
+    store: SqliteStore | PostgresStore
+    if pg_schema is None:
+        store = SqliteStore(db)
+    else:
+        store = PostgresStore(PostgresSettings.model_validate(
+            {"dsn": pg_dsn, "schema": pg_schema}), connect_attempts=1)
     await store.open()
     try:
         for start in range(0, n, 20_000):
             await store.add_worklist_items([item(i) for i in range(start, min(n, start + 20_000))])
-        await store._write(lambda c: c.execute("PRAGMA optimize"))
+        if isinstance(store, SqliteStore):
+            await store._write(lambda c: c.execute("PRAGMA optimize"))
+        else:
+            await store._write(lambda c: c.execute("ANALYZE worklist_items"))
     finally:
         await store.close()
 
@@ -300,17 +313,34 @@ class PersistentClient:
 
 
 # --------------------------------------------------------------------------- servers
-def start_radflow(work: Path, n: int) -> tuple[subprocess.Popen[bytes], int, Path]:
-    data = work / f"radflow-{n}"
+DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def drop_pg_schema(dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def start_radflow(work: Path, n: int, pg_schema: str | None = None, pg_dsn: str = ""
+                  ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    data = work / f"radflow-{n}{'-pg' if pg_schema else ''}"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     db = data / "radflow.db"
     t0 = time.perf_counter()
-    asyncio.run(seed_radflow(db, n))
-    print(f"  seeded radflow with {n} items in {time.perf_counter() - t0:.1f} s", flush=True)
+    asyncio.run(seed_radflow(db, n, pg_schema, pg_dsn))
+    print(f"  seeded radflow{'-pg' if pg_schema else ''} with {n} items in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
     port, http_port, mllp_port = free_port(), free_port(), free_port()
+    storage: dict[str, object] = {"sqlite_path": str(db), "spool_dir": str(data / "spool"),
+                                  "min_free_mb": 1}
+    if pg_schema is not None:
+        storage |= {"backend": "postgresql",
+                    "postgresql": {"dsn": pg_dsn, "schema": pg_schema}}
     config = {
-        "storage": {"sqlite_path": str(db), "spool_dir": str(data / "spool"), "min_free_mb": 1},
+        "storage": storage,
         "dicom": {"listeners": [{"ae_title": RADFLOW_AE, "host": LOOPBACK, "port": port,
                                  "dimse_timeout": 600, "network_timeout": 600,
                                  "accept_any_calling": True}]},
@@ -353,6 +383,10 @@ def main() -> int:
                         help="queries per line over one open association")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per line at most")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both",
+                        help="radflow's storage: radflow (SQLite), radflow-pg, or both")
+    parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN,
+                        help="PostgreSQL for radflow-pg (a schema per size, dropped after)")
     args = parser.parse_args()
     install_signal_handlers()
     findscu = dcmtk_tool("findscu")
@@ -364,42 +398,47 @@ def main() -> int:
     def ms(v: float) -> str:
         return f"{v * 1000:.1f}"
 
+    radflows = {"sqlite": ["radflow"], "postgresql": ["radflow-pg"],
+                "both": ["radflow", "radflow-pg"]}[args.backend]
     for n in (int(s) for s in args.sizes.split(",")):
         print(f"== {n} items", flush=True)
         base = wl_files(n, args.data_dir)
-        rf, rf_port, _ = start_radflow(work, n)
-        wl, wl_port = start_wlmscpfs(base)
+        schema = f"bench_mwl_{os.getpid()}_{n}"
+        procs: list[subprocess.Popen[bytes]] = []
+        ports: dict[str, tuple[int, str]] = {}
         try:
+            for name in radflows:
+                rf, rf_port, _ = start_radflow(
+                    work, n, schema if name == "radflow-pg" else None, args.pg_dsn)
+                procs.append(rf)
+                ports[name] = (rf_port, RADFLOW_AE)
+            wl, wl_port = start_wlmscpfs(base)
+            procs.append(wl)
+            ports["wlmscpfs"] = (wl_port, WL_AE)
             # The transport floor: a C-ECHO over the same kind of open association.
-            for name, port, called in (("radflow assoc", rf_port, RADFLOW_AE),
-                                       ("wlmscpfs assoc", wl_port, WL_AE)):
+            for name, (port, called) in ports.items():
                 client = PersistentClient(called, port)
                 try:
                     times, _ = measure(client.echo, args.assoc_queries, args.budget)
                 finally:
                     client.close()
-                rows.append([str(n), "C-ECHO", name, str(len(times)), "-",
+                rows.append([str(n), "C-ECHO", f"{name} assoc", str(len(times)), "-",
                              ms(percentile(times, 50)), ms(percentile(times, 99))])
             for kind in ("patient", "ct-today"):
                 keys = findscu_keys(kind, n)
                 want = expected_matches(kind, n)
                 results: dict[str, tuple[list[float], int]] = {}
-                results["radflow findscu"] = measure(
-                    findscu_once(findscu, RADFLOW_AE, rf_port, keys), args.queries, args.budget)
-                results["wlmscpfs findscu"] = measure(
-                    findscu_once(findscu, WL_AE, wl_port, keys), args.queries, args.budget)
                 repeat = 10 if n <= 10_000 else 4
-                for name, port, called in (("radflow", rf_port, RADFLOW_AE),
-                                           ("wlmscpfs", wl_port, WL_AE)):
+                for name, (port, called) in ports.items():
+                    results[f"{name} findscu"] = measure(
+                        findscu_once(findscu, called, port, keys), args.queries, args.budget)
                     single = percentile(results[f"{name} findscu"][0], 50)
                     results[f"{name} findscu-repeat"] = findscu_repeat(
                         findscu, called, port, keys, repeat, 3, single)
-                for name, port, called in (("radflow assoc", rf_port, RADFLOW_AE),
-                                           ("wlmscpfs assoc", wl_port, WL_AE)):
                     client = PersistentClient(called, port)
                     try:
-                        results[name] = measure(client.once(identifier(kind, n)),
-                                                args.assoc_queries, args.budget)
+                        results[f"{name} assoc"] = measure(client.once(identifier(kind, n)),
+                                                           args.assoc_queries, args.budget)
                     finally:
                         client.close()
                 for name, (times, matches) in results.items():
@@ -407,18 +446,22 @@ def main() -> int:
                     rows.append([str(n), kind, name, str(len(times)), f"{matches}{flag}",
                                  ms(percentile(times, 50)), ms(percentile(times, 99))])
                 for client_kind in ("findscu", "findscu-repeat", "assoc"):
-                    r = percentile(results[f"radflow {client_kind}"][0], 50)
                     w = percentile(results[f"wlmscpfs {client_kind}"][0], 50)
-                    summary.append([str(n), kind, client_kind, ms(r), ms(w), f"{w / r:.1f}x"])
+                    for name in radflows:
+                        r = percentile(results[f"{name} {client_kind}"][0], 50)
+                        summary.append([str(n), kind, client_kind, name, ms(r), ms(w),
+                                        f"{w / r:.1f}x"])
         finally:
-            stop_process(rf)
-            stop_process(wl)
+            for proc in procs:
+                stop_process(proc)
+            if "radflow-pg" in radflows:
+                drop_pg_schema(args.pg_dsn, schema)
     print()
     print_table(["items", "query", "server / client", "runs", "matches", "p50 ms", "p99 ms"],
                 rows, "llllrrr")
     print()
-    print_table(["items", "query", "client", "radflow p50 ms", "wlmscpfs p50 ms",
-                 "radflow faster by"], summary, "lllrrr")
+    print_table(["items", "query", "client", "radflow", "radflow p50 ms", "wlmscpfs p50 ms",
+                 "radflow faster by"], summary, "llllrrr")
     os.sync()
     return 0
 
