@@ -87,6 +87,19 @@ def list_instances(conn: Conn, limit: int, offset: int) -> list[StoredInstance]:
     return [row_to_instance(r) for r in rows]
 
 
+def instances_after(conn: Conn, after_id: int, limit: int, study_instance_uid: str | None
+                    ) -> list[StoredInstance]:
+    if study_instance_uid is None:
+        rows = conn.execute(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id > %s ORDER BY id LIMIT %s",
+            (after_id, limit)).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE study_instance_uid = %s "
+            "AND id > %s ORDER BY id LIMIT %s", (study_instance_uid, after_id, limit)).fetchall()
+    return [row_to_instance(r) for r in rows]
+
+
 def count(conn: Conn) -> int:
     row = conn.execute("SELECT COUNT(*) FROM instances").fetchone()
     return int(row[0]) if row else 0

@@ -29,7 +29,7 @@ from engine.procedure.model import (
     StepUpdate,
     WorklistLink,
 )
-from engine.worklist.model import StoredWorklistItem
+from engine.worklist.model import ACTIVE_STATUSES, StoredWorklistItem
 
 Conn = psycopg.Connection[Any]
 
@@ -174,3 +174,59 @@ def awaiting(conn: Conn) -> list[tuple[ProcedureStep, tuple[str, ...]]]:
 def mark_complete(conn: Conn, step_id: int, now: str) -> bool:
     return conn.execute("UPDATE procedure_steps SET complete_at = %s WHERE id = %s AND "
                         "complete_at IS NULL", (now, step_id)).rowcount > 0
+
+
+def link_unscheduled(conn: Conn, item_ids: Sequence[int] | None,
+                     decide: Callable[[PpsStatus], LinkDecision], now: str
+                     ) -> list[ProcedureStepCommit]:
+    """Link steps that started with no worklist item to items that have appeared since, by
+    Accession Number or Study Instance UID (the SQLite backend's rules). The steps are taken
+    with ``FOR UPDATE SKIP LOCKED``: two nodes sweeping at once link each step once."""
+    commits: list[ProcedureStepCommit] = []
+    with transaction(conn):
+        locked = [int(r[0]) for r in conn.execute(
+            "SELECT id FROM procedure_steps WHERE unscheduled = 1 AND worklist_item_ids = '[]' "
+            "ORDER BY id FOR UPDATE SKIP LOCKED")]
+        if not locked:
+            return commits
+        steps = [row_to_step(r) for r in conn.execute(
+            f"SELECT {STEP_COLUMNS} FROM procedure_steps s WHERE s.id = ANY(%s) ORDER BY s.id",
+            (locked,))]
+        offered = items_by_ids(conn, list(item_ids)) if item_ids is not None else None
+        for step in steps:
+            if offered is not None:
+                candidates = [i for i in offered if _same_order(step, i)]
+            else:
+                terms: list[str] = []
+                params: list[str] = []
+                if step.accession_number:
+                    terms.append("accession_number = %s")
+                    params.append(step.accession_number)
+                if step.study_instance_uid:
+                    terms.append("study_instance_uid = %s")
+                    params.append(step.study_instance_uid)
+                candidates = select_items(conn, "SELECT id, data FROM worklist_items WHERE "
+                                          + " OR ".join(terms) + " ORDER BY id",
+                                          params) if terms else []
+            candidates = [i for i in candidates if i.item.status in ACTIVE_STATUSES]
+            if not candidates:
+                continue
+            link = decide(step.status)(candidates)
+            if not link.item_ids:
+                continue
+            _write_link(conn, link)
+            conn.execute("UPDATE procedure_steps SET worklist_item_ids = %s, unscheduled = 0, "
+                         "updated_at = %s WHERE id = %s",
+                         (json.dumps(list(link.item_ids)), now, step.id))
+            event_id = _event(conn, step.id, "link", step.status, "{}", now)
+            after = read_step(conn, step.sop_instance_uid)
+            assert after is not None
+            commits.append(ProcedureStepCommit(after, event_id, link))
+    return commits
+
+
+def _same_order(step: ProcedureStep, stored: StoredWorklistItem) -> bool:
+    item = stored.item
+    return bool((step.accession_number and item.accession_number == step.accession_number)
+                or (step.study_instance_uid
+                    and item.study_instance_uid == step.study_instance_uid))

@@ -316,6 +316,11 @@ class PostgresStore:
     async def list_instances(self, limit: int = 100, offset: int = 0) -> list[StoredInstance]:
         return await self._read(lambda c: journal.list_instances(c, limit, offset))
 
+    async def instances_after(self, after_id: int, limit: int,
+                              study_instance_uid: str | None = None) -> list[StoredInstance]:
+        return await self._read(
+            lambda c: journal.instances_after(c, after_id, limit, study_instance_uid))
+
     async def count_instances(self) -> int:
         return await self._read(journal.count)
 
@@ -488,6 +493,12 @@ class PostgresStore:
                                  now: str) -> ProcedureStepCommit:
         return await self._write(lambda c: mpps.set_step(
             c, sop_instance_uid, change, decide, now))
+
+    async def link_unscheduled_procedure_steps(
+            self, item_ids: Sequence[int] | None,
+            decide: Callable[[PpsStatus], mpps.LinkDecision],
+            now: str) -> list[ProcedureStepCommit]:
+        return await self._write(lambda c: mpps.link_unscheduled(c, item_ids, decide, now))
 
     async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None:
         return await self._read(lambda c: mpps.get_step(c, sop_instance_uid))
