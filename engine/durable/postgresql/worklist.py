@@ -180,14 +180,18 @@ def add(conn: Conn, items: Sequence[WorklistItem]) -> list[int]:
         return []
     ids: list[int] = []
     with transaction(conn), conn.cursor() as cur:
-        # One pipelined batch, not a round trip per item (bulk seeding, imports).
-        cur.executemany(_ITEM_INSERT, [item_values(item) for item in items], returning=True)
-        while True:
-            row = cur.fetchone()
-            if row is not None:
-                ids.append(int(row[0]))
-            if not cur.nextset():
-                break
+        # Pipelined batches, not a round trip per item (bulk seeding, imports); bounded so one
+        # call never holds the interpreter long enough to stall the event loop.
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            cur.executemany(_ITEM_INSERT, [item_values(item) for item in chunk],
+                            returning=True)
+            while True:
+                row = cur.fetchone()
+                if row is not None:
+                    ids.append(int(row[0]))
+                if not cur.nextset():
+                    break
     return ids
 
 
