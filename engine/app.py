@@ -425,7 +425,21 @@ class Engine:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, self.rules.request_reload)
-        await self.start()
+        # A start may wait a long time (a database that does not answer yet): a signal during
+        # it ends the wait instead of being held until the engine is up.
+        starting = asyncio.create_task(self.start(), name="engine-start")
+        signalled = asyncio.create_task(stop_requested.wait(), name="engine-signal")
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("engine.start_abandoned")
+            starting.cancel()  # start() stops what it had started before it re-raises
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            return
+        signalled.cancel()
+        starting.result()  # a failed start raises here
         await stop_requested.wait()
         log.info("engine.stopping", grace_seconds=self.settings.engine.shutdown_grace)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

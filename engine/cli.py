@@ -91,7 +91,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     listeners = ", ".join(f"{lst.ae_title}@{lst.host}:{lst.port}"
                           for lst in settings.dicom.listeners)
-    print(f"{args.config}: OK (DICOM {listeners}; admin http://{settings.http.host}:"
+    if settings.storage.backend == "postgresql":
+        from engine.durable.postgresql._common import where
+
+        pg = settings.storage.postgresql
+        storage = f"PostgreSQL {where(pg)} schema {pg.db_schema}"
+    else:
+        storage = f"SQLite {settings.storage.sqlite_path}"
+    print(f"{args.config}: OK (DICOM {listeners}; storage {storage}; admin "
+          f"http://{settings.http.host}:"
           f"{settings.http.port}; {len(ruleset.routes)} routes in {settings.routing.routes_dir}"
           f", ruleset {ruleset.version})")
     return 0

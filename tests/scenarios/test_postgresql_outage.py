@@ -154,3 +154,22 @@ def test_backends_terminated_mid_flow_lose_nothing_acknowledged(
         rf.stop()
     finally:
         pg.drop_schema(schema)
+
+
+def test_starting_without_the_database_names_it_and_waits_for_it(
+        radflow: RadflowFactory, dicom_dir: Path, private_server: pg.PrivateServer) -> None:
+    private_server.stop()
+    rf = radflow({"storage": pg.radflow_storage("radflow", private_server.dsn)}, start=False)
+    starting = threading.Thread(target=rf.start, kwargs={"timeout": 180}, daemon=True)
+    starting.start()
+    event = rf.wait_for_event("durable.postgresql.unreachable", timeout=60)
+    assert event["server"] == f"127.0.0.1:{private_server.port}/postgres"
+    assert "refused" in event["reason"] or "failed" in event["reason"], event
+    rf.wait_for_event("durable.postgresql.unreachable", timeout=60, retry_in=1.0)  # again
+    assert rf.running  # waiting, not exited
+
+    private_server.start()
+    starting.join(timeout=180)
+    assert rf.readyz()[0] == 200
+    [path] = [i.path for i in dicomgen.write_series(dicom_dir, 1)]
+    assert store_responses(storescu(rf, [path]).stdout) == ["Success"]
