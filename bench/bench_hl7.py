@@ -129,11 +129,9 @@ def start_radflow(work: Path, storage: str = "") -> tuple[object, int]:
     dicom, mllp, http = free_ports(3)
     cfg = work / "radflow.yaml"
     cfg.write_text(
-        f"storage: {{{storage}sqlite_path: {work / 'radflow.db'}, spool_dir: {work / 'spool'}}}
-"
+        f"storage: {{{storage}sqlite_path: {work / 'radflow.db'}, spool_dir: {work / 'spool'}}}\n"
         f"dicom: {{listeners: [{{name: main, host: {LOOPBACK}, port: {dicom}, "
-        "accept_any_calling: true}]}
-"
+        "accept_any_calling: true}]}\n"
         f"hl7: {{listeners: [{{name: mllp, host: {LOOPBACK}, port: {mllp}}}]}}\n"
         f"http: {{host: {LOOPBACK}, port: {http}}}\n"
         "logging: {level: warning}\n"

@@ -130,7 +130,13 @@ def fire_group(conn: Conn, group_id: int, reason: str, now: float,
             f"SELECT {INSTANCE_COLUMNS_I} "
             "FROM routing_group_members m JOIN instances i ON i.id = m.instance_id "
             "WHERE m.group_id = %s AND i.superseded = 0 ORDER BY i.id", (group_id,))]
-        rows = build(str(row[10]), members, reason, group)
+
+        def study_instances(uid: str) -> list[StoredInstance]:
+            return [row_to_instance(r) for r in conn.execute(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE study_instance_uid = %s "
+                "AND superseded = 0 AND durable = 1 ORDER BY id", (uid,))]
+
+        rows = build(str(row[10]), members, reason, group, study_instances)
         _insert_rows(conn, rows, now)
         conn.execute("UPDATE routing_groups SET state = 'fired', fired_at = %s, "
                      "fire_reason = %s WHERE id = %s", (now, reason, group_id))

@@ -26,12 +26,15 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
 from engine.durable.migrations import SchemaStatus, SchemaTooNew
 from engine.durable.postgresql import (
+    commitment,
     hl7,
     journal,
     mpps,
     outbox,
+    qr,
     retention,
     routing,
     schema,
@@ -46,6 +49,7 @@ from engine.durable.postgresql._common import (
     notify_channel,
     where,
 )
+from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
 from engine.durable.routing import (
     BuildGroupRows,
     FiredGroup,
@@ -323,6 +327,34 @@ class PostgresStore:
 
     async def count_instances(self) -> int:
         return await self._read(journal.count)
+
+    # --- Storage Commitment --------------------------------------------------------------------
+    async def commit_commitment_request(self, request: CommitmentRequest, now: float
+                                        ) -> CommitmentResult:
+        return await self._write(lambda c: commitment.commit_request(
+            c, request, now, self.cfg.db_schema))
+
+    async def waiting_commitments(self, limit: int) -> list[tuple[int, CommitmentRequest]]:
+        return await self._read(lambda c: commitment.waiting(c, limit))
+
+    async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
+                                 archive_destinations: Sequence[str], now: float
+                                 ) -> CommitmentReport | None:
+        return await self._write(lambda c: commitment.resolve_on_archive(
+            c, request_id, request, archive_destinations, now, self.cfg.db_schema))
+
+    # --- Query/Retrieve index ------------------------------------------------------------------
+    async def qr_index_watermark(self) -> int:
+        return await self._read(qr.watermark)
+
+    async def qr_index(self, rows: Sequence[QrIndexRow], last_instance_id: int) -> int:
+        return await self._write(lambda c: qr.index(c, rows, last_instance_id))
+
+    async def qr_find(self, query: QrQuery) -> list[QrRecord]:
+        return await self._read(lambda c: qr.find(c, query))
+
+    async def qr_locate(self, query: QrQuery) -> list[QrLocated]:
+        return await self._read(lambda c: qr.locate(c, query))
 
     async def expired_instances(self, received_before: str, limit: int
                                 ) -> list[ExpiredInstance]:

@@ -1,0 +1,129 @@
+"""PostgreSQL SQL of Storage Commitment: outstanding requests and their reports.
+
+The SQLite backend's rules (see its ``commitment.py``): a request is one row, unique per calling
+AE and Transaction UID, and its report is an outbox row written in the same transaction as the
+decision. Two nodes receiving the same N-ACTION at once meet on the unique constraint; two nodes
+resolving the same waiting request take its row lock in turn, and the second finds it reported.
+This module must not decide which instances are committed nor talk to peers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from engine.durable.commitment import (
+    COMMITMENT_DESTINATION,
+    COMMITMENT_KIND,
+    COMMITMENT_SOURCE,
+    CommitmentReport,
+    CommitmentRequest,
+    CommitmentResult,
+    decide_on_archive,
+    decide_on_receipt,
+)
+from engine.durable.postgresql._common import notify_outbox, scalar, transaction
+
+Conn = psycopg.Connection[Any]
+#: (request id, request) of requests waiting for their archive, oldest first
+Waiting = tuple[int, CommitmentRequest]
+
+
+def journal_classes(conn: Conn, uids: Sequence[str]) -> dict[str, str]:
+    """SOP Instance UID -> SOP Class UID of the current journal rows among ``uids``."""
+    return {str(u): str(c) for u, c in conn.execute(
+        "SELECT sop_instance_uid, sop_class_uid FROM instances WHERE superseded = 0 AND "
+        "sop_instance_uid = ANY(%s)", (list(dict.fromkeys(uids)),))}
+
+
+def _queue_report(conn: Conn, request_id: int, report: CommitmentReport, now: float,
+                  schema: str) -> None:
+    conn.execute(
+        "INSERT INTO outbox (destination, kind, source_table, source_id, route, payload, "
+        "state, attempts, next_attempt_at, created_at, updated_at) "
+        "VALUES (%s, %s, %s, %s, '', %s, 'pending', 0, %s, %s, %s)",
+        (COMMITMENT_DESTINATION, COMMITMENT_KIND, COMMITMENT_SOURCE, request_id,
+         report.payload(), now, now, now))
+    conn.execute("UPDATE commitment_requests SET state = 'reported', reported_at = %s "
+                 "WHERE id = %s", (now, request_id))
+    notify_outbox(conn, schema, {COMMITMENT_DESTINATION})
+
+
+def commit_request(conn: Conn, request: CommitmentRequest, now: float, schema: str
+                   ) -> CommitmentResult:
+    with transaction(conn):
+        request_id = scalar(
+            conn, "INSERT INTO commitment_requests (transaction_uid, calling_ae, policy, "
+            "state, refs, received_at, deadline) VALUES (%s, %s, %s, 'waiting', %s, %s, %s) "
+            "ON CONFLICT (calling_ae, transaction_uid) DO NOTHING RETURNING id",
+            (request.transaction_uid, request.calling_ae, request.policy,
+             json.dumps([list(r) for r in request.refs]), request.received_at,
+             request.deadline))
+        if request_id is None:
+            known = scalar(conn, "SELECT id FROM commitment_requests WHERE calling_ae = %s "
+                           "AND transaction_uid = %s",
+                           (request.calling_ae, request.transaction_uid))
+            return CommitmentResult(int(known), True, None)
+        request_id = int(request_id)
+        if request.policy != "on_receipt":
+            return CommitmentResult(request_id, False, None)
+        report = decide_on_receipt(
+            request, journal_classes(conn, [uid for _, uid in request.refs]))
+        _queue_report(conn, request_id, report, now, schema)
+        return CommitmentResult(request_id, False, report)
+
+
+def waiting(conn: Conn, limit: int) -> list[Waiting]:
+    rows = conn.execute(
+        "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline "
+        "FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT %s",
+        (limit,)).fetchall()
+    return [(int(r[0]), CommitmentRequest(
+        r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6]))
+        for r in rows]
+
+
+def _journal_ids(conn: Conn, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    return {str(uid): (str(sop_class), int(journal_id)) for uid, sop_class, journal_id in
+            conn.execute("SELECT sop_instance_uid, sop_class_uid, id FROM instances "
+                         "WHERE superseded = 0 AND sop_instance_uid = ANY(%s)",
+                         (list(dict.fromkeys(uids)),))}
+
+
+def _confirmed(conn: Conn, journal_ids: Sequence[int], destinations: Sequence[str]
+               ) -> set[int]:
+    """Journal ids with a delivered outbox row to every one of ``destinations`` and none
+    still undelivered."""
+    wanted = len(set(destinations))
+    rows = conn.execute(
+        "SELECT source_id, COUNT(DISTINCT destination) FROM outbox "
+        "WHERE source_table = 'instances' AND source_id = ANY(%s) AND destination = ANY(%s) "
+        "GROUP BY source_id HAVING bool_and(state = 'done')",
+        (list(journal_ids), list(destinations))).fetchall()
+    return {int(r[0]) for r in rows if int(r[1]) == wanted}
+
+
+def resolve_on_archive(conn: Conn, request_id: int, request: CommitmentRequest,
+                       destinations: Sequence[str], now: float, schema: str
+                       ) -> CommitmentReport | None:
+    with transaction(conn):
+        state = scalar(conn, "SELECT state FROM commitment_requests WHERE id = %s FOR UPDATE",
+                       (request_id,))
+        if state != "waiting":
+            return None
+        journal = _journal_ids(conn, [uid for _, uid in request.refs])
+        confirmed = _confirmed(conn, [j for _, j in journal.values()], destinations) \
+            if destinations else set()
+        expired = request.deadline is not None and now >= request.deadline
+        report = decide_on_archive(request, journal, confirmed, expired)
+        if report is not None:
+            _queue_report(conn, request_id, report, now, schema)
+        return report
+
+
+def count(conn: Conn, state: str) -> int:
+    return int(scalar(conn, "SELECT COUNT(*) FROM commitment_requests WHERE state = %s",
+                      (state,)))
