@@ -9,6 +9,7 @@ This module must not decide which instances are committed nor talk to peers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -78,12 +79,51 @@ def commit_request(conn: Conn, request: CommitmentRequest, now: float, schema: s
 
 def waiting(conn: Conn, limit: int) -> list[Waiting]:
     rows = conn.execute(
-        "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline "
-        "FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT %s",
+        "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline, "
+        "archive_asks FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT %s",
         (limit,)).fetchall()
     return [(int(r[0]), CommitmentRequest(
-        r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6]))
-        for r in rows]
+        r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6],
+        json.loads(r[7] or "{}"))) for r in rows]
+
+
+def delivered(conn: Conn, uids: Sequence[str], destination: str) -> set[str]:
+    """Which of ``uids`` (current journal rows) ``destination`` has delivered."""
+    journal = _journal_ids(conn, uids)
+    done = _confirmed(conn, [j for _, j in journal.values()], [destination])
+    return {uid for uid, (_, j) in journal.items() if j in done}
+
+
+def record_ask(conn: Conn, request_id: int, destination: str, transaction_uid: str,
+               sent: bool) -> None:
+    with transaction(conn):
+        raw = scalar(conn, "SELECT archive_asks FROM commitment_requests WHERE id = %s "
+                     "FOR UPDATE", (request_id,))
+        if raw is None:
+            return
+        asks = json.loads(raw or "{}")
+        results = (asks.get(destination) or {}).get("results")
+        asks[destination] = {"transaction_uid": transaction_uid, "sent": sent,
+                             "results": results}
+        conn.execute("UPDATE commitment_requests SET archive_asks = %s WHERE id = %s",
+                     (json.dumps(asks), request_id))
+
+
+def record_archive_report(conn: Conn, transaction_uid: str, results: dict[str, int]) -> bool:
+    """Keep an archive's answer to radflow's own request; False if no waiting request asked
+    with ``transaction_uid``."""
+    with transaction(conn):
+        for request_id, raw in conn.execute(
+                "SELECT id, archive_asks FROM commitment_requests WHERE state = 'waiting' "
+                "AND strpos(archive_asks, %s) > 0 FOR UPDATE", (transaction_uid,)).fetchall():
+            asks = json.loads(raw or "{}")
+            for ask in asks.values():
+                if ask.get("transaction_uid") == transaction_uid:
+                    ask["results"] = {**(ask.get("results") or {}), **results}
+                    conn.execute("UPDATE commitment_requests SET archive_asks = %s "
+                                 "WHERE id = %s", (json.dumps(asks), request_id))
+                    return True
+    return False
 
 
 def _journal_ids(conn: Conn, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -107,18 +147,19 @@ def _confirmed(conn: Conn, journal_ids: Sequence[int], destinations: Sequence[st
 
 
 def resolve_on_archive(conn: Conn, request_id: int, request: CommitmentRequest,
-                       destinations: Sequence[str], now: float, schema: str
-                       ) -> CommitmentReport | None:
+                       destinations: Sequence[str], committing: Sequence[str], now: float,
+                       schema: str) -> CommitmentReport | None:
     with transaction(conn):
-        state = scalar(conn, "SELECT state FROM commitment_requests WHERE id = %s FOR UPDATE",
-                       (request_id,))
-        if state != "waiting":
+        row = conn.execute("SELECT state, archive_asks FROM commitment_requests WHERE id = %s "
+                           "FOR UPDATE", (request_id,)).fetchone()
+        if row is None or row[0] != "waiting":
             return None
+        request = dataclasses.replace(request, asks=json.loads(row[1] or "{}"))
         journal = _journal_ids(conn, [uid for _, uid in request.refs])
         confirmed = _confirmed(conn, [j for _, j in journal.values()], destinations) \
             if destinations else set()
         expired = request.deadline is not None and now >= request.deadline
-        report = decide_on_archive(request, journal, confirmed, expired)
+        report = decide_on_archive(request, journal, confirmed, expired, tuple(committing))
         if report is not None:
             _queue_report(conn, request_id, report, now, schema)
         return report

@@ -290,6 +290,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX commitment_requests_waiting ON commitment_requests (id) WHERE state = 'waiting'
     """,
+    # 12: on_archive requests radflow relayed to an archive: per destination, the Transaction
+    # UID radflow asked with and the archive's answer.
+    """
+    ALTER TABLE commitment_requests ADD COLUMN archive_asks TEXT COLLATE "C" NOT NULL
+        DEFAULT '{}'
+    """,
 )
 
 #: how long a node waits for another node's migration before it gives up

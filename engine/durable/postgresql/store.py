@@ -38,6 +38,7 @@ from engine.durable.postgresql import (
     retention,
     routing,
     schema,
+    trace,
     worklist,
 )
 from engine.durable.postgresql._common import (
@@ -75,6 +76,7 @@ from engine.durable.store import (
     QueueStats,
     StoredInstance,
 )
+from engine.durable.trace import TraceBy, TraceRecords
 from engine.durable.writer_thread import LaneWriter
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
@@ -338,10 +340,30 @@ class PostgresStore:
         return await self._read(lambda c: commitment.waiting(c, limit))
 
     async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
-                                 archive_destinations: Sequence[str], now: float
+                                 archive_destinations: Sequence[str],
+                                 committing: Sequence[str], now: float
                                  ) -> CommitmentReport | None:
         return await self._write(lambda c: commitment.resolve_on_archive(
-            c, request_id, request, archive_destinations, now, self.cfg.db_schema))
+            c, request_id, request, archive_destinations, committing, now,
+            self.cfg.db_schema))
+
+    async def commitment_delivered(self, sop_instance_uids: Sequence[str], destination: str
+                                   ) -> set[str]:
+        return await self._read(lambda c: commitment.delivered(c, sop_instance_uids,
+                                                               destination))
+
+    async def record_commitment_ask(self, request_id: int, destination: str,
+                                    transaction_uid: str, sent: bool) -> None:
+        await self._write(lambda c: commitment.record_ask(c, request_id, destination,
+                                                          transaction_uid, sent))
+
+    async def record_archive_commitment(self, transaction_uid: str,
+                                        results: dict[str, int]) -> bool:
+        return await self._write(lambda c: commitment.record_archive_report(
+            c, transaction_uid, results))
+
+    async def trace(self, by: TraceBy, value: str) -> TraceRecords:
+        return await self._read(lambda c: trace.trace(c, by, value))
 
     # --- Query/Retrieve index ------------------------------------------------------------------
     async def qr_index_watermark(self) -> int:
