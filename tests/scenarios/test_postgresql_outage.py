@@ -160,7 +160,15 @@ def test_starting_without_the_database_names_it_and_waits_for_it(
         radflow: RadflowFactory, dicom_dir: Path, private_server: pg.PrivateServer) -> None:
     private_server.stop()
     rf = radflow({"storage": pg.radflow_storage("radflow", private_server.dsn)}, start=False)
-    starting = threading.Thread(target=rf.start, kwargs={"timeout": 180}, daemon=True)
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            rf.start(timeout=180)
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    starting = threading.Thread(target=start, daemon=True)
     starting.start()
     event = rf.wait_for_event("durable.postgresql.unreachable", timeout=60)
     assert event["server"] == f"127.0.0.1:{private_server.port}/postgres"
@@ -169,7 +177,8 @@ def test_starting_without_the_database_names_it_and_waits_for_it(
     assert rf.running  # waiting, not exited
 
     private_server.start()
-    starting.join(timeout=180)
-    assert rf.readyz()[0] == 200
+    starting.join(timeout=200)
+    assert not starting.is_alive() and not failures, failures
+    wait_until(lambda: rf.readyz()[0] == 200, "/readyz to be green")
     [path] = [i.path for i in dicomgen.write_series(dicom_dir, 1)]
     assert store_responses(storescu(rf, [path]).stdout) == ["Success"]

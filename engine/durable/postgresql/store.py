@@ -240,8 +240,9 @@ class PostgresStore:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await loop.run_in_executor(self._reader, pool.close)
-        self._writer.shutdown(wait=True)
-        self._reader.shutdown(wait=True)
+        # Joined off the loop: a thread still finishing a statement must not stall it.
+        await asyncio.to_thread(self._writer.shutdown, True)
+        await asyncio.to_thread(self._reader.shutdown, True)
 
     async def ping(self) -> bool:
         if self._pool is None:
