@@ -52,7 +52,7 @@ class Verdict:
                 lines.append(f"FOREIGN at {dest}: {len(ids)} identifiers never sent, e.g. "
                              f"{sorted(ids)[:3]}")
         lines += [f"HALF-WRITTEN: {item}" for item in self.half_written[:10]]
-        lines.append("verdict: " + ("PASS" if self.ok else "FAIL"))
+        lines.append("nothing-lost check: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
 
 
