@@ -85,7 +85,14 @@ def pdu_seeds(directory: Path) -> list[bytes]:
     return [associate.encode(), pdata, pdata + release.encode(), abort.encode()]
 
 
+def admin_seeds() -> list[bytes]:
+    return [b"\x00" + b'{"ids": [1, 2, 3]}', b"\x01" + b'{"ids": 20601}', b"\x02{}",
+            b"\x81limit=10&offset=0", b"\x83all=true&ids=1", b"\x04" + b"[" * 5000,
+            b"\x05" + b'{"limit": 99999999999999999999999}']
+
+
 SEEDS: dict[str, Callable[[Path], list[bytes]]] = {
+    "admin": lambda _: admin_seeds(),
     "hl7": lambda _: hl7_seeds(),
     "mllp": lambda _: mllp_seeds(),
     "dataset": dataset_seeds,
