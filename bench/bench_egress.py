@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -132,7 +133,10 @@ def deliveries(data: BenchData) -> list[Any]:
         out.append(Delivery(i + 1, "sink", "dicom", {
             "spool_path": str(path.relative_to(data.root)),
             "sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-            "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)}, 1))
+            "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+            # as the router records them: each object is verified before it is sent
+            "size_bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}, 1))
     return out
 
 
@@ -496,7 +500,9 @@ def part_backlog(data: BenchData, work: Path, rows_total: int) -> None:
             objects.append({"spool_path": str(path.relative_to(spool)),
                             "sop_class_uid": str(ds.SOPClassUID),
                             "sop_instance_uid": str(ds.SOPInstanceUID),
-                            "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID)})
+                            "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+                            "size_bytes": path.stat().st_size,
+                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
         rss_idle = rss_mb(proc.pid)
         db = sqlite3.connect(cfg.parent / "radflow.db", timeout=60)
         now = time.time()
