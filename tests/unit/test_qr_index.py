@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from journal_samples import record
 from pydicom.dataset import Dataset
 
 from engine.durable.qr import COLUMNS, KEYWORD_COLUMNS, QrIndexRow, QrMatch, QrQuery
-from engine.durable.sqlite import SqliteStore
+from engine.durable.routing import RoutingPlan
 from engine.durable.store import DuplicatePolicy, InstanceCommit
 from engine.ingress.dimse.qr_query import IdentifierError, answer, parse
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "db" / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _row(instance_id: int, **values: str) -> QrIndexRow:
@@ -32,13 +22,13 @@ def _row(instance_id: int, **values: str) -> QrIndexRow:
     return QrIndexRow(instance_id, tuple(by_keyword.get(k, "") for k in KEYWORD_COLUMNS))
 
 
-async def _journal(store: SqliteStore, n: int) -> list[int]:
+async def _journal(store: Any, n: int) -> list[int]:
     results = await store.commit_instances(
         [InstanceCommit(record(i), DuplicatePolicy.VERSION) for i in range(1, n + 1)])
     return [r.journal_id for r in results if r.journal_id is not None]
 
 
-async def test_study_level_aggregates_and_locate(store: SqliteStore) -> None:
+async def test_study_level_aggregates_and_locate(store: Any) -> None:
     ids = await _journal(store, 4)
     rows = [_row(ids[0], PatientName="Doe^Jane", StudyDate="20250101"),
             _row(ids[1], PatientName="Doe^Jane", StudyDate="20250101", Modality="SR",
@@ -66,22 +56,20 @@ async def test_study_level_aggregates_and_locate(store: SqliteStore) -> None:
     assert located[0].spool_path == record(3).spool_path
 
 
-async def test_index_rows_go_with_their_journal_rows(store: SqliteStore) -> None:
+async def test_index_rows_go_with_their_journal_rows(store: Any) -> None:
     ids = await _journal(store, 2)
     await store.qr_index([_row(ids[0]), _row(ids[1], SOPInstanceUID="1.2.3.99")], ids[-1])
-    # as retention's delete does (its own checks aside), on another connection
-    conn = sqlite3.connect(store.path)
-    conn.execute("PRAGMA foreign_keys=ON")
-    with conn:
-        conn.execute("DELETE FROM instances WHERE id = ?", (ids[0],))
-    conn.close()
+    # routed with nothing to deliver, so retention may forget it
+    await store.commit_routing([RoutingPlan("instances", ids[0], "unmatched")],
+                               "2025-01-01T00:00:00+00:00", 0.0)
+    assert await store.forget_instances([ids[0]]) == 1
     images = await store.qr_find(QrQuery("IMAGE"))
     assert [r.values["sop_instance_uid"] for r in images] == ["1.2.3.99"]
     # a row whose journal entry is already gone is not indexed at all
     assert await store.qr_index([_row(ids[0])], ids[-1]) == 0
 
 
-async def test_find_limit_reports_one_more(store: SqliteStore) -> None:
+async def test_find_limit_reports_one_more(store: Any) -> None:
     ids = await _journal(store, 3)
     await store.qr_index([_row(i, StudyInstanceUID=f"1.2.{i}") for i in ids], ids[-1])
     assert len(await store.qr_find(QrQuery("STUDY", limit=1))) == 2
@@ -140,3 +128,51 @@ def test_answer_carries_exactly_the_requested_keys() -> None:
                               "NumberOfStudyRelatedInstances", "PatientName",
                               "OtherPatientIDsSequence"}
     assert dataclasses.is_dataclass(record_)
+
+
+# --- Storage Commitment in the store ------------------------------------------------------------
+async def test_on_receipt_is_decided_and_queued_once(store: Any) -> None:
+    from engine.durable.commitment import CommitmentRequest
+
+    await _journal(store, 1)
+    held = record(1)
+    request = CommitmentRequest("1.2.3.4.5", "CT_1", "on_receipt", (
+        (held.sop_class_uid, held.sop_instance_uid), (held.sop_class_uid, "1.2.3.999"),
+        ("1.2.840.10008.5.1.4.1.1.4", held.sop_instance_uid)), "2025-01-01T00:00:00+00:00")
+    result = await store.commit_commitment_request(request, 1.0)
+    assert result.report is not None and not result.duplicate
+    assert result.report.success == ((held.sop_class_uid, held.sop_instance_uid),)
+    assert {(u, r) for _, u, r in result.report.failed} == {
+        ("1.2.3.999", 0x0112), (held.sop_instance_uid, 0x0119)}
+    again = await store.commit_commitment_request(request, 2.0)
+    assert again.duplicate and again.report is None
+    rows = await store.outbox_rows("commitment")
+    assert len(rows) == 1
+
+
+async def test_on_archive_waits_for_delivery_and_the_archive(store: Any) -> None:
+    from engine.durable.commitment import CommitmentRequest
+    from engine.durable.store import NewOutboxRow, OutboxResult, OutboxVerdict
+
+    ids = await _journal(store, 1)
+    held = record(1)
+    request = CommitmentRequest("1.2.3.4.6", "CT_1", "on_archive",
+                                ((held.sop_class_uid, held.sop_instance_uid),),
+                                "2025-01-01T00:00:00+00:00", deadline=100.0)
+    first = await store.commit_commitment_request(request, 1.0)
+    assert first.report is None
+    (request_id, waiting), = await store.waiting_commitments(10)
+    assert await store.resolve_commitment(request_id, waiting, ["pacs"], ["pacs"], 2.0) is None
+    await store.enqueue_outbox([NewOutboxRow("pacs", "dicom", "{}", "instances", ids[0])], 2.0)
+    leased = await store.lease_outbox("pacs", "me", 3.0, 60.0, 10)
+    await store.record_outbox("me", [OutboxResult(leased[0].id, OutboxVerdict.DONE)], 3.0)
+    assert await store.commitment_delivered([held.sop_instance_uid], "pacs") == {
+        held.sop_instance_uid}
+    # delivered, but the archive's own answer is still missing
+    assert await store.resolve_commitment(request_id, waiting, ["pacs"], ["pacs"], 4.0) is None
+    await store.record_commitment_ask(request_id, "pacs", "9.8.7", sent=True)
+    assert await store.record_archive_commitment("9.8.7", {held.sop_instance_uid: 0x0110})
+    report = await store.resolve_commitment(request_id, waiting, ["pacs"], ["pacs"], 5.0)
+    assert report is not None
+    assert report.failed == ((held.sop_class_uid, held.sop_instance_uid, 0x0110),)
+    assert await store.waiting_commitments(10) == []
