@@ -1,11 +1,11 @@
-"""The SQLite store: migrations, the duplicate SOP Instance UID policies inside one transaction,
-all-or-nothing batches, and the read API."""
+"""The store's journal: migrations (SQLite's own file), the duplicate SOP Instance UID policies
+inside one transaction, all-or-nothing batches, and the read API (on both backends, through the
+shared ``store`` fixture)."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +21,6 @@ from engine.durable.store import (
     decide_duplicate,
 )
 from engine.errors import StorageFailure
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "db" / "radflow.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def commit(

@@ -310,7 +310,10 @@ class PostgresStore:
         def run() -> list[InstanceCommitResult]:
             if sync is not None:
                 sync()
-            return self._run_write(lambda c: journal.commit(c, batch, durable_ids))
+            try:
+                return self._run_write(lambda c: journal.commit(c, batch, durable_ids))
+            except StorageFailure as exc:
+                raise StorageFailure(f"journal commit failed: {exc}") from exc
 
         try:
             return self._writer.submit_urgent(run)
