@@ -279,7 +279,8 @@ class Engine:
                                   self.dispatcher),
                 procedure_steps=self.procedure_steps,
                 destinations=DestinationChecker(self.settings.destinations,
-                                                self.dispatcher.sender_factory))
+                                                self.dispatcher.sender_factory),
+                http=http, site=self.settings.site)
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
 
@@ -418,13 +419,20 @@ class Engine:
         if errors:
             raise ExceptionGroup("errors while stopping radflow", errors)
 
+    def _on_sighup(self) -> None:
+        # One signal re-reads what an operator may have replaced on disk: the routes folder
+        # and the admin server's HTTPS certificate.
+        self.rules.request_reload()
+        if self.admin is not None:
+            self.admin.reload_tls()
+
     async def run_until_signal(self) -> None:
         """Start, wait for SIGTERM or SIGINT, then stop gracefully."""
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_requested.set)
-        loop.add_signal_handler(signal.SIGHUP, self.rules.request_reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         # A start may wait a long time (a database that does not answer yet): a signal during
         # it ends the wait instead of being held until the engine is up.
         starting = asyncio.create_task(self.start(), name="engine-start")

@@ -545,6 +545,107 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code: int = run_demo(keep=args.keep, verbose=args.verbose)
     return code
 
+# --- radflow users ... (console and API users, against the configured store directly) ------
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("radflow: the two passwords differ", file=sys.stderr)
+            return None
+    if len(password) < 10:
+        print("radflow: a password has at least 10 characters", file=sys.stderr)
+        return None
+    return password
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 1
+    configure_logging("warning", settings.logging.format)
+    from engine.admin.access import hash_password, new_token, now_iso
+    from engine.durable.access import ChangeRecord
+    from engine.durable.store import open_store
+
+    who = f"cli:{os.environ.get('USER') or os.environ.get('LOGNAME') or os.getuid()}"
+
+    async def run() -> int:
+        store = open_store(settings.storage)
+        await store.open()
+
+        async def record(what: str) -> None:
+            await store.record_change(ChangeRecord(
+                at=now_iso(), user=who, peer_host="local", method="CLI",
+                path=f"radflow users {args.action}", status=0, detail=what))
+
+        try:
+            if args.action == "list":
+                print(f"{'name':<24} {'role':<9} {'locked':<6}  created")
+                for u in await store.list_users():
+                    import time
+
+                    locked = "yes" if u.locked_until > time.time() else "no"
+                    print(f"{u.name:<24} {u.role:<9} {locked:<6}  {u.created_at}")
+                for t in await store.list_tokens():
+                    state = f"revoked {t.revoked_at}" if t.revoked_at else \
+                        f"last used {t.last_used_at or 'never'}"
+                    print(f"  token {t.id}: {t.user} {t.label!r} ({state})")
+                return 0
+            if args.action == "revoke-token":
+                if not await store.revoke_token(args.id, now_iso()):
+                    print(f"radflow: no live token {args.id}", file=sys.stderr)
+                    return 2
+                await record(f"token {args.id} revoked")
+                print(f"token {args.id} revoked")
+                return 0
+            name = args.name
+            if args.action == "add":
+                password = _read_password(args)
+                if password is None:
+                    return 2
+                hashed = await asyncio.to_thread(hash_password, password)
+                if not await store.add_user(name, args.role, hashed, now_iso()):
+                    print(f"radflow: user {name!r} exists (use passwd or --role on passwd)",
+                          file=sys.stderr)
+                    return 2
+                await record(f"user {name} added as {args.role}")
+                print(f"user {name} added ({args.role})")
+            elif args.action == "passwd":
+                password = _read_password(args)
+                if password is None:
+                    return 2
+                hashed = await asyncio.to_thread(hash_password, password)
+                if not await store.update_user(name, now_iso(), args.role, hashed):
+                    print(f"radflow: no user {name!r}", file=sys.stderr)
+                    return 2
+                await record(f"user {name} new password" + (f", role {args.role}"
+                                                             if args.role else ""))
+                print(f"password of {name} set (any lock-out lifted)")
+            elif args.action == "remove":
+                if not await store.remove_user(name):
+                    print(f"radflow: no user {name!r}", file=sys.stderr)
+                    return 2
+                await record(f"user {name} removed")
+                print(f"user {name} and their tokens removed")
+            elif args.action == "token":
+                if await store.get_user(name) is None:
+                    print(f"radflow: no user {name!r}", file=sys.stderr)
+                    return 2
+                token, hashed = new_token()
+                tid = await store.add_token(name, args.label, hashed, now_iso())
+                await record(f"token {tid} ({args.label}) for {name}")
+                print(f"token {tid} for {name} (shown once, store it now):")
+                print(token)
+            return 0
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radflow", description=__doc__.splitlines()[0])
@@ -655,6 +756,27 @@ def build_parser() -> argparse.ArgumentParser:
     db_copy.add_argument("--from", dest="source", type=Path, required=True,
                          metavar="SQLITE_PATH", help="the installation's radflow.db")
     db.set_defaults(func=cmd_db)
+    users = sub.add_parser("users", help="console and API users: add, passwd, remove, list, "
+                                         "API tokens")
+    u_sub = users.add_subparsers(dest="action", required=True)
+    with_config(u_sub.add_parser("list", help="users, roles, lock-outs and API tokens"))
+    for action, text in (("add", "add a user (password asked twice, or --password-stdin)"),
+                         ("passwd", "set a user's password (lifts a lock-out); --role too")):
+        u_cmd = with_config(u_sub.add_parser(action, help=text))
+        u_cmd.add_argument("name")
+        u_cmd.add_argument("--role", choices=("viewer", "operator", "admin"),
+                           default="viewer" if action == "add" else None)
+        u_cmd.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of standard input")
+    with_config(u_sub.add_parser("remove", help="remove a user and their tokens")
+                ).add_argument("name")
+    u_token = with_config(u_sub.add_parser("token", help="create an API token for a user "
+                                                         "(printed once)"))
+    u_token.add_argument("name")
+    u_token.add_argument("--label", default="cli", help="what the token is for")
+    with_config(u_sub.add_parser("revoke-token", help="revoke an API token by id")
+                ).add_argument("id", type=int)
+    users.set_defaults(func=cmd_users)
     demo = sub.add_parser("demo", help="a whole flow on loopback: order, worklist, MPPS, "
                                        "images, routing, delivery; a summary at the end")
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder")

@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -311,24 +312,42 @@ def is_loopback(host: str) -> bool:
 
 
 class HttpSettings(_Strict):
-    """The admin HTTP server (health, metrics, JSON API)."""
+    """The admin HTTP server (health, metrics, JSON API, the operator console)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8080
-    #: when set, /api/v1 asks for ``Authorization: Bearer <token>``; required when ``host``
-    #: is not a loopback address
+    #: legacy shared token: ``Authorization: Bearer <token>`` acts as an admin ("api-token")
     token: SecretStr | None = None
+    #: HTTPS: PEM certificate chain and private key (re-read on SIGHUP)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: the console beyond loopback over plain HTTP (passwords and cookies in clear): only
+    #: when the site says so here
+    console_over_plain_http: bool = False
+    #: a console session ends after this long without a request
+    session_idle_minutes: float = Field(default=15.0, gt=0)
+    #: this many wrong passwords in a row lock the user out for ``lockout_minutes``
+    max_failed_logins: int = Field(default=5, ge=1)
+    lockout_minutes: float = Field(default=15.0, gt=0)
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert is not None
 
     @model_validator(mode="after")
     def _beyond_loopback_needs_a_token(self) -> HttpSettings:
         # The API retries, purges, reloads and deletes: reachable from the network it must
-        # not be open to anyone who can connect.
-        if self.enabled and not is_loopback(self.host) and \
+        # not be open to anyone who can connect. With HTTPS, users log in (the engine also
+        # refuses to start there while no user exists and no token is set).
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("http.tls_cert and http.tls_key go together")
+        if self.enabled and not is_loopback(self.host) and not self.https and \
                 not (self.token and self.token.get_secret_value().strip()):
             raise ValueError(f"the admin API listens on {self.host!r}, beyond loopback, without "
-                             "a token: set http.token (or RADFLOW_HTTP__TOKEN), or listen on "
-                             "127.0.0.1")
+                             "a token: set http.token (or RADFLOW_HTTP__TOKEN), serve HTTPS "
+                             "with users (http.tls_cert, http.tls_key, radflow users add), or "
+                             "listen on 127.0.0.1")
         return self
 
 
@@ -713,6 +732,21 @@ class EngineSettings(_Strict):
 
 class SiteSettings(_Strict):
     name: str = "radflow"
+    #: IANA time zone the console shows times in (e.g. Europe/Berlin); unset: the host's
+    time_zone: str | None = None
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (an IANA name such as "
+                                 "Europe/Berlin)") from None
+        return value
 
 
 class Settings(_Strict):

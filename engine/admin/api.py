@@ -30,6 +30,7 @@ import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from engine.admin.roles import PRINCIPAL_KEY, Principal, Role
 from engine.observability.logging import get_logger
 
 log = get_logger("engine.admin")
@@ -75,6 +76,7 @@ class Endpoint:
     uploads: Mapping[str, dict[str, Any]]  # content type -> schema, for raw bodies
     max_body: int
     responses: Mapping[str, str]
+    role: Role = Role.VIEWER
     tags: tuple[str, ...] = ()
 
 
@@ -128,14 +130,23 @@ class Api:
               body_required: bool = False,
               uploads: Mapping[str, dict[str, Any]] | None = None,
               max_body: int = DEFAULT_MAX_BODY, responses: Mapping[str, str] | None = None,
-              pattern: str | None = None) -> None:
+              pattern: str | None = None, role: Role | None = None) -> None:
         """Declare and add one route. ``pattern`` is aiohttp's path when it differs from the
-        OpenAPI one (a regex on a path parameter)."""
-        endpoint = Endpoint(method.upper(), path, summary, params, body, body_required,
-                            dict(uploads or {}), max_body, dict(responses or {"200": "ok"}))
+        OpenAPI one (a regex on a path parameter). ``role`` is the least role the caller
+        needs: by default ``viewer`` to read and ``operator`` to change; checked before the
+        request is validated, so an unauthorised caller learns nothing from it."""
+        method = method.upper()
+        if role is None:
+            role = Role.OPERATOR if method in MUTATING else Role.VIEWER
+        endpoint = Endpoint(method, path, summary, params, body, body_required,
+                            dict(uploads or {}), max_body, dict(responses or {"200": "ok"}),
+                            role)
         self.endpoints.append(endpoint)
 
         async def validated(request: web.Request) -> web.StreamResponse:
+            refused = _check_role(endpoint, request)
+            if refused is not None:
+                return refused
             call = await _validate(endpoint, request)
             if isinstance(call, web.StreamResponse):
                 return call
@@ -143,7 +154,7 @@ class Api:
 
         self._app.router.add_route(endpoint.method, pattern or path, validated)
 
-    def openapi(self, info: Mapping[str, Any], secured: bool) -> dict[str, Any]:
+    def openapi(self, info: Mapping[str, Any]) -> dict[str, Any]:
         schemas: dict[str, Any] = {}
         paths: dict[str, dict[str, Any]] = {}
         ref = _REF
@@ -184,14 +195,25 @@ class Api:
                 responses.setdefault("415", {"description": "unsupported content type"})
             if ep.method in MUTATING:
                 responses.setdefault("403", {"description": "sent from another web origin"})
-            if secured and ep.path.startswith("/api/") and ep.path != "/api/v1/openapi.json":
-                responses.setdefault("401", {"description": "token missing or wrong"})
-                op["security"] = [{"bearer": []}]
+            op["x-required-role"] = ep.role.value
+            if ep.role is not Role.PUBLIC:
+                op["description"] = f"Needs the {ep.role.value} role (or higher)."
+                responses.setdefault("401", {"description": "not logged in, token missing or "
+                                                            "wrong"})
+                responses.setdefault("403", {"description": f"needs the {ep.role.value} role"
+                                                            + (", or the CSRF token is missing"
+                                                               if ep.method in MUTATING
+                                                               else "")})
+                op["security"] = [{"bearer": []}, {"session": []}]
             op["responses"] = responses
             paths.setdefault(ep.path, {})[ep.method.lower()] = op
         components: dict[str, Any] = {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "radflow_session",
+                            "description": "console session (HTTPS: __Host-radflow_session); "
+                                           "changes also need the X-CSRF-Token header"}}}
         return {"openapi": "3.1.0", "info": dict(info), "paths": paths,
                 "components": components}
 
@@ -205,6 +227,22 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     """A fresh copy of ``model``'s JSON schema (generated once per model and process)."""
     loaded: dict[str, Any] = json.loads(_schema_of(model))
     return loaded
+
+
+def _check_role(ep: Endpoint, request: web.Request) -> web.Response | None:
+    if ep.role is Role.PUBLIC:
+        return None
+    who = request.get(PRINCIPAL_KEY)
+    if not isinstance(who, Principal):
+        return web.json_response({"error": "log in or send Authorization: Bearer <token>"},
+                                 status=401, headers={"WWW-Authenticate": "Bearer"})
+    if not who.role.allows(ep.role):
+        log.warning("admin.role_refused", user=who.name, role=who.role.value,
+                    needed=ep.role.value, method=request.method, path=request.path,
+                    peer=request.remote)
+        return error_response(403, f"needs the {ep.role.value} role (you are "
+                                   f"{who.role.value})")
+    return None
 
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes | web.Response:

@@ -1,26 +1,31 @@
-"""aiohttp admin server: ``/healthz``, ``/readyz``, ``/metrics`` and ``/api/v1/``.
+"""aiohttp admin server: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/`` and the operator
+console at ``/`` (static files shipped in ``engine/admin/console``), over HTTP or HTTPS.
 
 Readiness is computed from probes the engine passes in (store reachable, spool has room,
-listeners up), so this module knows no engine internals beyond the store's read API. When a token
-is configured every ``/api/`` route requires ``Authorization: Bearer <token>``; health and metrics
-stay open for probes and scrapers. Every route is declared through :mod:`engine.admin.api`
-with the models of its parameters and body (:mod:`engine.admin.models`): that layer validates
-each request before a handler runs and generates the OpenAPI description from the same models.
+listeners up), so this module knows no engine internals beyond the store's read API. Who may call
+what is :mod:`engine.admin.access` (users, sessions, tokens) and the role each route declares;
+health and metrics stay open for probes and scrapers. Every route is declared through
+:mod:`engine.admin.api` with the models of its parameters and body
+(:mod:`engine.admin.models`): that layer validates each request before a handler runs and
+generates the OpenAPI description from the same models.
 It must never write to the store directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import ipaddress
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from engine import __version__
+from engine.admin.access import Access
 from engine.admin.api import MAX_BODY_KEY, Api, Call, NoParams, guard_middleware
 from engine.admin.destinations import add_destination_routes
 from engine.admin.models import (
@@ -35,17 +40,18 @@ from engine.admin.models import (
 )
 from engine.admin.procedure_steps import add_procedure_step_routes
 from engine.admin.queues import add_queue_routes
+from engine.admin.roles import Role
 from engine.admin.trace import add_trace_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.check import DestinationChecker
 from engine.egress.queues import QueueAdmin
-from engine.errors import InvalidInput
-from engine.observability import audit_sink
+from engine.errors import ConfigError, InvalidInput
 from engine.observability.logging import get_logger
 from engine.observability.metrics import render
 from engine.pipeline import dryrun
 from engine.pipeline.rulesets import RulesManager
 from engine.procedure.service import ProcedureStepService
+from engine.settings import HttpSettings, SiteSettings
 from engine.worklist.mapping import check_item
 from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
 from engine.worklist.query import Column, Constraint, Criterion, is_wildcard, parse_date_range
@@ -146,8 +152,20 @@ def instance_json(item: StoredInstance) -> dict[str, Any]:
     }
 
 
-#: request methods that change something (audited)
-_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: the console's files (package data) by the name the page asks for
+_CONSOLE_FILES = {"index.html": "text/html", "app.js": "text/javascript",
+                  "style.css": "text/css"}
+#: what the console's pages may load: only their own files, nothing inline, no framing
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+        "object-src 'none'")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class AdminServer:
@@ -157,7 +175,18 @@ class AdminServer:
                  token: str | None, worklist: WorklistService | None = None,
                  rules: RulesManager | None = None, queues: QueueAdmin | None = None,
                  procedure_steps: ProcedureStepService | None = None,
-                 destinations: DestinationChecker | None = None) -> None:
+                 destinations: DestinationChecker | None = None,
+                 http: HttpSettings | None = None, site: SiteSettings | None = None) -> None:
+        self._http = http or HttpSettings()  # host and port are the arguments
+        self._site = site or SiteSettings()
+        self._tls_context: ssl.SSLContext | None = None
+        self.access = Access(
+            store, token, https=self._http.https,
+            idle_seconds=self._http.session_idle_minutes * 60,
+            max_failed=self._http.max_failed_logins,
+            lockout_seconds=self._http.lockout_minutes * 60,
+            console_allowed=self._http.https or _loopback(host)
+            or self._http.console_over_plain_http)
         self._destinations = destinations
         self._procedure_steps = procedure_steps
         self._worklist = worklist
@@ -173,19 +202,30 @@ class AdminServer:
         self.app = self._build_app()
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[guard_middleware, self._auth],
+        app = web.Application(middlewares=[self._headers, guard_middleware,
+                                           self.access.middleware],
                               client_max_size=_MAX_DRY_RUN_BODY)
         app[MAX_BODY_KEY] = _MAX_DRY_RUN_BODY
         api = self.api = Api(app)
         api.route("GET", "/healthz", self.healthz, summary="Process is alive",
-                  responses={"200": "alive"})
+                  responses={"200": "alive"}, role=Role.PUBLIC)
         api.route("GET", "/readyz", self.readyz,
                   summary="Ready to accept work (stores, spool room, listeners)",
-                  responses={"200": "ready", "503": "not ready, with reasons"})
+                  responses={"200": "ready", "503": "not ready, with reasons"},
+                  role=Role.PUBLIC)
         api.route("GET", "/metrics", self.metrics, summary="Prometheus text exposition",
-                  responses={"200": "metrics"})
+                  responses={"200": "metrics"}, role=Role.PUBLIC)
         api.route("GET", "/api/v1/openapi.json", self.openapi,
-                  summary="This description", responses={"200": "OpenAPI 3.1"})
+                  summary="This description", responses={"200": "OpenAPI 3.1"},
+                  role=Role.PUBLIC)
+        api.route("GET", "/api/v1/console", self.console_settings,
+                  summary="What the console shows beside the data: site name, time zone, "
+                          "version", responses={"200": "{site, time_zone, version}"})
+        self.access.add_routes(api)
+        # The console's static files are pages, not API calls: plain routes, outside the
+        # OpenAPI description.
+        app.router.add_get("/", self.console_file)
+        app.router.add_get("/console/{name}", self.console_file)
         api.route("GET", "/api/v1/instances", self.list_instances, params=Paging,
                   summary="Received instances, newest first",
                   responses={"200": "a page of instances"})
@@ -257,34 +297,65 @@ class AdminServer:
         return app
 
     @web.middleware
-    async def _auth(self, request: web.Request,
-                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
-        if self._token and request.path.startswith("/api/") and \
-                request.path != "/api/v1/openapi.json":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
-                audit_sink.notify(lambda a: a.login(
-                    user="api-token", peer_host=request.remote or "", ok=False,
-                    reason=f"{request.method} {request.path}: "
-                           + ("wrong token" if given else "no token")))
-                return web.json_response({"error": "unauthorized"}, status=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
-        response = await handler(request)
-        if request.method in _CHANGES and request.path.startswith("/api/"):
-            # Who changed what, for the audit trail (the token is the only identity so far).
-            user = str(request.get("user") or ("api-token" if self._token else "anonymous"))
-            audit_sink.notify(lambda a: a.api_change(
-                user=user, peer_host=request.remote or "", method=request.method,
-                path=request.path, status=response.status))
+    async def _headers(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+        """Browser hardening on every answer (the console's pages and the API alike)."""
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Content-Security-Policy", _CSP)
+        response.headers.setdefault("Cache-Control", "no-store")
+        if self._http.https:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if isinstance(response, web.HTTPException):
+            raise response
         return response
+
+    def _load_tls(self) -> ssl.SSLContext:
+        http = self._http
+        assert http.tls_cert is not None and http.tls_key is not None
+        context = self._tls_context or ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(http.tls_cert, http.tls_key)
+        return context
+
+    def reload_tls(self) -> bool:
+        """Re-read the certificate and key (SIGHUP): new connections get them; a bad file
+        keeps the ones in use."""
+        if not self._http.https or self._tls_context is None:
+            return False
+        try:
+            self._load_tls()
+        except (OSError, ssl.SSLError) as exc:
+            log.error("admin.tls_reload_failed", cert=str(self._http.tls_cert), error=str(exc))
+            return False
+        log.info("admin.tls_reloaded", cert=str(self._http.tls_cert))
+        return True
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
+        if not _loopback(self._host) and not self._token and \
+                await self._store.count_users() == 0:
+            raise ConfigError(f"the admin server would listen on {self._host!r}, beyond "
+                              "loopback, with no user and no http.token: add an admin first "
+                              "(radflow users add NAME --role admin)")
+        if self._http.https:
+            try:
+                self._tls_context = self._load_tls()
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"http.tls_cert/http.tls_key cannot be loaded: {exc}"
+                                  ) from None
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls_context)
         await site.start()
-        log.info("admin.listening", host=self._host, port=self._port)
+        log.info("admin.listening", host=self._host, port=self._port,
+                 https=self._tls_context is not None,
+                 console=self.access.console_allowed)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -321,8 +392,25 @@ class AdminServer:
 
     def openapi_document(self) -> dict[str, Any]:
         """The OpenAPI description, generated from the routes' models."""
-        return self.api.openapi({"title": "radflow admin API", "version": __version__},
-                                secured=bool(self._token))
+        return self.api.openapi({"title": "radflow admin API", "version": __version__})
+
+    async def console_settings(self, request: web.Request, call: Call[NoParams, None]
+                               ) -> web.Response:
+        return web.json_response({"site": self._site.name, "time_zone": self._site.time_zone,
+                                  "version": __version__})
+
+    async def console_file(self, request: web.Request) -> web.StreamResponse:
+        if not self.access.console_allowed:
+            return web.Response(status=403, content_type="text/plain", text=(
+                "The radflow console is not served over plain HTTP beyond loopback: set "
+                "http.tls_cert and http.tls_key (HTTPS), or http.console_over_plain_http: true "
+                "if the site accepts passwords in clear on this network.\n"))
+        name = request.match_info.get("name", "index.html")
+        ctype = _CONSOLE_FILES.get(name)
+        if ctype is None:
+            raise web.HTTPNotFound()
+        data = resources.files("engine.admin").joinpath("console", name).read_bytes()
+        return web.Response(body=data, content_type=ctype, charset="utf-8")
 
     async def list_instances(self, request: web.Request, call: Call[Paging, None]
                              ) -> web.Response:

@@ -20,6 +20,7 @@ from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStat
 from engine.worklist.query import Constraint
 
 if TYPE_CHECKING:
+    from engine.durable.access import ChangeRecord, TokenRecord, UserRecord
     from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
     from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
     from engine.durable.routing import (
@@ -638,6 +639,48 @@ class Store(Protocol):
                                         results: dict[str, int]) -> bool:
         """An archive's answer (SOP Instance UID -> Failure Reason, 0 committed) to radflow's
         own request; False if no waiting request asked with ``transaction_uid``."""
+        ...
+
+    # --- access control (users, API tokens, the changes table) ------------------------------
+    async def count_users(self) -> int: ...
+
+    async def get_user(self, name: str) -> UserRecord | None: ...
+
+    async def list_users(self) -> list[UserRecord]: ...
+
+    async def add_user(self, name: str, role: str, password_hash: str, now: str) -> bool:
+        """False when the name is taken."""
+        ...
+
+    async def update_user(self, name: str, now: str, role: str | None = None,
+                          password_hash: str | None = None) -> bool:
+        """A new password also clears the lock-out; False when there is no such user."""
+        ...
+
+    async def remove_user(self, name: str) -> bool:
+        """The user and their tokens; False when there is no such user."""
+        ...
+
+    async def set_login_state(self, name: str, failed_logins: int, locked_until: float
+                              ) -> None: ...
+
+    async def add_token(self, user: str, label: str, token_hash: str, now: str) -> int: ...
+
+    async def token_user(self, token_hash: str, now: str
+                         ) -> tuple[TokenRecord, UserRecord] | None:
+        """The live token with this hash and its user (noting its last use), else None."""
+        ...
+
+    async def list_tokens(self, user: str | None = None) -> list[TokenRecord]: ...
+
+    async def revoke_token(self, token_id: int, now: str, user: str | None = None) -> bool:
+        """Revoke a live token (of ``user`` when given); False when none matched."""
+        ...
+
+    async def record_change(self, change: ChangeRecord) -> None: ...
+
+    async def list_changes(self, limit: int, offset: int) -> tuple[int, list[ChangeRecord]]:
+        """Newest first, with the total."""
         ...
 
 

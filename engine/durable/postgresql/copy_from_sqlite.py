@@ -30,9 +30,10 @@ from engine.settings import PostgresSettings
 TABLES: tuple[str, ...] = (
     "instances", "hl7_messages", "worklist_items", "outbox", "routing_groups",
     "routing_group_members", "procedure_steps", "procedure_step_events",
-    "procedure_step_instances", "qr_instances", "qr_index_state", "commitment_requests")
+    "procedure_step_instances", "qr_instances", "qr_index_state", "commitment_requests",
+    "users", "api_tokens", "changes")
 _WITH_ID = frozenset(TABLES) - {"routing_group_members", "procedure_step_instances",
-                                "qr_instances", "qr_index_state"}
+                                "qr_instances", "qr_index_state", "users"}
 
 
 class TargetNotEmpty(StorageFailure):

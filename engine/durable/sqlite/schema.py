@@ -299,6 +299,39 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE commitment_requests ADD COLUMN archive_asks TEXT NOT NULL DEFAULT '{}'
     """,
+    # 13: access control (access.py): console and API users (password hashes, lock-out
+    # state), their API tokens (hashes, revocable) and the table of changes made through the
+    # admin server and the CLI (who, what, when, from where).
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until REAL NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at TEXT
+    );
+    CREATE TABLE changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        peer_host TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    )
+    """,
 )
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from engine.durable.access import ChangeRecord, TokenRecord, UserRecord
 from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
 from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
 from engine.durable.routing import (
@@ -31,6 +32,7 @@ from engine.durable.routing import (
     RoutingPlan,
 )
 from engine.durable.sqlite import (
+    access,
     commitment,
     hl7,
     journal,
@@ -492,3 +494,48 @@ class SqliteStore:
     async def mark_procedure_step_complete(self, step_id: int, now: str) -> bool:
         return await self._mpps_write(
             "complete", lambda c: mpps.mark_complete(c, step_id, now))
+
+    # --- access control (users, API tokens, the changes table) ------------------------------
+    async def count_users(self) -> int:
+        return await self._read(access.count_users)
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        return await self._read(lambda c: access.get_user(c, name))
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self._read(access.list_users)
+
+    async def add_user(self, name: str, role: str, password_hash: str, now: str) -> bool:
+        return await self._write(lambda c: access.add_user(c, name, role, password_hash, now))
+
+    async def update_user(self, name: str, now: str, role: str | None = None,
+                          password_hash: str | None = None) -> bool:
+        return await self._write(
+            lambda c: access.update_user(c, name, role, password_hash, now))
+
+    async def remove_user(self, name: str) -> bool:
+        return await self._write(lambda c: access.remove_user(c, name))
+
+    async def set_login_state(self, name: str, failed_logins: int, locked_until: float
+                              ) -> None:
+        await self._write(lambda c: access.set_login_state(c, name, failed_logins,
+                                                           locked_until))
+
+    async def add_token(self, user: str, label: str, token_hash: str, now: str) -> int:
+        return await self._write(lambda c: access.add_token(c, user, label, token_hash, now))
+
+    async def token_user(self, token_hash: str, now: str
+                         ) -> tuple[TokenRecord, UserRecord] | None:
+        return await self._write(lambda c: access.token_user(c, token_hash, now))
+
+    async def list_tokens(self, user: str | None = None) -> list[TokenRecord]:
+        return await self._read(lambda c: access.list_tokens(c, user))
+
+    async def revoke_token(self, token_id: int, now: str, user: str | None = None) -> bool:
+        return await self._write(lambda c: access.revoke_token(c, token_id, user, now))
+
+    async def record_change(self, change: ChangeRecord) -> None:
+        await self._write(lambda c: access.record_change(c, change))
+
+    async def list_changes(self, limit: int, offset: int) -> tuple[int, list[ChangeRecord]]:
+        return await self._read(lambda c: access.list_changes(c, limit, offset))
