@@ -53,13 +53,14 @@ from engine.ingress.hl7.listener import MllpListener, SourceFilter
 from engine.observability import audit_sink
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
-from engine.observability.metrics import NODE_INFO, STORE_UP
+from engine.observability.metrics import NODE_INFO, NODE_ROLE, STORE_UP
 from engine.pipeline.commitment import ArchiveCommitments
 from engine.pipeline.qr_index import QrIndexer
 from engine.pipeline.router import Router
 from engine.pipeline.rulesets import RulesManager
 from engine.procedure.service import ProcedureStepService
 from engine.settings import DimseDestination, Settings
+from engine.workers import STATUS_INTERVAL, WorkerContext, read_status, write_status
 from engine.worklist.mapping import load_mapping
 from engine.worklist.service import WorklistService
 
@@ -96,8 +97,11 @@ def configure_libraries(debug: bool = False) -> None:
 class Engine:
     """One radflow process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: WorkerContext | None = None) -> None:
         self.settings = settings
+        #: this process's place among the workers of its machine (one process: the only one)
+        self.worker = worker or WorkerContext()
+        roles = settings.engine
         self.store: Store = open_store(settings.storage)
         self.spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024)
         self.retention = Retention(self.store, self.spool, settings.storage.retention_days,
@@ -117,11 +121,14 @@ class Engine:
             self.store, mapping, retention_days=wl.retention_days,
             pn_case_insensitive=wl.pn_case_insensitive, find_limit=wl.find_limit,
             default_charset=settings.hl7.default_charset)
-        mwl = MwlProvider(self.bridge, self.worklist, wl.find_timeout)
+        mwl: MwlProvider | None = MwlProvider(self.bridge, self.worklist, wl.find_timeout) \
+            if roles.has("worklist") else None
         # --- end worklist ---
         # --- procedure steps (MPPS): N-CREATE / N-SET -> worklist status, events, completeness
         self.procedure_steps = ProcedureStepService(self.store, self.bus)
-        mpps = MppsProvider(self.bridge, self.procedure_steps, settings.dicom.store_timeout)
+        mpps: MppsProvider | None = MppsProvider(
+            self.bridge, self.procedure_steps, settings.dicom.store_timeout) \
+            if roles.has("mpps") else None
         # --- end procedure steps ---
         # --- Query/Retrieve over the spool: an index kept beside the journal, off intake ---
         qrs = settings.query_retrieve
@@ -152,8 +159,11 @@ class Engine:
                 self.store, list(archives), settings.commitment.archive_check_seconds,
                 committing=list(committing), ask=ask, uid_prefix=settings.routing.uid_prefix)
         # --- end Storage Commitment ---
+        #: a node without intake, worklist and MPPS roles opens no DICOM port
+        self.dimse_enabled = any(roles.has(r) for r in ("intake", "worklist", "mpps"))
         self.dimse = DimseListeners(settings.dicom.listeners, self.intake,
-                                    lambda: self.bridge.closing, mwl, mpps, qr, commitment)
+                                    lambda: self.bridge.closing, mwl, mpps, qr, commitment,
+                                    reuse_port=self.worker.shared, storage=roles.has("intake"))
         self.hl7_intake = Hl7Intake(self.worklist, settings.hl7, lambda: self.spool.has_room,
                                     self.bus)
         # --- routing (D3): journal -> rules -> outbox; invalid routes raise SettingsError ---
@@ -181,6 +191,8 @@ class Engine:
             self.store, {**settings.destinations, **settings.audit.destinations(),
                          **settings.commitment.destinations()},
             settings.delivery, settings.storage.spool_dir, morph_secret=morph_secret,
+            node=self.worker.lease_prefix(roles.node_id),
+            release_prefix=self.worker.release_prefix(roles.node_id),
             sender_factory=default_sender_factory(settings.storage.spool_dir, self.store,
                                                   morph_secret, self.associations))
         self.router.on_rows = self.dispatcher.wake
@@ -200,8 +212,8 @@ class Engine:
             self.audit.on_rows = self.dispatcher.wake
         # --- end audit trail ---
         sources = SourceFilter.of(settings.hl7)
-        self.mllp = [MllpListener(cfg, self.hl7_intake, sources)
-                     for cfg in settings.hl7.listeners]
+        self.mllp = [MllpListener(cfg, self.hl7_intake, sources, reuse_port=self.worker.shared)
+                     for cfg in settings.hl7.listeners] if roles.has("hl7") else []
         self.admin: AdminServer | None = None
         self._stop_steps: list[StopStep] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -223,7 +235,12 @@ class Engine:
         await self.store.open()
         self._stop_steps.append(("store", self.store.close))
         await asyncio.to_thread(self.spool.open)
-        await self._recover_spool()
+        if self.worker.recover:
+            await self._recover_spool()
+        else:
+            # A restarted worker: its siblings are writing; their files in flight and their
+            # leases must not be taken for a crash's leftovers.
+            log.info("durable.recovery.skipped", reason="other workers of this node are running")
         # Started right after the store and stopped right before it: it sees everything the
         # other parts report, and its last records reach the outbox.
         await self.audit.start()
@@ -238,8 +255,9 @@ class Engine:
         self._stop_steps.append(("hl7-intake", self.hl7_intake.stop))
         await self.rules.start()
         self._stop_steps.append(("rules", self.rules.stop))
-        await self.router.start()  # replays unrouted journal entries, rebuilds group timers
-        self._stop_steps.append(("router", self.router.stop))
+        if self.settings.engine.has("routing"):
+            await self.router.start()  # replays unrouted journal entries, rebuilds group timers
+            self._stop_steps.append(("router", self.router.stop))
         await self.procedure_steps.start()  # rebuilds the MPPS completeness watch
         self._stop_steps.append(("procedure-steps", self.procedure_steps.stop))
         if self.qr_indexer is not None:
@@ -249,9 +267,10 @@ class Engine:
             await self.archive_commitments.start()
             self._stop_steps.append(("commitment-archive", self.archive_commitments.stop))
         # Delivery workers: after the stores, stopped before them (in-flight batches finish).
-        await self.dispatcher.start()
-        self._stop_steps.append(
-            ("dispatcher", lambda: self.dispatcher.stop(self.settings.engine.shutdown_grace)))
+        if self.settings.engine.has("delivery"):
+            await self.dispatcher.start()
+            self._stop_steps.append(
+                ("dispatcher", lambda: self.dispatcher.stop(self.settings.engine.shutdown_grace)))
         # Runs before the dispatcher stops: the Application Stop record still reaches the
         # repository when it is up.
         self._stop_steps.append(("audit-drain", self._drain_audit))
@@ -265,12 +284,13 @@ class Engine:
             self._tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
 
         http = self.settings.http
-        if http.enabled:
+        if http.enabled and self.worker.serves_admin and self.settings.engine.has("admin"):
             self.admin = AdminServer(
                 http.host, http.port, self.store,
                 {"store": self._probe_store, "spool": self._probe_spool,
                  "listeners": self._probe_listeners, "rules": self.rules.probe,
-                 **({"audit": self._probe_audit} if self.audit.enabled else {})},
+                 **({"audit": self._probe_audit} if self.audit.enabled else {}),
+                 **self._worker_probes()},
                 http.token.get_secret_value() if http.token else None,
                 worklist=self.worklist, rules=self.rules,
                 queues=QueueAdmin(self.store, {**self.settings.destinations,
@@ -285,15 +305,20 @@ class Engine:
             self._stop_steps.append(("admin", self.admin.stop))
 
         self._stop_steps.append(("bridge", self._close_bridge))
-        await self.dimse.start()
-        self._stop_steps.append(
-            ("dimse", lambda: self.dimse.stop(self.settings.engine.shutdown_grace)))
+        if self.dimse_enabled:
+            await self.dimse.start()
+            self._stop_steps.append(
+                ("dimse", lambda: self.dimse.stop(self.settings.engine.shutdown_grace)))
         grace = self.settings.engine.shutdown_grace
         for listener in self.mllp:
             await listener.start()
             self._stop_steps.append((f"mllp:{listener.config.name}",
                                      functools.partial(listener.stop, grace)))
-        log.info("engine.started", site=self.settings.site.name)
+        if self.worker.status_path() is not None:
+            self._tasks.append(asyncio.create_task(self._report_status(), name="worker-status"))
+        log.info("engine.started", site=self.settings.site.name,
+                 roles=list(self.settings.engine.roles), worker=self.worker.index,
+                 workers=self.worker.count)
 
     async def _recover_spool(self) -> None:
         # Rows first: a withdrawn row's file is removed with it, before the orphan sweep.
@@ -329,7 +354,10 @@ class Engine:
     async def _watch_health(self) -> None:
         """Metrics the alert rules need: database reachability every few seconds, node identity
         once, configured certificates' expiry at start and hourly."""
-        NODE_INFO.labels(socket.gethostname(), _version()).set(1)
+        node_id = self.settings.engine.node_id
+        NODE_INFO.labels(node_id, _version()).set(1)
+        for role in self.settings.engine.roles:
+            NODE_ROLE.labels(node_id, role).set(1)
         last_certs = -3600.0
         while True:
             STORE_UP.set(1 if await self.store.ping() else 0)
@@ -385,8 +413,39 @@ class Engine:
         audit_sink.install(None)
         await self.audit.stop()
 
+    def _worker_probes(self) -> dict[str, Callable[[], Awaitable[tuple[bool, str]]]]:
+        """One readiness check per sibling worker, read from the status it reports."""
+        probes: dict[str, Callable[[], Awaitable[tuple[bool, str]]]] = {}
+        for index in range(1, self.worker.count):
+            path = self.worker.status_path(index)
+            if path is not None:
+                probes[f"worker:{index}"] = functools.partial(
+                    asyncio.to_thread, read_status, path)
+        return probes
+
+    async def _ready(self) -> tuple[bool, str]:
+        details, ready = [], True
+        for probe in (self._probe_store, self._probe_spool, self._probe_listeners):
+            ok, detail = await probe()
+            ready = ready and ok
+            if not ok:
+                details.append(detail)
+        return ready, "; ".join(details) or "store, spool and listeners fine"
+
+    async def _report_status(self) -> None:
+        """This worker's readiness, for the worker that serves /readyz."""
+        path = self.worker.status_path()
+        assert path is not None
+        while True:
+            ready, detail = await self._ready()
+            ruleset = self.rules.current.version
+            await asyncio.to_thread(write_status, path, index=self.worker.index,
+                                    node_id=self.settings.engine.node_id, ready=ready,
+                                    detail=detail, ruleset=ruleset)
+            await asyncio.sleep(STATUS_INTERVAL)
+
     async def _probe_listeners(self) -> tuple[bool, str]:
-        down = [] if self.dimse.running else ["dicom"]
+        down = [] if self.dimse.running or not self.dimse_enabled else ["dicom"]
         down += [f"mllp:{lst.config.name}" for lst in self.mllp if not lst.running]
         return not down, "listening" if not down else f"not listening: {', '.join(down)}"
 

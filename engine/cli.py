@@ -37,14 +37,29 @@ def _load(path: Path) -> Settings | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from engine.workers import WorkerContext
+
+    if args.workers is not None:
+        # Through the environment: validated with the rest, and inherited by the workers.
+        os.environ["RADFLOW_ENGINE__WORKERS"] = args.workers
     settings = _load(args.config)
     if settings is None:
         return 1
-    configure_logging(settings.logging.level, settings.logging.format)
+    worker = WorkerContext.from_env()
+    identity: dict[str, Any] = {"node": settings.engine.node_id}
+    if worker.shared or settings.engine.worker_count > 1:
+        identity["worker"] = "supervisor" if os.environ.get("RADFLOW_WORKER_INDEX") is None \
+            else worker.index
+    configure_logging(settings.logging.level, settings.logging.format, identity)
+    if os.environ.get("RADFLOW_WORKER_INDEX") is None and settings.engine.worker_count > 1:
+        from engine.supervisor import Supervisor
+
+        return Supervisor(args.config.resolve(), settings.engine.worker_count,
+                          settings.engine.shutdown_grace).run()
     from engine.app import Engine
 
     try:
-        engine = Engine(settings)
+        engine = Engine(settings, worker)
     except SettingsError as exc:  # the worklist mapping file, read when the engine is built
         _print_problems(exc)
         return 1
@@ -657,8 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"settings file (default {DEFAULT_CONFIG_PATH})")
         return p
 
-    with_config(sub.add_parser("run", help="run the engine until SIGTERM/SIGINT")
-                ).set_defaults(func=cmd_run)
+    run = with_config(sub.add_parser("run", help="run the engine until SIGTERM/SIGINT"))
+    run.add_argument("--workers", metavar="N|auto",
+                     help="worker processes sharing the listening ports (engine.workers; "
+                          "auto: one per core)")
+    run.set_defaults(func=cmd_run)
     with_config(sub.add_parser("check-config", help="validate settings; print every error")
                 ).set_defaults(func=cmd_check_config)
     rules = sub.add_parser("rules", help="routing rules: dry runs")

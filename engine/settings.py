@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -725,9 +727,57 @@ class LoggingSettings(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+#: what a node may do; every node does all of them unless ``engine.roles`` says otherwise
+Role = Literal["intake", "hl7", "worklist", "mpps", "routing", "delivery", "admin"]
+ALL_ROLES: tuple[Role, ...] = ("intake", "hl7", "worklist", "mpps", "routing", "delivery",
+                               "admin")
+
+
+def _check_node_id(value: str) -> str:
+    # It becomes part of lease owners, spool names and metric labels: keep it to characters
+    # every one of those accepts.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+        raise ValueError(f"{value!r}: a node id is 1-63 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return value
+
+
+def default_node_id() -> str:
+    """The host name up to its first dot (a container's host name changes with every start:
+    set ``engine.node_id`` there)."""
+    name = socket.gethostname().split(".")[0]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-")[:63]
+    return cleaned or "radflow"
+
+
 class EngineSettings(_Strict):
     #: on SIGTERM, how long in-flight associations and messages may take to finish
     shutdown_grace: float = Field(default=30.0, ge=0)
+    #: worker processes on this machine sharing the DICOM and MLLP ports; ``auto``: one per
+    #: core. More than one needs ``storage.backend: postgresql``.
+    workers: int | Literal["auto"] = Field(default=1)
+    #: this node's identity in lease owners, spool file names, logs and metrics; unique per
+    #: node and stable across restarts (default: the host name)
+    node_id: Annotated[str, AfterValidator(_check_node_id)] = Field(
+        default_factory=default_node_id)
+    #: what this node does (default: everything)
+    roles: list[Role] = Field(default_factory=lambda: list(ALL_ROLES), min_length=1)
+
+    @model_validator(mode="after")
+    def _workers_in_range(self) -> EngineSettings:
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 64:
+            raise ValueError(f"engine.workers is {self.workers}: give 1 to 64, or auto")
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` with ``auto`` resolved to this machine's usable cores."""
+        if self.workers == "auto":
+            return max(1, min(64, len(os.sched_getaffinity(0))))
+        return self.workers
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
 
 
 class SiteSettings(_Strict):
@@ -767,6 +817,20 @@ class Settings(_Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     commitment: CommitmentSettings = Field(default_factory=CommitmentSettings)
+
+    @model_validator(mode="after")
+    def _workers_need_a_shared_database(self) -> Settings:
+        # SQLite serialises writers on one file lock and radflow's SQLite store is built around
+        # one writer thread in one process: its claims, start-up recovery (orphan sweep, lease
+        # release) and group timers assume no other process writes the same journal.
+        if self.engine.worker_count > 1 and self.storage.backend == "sqlite":
+            raise ValueError(
+                f"engine.workers is {self.engine.workers} ({self.engine.worker_count} "
+                "processes) but storage.backend is sqlite: SQLite lets one process write at a "
+                "time and radflow's SQLite store assumes it is the only writer, so several "
+                "workers would wait on each other and could each recover the others' work; "
+                "use storage.backend: postgresql for several workers, or engine.workers: 1")
+        return self
 
     @model_validator(mode="after")
     def _audit_names(self) -> Settings:

@@ -175,7 +175,8 @@ class Dispatcher:
                  delivery: DeliverySettings, spool_root: Path, *,
                  sender_factory: SenderFactory | None = None, morph_secret: str | None = None,
                  clock: Clock = time.time,
-                 rng: random.Random | None = None, node: str | None = None) -> None:
+                 rng: random.Random | None = None, node: str | None = None,
+                 release_prefix: str | None = None) -> None:
         self.store = store
         self.delivery = delivery
         self._factory = sender_factory or default_sender_factory(spool_root, store,
@@ -185,6 +186,8 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self.node = node or node_name()
+        #: whose leases are given back at start (default: this node's)
+        self.release_prefix = release_prefix or self.node
         self.owner = f"{self.node}{os.getpid()}/{time.time_ns()}"
         self._queues: dict[str, _Queue] = {}
         for name, config in destinations.items():
@@ -204,7 +207,7 @@ class Dispatcher:
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        released = await self.store.release_outbox_leases(self.node, self.owner)
+        released = await self.store.release_outbox_leases(self.release_prefix, self.owner)
         if released:
             log.warning("outbox.leases_recovered", rows=released, node=self.node)
         for q in self._queues.values():

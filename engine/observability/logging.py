@@ -25,11 +25,21 @@ def _drop_phi(_: Any, method: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Route structlog and stdlib logging through one processor chain and one handler."""
+def configure_logging(level: str = "info", fmt: str = "auto",
+                      identity: dict[str, Any] | None = None) -> None:
+    """Route structlog and stdlib logging through one processor chain and one handler;
+    ``identity`` (node, worker) is added to every line, whatever thread writes it."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    fixed = dict(identity or {})
+
+    def add_identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        for key, value in fixed.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_identity,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -7,6 +7,8 @@ several engines in one process without name clashes being fatal.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,6 +16,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -23,26 +26,39 @@ ProcessCollector(registry=REGISTRY)
 # --- the node -------------------------------------------------------------------------------
 NODE_INFO = Gauge(
     "radflow_node_info",
-    "Always 1; labels name this process's node (host name) and radflow version.",
+    "Always 1; labels name this node (engine.node_id) and its radflow version.",
     ["node", "version"],
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
+)
+NODE_ROLE = Gauge(
+    "radflow_node_role",
+    "1 for each role this node runs (engine.roles).",
+    ["node", "role"],
+    multiprocess_mode="livemax", registry=REGISTRY,
+)
+RULES_LOADED = Gauge(
+    "radflow_rules_loaded",
+    "1 for the route set version a process of this node has in use (0 once replaced); two "
+    "versions at 1 on one node, or different versions across nodes, mean drift.",
+    ["node", "ruleset"],
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 STORE_UP = Gauge(
     "radflow_store_up",
     "1 while the database answers (checked every few seconds), 0 while it does not.",
-    registry=REGISTRY,
+    multiprocess_mode="livemin", registry=REGISTRY,
 )
 TLS_CERT_EXPIRY = Gauge(
     "radflow_tls_certificate_expiry_timestamp_seconds",
     "When the first certificate in a configured TLS file expires (Unix time), by setting path.",
     ["setting", "file"],
-    registry=REGISTRY,
+    multiprocess_mode="livemin", registry=REGISTRY,
 )
 TLS_CERT_READ_ERRORS = Gauge(
     "radflow_tls_certificate_unreadable",
     "1 for a configured TLS certificate file that cannot be read or parsed.",
     ["setting", "file"],
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 
 # --- DICOM ingress --------------------------------------------------------------------------
@@ -74,7 +90,7 @@ DIMSE_OPEN_ASSOCIATIONS = Gauge(
     "radflow_dimse_open_associations",
     "Associations currently established.",
     ["listener"],
-    registry=REGISTRY,
+    multiprocess_mode="livesum", registry=REGISTRY,
 )
 DIMSE_STORE_SECONDS = Histogram(
     "radflow_dimse_store_seconds",
@@ -101,7 +117,8 @@ JOURNAL_COMMIT_SECONDS = Histogram(
     registry=REGISTRY,
 )
 SPOOL_FREE_BYTES = Gauge(
-    "radflow_spool_free_bytes", "Free bytes on the spool's file system.", registry=REGISTRY
+    "radflow_spool_free_bytes", "Free bytes on the spool's file system.",
+    multiprocess_mode="livemin", registry=REGISTRY
 )
 SPOOL_PURGED_INSTANCES = Counter(
     "radflow_spool_purged_instances_total",
@@ -121,7 +138,7 @@ JOURNAL_PURGED = Counter(
 )
 SPOOL_LOW_SPACE = Gauge(
     "radflow_spool_low_space", "1 while the spool is below its free-space threshold.",
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 
 
@@ -151,7 +168,8 @@ HL7_COMMIT_SECONDS = Histogram(
     registry=REGISTRY,
 )
 MLLP_CONNECTIONS = Gauge(
-    "radflow_mllp_open_connections", "Open MLLP connections.", ["listener"], registry=REGISTRY
+    "radflow_mllp_open_connections", "Open MLLP connections.", ["listener"],
+    multiprocess_mode="livesum", registry=REGISTRY
 )
 MLLP_CONNECTION_ERRORS = Counter(
     "radflow_mllp_connection_errors_total",
@@ -164,7 +182,7 @@ WORKLIST_ITEMS = Gauge(
     "radflow_worklist_items",
     "Worklist items by status (refreshed periodically and after API changes).",
     ["status"],
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 WORKLIST_PURGED = Counter(
     "radflow_worklist_purged_total",
@@ -212,7 +230,8 @@ QR_INSTANCES_SENT = Counter(
 
 # --- routing (rules, morphs, outbox) --------------------------------------------------------
 RULES_ROUTES = Gauge(
-    "radflow_rules_routes", "Routes in the ruleset in use.", registry=REGISTRY
+    "radflow_rules_routes", "Routes in the ruleset in use.",
+    multiprocess_mode="livemax", registry=REGISTRY
 )
 RULES_RELOADS = Counter(
     "radflow_rules_reloads_total",
@@ -223,7 +242,7 @@ RULES_RELOADS = Counter(
 RULES_LAST_RELOAD_OK = Gauge(
     "radflow_rules_last_reload_ok",
     "0 while the last reload failed (the previous ruleset stays in use), else 1.",
-    registry=REGISTRY,
+    multiprocess_mode="livemin", registry=REGISTRY,
 )
 ROUTING_ENTRIES = Counter(
     "radflow_routing_entries_total",
@@ -254,7 +273,7 @@ ROUTING_BATCH = Histogram(
 )
 ROUTING_GROUPS_OPEN = Gauge(
     "radflow_routing_groups_open", "Series/study groups waiting for their trigger.",
-    registry=REGISTRY,
+    multiprocess_mode="livesum", registry=REGISTRY,
 )
 ROUTING_GROUPS_FIRED = Counter(
     "radflow_routing_groups_fired_total",
@@ -279,13 +298,13 @@ OUTBOX_ROWS = Gauge(
     "radflow_outbox_rows",
     "Outbox rows per destination and state (pending, leased, dead), refreshed periodically.",
     ["destination", "state"],
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 OUTBOX_OLDEST_AGE = Gauge(
     "radflow_outbox_oldest_age_seconds",
     "Age of the oldest undelivered (pending or leased) row per destination; 0 when empty.",
     ["destination"],
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 DELIVERY_ATTEMPTS = Counter(
     "radflow_delivery_attempts_total",
@@ -319,7 +338,7 @@ DELIVERY_CIRCUIT_STATE = Gauge(
     "radflow_delivery_circuit_state",
     "Circuit breaker per destination: 0 closed, 1 open (resting), 2 half-open (probing).",
     ["destination"],
-    registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 EGRESS_DIMSE_ASSOCIATIONS = Counter(
     "radflow_egress_dimse_associations_total",
@@ -389,5 +408,13 @@ AUDIT_FAILURES = Counter(
 
 
 def render() -> bytes:
-    """The Prometheus text exposition of every metric."""
-    return generate_latest(REGISTRY)
+    """The Prometheus text exposition of every metric; with several workers on the machine
+    (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor), of all of them together."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return generate_latest(REGISTRY)
+    # A fresh registry per scrape, as prometheus_client's multiprocess guide does: the
+    # collector reads every worker's files (a dead worker's counters stay in the totals).
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

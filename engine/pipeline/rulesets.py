@@ -24,7 +24,12 @@ from engine.hl7.message import SUPPORTED_CHARSETS, codec_for_charset
 from engine.morph.ops import MorphKeys
 from engine.observability import audit_sink
 from engine.observability.logging import get_logger
-from engine.observability.metrics import RULES_LAST_RELOAD_OK, RULES_RELOADS, RULES_ROUTES
+from engine.observability.metrics import (
+    RULES_LAST_RELOAD_OK,
+    RULES_LOADED,
+    RULES_RELOADS,
+    RULES_ROUTES,
+)
 from engine.rules.loader import load_ruleset, watched_files
 from engine.rules.ruleset import Ruleset
 from engine.settings import Hl7Destination, Settings, SettingsError, SettingsProblem
@@ -97,6 +102,7 @@ class RulesManager:
         self._reloading = asyncio.Lock()
         RULES_ROUTES.set(len(self.current.routes))
         RULES_LAST_RELOAD_OK.set(1)
+        RULES_LOADED.labels(settings.engine.node_id, self.current.version).set(1)
         if secret == EXAMPLE_SECRET:
             log.warning("rules.example_secret",
                         detail="routing.secret is the shipped example; set your own")
@@ -147,6 +153,11 @@ class RulesManager:
             RULES_RELOADS.labels("ok").inc()
             RULES_LAST_RELOAD_OK.set(1)
             RULES_ROUTES.set(len(ruleset.routes))
+            node_id = self._settings.engine.node_id
+            if previous != ruleset.version:
+                # Set to 0, not removed: a multiprocess metrics file keeps every label seen.
+                RULES_LOADED.labels(node_id, previous).set(0)
+            RULES_LOADED.labels(node_id, ruleset.version).set(1)
             log.info("rules.reloaded", trigger=trigger, routes=len(ruleset.routes),
                      ruleset=ruleset.version, previous=previous)
             if previous != ruleset.version:

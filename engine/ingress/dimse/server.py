@@ -54,7 +54,8 @@ _QUERY_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.84
 
 
 def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = False,
-             query_retrieve: bool = False, commitment: bool = False) -> AE:
+             query_retrieve: bool = False, commitment: bool = False,
+             storage: bool = True) -> AE:
     """An acceptor AE with radflow's contexts, limits and identity (``worklist``: also the
     Modality Worklist Information Model - FIND; ``mpps``: also Modality Performed Procedure
     Step, N-CREATE / N-SET)."""
@@ -80,7 +81,7 @@ def build_ae(config: DicomListener, *, worklist: bool = False, mpps: bool = Fals
     # query_retrieve: a C-GET requestor proposes to be the SCP of these (role selection,
     # PS3.7 D.3.3.4); accepting both roles leaves plain C-STORE as it was.
     roles = {"scu_role": True, "scp_role": True} if query_retrieve else {}
-    for uid in [*sop_classes, *config.extra_storage_sop_classes]:
+    for uid in [*sop_classes, *config.extra_storage_sop_classes] if storage else []:
         ae.add_supported_context(uid, syntaxes, **roles)
     if commitment:
         # Both roles: modalities ask radflow (radflow SCP), and archives radflow asked report
@@ -158,15 +159,25 @@ class _AssociationServer(ThreadedAssociationServer):
             return False
 
 
+class _SharedPortServer(_AssociationServer):
+    """The server of one of several worker processes: each binds its own socket on the same
+    port (SO_REUSEPORT) and the kernel spreads new connections over them. Inheriting one
+    socket instead would leave accepts to whichever worker wakes first."""
+
+    allow_reuse_port = True
+
+
 def start_listener(ae: AE, config: DicomListener, evt_handlers: list[Any],
-                   policy: ListenerPolicy | None = None) -> _AssociationServer:
+                   policy: ListenerPolicy | None = None,
+                   reuse_port: bool = False) -> _AssociationServer:
     """Start ``ae`` serving ``config`` on its own accept thread (pynetdicom's non-blocking
     ``start_server``, with radflow's server class); ``policy``: the listener's, whose
-    pending-connection budget the server applies."""
+    pending-connection budget the server applies; ``reuse_port``: other worker processes
+    bind the same port."""
     server = ae.make_server(
         (config.host, config.port), evt_handlers=evt_handlers,
         ssl_context=server_ssl_context(config.tls) if config.tls else None,
-        server_class=_AssociationServer)
+        server_class=_SharedPortServer if reuse_port else _AssociationServer)
     assert isinstance(server, _AssociationServer)
     server.listener = config.name
     server.policy = policy
@@ -183,8 +194,12 @@ class DimseListeners:
     def __init__(self, configs: list[DicomListener], intake: StoreIntake,
                  is_closing: Callable[[], bool], mwl: MwlProvider | None = None,
                  mpps: MppsProvider | None = None, qr: QrProvider | None = None,
-                 commitment: CommitmentProvider | None = None) -> None:
+                 commitment: CommitmentProvider | None = None, reuse_port: bool = False,
+                 storage: bool = True) -> None:
         self._configs = configs
+        #: C-STORE offered (a node without the intake role still answers worklist or MPPS)
+        self._storage = storage
+        self._reuse_port = reuse_port
         self._intake = intake
         self._is_closing = is_closing
         self._mwl = mwl
@@ -201,12 +216,12 @@ class DimseListeners:
         for config in self._configs:
             ae = build_ae(config, worklist=self._mwl is not None, mpps=self._mpps is not None,
                           query_retrieve=self._qr is not None,
-                          commitment=self._commitment is not None)
+                          commitment=self._commitment is not None, storage=self._storage)
             policy = ListenerPolicy(config, self._is_closing)
             server = await asyncio.to_thread(
                 start_listener, ae, config,
                 bindings(policy, self._intake, self._mwl, self._mpps, self._qr,
-                         self._commitment), policy)
+                         self._commitment), policy, self._reuse_port)
             self._servers.append((config, server))
             log.info("ingress.dimse.listening", listener=config.name, ae_title=config.ae_title,
                      host=config.host, port=config.port, tls=config.tls is not None)

@@ -78,8 +78,10 @@ class MllpListener:
     """One MLLP listening socket and its connections."""
 
     def __init__(self, config: Hl7Listener, intake: Hl7Intake,
-                 sources: SourceFilter | None = None) -> None:
+                 sources: SourceFilter | None = None, reuse_port: bool = False) -> None:
         self.config = config
+        #: other worker processes bind the same port
+        self.reuse_port = reuse_port
         self._intake = intake
         self._sources = sources or SourceFilter((), accept_any=False)
         self._server: asyncio.Server | None = None
@@ -98,7 +100,10 @@ class MllpListener:
         # drops it silently).
         self._ssl = server_ssl_context(self.config.tls) if self.config.tls else None
         self._server = await asyncio.start_server(
-            self._on_connection, self.config.host, self.config.port, reuse_address=True)
+            self._on_connection, self.config.host, self.config.port, reuse_address=True,
+            # Several worker processes each bind their own socket on the port (the kernel
+            # spreads connections over them).
+            reuse_port=self.reuse_port or None)
         log.info("ingress.hl7.listening", listener=self.config.name, host=self.config.host,
                  port=self.config.port, tls=self.config.tls is not None,
                  any_source=self._sources.accept_any)
