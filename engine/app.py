@@ -103,7 +103,8 @@ class Engine:
         self.worker = worker or WorkerContext()
         roles = settings.engine
         self.store: Store = open_store(settings.storage)
-        self.spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024)
+        self.spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024,
+                           settings.engine.node_id)
         self.retention = Retention(self.store, self.spool, settings.storage.retention_days,
                                    settings.storage.journal_retention_days)
         self.bridge = LoopBridge()

@@ -300,6 +300,8 @@ class JournalWriter:
         kept, withdrawn = [], 0
         for row in await self._store.instances_not_durable():
             rec = row.record
+            if not self._spool.owns(rec.object_id):
+                continue  # another node's, maybe being written right now: its own to judge
             whole = await asyncio.to_thread(self._whole_and_synced, rec.spool_path,
                                             rec.size_bytes, rec.sha256)
             if whole:

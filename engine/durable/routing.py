@@ -95,6 +95,19 @@ class OpenGroup:
         return "max_wait" if now >= self.first_at + self.max_wait_seconds else "quiet"
 
 
+class GroupNotDue(Exception):
+    """A quiet-period firing found the group not due: another node added instances to it since
+    this node last looked. ``group`` is the database's copy (its new deadline)."""
+
+    def __init__(self, group: OpenGroup) -> None:
+        super().__init__(f"group {group.id} not due until {group.deadline}")
+        self.group = group
+
+
+#: firing reasons that depend on the group's timestamps (checked against the database's)
+TIMED_REASONS = frozenset({"quiet", "max_wait"})
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingCommitResult:
     """One plan's result: ``applied`` is False when the entry had been routed already (a replay

@@ -53,16 +53,31 @@ class SpaceVerdict:
                 + ("" if self.ok else " (below threshold)"))
 
 
-def new_object_id() -> str:
-    """A time-ordered, unguessable id: 13 hex digits of microseconds, then 12 random ones."""
-    return f"{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+_ID_LENGTH = 25
+
+
+def new_object_id(node_id: str | None = None) -> str:
+    """A time-ordered, unguessable id: 13 hex digits of microseconds, then 12 random ones;
+    with ``node_id``, after it and a dash (``ct-node-1-0005f3...``), so a node tells its own
+    files from those of the other nodes sharing the spool."""
+    base = f"{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+    return f"{node_id}-{base}" if node_id else base
+
+
+def object_node(object_id: str) -> str | None:
+    """The node that wrote ``object_id``; None for a file of a version that did not say."""
+    if len(object_id) > _ID_LENGTH + 1 and object_id[-_ID_LENGTH - 1] == "-":
+        return object_id[:-_ID_LENGTH - 1]
+    return None
 
 
 class Spool:
     """Durable object files under one root directory."""
 
-    def __init__(self, root: Path, min_free_bytes: int) -> None:
+    def __init__(self, root: Path, min_free_bytes: int, node_id: str | None = None) -> None:
         self.root = root
+        #: this node's name in the files it writes (one spool may be shared by several nodes)
+        self.node_id = node_id
         self.tmp_dir = root / "tmp"
         self.objects_dir = root / "objects"
         self.min_free_bytes = min_free_bytes
@@ -242,15 +257,26 @@ class Spool:
                 count += 1
         return count
 
+    def new_id(self) -> str:
+        return new_object_id(self.node_id)
+
+    def owns(self, object_id: str) -> bool:
+        """Whether this node's start-up recovery may judge the file: written by this node, or
+        by a version that did not name nodes (which never shared a spool). Another node's file
+        with no row yet may be one it is writing right now."""
+        node = object_node(object_id)
+        return node is None or node == self.node_id
+
     def recent_objects(self, window_seconds: float) -> Iterator[tuple[str, str]]:
-        """``(object_id, rel_path)`` of spool files in hour folders touched within the window."""
+        """``(object_id, rel_path)`` of this node's spool files (:meth:`owns`) in hour folders
+        touched within the window."""
         horizon = time.time() - window_seconds
         for dirpath, _dirnames, filenames in os.walk(self.objects_dir):
             if os.stat(dirpath).st_mtime < horizon:
                 continue
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in filenames:
-                if name.endswith(".dcm"):
+                if name.endswith(".dcm") and self.owns(name[:-4]):
                     yield name[:-4], f"{rel_dir}/{name}"
 
     def disk_usage(self) -> shutil._ntuple_diskusage:

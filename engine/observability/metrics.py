@@ -273,7 +273,7 @@ ROUTING_BATCH = Histogram(
 )
 ROUTING_GROUPS_OPEN = Gauge(
     "radflow_routing_groups_open", "Series/study groups waiting for their trigger.",
-    multiprocess_mode="livesum", registry=REGISTRY,
+    multiprocess_mode="livemax", registry=REGISTRY,
 )
 ROUTING_GROUPS_FIRED = Counter(
     "radflow_routing_groups_fired_total",

@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from engine.crashpoints import crash_point
 from engine.durable.routing import (
     GroupJoin,
+    GroupNotDue,
     OpenGroup,
     ProcedureStepEventRecord,
     RoutingOutcome,
@@ -367,8 +368,20 @@ class Router:
                 routed = await self.replay()
                 if routed:
                     log.warning("routing.swept", entries=routed)
+                await self._adopt_groups()
             except Exception:
                 log.exception("routing.sweep_failed")
+
+    async def _adopt_groups(self) -> None:
+        """Take in the database's open groups: those other nodes opened or joined (a node that
+        died leaves its groups to the others). Only added or refreshed, never dropped here: a
+        group fired meanwhile is found fired when its timer comes."""
+        for group in await self._store.open_routing_groups():
+            known = self._groups.get(group.id)
+            if known is None or known.last_at < group.last_at:
+                self._groups[group.id] = group
+                self._groups_changed.set()
+        ROUTING_GROUPS_OPEN.set(len(self._groups))
 
     # --- series / study groups -----------------------------------------------------------------
     async def _timers(self) -> None:
@@ -390,6 +403,10 @@ class Router:
             fired = await self._store.fire_routing_group(
                 group.id, reason, time.time(),
                 functools.partial(payload.group_rows, header_of=self._fhir_header))
+        except GroupNotDue as later:
+            # Another node added to the group: wait for the database's deadline.
+            self._groups[group.id] = later.group
+            return
         except Exception:
             log.exception("routing.group_fire_failed", group_id=group.id, route=group.route)
             # Try again after a quiet period rather than spinning on a failing store.

@@ -22,8 +22,10 @@ import psycopg
 from engine.durable.postgresql._common import notify_outbox, scalar, transaction
 from engine.durable.postgresql.worklist import items_by_ids
 from engine.durable.routing import (
+    TIMED_REASONS,
     BuildGroupRows,
     FiredGroup,
+    GroupNotDue,
     OpenGroup,
     ProcedureStepEventRecord,
     RoutingCommitResult,
@@ -126,6 +128,11 @@ def fire_group(conn: Conn, group_id: int, reason: str, now: float,
         if row is None:
             return None
         group = row_to_group(row)
+        if reason in TIMED_REASONS and group.deadline > now:
+            # Several nodes keep timers for one group: the row's timestamps, which every
+            # node's joins update under this row lock, decide, so a study that kept arriving
+            # on another node is not fired early (and then fired again with the rest).
+            raise GroupNotDue(group)
         members = [row_to_instance(r) for r in conn.execute(
             f"SELECT {INSTANCE_COLUMNS_I} "
             "FROM routing_group_members m JOIN instances i ON i.id = m.instance_id "

@@ -24,7 +24,7 @@ from engine.crashpoints import crash_point
 from engine.dicom.vr import is_valid_uid
 from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.durable.journal import JournalWriter
-from engine.durable.spool import Spool, SpooledObject, new_object_id
+from engine.durable.spool import Spool, SpooledObject
 from engine.durable.store import (
     DuplicatePolicy,
     InstanceCommit,
@@ -132,7 +132,7 @@ class StoreIntake:
             raise SopClassMismatch("SOP Class UID in dataset differs from the request")
         received_at = time.time()
         spooled = self._spool.write(
-            new_object_id(), (_PREAMBLE, file_meta_bytes(req), req.dataset), when=received_at,
+            self._spool.new_id(), (_PREAMBLE, file_meta_bytes(req), req.dataset), when=received_at,
             sync=False)
         crash_point("written")
         record = InstanceRecord(

@@ -164,7 +164,11 @@ class _SharedPortServer(_AssociationServer):
     port (SO_REUSEPORT) and the kernel spreads new connections over them. Inheriting one
     socket instead would leave accepts to whichever worker wakes first."""
 
-    allow_reuse_port = True
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind sets only SO_REUSEADDR; the option must be on before bind.
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def start_listener(ae: AE, config: DicomListener, evt_handlers: list[Any],
