@@ -357,8 +357,8 @@ def bench_move(args: argparse.Namespace, work: Path, out: list[list[str]]) -> No
     study_uid = str(pydicom.dcmread(data.files[0], stop_before_pixels=True).StudyInstanceUID)
     try:
         for called, port in ((RADFLOW_AE, rf_port), ("ORTHANC", or_port)):
-            res = subprocess.run([storescu, "-aec", called, "+sd", str(data.root), LOOPBACK,
-                                  str(port)], env=nodelay_env(), capture_output=True,
+            res = subprocess.run([storescu, "-aec", called, "+sd", "+r", LOOPBACK, str(port),
+                                  str(data.root)], env=nodelay_env(), capture_output=True,
                                  text=True, timeout=1800)
             if res.returncode != 0:
                 raise RuntimeError(f"storescu to {called} failed: {res.stderr[-300:]}")
@@ -435,8 +435,15 @@ def main() -> int:
     moves: list[list[str]] = []
     if not args.skip_find:
         bench_find(args, work, rows, summary)
-    if not args.skip_move:
-        bench_move(args, work, moves)
+    try:
+        if not args.skip_move:
+            bench_move(args, work, moves)
+    finally:
+        report(rows, summary, moves)
+    return 0
+
+
+def report(rows: list[list[str]], summary: list[list[str]], moves: list[list[str]]) -> None:
     if rows:
         print()
         print_table(["studies", "query", "server / client", "runs", "matches", "p50 ms",
@@ -448,7 +455,6 @@ def main() -> int:
         print()
         print_table(["C-MOVE 500-instance study", "runs", "median s", "instances/s", "MB/s"],
                     moves, "lrrrr")
-    return 0
 
 
 if __name__ == "__main__":

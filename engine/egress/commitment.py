@@ -27,6 +27,7 @@ from engine.dicom.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_N
 from engine.durable.commitment import CommitmentReport
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, SendOutcome, failed
+from engine.egress.dimse import _quiet_reactor
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from engine.observability.logging import get_logger
 from engine.reactor import EventDrivenAE
@@ -157,6 +158,7 @@ class CommitmentSender:
         if not assoc.is_established:
             raise TransientDeliveryError(f"{calling_ae}@{host}:{port} refused the association",
                                          reason="association_rejected")
+        _quiet_reactor(assoc)  # it only sends: every message it gets is the awaited response
         try:
             if not assoc.accepted_contexts:
                 raise TransientDeliveryError(
@@ -193,6 +195,7 @@ def ask_commitment(config: DimseDestination, transaction_uid: str,
     if not assoc.is_established:
         raise TransientDeliveryError(f"{where} refused the association",
                                      reason="association_rejected")
+    _quiet_reactor(assoc)
     try:
         if not assoc.accepted_contexts:
             raise TransientDeliveryError(f"{where} does not offer Storage Commitment",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import build_context
 
@@ -175,6 +176,23 @@ def _contexts(found: list[QrLocated]) -> list[Any]:
     return [build_context(sop, list(ts)) for sop, ts in list(wanted)[:_MAX_CONTEXTS]]
 
 
+def _quiet_sub_association(event: Event) -> None:
+    """Close pynetdicom's response race on the C-MOVE sub-association: its reactor's
+    non-blocking read could take a C-STORE response meant for the sub-operation waiting on it
+    ("unexpected C-STORE service message", then a wait until the DIMSE timeout). That
+    association only sends, so every message it receives belongs to the blocked ``send_*``.
+    The same fix as the C-STORE sender's, which this stage cannot import."""
+    dimse = event.assoc.dimse
+    blocking_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block:
+            return None, None
+        return blocking_get(block=True)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
 def _retrieve(event: Event, account: _Account, qr: QrProvider, found: list[QrLocated]
               ) -> Iterator[QrAnswer]:
     """The (status, dataset) yields of C-MOVE and C-GET after the sub-operation count."""
@@ -235,7 +253,9 @@ def handle_move(event: Event, policy: ListenerPolicy, qr: QrProvider) -> Iterato
             return
         log.info("ingress.dimse.c_move.started", listener=policy.name,
                  move_destination=destination, instances=len(found))
-        yield address[0], address[1], {"contexts": _contexts(found)} if found else {}
+        yield address[0], address[1], {
+            "contexts": _contexts(found),
+            "evt_handlers": [(evt.EVT_ESTABLISHED, _quiet_sub_association)]} if found else {}
         yield len(found)
         yield from _retrieve(event, account, qr, found)
     finally:
