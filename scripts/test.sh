@@ -5,6 +5,8 @@
 # pytest.
 . "$(dirname "$0")/_env.sh"
 apt_install dcmtk orthanc orthanc-dicomweb rsyslog rsyslog-gnutls prometheus
+# the console tests drive Debian's chromium with Playwright (never `playwright install`)
+apt_install chromium
 ensure_postgresql() {
   # The PostgreSQL tests use a server on 127.0.0.1:5432 (trust, database "test"). When none
   # answers, install Debian's, let loopback in without a password (a test machine), start it.

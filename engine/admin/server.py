@@ -307,7 +307,9 @@ class AdminServer:
             response = exc
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on form
+        # posts, and the console's own origin must stay recognisable to the origin check.
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Content-Security-Policy", _CSP)
         response.headers.setdefault("Cache-Control", "no-store")
         if self._http.https:
