@@ -64,7 +64,7 @@ async def test_only_what_nothing_needs_is_purged(store: SqliteStore, spool: Spoo
                           groups=(_join("study-fired"),))]
     results_routing = await store.commit_routing(plans, OLD, 1.0)
     fired_group = results_routing[-1].groups[0].id
-    assert await store.fire_routing_group(fired_group, "quiet", 2.0,
+    assert await store.fire_routing_group(fired_group, "quiet", 62.0,
                                           lambda *_: []) is not None
     with raw_connection(store) as conn:  # the dispatcher's verdicts, in short
         conn.execute("UPDATE outbox SET state = 'done' WHERE source_id = ?",

@@ -244,3 +244,37 @@ def test_db_copy_fills_an_empty_database_once(tmp_path: Path, schema: str,
     asyncio.run(check())
     assert main(["db", "copy", "--from", str(source), "--config", str(config)]) == 1
     assert "fills an empty database only" in capsys.readouterr().err
+
+
+async def test_a_study_group_fires_once_when_the_database_says_it_is_due(schema: str) -> None:
+    """Node a's timer runs out while node b's instance just joined the group: a waits for
+    the database's deadline; both fire it at once: one does."""
+    from engine.durable.routing import GroupJoin, GroupNotDue, RoutingPlan
+    from engine.durable.store import DuplicatePolicy, InstanceCommit
+
+    a = PostgresStore(pg.settings(schema), connect_attempts=1)
+    b = PostgresStore(pg.settings(schema), connect_attempts=1)
+    await a.open()
+    await b.open()
+    try:
+        recs = [record(1), record(2)]
+        committed = await a.commit_instances(
+            [InstanceCommit(r, DuplicatePolicy.VERSION) for r in recs])
+        join = GroupJoin(route="study", level="study", key="S1", study_instance_uid="S1",
+                         quiet_seconds=10, max_wait_seconds=3600, decision="{}")
+        [first] = await a.commit_routing(
+            [RoutingPlan("instances", committed[0].journal_id, "grouped", groups=(join,))],
+            "2026-11-25T12:00:00+00:00", 100.0)
+        group = first.groups[0]
+        await b.commit_routing(
+            [RoutingPlan("instances", committed[1].journal_id, "grouped", groups=(join,))],
+            "2026-11-25T12:00:05+00:00", 105.0)
+        with pytest.raises(GroupNotDue) as later:  # a's own view: due at 110
+            await a.fire_routing_group(group.id, "quiet", 111.0, lambda *_: [])
+        assert later.value.group.deadline == 115.0
+        fired = await asyncio.gather(
+            *(s.fire_routing_group(group.id, "quiet", 116.0, lambda *_: []) for s in (a, b)))
+        assert sorted(f is not None for f in fired) == [False, True]
+    finally:
+        await a.close()
+        await b.close()
