@@ -158,6 +158,8 @@ class _Queue:
     policy: RetryPolicy
     breaker: CircuitBreaker
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    #: when this process last delivered to the destination (the dispatcher's clock)
+    last_delivered_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def wait(self, seconds: float) -> None:
@@ -204,6 +206,10 @@ class Dispatcher:
 
     def circuit(self, destination: str) -> CircuitBreaker:
         return self._queues[destination].breaker
+
+    def last_delivered(self, destination: str) -> float | None:
+        """When this process last delivered something to ``destination`` (None: not yet)."""
+        return self._queues[destination].last_delivered_at
 
     # --- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -463,6 +469,8 @@ class Dispatcher:
             if probe:
                 q.breaker.release_probe()
         elif not failed_batch:
+            if delivered:
+                q.last_delivered_at = now
             if q.breaker.state is not CircuitState.CLOSED:
                 log.info("egress.circuit_closed", destination=q.name)
             q.breaker.record_success()

@@ -59,6 +59,8 @@ class QueueAdmin:
             if self._dispatcher is not None:
                 breaker = self._dispatcher.circuit(s.destination)
                 row["circuit"] = _CIRCUIT[int(breaker.state)]
+                last = self._dispatcher.last_delivered(s.destination)
+                row["last_delivered_at"] = _iso(last) if last is not None else None
             out.append(row)
         return out
 

@@ -169,6 +169,11 @@ def test_console_in_chromium(site: tuple[RadflowProcess, Path], tmp_path: Path) 
 
             page.goto(base + "/#/destinations")
             expect(page.locator("#destinations-table")).to_contain_text("FAULTY")
+            rows = page.locator("#destinations-table tbody tr")
+            expect(rows.filter(has_text="FAULTY").locator("td[data-col='last delivery']")
+                   ).to_have_text("none since start")
+            expect(rows.filter(has_text="SINK").locator("td[data-col='last delivery']")
+                   ).to_contain_text("2026")
             page.screenshot(path=str(shots / "destinations.png"), full_page=True)
 
             # A form posted from the console's own origin without the CSRF token is refused.

@@ -454,6 +454,7 @@ PAGES.destinations = async function destinations() {
       { label: "TLS", value: (r) => r.tls ? "yes" : "no" },
       { label: "circuit", value: (r) => (byName[r.name] || {}).circuit || "" },
       { label: "queue", value: (r) => { const x = byName[r.name]; return x ? `${x.pending} pending, ${x.dead} dead` : ""; } },
+      { label: "last delivery", value: (r) => fmtTime((byName[r.name] || {}).last_delivered_at) || "none since start" },
       { label: "check", value: (r) => {
         const res = results[r.name];
         const btn = can("operator") ? el("button", { type: "button", onclick: async () => {
