@@ -41,6 +41,13 @@ B = TypeVar("B")
 #: request bodies larger than this are refused (413) unless a route allows more (uploads)
 DEFAULT_MAX_BODY = 1024 * 1024
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: statuses whose body is always :data:`_ERROR_SCHEMA` (a 422 may carry an outcome instead)
+_REFUSALS = frozenset({"400", "401", "403", "404", "409", "413", "415", "423"})
+#: the body of every refusal
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "string"},
+                   "problems": {"type": "array", "items": {"type": "object"}}}}
 _JSON = "application/json"
 _REF = "#/components/schemas/{model}"
 
@@ -187,7 +194,8 @@ class Api:
                 content[ctype] = {"schema": upload_schema}
             if content:
                 op["requestBody"] = {"required": ep.body_required, "content": content}
-            responses = {code: {"description": text} for code, text in ep.responses.items()}
+            responses: dict[str, dict[str, Any]] = {
+                code: {"description": text} for code, text in ep.responses.items()}
             if parameters or content:
                 responses.setdefault("400", {"description": "invalid parameters or body"})
             if content:
@@ -205,10 +213,17 @@ class Api:
                                                                if ep.method in MUTATING
                                                                else "")})
                 op["security"] = [{"bearer": []}, {"session": []}]
+            if ep.path != "/metrics":
+                # Every answer but the Prometheus text is a JSON object; refusals carry
+                # ``error`` (and ``problems`` for invalid input).
+                for code, response in responses.items():
+                    schema_ref = ({"$ref": ref.format(model="Error")} if code in _REFUSALS
+                                  else {"type": "object"})
+                    response["content"] = {_JSON: {"schema": schema_ref}}
             op["responses"] = responses
             paths.setdefault(ep.path, {})[ep.method.lower()] = op
         components: dict[str, Any] = {
-            "schemas": schemas,
+            "schemas": {**schemas, "Error": _ERROR_SCHEMA},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "radflow_session",

@@ -1,6 +1,7 @@
 """The admin API against its own OpenAPI description, by a property-based API tester
 (schemathesis): generated calls to every declared operation of a running radflow, as an admin,
-answer no 500 and only what the description documents; every mutating operation refuses an
+answer no 500, only the statuses the description documents, and bodies of the documented
+content type and schema (JSON objects; refusals with ``error``); every mutating operation refuses an
 anonymous caller (401) and a viewer (403). Bounded: a few examples per operation."""
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def test_every_mutating_operation_refuses_anonymous_and_viewer(rf: RadflowProces
 def test_generated_calls_get_no_500_and_documented_answers(rf: RadflowProcess) -> None:
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
-    from schemathesis.specs.openapi.checks import status_code_conformance
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     schema = schemathesis.openapi.from_url(f"http://{HOST}:{rf.http_port}/api/v1/openapi.json")
     auth = {"Authorization": f"Bearer {LEGACY}"}
@@ -101,7 +106,9 @@ def test_generated_calls_get_no_500_and_documented_answers(rf: RadflowProcess) -
                 failures.append(f"{case.method} {case.formatted_path}: "
                                 f"{response.status_code} {response.text[:200]}")
             try:
-                case.validate_response(response, checks=[status_code_conformance])
+                case.validate_response(response, checks=[status_code_conformance,
+                                                        content_type_conformance,
+                                                        response_schema_conformance])
             except Exception as exc:  # collected, so every operation runs
                 failures.append(f"{case.method} {case.formatted_path}: {exc}"[:400])
 
