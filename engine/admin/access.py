@@ -131,7 +131,8 @@ class Access:
 
     def __init__(self, store: Store, legacy_token: str | None, *, https: bool,
                  idle_seconds: float = 900.0, max_failed: int = 5,
-                 lockout_seconds: float = 900.0, console_allowed: bool = True) -> None:
+                 lockout_seconds: float = 900.0, console_allowed: bool = True,
+                 open_allowed: bool = True) -> None:
         self._store = store
         self._legacy = legacy_token or None
         self.https = https
@@ -140,6 +141,8 @@ class Access:
         self._lockout = lockout_seconds
         #: False when the console may not be served here (beyond loopback over plain HTTP)
         self.console_allowed = console_allowed
+        #: whether "no user, no token" may mean "open" (loopback only)
+        self._open_allowed = open_allowed
         self._sessions: dict[str, Session] = {}
 
     @property
@@ -170,9 +173,10 @@ class Access:
             principal = await self._session_principal(sid)
             if principal is not None:
                 return principal
-        if self._legacy is None and await self._store.count_users() == 0:
-            # Nobody configured: the server listens on loopback only (settings enforce it) and
-            # behaves as it did before users existed.
+        if self._open_allowed and self._legacy is None and \
+                await self._store.count_users() == 0:
+            # Nobody configured on a loopback-only server: it behaves as it did before users
+            # existed. Beyond loopback, removing the last user closes it instead of opening it.
             return Principal("anonymous", Role.ADMIN, "open")
         return None
 

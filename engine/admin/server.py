@@ -186,7 +186,8 @@ class AdminServer:
             max_failed=self._http.max_failed_logins,
             lockout_seconds=self._http.lockout_minutes * 60,
             console_allowed=self._http.https or _loopback(host)
-            or self._http.console_over_plain_http)
+            or self._http.console_over_plain_http,
+            open_allowed=_loopback(host))
         self._destinations = destinations
         self._procedure_steps = procedure_steps
         self._worklist = worklist

@@ -261,3 +261,10 @@ def test_cli_users_add_list_token_passwd_remove(tmp_path: Path, monkeypatch: pyt
     assert main(["users", "revoke-token", "1", "--config", str(config)]) == 0
     assert main(["users", "remove", "alice", "--config", str(config)]) == 0
     assert main(["users", "remove", "alice", "--config", str(config)]) == 2
+
+
+async def test_beyond_loopback_removing_the_last_user_closes_the_server(
+        make_client: ClientFactory) -> None:
+    client = await make_client(host="0.0.0.0", http=HttpSettings(
+        host="0.0.0.0", tls_cert=Path("c.pem"), tls_key=Path("k.pem")))
+    assert (await client.get("/api/v1/instances")).status == 401
