@@ -450,7 +450,7 @@ def main() -> int:
                     for name in radflows:
                         r = percentile(results[f"{name} {client_kind}"][0], 50)
                         summary.append([str(n), kind, client_kind, name, ms(r), ms(w),
-                                        f"{w / r:.1f}x"])
+                                        f"{w / r:.1f}x" if r else "n/a"])
         finally:
             for proc in procs:
                 stop_process(proc)
