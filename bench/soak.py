@@ -253,29 +253,42 @@ class Traffic:
                 self.ledger.sent_hl7.add(control_id)
                 if bad:
                     self.ledger.bad_hl7.add(control_id)
-            try:
-                port = int(self.rf.config["hl7"]["listeners"][0]["port"])
-                with MLLPClient(HOST, port) as client:
-                    client.socket.settimeout(10)
-                    for i, (cid, text) in enumerate(batch):
-                        try:
-                            answer = client.send_message(text)
-                        except Exception:
-                            self.pending_orders.extend(batch[i:])
-                            raise
-                        raw = answer.decode() if isinstance(answer, bytes) else answer
-                        code = str(hl7.parse(raw.strip("\x0b\x1c\r\n")).segment("MSA")[1])
-                        with self.ledger.lock:
-                            if code in ("AA", "CA"):
-                                if cid in self.ledger.bad_hl7:
-                                    self.ledger.bad_hl7_acked.add(cid)
-                                else:
-                                    self.ledger.acked_hl7.add(cid)
-                            elif cid not in self.ledger.bad_hl7:
-                                self.pending_orders.append((cid, text))
-            except Exception:
-                self.ledger.send_errors += 1
+            self._send_orders(batch)
             self.stop.wait(self.order_interval)
+
+    def _send_orders(self, batch: list[tuple[str, str]]) -> None:
+        i = 0  # batch[i:] still needs sending, should the connection fail
+        try:
+            port = int(self.rf.config["hl7"]["listeners"][0]["port"])
+            with MLLPClient(HOST, port) as client:
+                client.socket.settimeout(10)
+                for cid, text in batch:
+                    answer = client.send_message(text)
+                    raw = answer.decode() if isinstance(answer, bytes) else answer
+                    code = str(hl7.parse(raw.strip("\x0b\x1c\r\n")).segment("MSA")[1])
+                    with self.ledger.lock:
+                        if code in ("AA", "CA"):
+                            if cid in self.ledger.bad_hl7:
+                                self.ledger.bad_hl7_acked.add(cid)
+                            else:
+                                self.ledger.acked_hl7.add(cid)
+                        elif cid not in self.ledger.bad_hl7:
+                            self.pending_orders.append((cid, text))
+                    i += 1
+        except Exception:
+            # Connection refused (radflow down) or lost: resend the rest, as a RIS does.
+            self.pending_orders.extend(batch[i:])
+            self.ledger.send_errors += 1
+
+    def flush(self) -> None:
+        """After the run, resend once more what got no success (as senders do)."""
+        orders, self.pending_orders = self.pending_orders, []
+        if orders:
+            self._send_orders(orders)
+        files, self.pending_files = self.pending_files, []
+        if files:
+            with contextlib.suppress(Exception):
+                self._send_pynetdicom(files)
 
 
 # --- chaos ----------------------------------------------------------------------------------
@@ -442,6 +455,7 @@ def main() -> int:
     traffic_seconds = time.monotonic() - started
     if not rf.running:
         restart(rf, chaos)
+    traffic.flush()
 
     def drained() -> bool:
         return all(ledger.acked_dicom <= s.received() for s in sinks.values()) and \
