@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.soak import proc_figures
+from bench.soak import _clean_up_on_exit, proc_figures
 from engine.durable.sqlite import SqliteStore
 from engine.durable.store import NewOutboxRow
 from tests.helpers.outbox import dicom_payload, spool_series
@@ -80,6 +80,7 @@ def main() -> int:
         # files from being taken for crash leftovers at start.
         "storage": {"orphan_window_hours": 0},
     })
+    _clean_up_on_exit(rf, pacs)
     filled = time.perf_counter()
     asyncio.run(fill(rf.db_path, rf.spool_dir, args.count, args.files))
     print(f"queued {args.count} rows in {time.perf_counter() - filled:.1f} s")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.soak import CT_IMAGE, SYNTAXES, proc_figures
+from bench.soak import CT_IMAGE, SYNTAXES, _clean_up_on_exit, proc_figures
 from tests.helpers import dicomgen
 from tests.helpers.invariant import check
 from tests.helpers.peers import Storescp
@@ -49,6 +49,7 @@ def main() -> int:
                                "circuit_cooldown": min(30.0, args.max_delay),
                                "max_age_hours": 72}},
     })
+    _clean_up_on_exit(rf, *sinks.values())
     (Path(rf.config["routing"]["routes_dir"]) / "10-all.yaml").write_text(ROUTES)
     rf.start()
     assert rf.proc is not None

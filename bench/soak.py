@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
 import random
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -78,6 +80,12 @@ routes:
     match: {hl7: MSH-9.1, in: [ORM]}
     destinations: [ris]
 """
+
+def _clean_up_on_exit(*stoppable: object) -> None:
+    """Kill what this run started even when it ends early (an error, Ctrl-C, ``timeout``)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    for thing in stoppable:
+        atexit.register(getattr(thing, "close", None) or thing.kill)
 
 
 # --- the MLLP sink -------------------------------------------------------------------------
@@ -431,6 +439,7 @@ def main() -> int:
                      "poll_interval": 0.2},
     }
     rf = RadflowProcess(work / "radflow", overrides)
+    _clean_up_on_exit(rf, *sinks.values())
     (Path(rf.config["routing"]["routes_dir"]) / "10-soak.yaml").write_text(ROUTES)
     rf.start()
     print(f"soak: {args.minutes:g} min, seed {seed}, work {work}", flush=True)
