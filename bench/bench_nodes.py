@@ -4,7 +4,8 @@ PostgreSQL and one shared spool, and the failover time when a node is killed wit
 1. **drain**: ``--rows`` (default 50,000) outbox rows for a DCMTK ``storescp`` sink, written
    straight into a fresh schema once the node(s) are up (the small 64x64 set, each file named
    by many rows: a drain measures the queue, not the disk); time from the sink coming up to
-   the last row done, with 1 node and then with 2 (each node: one association to the sink).
+   the last row done, with 1 node and then with 2 (each node: one association to the sink,
+   a forking storescp).
 2. **failover**: 2 nodes draining with ``delivery.lease_seconds`` = ``--lease``; node A is
    killed (SIGKILL) while it holds leases; figure: time from the kill to the last of the rows
    A had leased being delivered by node B (target: lease time + 5 s).
@@ -37,19 +38,35 @@ from _common import (
     DEFAULT_DATA_DIR,
     LOOPBACK,
     DataSpec,
+    dcmtk_tool,
     ensure_dataset,
     free_port,
     install_signal_handlers,
+    nodelay_env,
     print_table,
     python_exe,
     repo_root,
     spawn,
     stop_process,
     wait_for_http_ok,
+    wait_for_port,
 )
 from bench_egress import Sink
 
 DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+class ForkingSink(Sink):
+    """storescp with ``--fork``: one process per association, so two nodes' associations are
+    served at once (a plain storescp serves one association at a time)."""
+
+    def start(self) -> ForkingSink:
+        self.proc = spawn([dcmtk_tool("storescp"), "--fork", "-aet", "SINK", "-od",
+                           str(self.dir), "-uf", str(self.port)],
+                          log_path=self.dir.parent / "storescp.log", env=nodelay_env(),
+                          cwd=self.dir)
+        wait_for_port(self.port, proc=self.proc)
+        return self
 
 
 class Site:
@@ -139,7 +156,7 @@ class Site:
 
 
 def drain(work: Path, dsn: str, data_root: Path, rows: int, nodes: int) -> float:
-    sink = Sink(work, f"drain{nodes}")
+    sink = ForkingSink(work, f"drain{nodes}")
     site = Site(work / f"site{nodes}", dsn, sink.port, lease=60)
     try:
         for n in range(nodes):
@@ -159,7 +176,7 @@ def drain(work: Path, dsn: str, data_root: Path, rows: int, nodes: int) -> float
 
 def failover(work: Path, dsn: str, data_root: Path, rows: int, lease: float
              ) -> tuple[float, int]:
-    sink = Sink(work, "failover").start()
+    sink = ForkingSink(work, "failover").start()
     site = Site(work / "failover", dsn, sink.port, lease=lease)
     try:
         site.start_node("node-a")
