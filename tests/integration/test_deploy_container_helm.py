@@ -30,7 +30,6 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.settings import StorageSettings
 from tests.helpers.helm import render_chart, render_with_helm
 from tests.helpers.proc import HOST, free_port
 
@@ -163,10 +162,6 @@ def test_image_tree_runs_radflow_with_its_own_config(tmp_path: Path) -> None:
 
 
 # --- compose --------------------------------------------------------------------------------
-def postgresql_backend_available() -> bool:
-    return "postgresql" in str(StorageSettings.model_fields["backend"].annotation)
-
-
 def test_compose_two_nodes_on_postgresql(tmp_path: Path) -> None:
     compose = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())
     services = compose["services"]
@@ -194,14 +189,8 @@ def test_compose_two_nodes_on_postgresql(tmp_path: Path) -> None:
     root = tmp_path / "image"
     config = build_tree(root, DEPLOY / "compose" / "radflow.yaml")
     shutil.copytree(DEPLOY / "compose" / "routes", root / "etc/radflow/site-routes")
-    if not postgresql_backend_available():
-        # Everything but the storage section, until the PostgreSQL backend is on this tree.
-        site["storage"] = {"backend": "sqlite", "spool_dir": site["storage"]["spool_dir"]}
-        config.write_text(yaml.safe_dump(site))
     check = check_config(config)
     assert check.returncode == 0, check.stdout + check.stderr
-    if not postgresql_backend_available():
-        pytest.xfail("storage.backend: postgresql is not in this tree's settings yet")
 
 
 # --- Helm -----------------------------------------------------------------------------------
@@ -294,8 +283,6 @@ def test_chart_renders_valid_kubernetes_manifests(values: dict[str, Any],
         if cm["metadata"]["name"].endswith("-routes"):
             for name, text in (cm.get("data") or {}).items():
                 (routes_dir / name).write_text(text)
-    if config["storage"]["backend"] == "postgresql" and not postgresql_backend_available():
-        config["storage"] = {"backend": "sqlite"}
     config_file.write_text(yaml.safe_dump(config))
     check = check_config(config_file)
     assert check.returncode == 0, check.stdout + check.stderr
