@@ -53,7 +53,7 @@ from engine.ingress.hl7.listener import MllpListener, SourceFilter
 from engine.observability import audit_sink
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
-from engine.observability.metrics import NODE_INFO, NODE_ROLE, STORE_UP
+from engine.observability.metrics import NODE_INFO, NODE_ROLE, STORE_CLOCK_OFFSET, STORE_UP
 from engine.pipeline.commitment import ArchiveCommitments
 from engine.pipeline.qr_index import QrIndexer
 from engine.pipeline.router import Router
@@ -359,13 +359,35 @@ class Engine:
         NODE_INFO.labels(node_id, _version()).set(1)
         for role in self.settings.engine.roles:
             NODE_ROLE.labels(node_id, role).set(1)
-        last_certs = -3600.0
+        last_certs = last_clock = -3600.0
+        clock_ok = True
         while True:
             STORE_UP.set(1 if await self.store.ping() else 0)
+            if time.monotonic() - last_clock >= 60.0:
+                clock_ok = await self._check_clock(clock_ok)
+                last_clock = time.monotonic()
             if time.monotonic() - last_certs >= 3600.0:
                 await asyncio.to_thread(refresh_certificate_metrics, self.settings)
                 last_certs = time.monotonic()
             await asyncio.sleep(5.0)
+
+    async def _check_clock(self, was_ok: bool) -> bool:
+        """Compare this node's clock with the database server's. Another node judges this
+        node's outbox leases expired by its own clock: a clock off by a good part of the lease
+        lets two nodes send one row at once (a duplicate the receiver dedupes, never a loss),
+        so a large offset is logged once and shown as a metric for the alert rules."""
+        offset = await self.store.clock_offset()
+        if offset is None:
+            return was_ok
+        STORE_CLOCK_OFFSET.set(abs(offset))
+        limit = max(1.0, self.settings.delivery.lease_seconds / 10)
+        ok = abs(offset) <= limit
+        if not ok and was_ok:
+            log.warning("durable.clock_offset", offset_s=round(offset, 3), limit_s=limit,
+                        advice="synchronise this node's clock with the database server's (NTP)")
+        elif ok and not was_ok:
+            log.info("durable.clock_offset_ok", offset_s=round(offset, 3))
+        return ok
 
     # --- probes ------------------------------------------------------------------------------
     async def _probe_store(self) -> tuple[bool, str]:

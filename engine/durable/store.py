@@ -322,6 +322,13 @@ class Store(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def clock_offset(self) -> float | None:
+        """Seconds the database server's clock is ahead of this process's clock (negative:
+        behind), or None when there is nothing to compare (an embedded database on this
+        machine) or the server did not answer. Leases written by one node are judged expired
+        by another's clock, so a node whose clock is far off can take over a live lease."""
+        ...
+
     async def schema_version(self) -> int: ...
 
     def watch_outbox(self, wake: Callable[[str | None], None]) -> None:

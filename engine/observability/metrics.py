@@ -48,6 +48,12 @@ STORE_UP = Gauge(
     "1 while the database answers (checked every few seconds), 0 while it does not.",
     multiprocess_mode="livemin", registry=REGISTRY,
 )
+STORE_CLOCK_OFFSET = Gauge(
+    "radflow_store_clock_offset_seconds",
+    "How far this node's clock is from the database server's (absolute, seconds; read every "
+    "minute on PostgreSQL, 0 on SQLite). Outbox leases are judged by the nodes' clocks.",
+    multiprocess_mode="livemax", registry=REGISTRY,
+)
 TLS_CERT_EXPIRY = Gauge(
     "radflow_tls_certificate_expiry_timestamp_seconds",
     "When the first certificate in a configured TLS file expires (Unix time), by setting path.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +175,29 @@ async def test_new_rows_wake_a_listening_node(schema: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_node_clock_is_compared_with_the_servers(schema: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    store = PostgresStore(pg.settings(schema), connect_attempts=1)
+    await store.open()
+    try:
+        offset = await store.clock_offset()
+        assert offset is not None and abs(offset) < 5  # one machine, one clock
+        real_time = time.time
+        monkeypatch.setattr(time, "time", lambda: real_time() - 3600)  # this node an hour slow
+        offset = await store.clock_offset()
+        assert offset is not None and 3595 < offset < 3605
+    finally:
+        await store.close()
+    assert await store.clock_offset() is None  # closed: nothing to compare
+    sqlite = SqliteStore(tmp_path / "radflow.db")
+    await sqlite.open()
+    try:
+        assert await sqlite.clock_offset() is None  # same machine
+    finally:
+        await sqlite.close()
 
 
 # --- radflow db ... ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -256,6 +257,25 @@ class PostgresStore:
                     lambda c: c.execute("SELECT 1").fetchone() == (1,), _PING_WAIT))
         except (StorageFailure, RuntimeError):
             return False
+
+    async def clock_offset(self) -> float | None:
+        def read(conn: Conn) -> float:
+            before = time.time()
+            (server,) = conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp())::float8").fetchone() or (0.0,)
+            after = time.time()
+            # The server read its clock somewhere inside the round trip: its middle is the
+            # best guess, off by at most half the round trip.
+            return float(server) - (before + after) / 2
+
+        if self._pool is None:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._reader, lambda: self._run_read(read, _PING_WAIT))
+        except (StorageFailure, RuntimeError):
+            return None
 
     async def schema_version(self) -> int:
         return await self._read(schema.current_version)

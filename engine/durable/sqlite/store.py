@@ -172,6 +172,9 @@ class SqliteStore:
         except (sqlite3.Error, StorageFailure):
             return False
 
+    async def clock_offset(self) -> float | None:
+        return None  # the file lives on this machine: one clock
+
     async def schema_version(self) -> int:
         return await self._read(schema.schema_version)
 
