@@ -19,17 +19,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import PyFormat
+from psycopg.types.string import StrDumperUnknown
 
 from engine.errors import StorageFailure
+from engine.observability.logging import get_logger
 from engine.settings import PostgresSettings
 
 #: ``synchronous_commit`` values under which COMMIT returns only after the WAL reached the local
 #: disk (and, for remote_*, a synchronous standby): anything but ``off``
+log = get_logger("engine.durable.postgresql")
+T = TypeVar("T")
+
 _SYNC_COMMIT_OK = frozenset({"on", "local", "remote_write", "remote_apply"})
 
 
@@ -151,6 +158,42 @@ def is_connection_error(exc: BaseException) -> bool:
     """The connection is gone (server down, restarted, backend terminated): the statement's
     outcome may be unknown, and the connection must be replaced."""
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class _NulFreeStrDumper(StrDumperUnknown):
+    """Text parameters with their NUL characters left out. PostgreSQL's text type cannot hold
+    NUL (SQLite can); DICOM and HL7 never allow it inside a value, so what is lost is only the
+    invalid character, in the database's copies: spooled objects and raw HL7 stay byte-exact."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", ""))
+
+
+def _refused_nul(exc: psycopg.Error) -> bool:
+    # Raised by psycopg while encoding the parameters, before anything reached the server.
+    return isinstance(exc, psycopg.DataError) and "NUL (0x00)" in str(exc)
+
+
+def tolerating_nul(conn: psycopg.Connection[Any], fn: Callable[[psycopg.Connection[Any]], T]
+                   ) -> T:
+    """Run ``fn(conn)``; if a text parameter carried a NUL character, run it once more with
+    NULs left out of text parameters. Bad input then gets the same answer on both backends
+    instead of a storage failure (which intake answers as "try again", for ever). The normal
+    path keeps psycopg's compiled text dumper: only the rare bad value pays for the slow one."""
+    try:
+        return fn(conn)
+    except psycopg.Error as exc:
+        if not _refused_nul(exc):
+            raise
+    log.warning("durable.postgresql.nul_in_text",
+                action="NUL characters left out of the database's copy of a text value")
+    adapters = conn.adapters
+    usual = adapters.get_dumper(str, PyFormat.TEXT)
+    adapters.register_dumper(str, _NulFreeStrDumper)
+    try:
+        return fn(conn)
+    finally:
+        adapters.register_dumper(str, usual)
 
 
 def scalar(conn: psycopg.Connection[Any], query: str | sql.Composed, params: Any = ()

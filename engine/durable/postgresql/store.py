@@ -51,6 +51,7 @@ from engine.durable.postgresql._common import (
     conninfo,
     is_connection_error,
     notify_channel,
+    tolerating_nul,
     where,
 )
 from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
@@ -142,7 +143,7 @@ class PostgresStore:
         if not self._open:
             raise StorageFailure("the store is not open")
         try:
-            return fn(self._writer_conn())
+            return tolerating_nul(self._writer_conn(), fn)
         except psycopg.Error as exc:
             if is_connection_error(exc) and self._wconn is not None:
                 self._wconn.close()
@@ -166,7 +167,7 @@ class PostgresStore:
             raise StorageFailure("the store is not open")
         try:
             with pool.connection(timeout=wait) as conn:
-                return fn(conn)
+                return tolerating_nul(conn, fn)
         except psycopg.Error as exc:
             raise StorageFailure(f"PostgreSQL at {self.where}: {_reason(exc)}") from exc
 
