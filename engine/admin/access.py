@@ -5,12 +5,14 @@ manage users, tokens and read the changes table.
 Passwords are Argon2id hashes (argon2-cffi, the maintained binding of the reference code).
 API tokens are 256 random bits shown once and stored as SHA-256: a slow hash protects guessable
 secrets, and a random token is not guessable, while a slow hash on every API call would cost
-the server its CPU. Console sessions live in memory (an engine restart logs operators out; no
-secret ever reaches the disk); each request re-reads the user, so a removed user or a changed
-role takes effect at once. Every change through the admin server lands in the store's changes
-table and the audit trail. This module decides nothing about routes beyond what
-:class:`~engine.admin.roles.Role` each one declared; it must not write anything but users,
-tokens, login state and changes.
+the server its CPU. Console sessions live in the store's ``console_sessions`` table, so every
+worker and node on the database knows a login made on any of them; the table holds the
+session id's SHA-256 (the same argument as for tokens), the CSRF token and the last use, never
+the id itself. Each request re-reads the session and the user, so a logout, a removed user, a
+new password or a lock-out ends the session everywhere at once. Every change through the admin
+server lands in the store's changes table and the audit trail. This module decides nothing
+about routes beyond what :class:`~engine.admin.roles.Role` each one declared; it must not write
+anything but users, tokens, sessions, login state and changes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import hmac
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.admin.api import Api, Call, NoParams, error_response
 from engine.admin.models import Paging, Params, RowId
 from engine.admin.roles import CHANGE_DETAIL_KEY, PRINCIPAL_KEY, USER_ROLES, Principal, Role
-from engine.durable.access import ChangeRecord, UserRecord
+from engine.durable.access import ChangeRecord, SessionRecord, UserRecord
 from engine.durable.store import Store
 from engine.observability import audit_sink
 from engine.observability.logging import get_logger
@@ -45,6 +46,9 @@ SESSION_COOKIE = "radflow_session"
 #: and no Domain, so a sibling host cannot plant or read it
 SECURE_SESSION_COOKIE = "__Host-radflow_session"
 CSRF_HEADER = "X-CSRF-Token"
+#: a session's last use is written at most this often (and at most every quarter of the idle
+#: timeout): reading it is one indexed row, writing it on every call would be a write per call
+TOUCH_SECONDS = 15.0
 
 _hasher = PasswordHasher()
 #: verified against for unknown user names, so a wrong name costs as long as a wrong password
@@ -78,13 +82,6 @@ def new_token() -> tuple[str, str]:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-@dataclass(slots=True)
-class Session:
-    user: str
-    csrf: str
-    last_seen: float = field(default_factory=time.monotonic)
 
 
 class LoginBody(BaseModel):
@@ -143,7 +140,7 @@ class Access:
         self.console_allowed = console_allowed
         #: whether "no user, no token" may mean "open" (loopback only)
         self._open_allowed = open_allowed
-        self._sessions: dict[str, Session] = {}
+        self._touch = min(TOUCH_SECONDS, idle_seconds / 4)
 
     @property
     def cookie_name(self) -> str:
@@ -181,19 +178,22 @@ class Access:
         return None
 
     async def _session_principal(self, sid: str) -> Principal | None:
-        session = self._sessions.get(sid)
+        key = token_hash(sid)
+        session = await self._store.get_session(key)
         if session is None:
             return None
-        now = time.monotonic()
+        # Wall-clock time: another node wrote last_seen (the nodes' clocks are kept by NTP).
+        now = time.time()
         if now - session.last_seen > self._idle:
-            del self._sessions[sid]
+            await self._store.end_session(key)
             log.info("admin.session_expired", user=session.user)
             return None
         user = await self._store.get_user(session.user)
         if user is None:
-            del self._sessions[sid]
+            await self._store.end_session(key)
             return None
-        session.last_seen = now
+        if now - session.last_seen > self._touch:
+            await self._store.touch_session(key, now)
         return Principal(user.name, Role(user.role), "session", session.csrf)
 
     def _session_id(self, request: web.Request) -> str | None:
@@ -220,10 +220,11 @@ class Access:
             return self._failed(user_name, peer, "wrong password")
         if user.failed_logins or user.locked_until:
             await self._store.set_login_state(user.name, 0, 0.0)
-        self._prune()
         sid = secrets.token_urlsafe(32)
-        session = Session(user.name, secrets.token_urlsafe(32))
-        self._sessions[sid] = session
+        now = time.time()
+        session = SessionRecord(token_hash(sid), user.name, secrets.token_urlsafe(32), now, now,
+                                peer)
+        await self._store.add_session(session, expired_before=now - self._idle)
         audit_sink.notify(lambda a: a.login(user=user.name, peer_host=peer, ok=True))
         log.info("admin.login", user=user.name, peer=peer)
         request[CHANGE_DETAIL_KEY] = f"login {user.name}"
@@ -239,18 +240,13 @@ class Access:
         log.warning("admin.login_refused", user=user, peer=peer, reason=reason)
         return error_response(status, message)
 
-    def logout(self, request: web.Request) -> web.Response:
+    async def logout(self, request: web.Request) -> web.Response:
         sid = self._session_id(request)
         if sid:
-            self._sessions.pop(sid, None)
+            await self._store.end_session(token_hash(sid))
         response = web.json_response({"logged_out": True})
         response.del_cookie(self.cookie_name, path="/")
         return response
-
-    def _prune(self) -> None:
-        now = time.monotonic()
-        for sid in [s for s, v in self._sessions.items() if now - v.last_seen > self._idle]:
-            del self._sessions[sid]
 
     # --- the middleware ------------------------------------------------------------------
     @web.middleware
@@ -318,7 +314,7 @@ class Access:
             return await self.login(request, call.body.user, call.body.password)
 
         async def logout(request: web.Request, call: Call[NoParams, None]) -> web.Response:
-            return self.logout(request)
+            return await self.logout(request)
 
         async def list_users(request: web.Request, call: Call[NoParams, None]
                              ) -> web.Response:

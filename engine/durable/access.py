@@ -1,7 +1,10 @@
-"""Backend-neutral records of access control: users, their API tokens, and the changes table.
+"""Backend-neutral records of access control: users, their API tokens, console sessions and the
+changes table.
 
-Only what the store keeps: password and token *hashes* (never the secrets), the lock-out state
-of a user, and one row per change made through the admin server or the ``radflow users`` CLI.
+Only what the store keeps: password, token and session-id *hashes* (never the secrets), the
+lock-out state of a user, the console sessions every node of a site shares (so a login made on
+one node or worker is known to the next request's), and one row per change made through the
+admin server or the ``radflow users`` CLI.
 Policy (roles, hashing, lock-out thresholds, sessions) lives in :mod:`engine.admin.access`;
 this module must not hash, compare or decide.
 """
@@ -44,3 +47,16 @@ class ChangeRecord:
     status: int
     detail: str = ""
     id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One console session: the SHA-256 of its id (the cookie), its user, its CSRF token and
+    when it was opened and last used (epoch seconds, wall clock: every node reads them)."""
+
+    id_hash: str
+    user: str
+    csrf: str
+    created_at: float
+    last_seen: float
+    peer_host: str = ""

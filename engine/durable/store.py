@@ -20,7 +20,7 @@ from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStat
 from engine.worklist.query import Constraint
 
 if TYPE_CHECKING:
-    from engine.durable.access import ChangeRecord, TokenRecord, UserRecord
+    from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
     from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
     from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
     from engine.durable.routing import (
@@ -661,15 +661,30 @@ class Store(Protocol):
 
     async def update_user(self, name: str, now: str, role: str | None = None,
                           password_hash: str | None = None) -> bool:
-        """A new password also clears the lock-out; False when there is no such user."""
+        """A new password also clears the lock-out and ends the user's console sessions;
+        False when there is no such user."""
         ...
 
     async def remove_user(self, name: str) -> bool:
-        """The user and their tokens; False when there is no such user."""
+        """The user, their tokens and console sessions; False when there is no such user."""
         ...
 
     async def set_login_state(self, name: str, failed_logins: int, locked_until: float
-                              ) -> None: ...
+                              ) -> None:
+        """A lock-out (``locked_until`` > 0) also ends the user's console sessions."""
+        ...
+
+    async def add_session(self, session: SessionRecord, expired_before: float) -> None:
+        """Open a console session, removing those last seen before ``expired_before``."""
+        ...
+
+    async def get_session(self, id_hash: str) -> SessionRecord | None: ...
+
+    async def touch_session(self, id_hash: str, now: float) -> None:
+        """Note a session's use (a hint: a lost touch only shortens the session)."""
+        ...
+
+    async def end_session(self, id_hash: str) -> bool: ...
 
     async def add_token(self, user: str, label: str, token_hash: str, now: str) -> int: ...
 

@@ -6,7 +6,9 @@ and the ``radflow users`` command line."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -268,3 +270,88 @@ async def test_beyond_loopback_removing_the_last_user_closes_the_server(
     client = await make_client(host="0.0.0.0", http=HttpSettings(
         host="0.0.0.0", tls_cert=Path("c.pem"), tls_key=Path("k.pem")))
     assert (await client.get("/api/v1/instances")).status == 401
+
+
+async def session_cookie(client: TestClient[Any, Any], name: str, password: str = PASSWORD
+                         ) -> tuple[str, str]:
+    """Log in; the session cookie's value and the CSRF token."""
+    resp = await client.post("/api/v1/session", json={"user": name, "password": password})
+    assert resp.status == 200, await resp.text()
+    return resp.cookies["radflow_session"].value, (await resp.json())["csrf"]
+
+
+async def as_session(client: TestClient[Any, Any], method: str, path: str, cookie: str,
+                     csrf: str = "", **kw: Any) -> int:
+    """One call with a session cookie given by hand (as a browser sends it to another node)."""
+    client.session.cookie_jar.clear()  # only the cookie given here
+    headers = {"Cookie": f"radflow_session={cookie}", "X-CSRF-Token": csrf}
+    resp = await client.request(method, path, headers=headers, **kw)
+    return resp.status
+
+
+async def test_a_session_opened_on_one_server_is_known_to_another_on_the_same_store(
+        store: SqliteStore, make_client: ClientFactory) -> None:
+    await add_user(store, "alice", "admin")
+    one, two = await make_client(), await make_client()
+    cookie, csrf = await session_cookie(one, "alice")
+    assert await as_session(two, "GET", "/api/v1/users", cookie) == 200
+    new = {"name": "bob", "role": "viewer", "password": "another long one"}
+    assert await as_session(two, "POST", "/api/v1/users", cookie, csrf, json=new) == 201
+    assert await as_session(two, "POST", "/api/v1/users", cookie, "guess",
+                            json={**new, "name": "eve"}) == 403
+    # The store keeps the id's SHA-256, never the id itself.
+    assert await store.get_session(cookie) is None
+    kept = await store.get_session(hashlib.sha256(cookie.encode()).hexdigest())
+    assert kept is not None and kept.user == "alice" and kept.csrf == csrf
+    # Logging out on the second ends the session on the first.
+    assert await as_session(two, "DELETE", "/api/v1/session", cookie, csrf) == 200
+    assert await as_session(one, "GET", "/api/v1/users", cookie) == 401
+
+
+async def test_a_new_password_a_lock_out_or_removal_ends_sessions_everywhere(
+        store: SqliteStore, make_client: ClientFactory) -> None:
+    for name in ("alice", "bob", "carol"):
+        await add_user(store, name, "admin")
+    one = await make_client(http=HttpSettings(max_failed_logins=2))
+    two = await make_client(http=HttpSettings(max_failed_logins=2))
+    alice, _ = await session_cookie(one, "alice")
+    bob, _ = await session_cookie(one, "bob")
+    carol, carol_csrf = await session_cookie(one, "carol")
+    # A new password (here from the command line's path: the store) ends alice's session.
+    hashed = await asyncio.to_thread(hash_password, "a brand new password")
+    assert await store.update_user("alice", now_iso(), password_hash=hashed)
+    assert await as_session(two, "GET", "/api/v1/users", alice) == 401
+    # A role change alone keeps it, and takes effect at once.
+    assert await as_session(two, "GET", "/api/v1/users", bob) == 200
+    # Wrong passwords for bob on the other server lock him out: his session ends.
+    for _ in range(2):
+        resp = await two.post("/api/v1/session", json={"user": "bob", "password": "no"})
+        assert resp.status == 401
+    assert await as_session(one, "GET", "/api/v1/users", bob) == 401
+    # carol removes alice: nothing of alice's is left to log in with.
+    assert await as_session(two, "DELETE", "/api/v1/users/alice", carol, carol_csrf) == 200
+    assert await as_session(one, "GET", "/api/v1/users", carol) == 200
+
+
+async def test_an_idle_session_expires_and_expired_ones_are_pruned(
+        store: SqliteStore, make_client: ClientFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    await add_user(store, "alice", "admin")
+    client = await make_client(http=HttpSettings(session_idle_minutes=1))
+    cookie, _ = await session_cookie(client, "alice")
+    key = hashlib.sha256(cookie.encode()).hexdigest()
+    start = time.time()
+    # 50 s later: still in, and the use is noted (the idle clock starts again).
+    monkeypatch.setattr("engine.admin.access.time.time", lambda: start + 50)
+    assert await as_session(client, "GET", "/api/v1/users", cookie) == 200
+    touched = await store.get_session(key)
+    assert touched is not None and touched.last_seen == start + 50
+    # 61 s after that use: expired, refused and gone.
+    monkeypatch.setattr("engine.admin.access.time.time", lambda: start + 111.5)
+    assert await as_session(client, "GET", "/api/v1/users", cookie) == 401
+    assert await store.get_session(key) is None
+    # A session left idle is removed by the next login anywhere.
+    stale, _ = await session_cookie(client, "alice")
+    monkeypatch.setattr("engine.admin.access.time.time", lambda: start + 300)
+    await session_cookie(client, "alice")
+    assert await store.get_session(hashlib.sha256(stale.encode()).hexdigest()) is None

@@ -1,4 +1,5 @@
-"""PostgreSQL SQL of access control: ``users``, ``api_tokens``, ``changes``.
+"""PostgreSQL SQL of access control: ``users``, ``api_tokens``, ``console_sessions``,
+``changes``.
 
 Functions over a connection, called on the store's writer or reader thread; no hashing or
 policy here (see :mod:`engine.admin.access`).
@@ -10,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from engine.durable.access import ChangeRecord, TokenRecord, UserRecord
+from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
 from engine.durable.postgresql._common import transaction
 
 Conn = psycopg.Connection[Any]
@@ -69,12 +70,16 @@ def update_user(conn: Conn, name: str, role: str | None,
             "locked_until = CASE WHEN %s::text IS NULL THEN locked_until ELSE 0 END, "
             "updated_at = %s WHERE name = %s",
             (role, password_hash, password_hash, password_hash, now, name))
+        if password_hash is not None:
+            # A new password ends every console session of the user, on every node.
+            conn.execute("DELETE FROM console_sessions WHERE user_name = %s", (name,))
         return cur.rowcount == 1
 
 
 def remove_user(conn: Conn, name: str) -> bool:
     with transaction(conn):
         conn.execute("DELETE FROM api_tokens WHERE user_name = %s", (name,))
+        conn.execute("DELETE FROM console_sessions WHERE user_name = %s", (name,))
         return conn.execute("DELETE FROM users WHERE name = %s", (name,)).rowcount == 1
 
 
@@ -83,6 +88,9 @@ def set_login_state(conn: Conn, name: str, failed_logins: int,
     with transaction(conn):
         conn.execute("UPDATE users SET failed_logins = %s, locked_until = %s WHERE name = %s",
                      (failed_logins, locked_until, name))
+        if locked_until > 0:
+            # A locked account is under attack or forgotten: its open sessions end too.
+            conn.execute("DELETE FROM console_sessions WHERE user_name = %s", (name,))
 
 
 def add_token(conn: Conn, user: str, label: str, token_hash: str,
@@ -124,6 +132,43 @@ def revoke_token(conn: Conn, token_id: int, user: str | None, now: str) -> bool:
             "UPDATE api_tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL "
             "AND (%s::text IS NULL OR user_name = %s)", (now, token_id, user, user))
         return cur.rowcount == 1
+
+
+_SESSION = ("SELECT id_hash, user_name, csrf, created_at, last_seen, peer_host "
+            "FROM console_sessions")
+
+
+def add_session(conn: Conn, session: SessionRecord, expired_before: float) -> None:
+    """Open a session; sessions idle since before ``expired_before`` go in the same
+    transaction (so the table stays as small as the number of operators)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM console_sessions WHERE last_seen < %s", (expired_before,))
+        conn.execute("INSERT INTO console_sessions (id_hash, user_name, csrf, created_at, "
+                     "last_seen, peer_host) VALUES (%s, %s, %s, %s, %s, %s)",
+                     (session.id_hash, session.user, session.csrf, session.created_at,
+                      session.last_seen, session.peer_host))
+
+
+def get_session(conn: Conn, id_hash: str) -> SessionRecord | None:
+    row = conn.execute(_SESSION + " WHERE id_hash = %s", (id_hash,)).fetchone()
+    if row is None:
+        return None
+    sid, user, csrf, created, last_seen, peer = row
+    return SessionRecord(str(sid), str(user), str(csrf),
+                         float(created), float(last_seen),
+                         str(peer))
+
+
+def touch_session(conn: Conn, id_hash: str, now: float) -> None:
+    with transaction(conn, durable=False):  # losing a touch shortens a session, nothing more
+        conn.execute("UPDATE console_sessions SET last_seen = %s WHERE id_hash = %s "
+                     "AND last_seen < %s", (now, id_hash, now))
+
+
+def end_session(conn: Conn, id_hash: str) -> bool:
+    with transaction(conn):
+        return conn.execute("DELETE FROM console_sessions WHERE id_hash = %s",
+                            (id_hash,)).rowcount == 1
 
 
 def record_change(conn: Conn, change: ChangeRecord) -> None:

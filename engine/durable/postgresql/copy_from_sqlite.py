@@ -26,7 +26,8 @@ from engine.durable.postgresql.schema import migrate
 from engine.errors import StorageFailure
 from engine.settings import PostgresSettings
 
-#: every table with rows, parents before children (foreign keys)
+#: every table with rows, parents before children (foreign keys); console sessions are not
+#: copied (operators log in again after the move)
 TABLES: tuple[str, ...] = (
     "instances", "hl7_messages", "worklist_items", "outbox", "routing_groups",
     "routing_group_members", "procedure_steps", "procedure_step_events",

@@ -327,6 +327,19 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT ''
     )
     """,
+    # 14: console sessions (access.py), shared by every node: the SHA-256 of the session id.
+    """
+    CREATE TABLE console_sessions (
+        id_hash TEXT COLLATE "C" PRIMARY KEY,
+        user_name TEXT COLLATE "C" NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        peer_host TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX console_sessions_user ON console_sessions (user_name);
+    CREATE INDEX console_sessions_last_seen ON console_sessions (last_seen)
+    """,
 )
 
 #: how long a node waits for another node's migration before it gives up

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from engine.durable.access import ChangeRecord, TokenRecord, UserRecord
+from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
 from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
 from engine.durable.migrations import SchemaStatus, SchemaTooNew
 from engine.durable.postgresql import (
@@ -621,6 +621,18 @@ class PostgresStore:
                               ) -> None:
         await self._write(lambda c: access.set_login_state(c, name, failed_logins,
                                                            locked_until))
+
+    async def add_session(self, session: SessionRecord, expired_before: float) -> None:
+        await self._write(lambda c: access.add_session(c, session, expired_before))
+
+    async def get_session(self, id_hash: str) -> SessionRecord | None:
+        return await self._read(lambda c: access.get_session(c, id_hash))
+
+    async def touch_session(self, id_hash: str, now: float) -> None:
+        await self._write(lambda c: access.touch_session(c, id_hash, now))
+
+    async def end_session(self, id_hash: str) -> bool:
+        return await self._write(lambda c: access.end_session(c, id_hash))
 
     async def add_token(self, user: str, label: str, token_hash: str, now: str) -> int:
         return await self._write(lambda c: access.add_token(c, user, label, token_hash, now))

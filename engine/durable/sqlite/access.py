@@ -1,4 +1,5 @@
-"""SQL of access control in the SQLite backend: ``users``, ``api_tokens``, ``changes``.
+"""SQL of access control in the SQLite backend: ``users``, ``api_tokens``,
+``console_sessions``, ``changes``.
 
 Functions over a connection, called on the store's writer or reader thread; no hashing or
 policy here (see :mod:`engine.admin.access`).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.durable.access import ChangeRecord, TokenRecord, UserRecord
+from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
 from engine.durable.sqlite._common import transaction
 
 _USER = ("SELECT name, role, password_hash, failed_logins, locked_until, created_at, "
@@ -64,12 +65,16 @@ def update_user(conn: sqlite3.Connection, name: str, role: str | None,
             "locked_until = CASE WHEN ? IS NULL THEN locked_until ELSE 0 END, "
             "updated_at = ? WHERE name = ?",
             (role, password_hash, password_hash, password_hash, now, name))
+        if password_hash is not None:
+            # A new password ends every console session of the user, on every node.
+            conn.execute("DELETE FROM console_sessions WHERE user_name = ?", (name,))
         return cur.rowcount == 1
 
 
 def remove_user(conn: sqlite3.Connection, name: str) -> bool:
     with transaction(conn):
         conn.execute("DELETE FROM api_tokens WHERE user_name = ?", (name,))
+        conn.execute("DELETE FROM console_sessions WHERE user_name = ?", (name,))
         return conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 1
 
 
@@ -78,6 +83,9 @@ def set_login_state(conn: sqlite3.Connection, name: str, failed_logins: int,
     with transaction(conn):
         conn.execute("UPDATE users SET failed_logins = ?, locked_until = ? WHERE name = ?",
                      (failed_logins, locked_until, name))
+        if locked_until > 0:
+            # A locked account is under attack or forgotten: its open sessions end too.
+            conn.execute("DELETE FROM console_sessions WHERE user_name = ?", (name,))
 
 
 def add_token(conn: sqlite3.Connection, user: str, label: str, token_hash: str,
@@ -117,6 +125,43 @@ def revoke_token(conn: sqlite3.Connection, token_id: int, user: str | None, now:
             "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL "
             "AND (? IS NULL OR user_name = ?)", (now, token_id, user, user))
         return cur.rowcount == 1
+
+
+_SESSION = ("SELECT id_hash, user_name, csrf, created_at, last_seen, peer_host "
+            "FROM console_sessions")
+
+
+def add_session(conn: sqlite3.Connection, session: SessionRecord, expired_before: float) -> None:
+    """Open a session; sessions idle since before ``expired_before`` go in the same
+    transaction (so the table stays as small as the number of operators)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM console_sessions WHERE last_seen < ?", (expired_before,))
+        conn.execute("INSERT INTO console_sessions (id_hash, user_name, csrf, created_at, "
+                     "last_seen, peer_host) VALUES (?, ?, ?, ?, ?, ?)",
+                     (session.id_hash, session.user, session.csrf, session.created_at,
+                      session.last_seen, session.peer_host))
+
+
+def get_session(conn: sqlite3.Connection, id_hash: str) -> SessionRecord | None:
+    row = conn.execute(_SESSION + " WHERE id_hash = ?", (id_hash,)).fetchone()
+    if row is None:
+        return None
+    sid, user, csrf, created, last_seen, peer = row
+    return SessionRecord(str(sid), str(user), str(csrf),
+                         float(created), float(last_seen),
+                         str(peer))
+
+
+def touch_session(conn: sqlite3.Connection, id_hash: str, now: float) -> None:
+    with transaction(conn, durable=False):  # losing a touch shortens a session, nothing more
+        conn.execute("UPDATE console_sessions SET last_seen = ? WHERE id_hash = ? "
+                     "AND last_seen < ?", (now, id_hash, now))
+
+
+def end_session(conn: sqlite3.Connection, id_hash: str) -> bool:
+    with transaction(conn):
+        return conn.execute("DELETE FROM console_sessions WHERE id_hash = ?",
+                            (id_hash,)).rowcount == 1
 
 
 def record_change(conn: sqlite3.Connection, change: ChangeRecord) -> None:

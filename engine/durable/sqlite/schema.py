@@ -332,6 +332,20 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT ''
     )
     """,
+    # 14: console sessions (access.py), shared by every process on the database: the SHA-256
+    # of the session id, never the id; ended with their user, password or lock-out.
+    """
+    CREATE TABLE console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        peer_host TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX console_sessions_user ON console_sessions (user_name);
+    CREATE INDEX console_sessions_last_seen ON console_sessions (last_seen)
+    """,
 )
 
 
