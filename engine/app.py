@@ -50,7 +50,7 @@ from engine.ingress.dimse.qr import QrProvider
 from engine.ingress.dimse.server import DimseListeners
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.ingress.hl7.listener import MllpListener, SourceFilter
-from engine.observability import audit_sink
+from engine.observability import audit_sink, recent_errors
 from engine.observability.certs import refresh_certificate_metrics
 from engine.observability.logging import get_logger
 from engine.observability.metrics import NODE_INFO, NODE_ROLE, STORE_CLOCK_OFFSET, STORE_UP
@@ -235,6 +235,9 @@ class Engine:
 
         await self.store.open()
         self._stop_steps.append(("store", self.store.close))
+        # Right before the store closes: the last notes of this run reach the shared list.
+        self._stop_steps.append(("recent-errors", self._flush_errors))
+        self._tasks.append(asyncio.create_task(self._keep_recent_errors(), name="recent-errors"))
         await asyncio.to_thread(self.spool.open)
         if self.worker.recover:
             await self._recover_spool()
@@ -342,6 +345,26 @@ class Engine:
         if removed or orphans:
             log.warning("durable.spool.recovered", temp_files_removed=removed,
                         orphans_removed=orphans)
+
+    async def _keep_recent_errors(self) -> None:
+        while True:
+            await asyncio.sleep(recent_errors.FLUSH_SECONDS)
+            await self._flush_errors()
+
+    async def _flush_errors(self) -> None:
+        """Write the failures this process noted (from its log lines) to the store's shared
+        list of recent errors; kept for the next try while the store is down."""
+        notes = recent_errors.RECENT.take()
+        if not notes:
+            return
+        try:
+            await self.store.record_errors(notes, time.time() - recent_errors.MERGE_SECONDS,
+                                           recent_errors.KEEP)
+        except Exception as exc:
+            recent_errors.RECENT.put_back(notes)
+            # A warning, not an error: an error line would become a note itself.
+            log.warning("observability.recent_errors_unwritten", notes=len(notes),
+                        error=str(exc))
 
     async def _watch_spool_space(self) -> None:
         was_ok = True

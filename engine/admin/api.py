@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.json_schema import JsonSchemaMode
 
 from engine.admin.roles import PRINCIPAL_KEY, Principal, Role
 from engine.observability.logging import get_logger
@@ -85,6 +86,14 @@ class Endpoint:
     responses: Mapping[str, str]
     role: Role = Role.VIEWER
     tags: tuple[str, ...] = ()
+    #: the model of the success answer (200/201), described in OpenAPI
+    response: type[BaseModel] | None = None
+
+
+def model_response(answer: BaseModel, status: int = 200) -> web.Response:
+    """A JSON answer built from a response model (what the OpenAPI description promises)."""
+    return web.Response(body=answer.model_dump_json(), status=status,
+                        content_type="application/json")
 
 
 def error_response(status: int, message: str, problems: Sequence[Mapping[str, Any]] = ()
@@ -137,17 +146,20 @@ class Api:
               body_required: bool = False,
               uploads: Mapping[str, dict[str, Any]] | None = None,
               max_body: int = DEFAULT_MAX_BODY, responses: Mapping[str, str] | None = None,
-              pattern: str | None = None, role: Role | None = None) -> None:
+              pattern: str | None = None, role: Role | None = None,
+              response: type[BaseModel] | None = None) -> None:
         """Declare and add one route. ``pattern`` is aiohttp's path when it differs from the
         OpenAPI one (a regex on a path parameter). ``role`` is the least role the caller
         needs: by default ``viewer`` to read and ``operator`` to change; checked before the
-        request is validated, so an unauthorised caller learns nothing from it."""
+        request is validated, so an unauthorised caller learns nothing from it. ``response``
+        is the model of the success answer (200 or 201): the handler builds its answer with
+        it, and the OpenAPI description states its schema."""
         method = method.upper()
         if role is None:
             role = Role.OPERATOR if method in MUTATING else Role.VIEWER
         endpoint = Endpoint(method, path, summary, params, body, body_required,
                             dict(uploads or {}), max_body, dict(responses or {"200": "ok"}),
-                            role)
+                            role, response=response)
         self.endpoints.append(endpoint)
 
         async def validated(request: web.Request) -> web.StreamResponse:
@@ -213,12 +225,23 @@ class Api:
                                                                if ep.method in MUTATING
                                                                else "")})
                 op["security"] = [{"bearer": []}, {"session": []}]
+            success: dict[str, Any] = {"type": "object"}
+            if ep.response is not None:
+                answer_schema = _schema(ep.response, "serialization")
+                schemas.update(answer_schema.pop("$defs", {}))
+                schemas[ep.response.__name__] = answer_schema
+                success = {"$ref": ref.format(model=ep.response.__name__)}
             if ep.path != "/metrics":
                 # Every answer but the Prometheus text is a JSON object; refusals carry
-                # ``error`` (and ``problems`` for invalid input).
+                # ``error`` (and ``problems`` for invalid input); a success answer has the
+                # route's response model when it declares one.
                 for code, response in responses.items():
-                    schema_ref = ({"$ref": ref.format(model="Error")} if code in _REFUSALS
-                                  else {"type": "object"})
+                    if code in _REFUSALS:
+                        schema_ref: dict[str, Any] = {"$ref": ref.format(model="Error")}
+                    elif code in ("200", "201"):
+                        schema_ref = success
+                    else:
+                        schema_ref = {"type": "object"}
                     response["content"] = {_JSON: {"schema": schema_ref}}
             op["responses"] = responses
             paths.setdefault(ep.path, {})[ep.method.lower()] = op
@@ -234,13 +257,14 @@ class Api:
 
 
 @functools.cache
-def _schema_of(model: type[BaseModel]) -> str:
-    return json.dumps(model.model_json_schema(ref_template=_REF))
+def _schema_of(model: type[BaseModel], mode: JsonSchemaMode) -> str:
+    return json.dumps(model.model_json_schema(ref_template=_REF, mode=mode))
 
 
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A fresh copy of ``model``'s JSON schema (generated once per model and process)."""
-    loaded: dict[str, Any] = json.loads(_schema_of(model))
+def _schema(model: type[BaseModel], mode: JsonSchemaMode = "validation") -> dict[str, Any]:
+    """A fresh copy of ``model``'s JSON schema (generated once per model and process):
+    ``validation`` for what a request may hold, ``serialization`` for what an answer holds."""
+    loaded: dict[str, Any] = json.loads(_schema_of(model, mode))
     return loaded
 
 

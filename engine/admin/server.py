@@ -40,6 +40,7 @@ from engine.admin.models import (
 )
 from engine.admin.procedure_steps import add_procedure_step_routes
 from engine.admin.queues import add_queue_routes
+from engine.admin.recent_errors import add_error_routes
 from engine.admin.roles import Role
 from engine.admin.trace import add_trace_routes
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
@@ -294,6 +295,7 @@ class AdminServer:
         if self._destinations is not None:
             add_destination_routes(api, self._destinations)  # list and check
         add_trace_routes(api, self._store)  # one order end to end
+        add_error_routes(api, self._store)  # the Overview's recent errors
         self._openapi_doc: dict[str, Any] | None = None
         return app
 

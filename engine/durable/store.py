@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         RoutingPlan,
     )
     from engine.durable.trace import TraceBy, TraceRecords
+    from engine.observability.recent_errors import ErrorNote
     from engine.procedure.model import (
         NewProcedureStep,
         PpsStatus,
@@ -700,6 +701,18 @@ class Store(Protocol):
         ...
 
     async def record_change(self, change: ChangeRecord) -> None: ...
+
+    # --- the most recent errors (the console's Overview) -------------------------------------
+    async def record_errors(self, notes: Sequence[ErrorNote], merge_after: float, keep: int
+                            ) -> None:
+        """Add ``notes``; one seen again since ``merge_after`` adds to its row's count; only
+        the newest ``keep`` rows stay."""
+        ...
+
+    async def recent_errors(self, limit: int, kinds: Sequence[str] | None = None
+                            ) -> list[ErrorNote]:
+        """Newest first (by the last time seen), of ``kinds`` when given."""
+        ...
 
     async def list_changes(self, limit: int, offset: int) -> tuple[int, list[ChangeRecord]]:
         """Newest first, with the total."""

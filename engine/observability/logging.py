@@ -15,6 +15,8 @@ from typing import Any
 import structlog
 from structlog.types import EventDict, Processor
 
+from engine.observability import recent_errors
+
 # Keys that could carry patient-identifying text; IDs and UIDs are fine at the default level.
 _PHI_KEYS = frozenset({"patient_name", "PatientName", "patient_birth_date", "PatientBirthDate"})
 
@@ -31,6 +33,7 @@ def configure_logging(level: str = "info", fmt: str = "auto",
     ``identity`` (node, worker) is added to every line, whatever thread writes it."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     fixed = dict(identity or {})
+    recent_errors.RECENT.node = str(fixed.get("node", ""))
 
     def add_identity(_: Any, __: str, event_dict: EventDict) -> EventDict:
         for key, value in fixed.items():
@@ -52,7 +55,10 @@ def configure_logging(level: str = "info", fmt: str = "auto",
     )
     structlog.configure(
         processors=[
-            # First, so a debug line below the configured level costs a level check, not the
+            # Before the level filter: the console's list of recent errors holds the failures
+            # whatever the log level (one dictionary look-up per line).
+            recent_errors.record,
+            # Then, so a debug line below the configured level costs a level check, not the
             # time stamp and the rest of the chain (per-row lines sit on the delivery hot path).
             structlog.stdlib.filter_by_level,
             *shared,

@@ -2,7 +2,8 @@
 running radflow that received a study over DICOM (DCMTK storescu), delivered it to a real
 storescp and dead-lettered the copies a second destination refused permanently.
 
-An operator logs in, finds the study and its deliveries, retries a dead letter, cancels a
+An operator logs in, sees a refused association and the dead letters among the recent errors,
+finds the study and its deliveries, retries a dead letter, cancels a
 worklist item and runs a dry run from an uploaded file; a viewer sees everything and can change
 nothing; a form posted without the CSRF token is refused. Screenshots of every page are kept in
 the test's folder (``screenshots/``).
@@ -24,7 +25,7 @@ import pytest
 
 from tests.helpers.dicomgen import write_series
 from tests.helpers.peers import ScriptedScp, Storescp, have_storescp
-from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, storescu
+from tests.helpers.proc import HOST, RadflowFactory, RadflowProcess, echoscu, storescu
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -95,6 +96,8 @@ def site(radflow: RadflowFactory, tmp_path: Path) -> Iterator[tuple[RadflowProce
         wait(lambda: call(rf, "GET", "/api/v1/queues/faulty/dead", token)["total"] == 2,
              "two dead letters")
         call(rf, "POST", "/api/v1/worklist", token, order("ACC-WL-7"), "text/plain")
+        # A modality calling the wrong AE title: refused, and listed among the recent errors.
+        assert echoscu(rf, "-aet", "INTRUDER", called_ae="NOT-RADFLOW").returncode != 0
         yield rf, series[0].path
     finally:
         archive.stop()
@@ -123,6 +126,11 @@ def test_console_in_chromium(site: tuple[RadflowProcess, Path], tmp_path: Path) 
             expect(page.locator("#who")).to_have_text("olga (operator)")
             expect(page.locator("#overview-cards")).to_contain_text("dead letters")
             expect(page.locator("#tz")).to_have_text("Europe/Berlin")
+            recent = page.locator("#overview-errors tbody tr", has_text="INTRUDER")
+            expect(recent).to_contain_text("association refused", timeout=20_000)
+            expect(recent.locator("td[data-col=peer_host]")).to_have_text("127.0.0.1")
+            expect(page.locator("#overview-errors tbody tr", has_text="faulty")
+                   ).to_contain_text("dead letter")
             page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
             # Find the study and its deliveries.

@@ -177,14 +177,14 @@ PAGES.overview = async function overview() {
   const cards = el("div", { class: "cards", id: "overview-cards" });
   const queues = el("div", { id: "overview-queues" });
   const errors = el("div", { id: "overview-errors" });
-  page("Overview", cards, el("h2", {}, "Queues"), queues, el("h2", {}, "Recent refused HL7 messages"), errors);
+  page("Overview", cards, el("h2", {}, "Queues"), queues, el("h2", {}, "Recent errors"), errors);
   async function refresh() {
-    const [ready, q, rules, metricsText, refused] = await Promise.all([
+    const [ready, q, rules, metricsText, recent] = await Promise.all([
       fetch("/readyz").then((r) => r.json()),
       api("GET", "/api/v1/queues").catch(() => ({ queues: [] })),
       api("GET", "/api/v1/routes").catch(() => null),
       fetch("/metrics").then((r) => r.text()),
-      api("GET", "/api/v1/hl7/messages?ack=AE,AR&limit=5").catch(() => ({ items: [] })),
+      api("GET", "/api/v1/errors?limit=20").catch(() => ({ items: [] })),
     ]);
     const now = Date.now() / 1000;
     const m = parseMetrics(metricsText);
@@ -213,10 +213,12 @@ PAGES.overview = async function overview() {
     }
     cards.replaceChildren(...items);
     queues.replaceChildren(queueTable(q.queues || []));
-    errors.replaceChildren(table(refused.items || [], [
-      { label: "received", value: (r) => fmtTime(r.received_at) },
-      { label: "from", key: "sending_application" }, { label: "type", key: "message_type" },
-      { label: "ACK", key: "ack_code" }, { label: "reason", key: "text" }]));
+    errors.replaceChildren(recent.items.length ? table(recent.items, [
+      { label: "last seen", key: "last_at", value: (r) => fmtTime(r.last_at) },
+      { label: "what", key: "kind_label" }, { label: "concerning", key: "subject" },
+      { label: "address", key: "peer_host" }, { label: "reason", key: "reason" },
+      { label: "times", key: "count", value: (r) => r.count > 1 ? `${r.count} (since ${fmtTime(r.first_at)})` : "1" },
+      { label: "node", key: "node" }]) : el("p", {}, "No errors recorded."));
   }
   await refresh();
   state.timer = setInterval(() => refresh().catch((e) => say(e.message)), 5000);

@@ -38,6 +38,7 @@ from engine.durable.postgresql import (
     mpps,
     outbox,
     qr,
+    recent_errors,
     retention,
     routing,
     schema,
@@ -84,6 +85,7 @@ from engine.durable.trace import TraceBy, TraceRecords
 from engine.durable.writer_thread import LaneWriter
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
+from engine.observability.recent_errors import ErrorNote
 from engine.procedure.model import (
     NewProcedureStep,
     PpsStatus,
@@ -646,6 +648,14 @@ class PostgresStore:
 
     async def revoke_token(self, token_id: int, now: str, user: str | None = None) -> bool:
         return await self._write(lambda c: access.revoke_token(c, token_id, user, now))
+
+    async def record_errors(self, notes: Sequence[ErrorNote], merge_after: float, keep: int
+                            ) -> None:
+        await self._write(lambda c: recent_errors.record(c, notes, merge_after, keep))
+
+    async def recent_errors(self, limit: int, kinds: Sequence[str] | None = None
+                            ) -> list[ErrorNote]:
+        return await self._read(lambda c: recent_errors.recent(c, limit, kinds))
 
     async def record_change(self, change: ChangeRecord) -> None:
         await self._write(lambda c: access.record_change(c, change))

@@ -346,6 +346,24 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX console_sessions_user ON console_sessions (user_name);
     CREATE INDEX console_sessions_last_seen ON console_sessions (last_seen)
     """,
+    # 15: the most recent errors (recent_errors.py), one shared list for every process on the
+    # database: repeats of one failure are counted into one row; the newest few hundred kept.
+    """
+    CREATE TABLE recent_errors (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        peer_host TEXT NOT NULL,
+        event TEXT NOT NULL,
+        node TEXT NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        count INTEGER NOT NULL
+    );
+    CREATE INDEX recent_errors_key ON recent_errors (kind, subject, reason);
+    CREATE INDEX recent_errors_last_at ON recent_errors (last_at)
+    """,
 )
 
 

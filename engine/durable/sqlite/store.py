@@ -39,6 +39,7 @@ from engine.durable.sqlite import (
     mpps,
     outbox,
     qr,
+    recent_errors,
     retention,
     routing,
     schema,
@@ -67,6 +68,7 @@ from engine.durable.trace import TraceBy, TraceRecords
 from engine.durable.writer_thread import LaneWriter
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
+from engine.observability.recent_errors import ErrorNote
 from engine.procedure.model import (
     NewProcedureStep,
     PpsStatus,
@@ -548,6 +550,14 @@ class SqliteStore:
 
     async def revoke_token(self, token_id: int, now: str, user: str | None = None) -> bool:
         return await self._write(lambda c: access.revoke_token(c, token_id, user, now))
+
+    async def record_errors(self, notes: Sequence[ErrorNote], merge_after: float, keep: int
+                            ) -> None:
+        await self._write(lambda c: recent_errors.record(c, notes, merge_after, keep))
+
+    async def recent_errors(self, limit: int, kinds: Sequence[str] | None = None
+                            ) -> list[ErrorNote]:
+        return await self._read(lambda c: recent_errors.recent(c, limit, kinds))
 
     async def record_change(self, change: ChangeRecord) -> None:
         await self._write(lambda c: access.record_change(c, change))
