@@ -478,6 +478,8 @@ class Hl7Message:
                     f"segment {number} has no valid segment name", f"segment {number}"
                 )
             segments.append(Hl7Segment(raw, enc, codec))
+        if b"\x1b" in data[start:msh_end]:
+            _check_msh_escapes(data, start, segments[0], msh18, charset)
         return cls(segments, enc, charset, codec)
 
     # -- navigation ------------------------------------------------------------------------
@@ -616,6 +618,28 @@ def _msh_fields(msh: bytes, field_sep: bytes) -> list[bytes]:
         kept.extend(p[2:] for p in pieces[1:] if p.startswith((b"(B", b"(J")))
         msh = b"".join(kept)
     return msh.split(field_sep, 18)
+
+
+def _check_msh_escapes(data: bytes, start: int, msh: Hl7Segment, msh18: str,
+                       charset: str) -> None:
+    """Refuse an MSH whose ESC bytes leave its fields in doubt.
+
+    MSH-18 is read from bytes with ISO 2022 runs taken out (:func:`_msh_fields`), the other
+    fields from the decoded text. Only ISO 2022 sets use escape sequences; under any other set
+    an ESC is a stray control byte that can hide MSH-18 from the byte reading, and the ACK,
+    which echoes MSH-18 from the text, would then name a character set nobody can read. So an
+    ESC in MSH needs an ISO 2022 set, and both readings must find the same MSH-18.
+    """
+    at = data.find(b"\x1b", start)
+    where = _locate(data, at, data[start + 3])
+    if charset not in _ISO2022:
+        raise Hl7ParseError(
+            f"byte 0x1B (ESC) at offset {at} in MSH, but MSH-18 names no ISO 2022 "
+            "character set (only those use escape sequences)", where)
+    if msh.field(18) != msh18:
+        raise Hl7ParseError(
+            f"byte 0x1B (ESC) at offset {at}: the escape sequences in MSH hide where MSH-18 "
+            "is", where)
 
 
 @lru_cache(maxsize=64)

@@ -414,18 +414,42 @@ def test_an_empty_affected_sop_instance_uid_gets_a_failure_with_a_comment(
     assert [r["sop_instance_uid"] for r in rf.journal_rows()] == [inst.sop_instance_uid]
 
 
-def test_an_overlong_sop_instance_uid_is_a_logged_abort(radflow: RadflowFactory,
-                                                        tmp_path: Path) -> None:
+def test_an_overlong_sop_instance_uid_gets_a_failure_and_the_association_goes_on(
+        radflow: RadflowFactory, tmp_path: Path) -> None:
     rf = radflow()
     inst = dicomgen.write_instance(tmp_path)
     with raw_peer(rf) as peer:
         assert peer.associate(rf.ae_title, [(1, CT, [ExplicitVRLittleEndian])])[0] == 0x02
-        for part in dimse_wire.pdata_pdus(1, c_store_rq(1, "1." * 40 + "1"),
-                                          dataset_bytes(inst.path), peer.max_pdu):
+        rsp = peer.request(1, c_store_rq(7, "1." * 40 + "1"), dataset_bytes(inst.path))
+        assert rsp.MessageIDBeingRespondedTo == 7 and rsp.Status == 0xC000
+        assert rsp.ErrorComment == \
+            "Invalid Affected SOP Instance UID: must not exceed 64 characters"
+        rsp = peer.request(1, c_store_rq(8, inst.sop_instance_uid), dataset_bytes(inst.path))
+        assert rsp.Status == 0x0000
+    event = rf.wait_for_event("ingress.dimse.request.invalid")
+    assert event["request"] == "C-STORE-RQ" and event["message_id"] == 7
+    assert event["invalid"] == {"AffectedSOPInstanceUID": "must not exceed 64 characters"}
+    assert event["calling_ae"] == "RAWSCU" and event["peer_host"] == HOST
+    assert rf.metric("radflow_dimse_rejections_total", reason="invalid_request") == 1
+    assert [r["sop_instance_uid"] for r in rf.journal_rows()] == [inst.sop_instance_uid]
+
+
+def test_an_overlong_uid_without_a_message_id_is_a_logged_abort(radflow: RadflowFactory,
+                                                                tmp_path: Path) -> None:
+    # No Message ID: there is nothing a response could name, so the association ends.
+    rf = radflow()
+    inst = dicomgen.write_instance(tmp_path)
+    command = _command([(0x0002, dimse_wire._ui(CT)), (0x0100, _us(0x0001)),
+                        (0x0700, _us(2)), (0x0800, _us(0x0000)),
+                        (0x1000, dimse_wire._ui("1." * 40 + "1"))])
+    with raw_peer(rf) as peer:
+        assert peer.associate(rf.ae_title, [(1, CT, [ExplicitVRLittleEndian])])[0] == 0x02
+        for part in dimse_wire.pdata_pdus(1, command, dataset_bytes(inst.path), peer.max_pdu):
             peer.send(bytes(part))
         assert abort_fields(peer.read_pdu())[0] == 0x02
     event = rf.wait_for_event("ingress.dimse.request.aborted")
     assert event["reason"] == "invalid_command" and event["peer_host"] == HOST
+    assert event["calling_ae"] == "RAWSCU"
     assert rf.journal_rows() == []
     assert_echo_works(rf)
 

@@ -4,11 +4,13 @@ error, and the one checker (:mod:`tests.helpers.invariant`) holds afterwards: wh
 acknowledged is at every destination its routes name, nothing foreign there, nothing
 half-written in the spool or journal.
 
-B1 every path-like or malformed SOP Instance UID, with the file system walked before and after;
-B2 shell and path syntax in PatientID, StudyDescription and the calling AE used by rules and a
-morph template; B3 an executable preamble; B7 pixel attributes that disagree with the pixel
-data; B9 the same UID with other content; B11/B13 MLLP frame bytes inside an HL7 message; and
-the PDU the PDU fuzzer found (a command fragment without Command Field).
+B1 every path-like or malformed SOP Instance UID, with the file system walked before and after,
+and one longer than 64 characters (a failure on a surviving association); B2 shell and path
+syntax in PatientID, StudyDescription and the calling AE used by rules and a morph template;
+B3 an executable preamble; B7 pixel attributes that disagree with the pixel data; B9 the same
+UID with other content; B11/B13 MLLP frame bytes inside an HL7 message; and what the fuzzers
+found: ESC bytes in MSH without an ISO 2022 character set, and a command fragment without
+Command Field.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import _config
 
+from engine.hl7.message import Hl7Message
 from tests.helpers import dicomgen
 from tests.helpers.invariant import assert_nothing_lost
 from tests.helpers.proc import HOST, STORESCU_PROPOSE, RadflowProcess, store_responses, storescu
@@ -78,22 +81,35 @@ def test_b1_path_like_uids_are_refused_and_write_nothing_outside_the_spool(
                         {n: s.received() for n, s in sinks.items()}, rf=rf)
 
 
-@pytest.mark.xfail(strict=True, reason="a UID over 64 characters fails pynetdicom's command "
-                   "decoding: the association is aborted (pynetdicom logs it, without calling "
-                   "AE or peer) instead of a 0xC000 answer on a surviving association")
 @pytest.mark.filterwarnings("ignore")
 def test_b1_an_overlong_uid_is_answered_and_the_association_goes_on(
-        radflow, dicom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fanout, dicom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pynetdicom checks UID length on both sides; the sender's check is switched off here.
     monkeypatch.setitem(_config.VALIDATORS, "UI", lambda value: (True, ""))
-    rf = radflow()
+    rf, sinks = fanout()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         long_uid = dicomgen.write_instance(dicom_dir, sop_instance_uid="1." + "2" * 70)
     good = dicomgen.write_instance(dicom_dir / "good")
     with association(rf, [(CT, [ExplicitVRLittleEndian])]) as assoc:
         status = send_raw_file(assoc, long_uid.path)
-        assert "Status" in status and status.Status == 0xC000
+        assert "Status" in status, "no answer: the association was aborted"
+        assert status.Status == 0xC000
+        assert status.ErrorComment == \
+            "Invalid Affected SOP Instance UID: must not exceed 64 characters"
+        assert assoc.is_established
+        # The same association goes on working.
         assert send_raw_file(assoc, good.path).Status == 0x0000
+    (event,) = rf.events("ingress.dimse.request.invalid")
+    assert event["request"] == "C-STORE-RQ" and event["status"] == "0xC000"
+    assert event["calling_ae"] and event["peer_host"] == "127.0.0.1"
+    assert list(event["invalid"]) == ["AffectedSOPInstanceUID"]
+    assert rf.events("ingress.dimse.request.aborted") == []
+    assert [r["sop_instance_uid"] for r in rf.journal_rows()] == [good.sop_instance_uid]
+    for sink in sinks.values():
+        sink.wait_for({good.sop_instance_uid})
+    assert_nothing_lost({good.sop_instance_uid},
+                        {n: s.received() for n, s in sinks.items()}, rf=rf)
 
 
 # --- B2 ---------------------------------------------------------------------------------------
@@ -232,6 +248,28 @@ def test_b11_b13_an_mllp_frame_byte_inside_a_message_is_rejected_with_a_reason(
     assert status == 200 and body.count(b"ACCOK1") == 1 and body.count(b"ACCOK2") == 1
     assert b"ACCBAD1" not in body
     assert rf.events("Unhandled exception in client_connected_cb") == []
+
+
+def test_esc_bytes_in_msh_without_iso_2022_get_a_readable_ar(radflow) -> None:
+    # What the HL7 fuzzer found: the ESC bytes hid MSH-18 from the byte-level reading, and the
+    # ACK echoed a garbage MSH-18 from the text one.
+    from tests.fuzz.test_fuzz import ESC_IN_MSH
+
+    rf = radflow()
+    frames = b"".join(b"\x0b" + m + b"\x1c\x0d" for m in (ESC_IN_MSH, _order("OK1")))
+    acks = _mllp(rf, frames, expect=2)
+    assert len(acks) == 2, acks
+    bad = Hl7Message.parse(acks[0])  # what a receiver does with it
+    msa, err = bad.segment("MSA"), bad.segment("ERR")
+    assert msa is not None and msa.field(1) == "AR" and err is not None
+    assert "0x1B" in msa.field(3) and "ISO 2022" in msa.field(3), msa.raw
+    assert bad.msh.field(18) == ""  # plain ASCII, as its bytes are
+    assert Hl7Message.parse(acks[1]).segment("MSA").field(1) == "AA"  # type: ignore[union-attr]
+    rows = rf.hl7_rows()
+    assert [r["ack_code"] for r in rows] == ["AR", "AA"]
+    assert rows[0]["raw"] == ESC_IN_MSH  # kept whole in the rejected store
+    (event, _) = rf.events("ingress.hl7.ack_sent")
+    assert event["ack_code"] == "AR" and "ESC" in event["reason"] and event["peer_host"]
 
 
 # --- the PDU the fuzzer found -----------------------------------------------------------------

@@ -5,14 +5,16 @@ pynetdicom drops a request whose command set lacks a parameter the service requi
 Affected SOP Instance UID in a C-STORE-RQ decodes as "absent") with a debug log line and no
 response, so the sender waits out its own timeout and radflow shows nothing; and it aborts on a
 command set it cannot turn into a primitive (a UID longer than 64 characters, say) with only its
-own logger's line. This module owns those two cases for an acceptor association: it answers the
-first with the status :data:`_FAILURE` names for the service (``engine.status``), echoing the
-Message ID, and logs and counts the second before pynetdicom's abort goes out. It must not
-judge valid requests (the handlers do) nor change anything on the wire for them.
+own logger's line. This module owns those cases for an acceptor association: a request whose
+parameters are missing, or present but refused by pynetdicom's checks, is answered with the
+status :data:`_FAILURE` names for the service (``engine.status``), echoing the Message ID, and
+the association goes on; only a command set that names no request or no Message ID still ends
+in pynetdicom's abort, logged and counted here first. It must not judge valid requests (the
+handlers do) nor change anything on the wire for them.
 
 Installed per association from the ``EVT_CONN_OPEN`` handler, by wrapping two of the
-association's bound methods (pynetdicom offers no hook for either); the unit tests pin the
-pynetdicom internals used.
+association's bound methods and each incoming message's conversion (pynetdicom offers no hook
+for any of them); the unit tests pin the pynetdicom internals used.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from __future__ import annotations
 from typing import Any
 
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_messages import (
+    _DATASET_KEYWORDS,
+    _MSG_TO_PRIMITVE,
+    _MULTIVALUE_TAGS,
+    DIMSEMessage,
+)
 from pynetdicom.dimse_primitives import (
     C_ECHO,
     C_FIND,
@@ -89,7 +96,7 @@ def install(assoc: Association, listener: str) -> None:
 
     def serve_request(msg: Any, context_id: int) -> None:
         if type(msg) in _FAILURE and msg.MessageIDBeingRespondedTo is None \
-                and not msg.is_valid_request:
+                and (getattr(msg, "_radflow_invalid", None) or not msg.is_valid_request):
             _answer_invalid(assoc, listener, msg, context_id)
             return
         serve(msg, context_id)
@@ -114,6 +121,7 @@ def install(assoc: Association, listener: str) -> None:
 
             message.decode_msg = decode_msg  # type: ignore[method-assign,assignment]
             message._radflow_completed = completed  # type: ignore[attr-defined]
+            message.message_to_primitive = _lenient(message)  # type: ignore[method-assign]
         receive(primitive)
         if completed[0] and dimse.message is message:
             command = getattr(message, "command_set", None)
@@ -127,6 +135,66 @@ def install(assoc: Association, listener: str) -> None:
     dimse.receive_primitive = receive_primitive  # type: ignore[method-assign]
 
 
+def _lenient(message: DIMSEMessage) -> Any:
+    """``message.message_to_primitive``, except that a request whose parameters pynetdicom
+    refuses becomes a primitive without them, marked with what was refused, instead of an
+    exception (which pynetdicom answers with an A-ABORT). The association thread then answers
+    it like any other invalid request, in order with the responses already on their way: the
+    answer must not be sent from the reading thread."""
+    convert = message.message_to_primitive
+
+    def message_to_primitive() -> Any:
+        try:
+            return convert()
+        except (ValueError, TypeError) as exc:
+            primitive = _salvage(message)
+            if primitive is None:
+                raise
+            log.debug("ingress.dimse.request.unconvertible", error=str(exc)[:200])
+            return primitive
+
+    return message_to_primitive
+
+
+def invalid_reason(exc: BaseException) -> str:
+    """pynetdicom's reason for refusing a value, without the value (peer text of any length):
+    "Invalid 'X' value '...' - must not exceed 64 characters" gives the part after the dash."""
+    text = str(exc)
+    reason = text.rsplit(" - ", 1)[1] if " - " in text else type(exc).__name__
+    return reason.strip()[:64]
+
+
+def _salvage(message: DIMSEMessage) -> Any:
+    """A request primitive carrying every parameter of ``message`` that pynetdicom accepts,
+    with ``_radflow_invalid`` naming the refused ones and why; None when the message is not a
+    request radflow can answer (a response, C-CANCEL, no Message ID) or nothing was refused."""
+    name = type(message).__name__
+    if not name.endswith("_RQ") or name[:-3] not in _MSG_TO_PRIMITVE:
+        return None
+    primitive: Any = _MSG_TO_PRIMITVE[name[:-3]]()
+    if type(primitive) not in _FAILURE:
+        return None
+    invalid: dict[str, str] = {}
+    for elem in message.command_set:
+        if not hasattr(primitive, elem.keyword):
+            continue
+        value = elem.value
+        if elem.VM > 1 and elem.tag not in _MULTIVALUE_TAGS:  # as pynetdicom does
+            value = value[0]
+        try:
+            setattr(primitive, elem.keyword, value)
+        except (ValueError, TypeError) as exc:
+            invalid[elem.keyword] = invalid_reason(exc)
+    if not invalid or primitive.MessageID is None:
+        return None
+    keyword = _DATASET_KEYWORDS.get(name)
+    if keyword is not None:
+        setattr(primitive, keyword, message.data_set)
+    primitive._context_id = message.context_id
+    primitive._radflow_invalid = invalid
+    return primitive
+
+
 def _peer(assoc: Association) -> dict[str, str]:
     primitive = assoc.requestor.primitive
     calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
@@ -134,21 +202,27 @@ def _peer(assoc: Association) -> dict[str, str]:
 
 
 def _answer_invalid(assoc: Association, listener: str, msg: Any, context_id: int) -> None:
-    missing = missing_parameters(msg)
+    invalid: dict[str, str] = getattr(msg, "_radflow_invalid", None) or {}
+    missing = [k for k in missing_parameters(msg) if k not in invalid]
     name = type(msg).__name__.replace("_", "-")
     DIMSE_REJECTIONS.labels(listener, "invalid_request").inc()
     if msg.MessageID is None or context_id not in assoc._accepted_cx:
         # A response must name the request's Message ID and travel on an accepted context.
         log.warning("ingress.dimse.request.aborted", listener=listener,
                     reason="invalid_request", request=f"{name}-RQ",
-                    missing=missing, context_id=context_id, **_peer(assoc))
+                    missing=missing, invalid=invalid, context_id=context_id, **_peer(assoc))
         assoc.abort()
         return
     status = _FAILURE[type(msg)]
-    comment = ("Missing or empty " + ", ".join(_NAMES.get(k, k) for k in missing))[:64]
+    if invalid:
+        # The first refused parameter and pynetdicom's reason: what the modality's log needs.
+        keyword, why = next(iter(invalid.items()))
+        comment = f"Invalid {_NAMES.get(keyword, keyword)}: {why}"[:64]
+    else:
+        comment = ("Missing or empty " + ", ".join(_NAMES.get(k, k) for k in missing))[:64]
     log.warning("ingress.dimse.request.invalid", listener=listener,
                 request=f"{name}-RQ", message_id=msg.MessageID, missing=missing,
-                status=f"0x{int(status):04X}", **_peer(assoc))
+                invalid=invalid, status=f"0x{int(status):04X}", **_peer(assoc))
     rsp = type(msg)()
     rsp.MessageIDBeingRespondedTo = msg.MessageID
     for keyword, answer in _ECHOED.items():
