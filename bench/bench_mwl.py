@@ -64,8 +64,8 @@ from bench._common import (
 )
 from engine.durable.postgresql import PostgresStore
 from engine.durable.sqlite import SqliteStore
+from engine.records.worklist import WorklistItem
 from engine.settings import PostgresSettings
-from engine.worklist.model import WorklistItem
 
 DAY = "20261125"  # "today" in the data
 DAYS = 25  # items spread over 25 days, CT one in four: CT today ≈ 1 %

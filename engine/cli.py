@@ -22,7 +22,7 @@ from engine.observability.logging import configure_logging
 from engine.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from engine.worklist.model import StoredWorklistItem
+    from engine.records.worklist import StoredWorklistItem
     from engine.worklist.service import WorklistService
 
 

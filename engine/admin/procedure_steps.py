@@ -15,8 +15,8 @@ from pydantic import Field
 
 from engine.admin.api import Api, Call
 from engine.admin.models import InstancePath, Paging
-from engine.procedure.model import PpsStatus
 from engine.procedure.service import ProcedureStepService
+from engine.records.procedure_step import PpsStatus
 
 _STEP_FIELDS = (
     "id, sop_instance_uid, status (IN PROGRESS, COMPLETED, DISCONTINUED), study_instance_uid, "

@@ -52,10 +52,11 @@ from engine.observability.metrics import render
 from engine.pipeline import dryrun
 from engine.pipeline.rulesets import RulesManager
 from engine.procedure.service import ProcedureStepService
+from engine.records.worklist import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import Column, Constraint, Criterion
 from engine.settings import HttpSettings, SiteSettings
 from engine.worklist.mapping import check_item
-from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
-from engine.worklist.query import Column, Constraint, Criterion, is_wildcard, parse_date_range
+from engine.worklist.query import is_wildcard, parse_date_range
 from engine.worklist.service import WorklistService, errors_from_json
 from engine.worklist.types import Hl7Outcome
 

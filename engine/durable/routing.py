@@ -19,8 +19,8 @@ from engine.durable.store import NewOutboxRow
 
 if TYPE_CHECKING:
     from engine.durable.store import StoredInstance
-    from engine.procedure.model import ProcedureStep
-    from engine.worklist.model import StoredWorklistItem
+    from engine.records.procedure_step import ProcedureStep
+    from engine.records.worklist import StoredWorklistItem
 
 # procedure_step_events: MPPS Started/Completed/Discontinued facts (issue 4 → routing)
 SourceTable = Literal["instances", "hl7_messages", "procedure_step_events"]

@@ -23,8 +23,8 @@ from engine.durable.store import (
     OutboxRow,
     StoredInstance,
 )
-from engine.procedure.model import PpsStatus, ProcedureStep
-from engine.worklist.model import StoredWorklistItem, WorklistItem, fold_case, name_groups
+from engine.records.procedure_step import PpsStatus, ProcedureStep
+from engine.records.worklist import StoredWorklistItem, WorklistItem, fold_case, name_groups
 
 # --- instances (the intake journal) ------------------------------------------------------------
 INSTANCE_COLUMNS = (

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from engine.records.worklist import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import Constraint
 from engine.settings import StorageSettings
-from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
-from engine.worklist.query import Constraint
 
 if TYPE_CHECKING:
     from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     )
     from engine.durable.trace import TraceBy, TraceRecords
     from engine.observability.recent_errors import ErrorNote
-    from engine.procedure.model import (
+    from engine.records.procedure_step import (
         NewProcedureStep,
         PpsStatus,
         ProcedureStep,

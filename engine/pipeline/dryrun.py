@@ -27,7 +27,8 @@ from pydicom.dataset import Dataset
 from engine.durable.routing import ProcedureStepEventRecord
 from engine.morph import Change, MorphError, MorphKeys, apply_steps, diff
 from engine.pipeline import procedure_steps
-from engine.procedure.model import PpsStatus, ProcedureStep, scheduled_keys
+from engine.procedure.model import scheduled_keys
+from engine.records.procedure_step import PpsStatus, ProcedureStep
 from engine.rules.ruleset import Decision, DicomSubject, RouteTrace, RoutingContext, Ruleset
 
 

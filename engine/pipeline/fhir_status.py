@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from pydicom.dataset import Dataset
 
-from engine.worklist.model import WorklistItem
+from engine.records.worklist import WorklistItem
 
 #: MPPS status → FHIR Task.status (R4 value set task-status)
 TASK_STATUS: Final[dict[str, str]] = {

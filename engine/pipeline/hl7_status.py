@@ -28,7 +28,7 @@ from typing import Final
 from pydicom.dataset import Dataset
 
 from engine.hl7.message import DEFAULT_ENCODING_CHARS, escape, msh18_for_charset
-from engine.worklist.model import WorklistItem
+from engine.records.worklist import WorklistItem
 
 MESSAGE_TYPE: Final = "ORM^O01"
 #: MPPS status → HL7 table 0038 order status (ORC-5)

@@ -32,17 +32,16 @@ from engine.events import (
 )
 from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import MPPS_STUDIES_COMPLETE, PROCEDURE_STEPS_LINKED
-from engine.procedure.model import (
+from engine.procedure.model import apply_set, worklist_link
+from engine.records.procedure_step import (
     NewProcedureStep,
     PpsStatus,
     ProcedureStep,
     ProcedureStepCommit,
     StepUpdate,
     WorklistLink,
-    apply_set,
-    worklist_link,
 )
-from engine.worklist.model import StoredWorklistItem
+from engine.records.worklist import StoredWorklistItem
 
 log = get_logger("engine.procedure")
 

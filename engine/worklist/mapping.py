@@ -29,6 +29,7 @@ from pydicom.valuerep import validate_value
 from engine.dicom.vr import is_valid_uid
 from engine.hl7.ack import Hl7ErrorCode
 from engine.hl7.message import Hl7Message, Hl7Segment, unescape
+from engine.records.worklist import CodeItem, WorklistItem, WorklistStatus
 from engine.settings import (
     PathKey,
     SettingsError,
@@ -40,7 +41,6 @@ from engine.worklist import charset
 from engine.worklist.model import (
     DEMOGRAPHIC_KEYWORDS,
     KEYWORDS,
-    CodeItem,
     Demographics,
     OrderChange,
     OrderChanges,
@@ -48,8 +48,6 @@ from engine.worklist.model import (
     PatientMerge,
     PatientUpdate,
     WorklistChange,
-    WorklistItem,
-    WorklistStatus,
 )
 from engine.worklist.types import Hl7ContentError, UnsupportedMessage
 

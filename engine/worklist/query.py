@@ -1,14 +1,14 @@
 """Modality Worklist C-FIND semantics: from an Identifier to criteria, matches and answers.
 
-Owns PS3.4 C.2.2.2 matching for the Modality Worklist Information Model (K.6.1.2): single
-value, wildcard (``*``, ``?``), date and time ranges (combined DA+TM on the Scheduled Procedure
-Step start), universal (empty) matching, list-of-UID matching, sequence matching inside the
-Scheduled Procedure Step Sequence and the code sequences, and PN matching per component group,
+Owns PS3.4 C.2.2.2 matching for the Modality Worklist Information Model (K.6.1.2): single value,
+wildcard (``*``, ``?``), date and time ranges (combined DA+TM on the Scheduled Procedure Step
+start), universal (empty) matching, list-of-UID matching, sequence matching inside the Scheduled
+Procedure Step Sequence and the code sequences, and PN matching per component group,
 case-insensitive as an option. :meth:`MwlQuery.parse` splits a request into backend-neutral
-:class:`Criterion` values on indexed columns (the store turns them into SQL, a superset of the
-answer) and an exact check in Python; :meth:`MwlQuery.response` builds one answer holding only
-the requested keys plus Specific Character Set. It must not touch the store, the network or the
-event loop: it runs on association threads.
+constraints on indexed columns (:mod:`engine.records.worklist_criteria`; the store turns them into
+SQL, a superset of the answer) and an exact check in Python; :meth:`MwlQuery.response` builds one
+answer holding only the requested keys plus Specific Character Set. It must not touch the store,
+the network or the event loop: it runs on association threads.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -27,17 +26,11 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from engine.errors import InvalidInput
+from engine.records.worklist import CodeItem, WorklistItem, WorklistStatus, fold_case, name_groups
+from engine.records.worklist_criteria import AnyOf, Column, Constraint, Criterion
 from engine.worklist.answer import Getter, Leaf, Node, Seq, element_order, to_bytes, to_dataset
 from engine.worklist.keys import RETURN_KEYS, SPS_RETURN_KEYS
-from engine.worklist.model import (
-    KEYWORDS,
-    SPS_KEYWORDS,
-    CodeItem,
-    WorklistItem,
-    WorklistStatus,
-    fold_case,
-    name_groups,
-)
+from engine.worklist.model import KEYWORDS, SPS_KEYWORDS
 
 
 class InvalidQuery(InvalidInput):
@@ -46,52 +39,7 @@ class InvalidQuery(InvalidInput):
     reason = "invalid_query"
 
 
-class Column(StrEnum):
-    """Indexed worklist columns a query may constrain (the store knows their SQL names)."""
-
-    PATIENT_ID = "patient_id"
-    ISSUER = "issuer_of_patient_id"
-    # fold_case of each PN component group: alphabetic, ideographic, phonetic
-    NAME_ALPHA = "patient_name_norm"
-    NAME_IDEO = "patient_name_ideographic_norm"
-    NAME_PHON = "patient_name_phonetic_norm"
-    ACCESSION = "accession_number"
-    REQUESTED_PROCEDURE_ID = "requested_procedure_id"
-    STUDY_UID = "study_instance_uid"
-    PLACER = "placer_order_number"
-    FILLER = "filler_order_number"
-    MODALITY = "modality"
-    STATION_AE = "scheduled_station_ae_title"
-    SPS_DATE = "sps_start_date"
-
-
 _NAME_COLUMNS: Final = (Column.NAME_ALPHA, Column.NAME_IDEO, Column.NAME_PHON)
-
-
-@dataclass(frozen=True, slots=True)
-class Criterion:
-    """One constraint on an indexed column.
-
-    ``op``: ``eq`` (``value``), ``wildcard`` (``value`` with DICOM ``*``/``?``), ``range``
-    (``low``/``high``, either may be None, inclusive) or ``in`` (``values``).
-    """
-
-    column: Column
-    op: Literal["eq", "wildcard", "range", "in"]
-    value: str = ""
-    low: str | None = None
-    high: str | None = None
-    values: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class AnyOf:
-    """At least one of ``criteria`` holds (a PN pattern against each component group)."""
-
-    criteria: tuple[Criterion, ...]
-
-
-Constraint = Criterion | AnyOf
 Check = Callable[[WorklistItem], bool]
 
 # --- the information model -----------------------------------------------------------------

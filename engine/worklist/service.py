@@ -30,25 +30,28 @@ from engine.hl7.ack import AckError, Hl7ErrorCode
 from engine.hl7.message import Hl7Message, Hl7ParseError
 from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import WORKLIST_ITEMS, WORKLIST_PURGED
+from engine.records.worklist import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    StoredWorklistItem,
+    WorklistItem,
+    WorklistStatus,
+)
+from engine.records.worklist_criteria import Constraint
 from engine.status import AckCode
 from engine.worklist.mapping import WorklistMapping
 from engine.worklist.model import (
-    ACTIVE_STATUSES,
-    FINAL_STATUSES,
     Demographics,
     OrderChange,
     OrderChanges,
     OrderControl,
     PatientMerge,
     PatientUpdate,
-    StoredWorklistItem,
     WorklistChange,
-    WorklistItem,
-    WorklistStatus,
     can_transition,
     demographics_apply,
 )
-from engine.worklist.query import Constraint, MwlQuery
+from engine.worklist.query import MwlQuery
 from engine.worklist.types import (
     Hl7ContentError,
     Hl7Outcome,

@@ -21,7 +21,7 @@ from engine.durable.postgresql._common import scalar, transaction
 from engine.durable.postgresql.worklist import WorklistTxn, items_by_ids, select_items
 from engine.durable.rows import STEP_COLUMNS, row_to_step
 from engine.errors import DuplicateProcedureStep, NoSuchProcedureStep
-from engine.procedure.model import (
+from engine.records.procedure_step import (
     NewProcedureStep,
     PpsStatus,
     ProcedureStep,
@@ -29,7 +29,7 @@ from engine.procedure.model import (
     StepUpdate,
     WorklistLink,
 )
-from engine.worklist.model import ACTIVE_STATUSES, StoredWorklistItem
+from engine.records.worklist import ACTIVE_STATUSES, StoredWorklistItem
 
 Conn = psycopg.Connection[Any]
 

@@ -17,8 +17,8 @@ import psycopg
 
 from engine.durable.postgresql._common import transaction
 from engine.durable.rows import ITEM_COLUMNS, item_values, row_to_item
-from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
-from engine.worklist.query import AnyOf, Column, Constraint, Criterion
+from engine.records.worklist import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import AnyOf, Column, Constraint, Criterion
 
 Conn = psycopg.Connection[Any]
 

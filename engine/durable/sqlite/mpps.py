@@ -20,7 +20,7 @@ from engine.durable.rows import STEP_COLUMNS, row_to_step
 from engine.durable.sqlite._common import marks, transaction
 from engine.durable.sqlite.worklist import WorklistTxn, items_by_ids, select_items
 from engine.errors import DuplicateProcedureStep, NoSuchProcedureStep
-from engine.procedure.model import (
+from engine.records.procedure_step import (
     NewProcedureStep,
     PpsStatus,
     ProcedureStep,
@@ -28,7 +28,7 @@ from engine.procedure.model import (
     StepUpdate,
     WorklistLink,
 )
-from engine.worklist.model import ACTIVE_STATUSES, StoredWorklistItem
+from engine.records.worklist import ACTIVE_STATUSES, StoredWorklistItem
 
 #: the domain's link decision over candidate worklist items (see ``procedure.worklist_link``)
 LinkDecision = Callable[[Sequence[StoredWorklistItem]], WorklistLink]

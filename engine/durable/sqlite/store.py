@@ -69,15 +69,15 @@ from engine.durable.writer_thread import LaneWriter
 from engine.errors import StorageFailure
 from engine.observability.logging import get_logger
 from engine.observability.recent_errors import ErrorNote
-from engine.procedure.model import (
+from engine.records.procedure_step import (
     NewProcedureStep,
     PpsStatus,
     ProcedureStep,
     ProcedureStepCommit,
     StepUpdate,
 )
-from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
-from engine.worklist.query import Constraint
+from engine.records.worklist import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import Constraint
 
 T = TypeVar("T")
 log = get_logger("engine.durable.sqlite")

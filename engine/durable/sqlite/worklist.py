@@ -15,8 +15,8 @@ from typing import Any
 
 from engine.durable.rows import ITEM_COLUMNS, item_values, row_to_item
 from engine.durable.sqlite._common import marks, transaction
-from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
-from engine.worklist.query import AnyOf, Column, Constraint, Criterion
+from engine.records.worklist import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import AnyOf, Column, Constraint, Criterion
 
 # Query columns by name: Column values are checked against this whitelist before they reach SQL.
 _WORKLIST_COLUMNS: dict[Column, str] = {c: c.value for c in Column}

@@ -28,9 +28,9 @@ from engine.errors import RadflowError
 from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MWL_FIND_MATCHES, MWL_FIND_REQUESTS, MWL_FIND_SECONDS
+from engine.records.worklist import StoredWorklistItem, WorklistItem
 from engine.status import DimseStatus, c_find_status_for, error_comment
 from engine.worklist import charset
-from engine.worklist.model import StoredWorklistItem, WorklistItem
 from engine.worklist.query import MwlQuery, item_texts
 from engine.worklist.service import WorklistService
 

@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from engine.pipeline.fhir_status import fhir_datetime, render_task
-from engine.worklist.model import WorklistItem
+from engine.records.worklist import WorklistItem
 
 
 @pytest.mark.parametrize(("date", "time", "expected"), [

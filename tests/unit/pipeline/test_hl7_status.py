@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 
 from engine.hl7.message import Hl7Message
 from engine.pipeline.hl7_status import control_id, render_status_update, xpn
-from engine.worklist.model import CodeItem, WorklistItem
+from engine.records.worklist import CodeItem, WorklistItem
 
 WHEN = "2026-11-25T17:30:19.123+00:00"
 

@@ -13,18 +13,11 @@ from pydicom.uid import generate_uid
 from engine.durable.sqlite import SqliteStore
 from engine.hl7.message import Hl7Message
 from engine.pipeline.procedure_steps import plan_procedure_step
-from engine.procedure.model import (
-    PpsStatus,
-    ProcedureStep,
-    StepUpdate,
-    WorklistLink,
-    apply_set,
-    check_create,
-    worklist_link,
-)
+from engine.procedure.model import apply_set, check_create, worklist_link
+from engine.records.procedure_step import PpsStatus, ProcedureStep, StepUpdate, WorklistLink
+from engine.records.worklist import StoredWorklistItem, WorklistItem
 from engine.rules.loader import load_ruleset
 from engine.rules.ruleset import Ruleset
-from engine.worklist.model import StoredWorklistItem, WorklistItem
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 NOW = "2026-11-25T09:00:00.000+00:00"

@@ -12,16 +12,9 @@ from engine.errors import (
     MissingAttributeValue,
     ProcedureStepFinal,
 )
-from engine.procedure.model import (
-    PpsStatus,
-    ProcedureStep,
-    ScheduledStepKeys,
-    apply_set,
-    check_create,
-    expected_instances,
-    worklist_link,
-)
-from engine.worklist.model import StoredWorklistItem, WorklistItem, WorklistStatus
+from engine.procedure.model import apply_set, check_create, expected_instances, worklist_link
+from engine.records.procedure_step import PpsStatus, ProcedureStep, ScheduledStepKeys
+from engine.records.worklist import StoredWorklistItem, WorklistItem, WorklistStatus
 
 STUDY = "1.2.3.4"
 

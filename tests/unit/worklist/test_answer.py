@@ -13,7 +13,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom.dsutils import encode
 
 from engine.app import configure_libraries
-from engine.worklist.model import CodeItem, WorklistItem, WorklistStatus
+from engine.records.worklist import CodeItem, WorklistItem, WorklistStatus
 from engine.worklist.query import MwlQuery
 from tests.unit.worklist.test_query import ITEM, JAPANESE, identifier
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 import pytest
 
 from engine.hl7.ack import Hl7ErrorCode
+from engine.records.worklist import CodeItem, WorklistStatus
 from engine.settings import SettingsError
 from engine.worklist import charset
 from engine.worklist.mapping import WorklistMapping, parse_mapping
-from engine.worklist.model import (
-    CodeItem,
-    OrderChanges,
-    OrderControl,
-    PatientMerge,
-    PatientUpdate,
-    WorklistStatus,
-)
+from engine.worklist.model import OrderChanges, OrderControl, PatientMerge, PatientUpdate
 from engine.worklist.types import Hl7ContentError, UnsupportedMessage
 from tests.unit.worklist.hl7_samples import MAPPING_FILE, adt, orm, parse
 

@@ -15,9 +15,9 @@ from pydicom.dataset import Dataset
 from engine.bridge import LoopBridge
 from engine.durable.sqlite import SqliteStore
 from engine.ingress.dimse.mwl import MwlProvider, handle_find
+from engine.records.worklist import WorklistItem, WorklistStatus
 from engine.status import DimseStatus
 from engine.worklist.mapping import WorklistMapping
-from engine.worklist.model import WorklistItem, WorklistStatus
 from engine.worklist.service import WorklistService
 
 T = TypeVar("T")

@@ -7,17 +7,9 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from engine.worklist.model import CodeItem, WorklistItem, WorklistStatus
-from engine.worklist.query import (
-    AnyOf,
-    Column,
-    Criterion,
-    InvalidQuery,
-    MwlQuery,
-    norm_time,
-    parse_date_range,
-    pn_matches,
-)
+from engine.records.worklist import CodeItem, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import AnyOf, Column, Criterion
+from engine.worklist.query import InvalidQuery, MwlQuery, norm_time, parse_date_range, pn_matches
 
 ITEM = WorklistItem(
     patient_id="PAT1", issuer_of_patient_id="HOSP", patient_name="Müller^Jürgen",

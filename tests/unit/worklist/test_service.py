@@ -8,8 +8,8 @@ import pytest
 
 from engine.durable.sqlite import SqliteStore
 from engine.hl7.ack import Hl7ErrorCode
+from engine.records.worklist import ACTIVE_STATUSES, WorklistItem, WorklistStatus
 from engine.worklist.mapping import WorklistMapping
-from engine.worklist.model import ACTIVE_STATUSES, WorklistItem, WorklistStatus
 from engine.worklist.service import WorklistConflict, WorklistService
 from engine.worklist.types import Hl7Outcome
 from tests.unit.worklist.hl7_samples import adt, orm

@@ -11,8 +11,9 @@ from pydicom.dataset import Dataset
 
 from engine.durable.postgresql import PostgresStore
 from engine.durable.sqlite import MIGRATIONS, SqliteStore
-from engine.worklist.model import ACTIVE_STATUSES, WorklistItem, WorklistStatus
-from engine.worklist.query import Constraint, MwlQuery
+from engine.records.worklist import ACTIVE_STATUSES, WorklistItem, WorklistStatus
+from engine.records.worklist_criteria import Constraint
+from engine.worklist.query import MwlQuery
 from tests.helpers import pg
 
 
