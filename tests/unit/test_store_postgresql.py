@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +24,18 @@ from engine.durable.postgresql._common import SessionRefused
 from engine.durable.sqlite import SqliteStore
 from engine.durable.store import (
     DuplicatePolicy,
+    Hl7Apply,
     Hl7Disposition,
     Hl7JournalEntry,
     InstanceCommit,
     NewOutboxRow,
     OutboxResult,
     OutboxVerdict,
+    WorklistTxn,
 )
 from engine.errors import StorageFailure
 from engine.settings import SettingsError, load_settings
+from engine.worklist.model import WorklistItem
 from tests.helpers import pg
 from tests.helpers.proc import free_port
 
@@ -198,6 +202,63 @@ async def test_the_node_clock_is_compared_with_the_servers(schema: str, tmp_path
         assert await sqlite.clock_offset() is None  # same machine
     finally:
         await sqlite.close()
+
+
+async def test_one_message_sent_to_two_nodes_at_once_is_journalled_and_applied_once(
+        schema: str) -> None:
+    """Both nodes look the message up before either has journalled it; the one that commits
+    second finds the other's row at its insert, undoes its own worklist write and answers
+    with the first one's disposition."""
+    a = PostgresStore(pg.settings(schema), connect_attempts=1)
+    b = PostgresStore(pg.settings(schema), connect_attempts=1)
+    await a.open()
+    await b.open()
+    looked_up, b_done = threading.Event(), threading.Event()
+
+    def apply_on(node: str) -> Hl7Apply:
+        def apply(txn: WorklistTxn, index: int) -> Hl7Disposition:
+            if node == "a":
+                looked_up.set()
+                assert b_done.wait(30)  # b journals and commits meanwhile
+            item_id = txn.insert_item(WorklistItem(patient_id=f"P-{node}"))
+            return Hl7Disposition("AA", "[]", node, (item_id,), applied=True)
+        return apply
+
+    try:
+        on_a = asyncio.create_task(a.commit_hl7_batch([_hl7(1)], apply_on("a")))
+        assert await asyncio.to_thread(looked_up.wait, 30)
+        [first] = await b.commit_hl7_batch([_hl7(1)], apply_on("b"))
+        b_done.set()
+        [second] = await on_a
+        assert not first.duplicate and second.duplicate
+        assert second.journal_id == first.journal_id
+        assert second.disposition.text == "b"
+        assert second.disposition.worklist_item_ids == first.disposition.worklist_item_ids
+        assert await a.count_hl7_messages() == 1
+        assert [s.item.patient_id for s in await a.find_worklist([], [], 10)] == ["P-b"]
+    finally:
+        b_done.set()
+        await a.close()
+        await b.close()
+
+
+async def test_one_instance_committed_by_two_nodes_at_once_is_kept_once(schema: str) -> None:
+    a = PostgresStore(pg.settings(schema), connect_attempts=1)
+    b = PostgresStore(pg.settings(schema), connect_attempts=1)
+    await a.open()
+    await b.open()
+    try:
+        recs = [record(n) for n in range(1, 41)]
+        got_a, got_b = await asyncio.gather(*(
+            s.commit_instances([InstanceCommit(r, DuplicatePolicy.VERSION) for r in recs])
+            for s in (a, b)))
+        for one, two in zip(got_a, got_b, strict=True):
+            assert sorted((one.outcome, two.outcome)) == ["identical", "stored"]
+            assert one.journal_id == two.journal_id
+        assert await a.count_instances() == 40
+    finally:
+        await a.close()
+        await b.close()
 
 
 # --- radflow db ... ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.abc import Buffer
 from psycopg.adapt import PyFormat
 from psycopg.types.string import StrDumperUnknown
@@ -128,6 +128,35 @@ def transaction(conn: psycopg.Connection[Any], *, durable: bool = True) -> Itera
         if not durable:
             conn.execute("SET LOCAL synchronous_commit = off")
         yield
+
+
+@contextlib.contextmanager
+def pipelined(conn: psycopg.Connection[Any], *, durable: bool = True
+              ) -> Iterator[psycopg.Pipeline]:
+    """One write transaction sent as a pipeline: BEGIN, the body's statements and COMMIT travel
+    together and the whole transaction costs one round trip (plus the WAL flush), where
+    :func:`transaction` costs one per statement. Only a result the body reads (``fetchone``,
+    ``rowcount`` after ``pipe.sync()``) makes it wait for the server midway; read the others
+    after the block, when COMMIT has answered. A failed statement (raised at that read or at
+    the end) rolls the whole transaction back, as with :func:`transaction`.
+
+    For the hot paths (the journal commit a peer's answer waits on, the marks, the index) on
+    the one writer connection, whose every round trip also waits for the interpreter while
+    the event loop and association threads hold it."""
+    try:
+        with conn.pipeline() as pipe:
+            conn.execute("BEGIN")
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
+            yield pipe
+            conn.execute("COMMIT")
+            # Leaving the pipeline sends COMMIT and waits for every result still due.
+    except BaseException:
+        if not conn.broken and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            # Roll back what ran; a connection that died took it along.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
 
 
 def advisory_key(*parts: str) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from engine.durable.postgresql._common import transaction
+from engine.durable.postgresql._common import pipelined
 from engine.durable.postgresql.worklist import WorklistTxn
 from engine.durable.rows import HL7_COLUMNS, row_to_hl7
 from engine.durable.store import (
@@ -32,13 +32,30 @@ Conn = psycopg.Connection[Any]
 
 def commit_batch(conn: Conn, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
                  ) -> list[Hl7CommitResult]:
+    """Pipelined (see ``_common.pipelined``): the idempotency lookups of the whole batch go
+    in one round trip with BEGIN, and statements whose results nobody reads (savepoints,
+    their release, COMMIT) ride on the next one that is read. A message then costs the round
+    trips of its worklist reads and writes plus its journal insert."""
     txn = WorklistTxn(conn)
-    with transaction(conn):
-        return [_commit_one(conn, txn, entry, index, apply)
-                for index, entry in enumerate(entries)]
+    with pipelined(conn):
+        lookups = [_lookup(conn, entry) if entry.control_id is not None else None
+                   for entry in entries]
+        found = [None if cur is None else cur.fetchone() for cur in lookups]
+        seen: set[tuple[str | None, str | None, str]] = set()
+        results = []
+        for index, entry in enumerate(entries):
+            existing = found[index]
+            if entry.control_id is not None:
+                key = (entry.sending_application, entry.sending_facility, entry.control_id)
+                if key in seen:
+                    # A repeat within this batch: the lookup above ran before its original.
+                    existing = _existing(conn, entry)
+                seen.add(key)
+            results.append(_commit_one(conn, txn, entry, existing, index, apply))
+        return results
 
 
-def _existing(conn: Conn, entry: Hl7JournalEntry) -> tuple[Any, ...] | None:
+def _lookup(conn: Conn, entry: Hl7JournalEntry) -> psycopg.Cursor[Any]:
     # "= %s" or "IS NULL" per part (not IS NOT DISTINCT FROM, which no index serves).
     terms: list[str] = []
     params: list[Any] = []
@@ -52,7 +69,11 @@ def _existing(conn: Conn, entry: Hl7JournalEntry) -> tuple[Any, ...] | None:
     params.append(entry.control_id)
     return conn.execute(
         "SELECT id, ack_code, errors_json, text, worklist_item_ids, retryable FROM hl7_messages "
-        f"WHERE {' AND '.join(terms)} AND control_id = %s FOR UPDATE", params).fetchone()
+        f"WHERE {' AND '.join(terms)} AND control_id = %s FOR UPDATE", params)
+
+
+def _existing(conn: Conn, entry: Hl7JournalEntry) -> tuple[Any, ...] | None:
+    return _lookup(conn, entry).fetchone()
 
 
 def _answered(existing: Sequence[Any]) -> Hl7CommitResult:
@@ -61,13 +82,11 @@ def _answered(existing: Sequence[Any]) -> Hl7CommitResult:
         duplicate=True)
 
 
-def _commit_one(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry, index: int,
-                apply: Hl7Apply) -> Hl7CommitResult:
-    existing = None
-    if entry.control_id is not None:
-        existing = _existing(conn, entry)
-        if existing is not None and not existing[5]:
-            return _answered(existing)
+def _commit_one(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry,
+                existing: tuple[Any, ...] | None, index: int, apply: Hl7Apply
+                ) -> Hl7CommitResult:
+    if existing is not None and not existing[5]:
+        return _answered(existing)
     # One savepoint per message: a message whose disposition is "not applied" (or whose
     # apply fails) leaves no worklist trace, and never takes the rest of the batch along.
     conn.execute("SAVEPOINT hl7_message")

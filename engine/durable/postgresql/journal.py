@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from engine.durable.postgresql._common import transaction
+from engine.durable.postgresql._common import pipelined, transaction
 from engine.durable.rows import INSTANCE_COLUMNS, row_to_instance
 from engine.durable.store import (
     InstanceCommit,
@@ -45,28 +45,41 @@ def _values(item: InstanceCommit, version: int) -> tuple[object, ...]:
             1 if item.file_durable else 0)
 
 
+_INSERT_FRESH = (
+    "INSERT INTO instances (object_id, spool_path, sop_class_uid, sop_instance_uid, "
+    "version, transfer_syntax_uid, study_instance_uid, series_instance_uid, patient_id, "
+    "accession_number, modality, calling_ae, called_ae, peer_host, listener, size_bytes, "
+    "sha256, received_at, durable) SELECT %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
+    "%s,%s,%s,%s WHERE NOT EXISTS (SELECT 1 FROM instances WHERE sop_instance_uid = %s) "
+    "ON CONFLICT (sop_instance_uid, version) DO NOTHING RETURNING id")
+
+
 def commit(conn: Conn, batch: Sequence[InstanceCommit], durable_ids: Sequence[int]
            ) -> list[InstanceCommitResult]:
-    """One transaction: the durable marks, then every instance of the batch. Pipelined: BEGIN,
-    the marks and the first insert travel together, so a commit a peer waits on costs about
-    two round trips plus the WAL flush, not one round trip per statement."""
-    with conn.pipeline(), transaction(conn):
+    """One transaction: the durable marks, then every instance of the batch.
+
+    Pipelined: BEGIN, the marks and one conditional insert per instance travel together and
+    come back in one round trip, whatever the batch size; COMMIT is the second. Only an
+    instance whose SOP Instance UID is already known (its insert returned nothing) costs
+    more: the duplicate policy runs for it inside the same transaction, in batch order."""
+    with pipelined(conn) as pipe:
         mark(conn, durable_ids)
-        return [_commit_one(conn, item) for item in batch]
+        inserts = [conn.execute(_INSERT_FRESH, (*_values(item, 1), item.record.sop_instance_uid))
+                   for item in batch]
+        pipe.sync()
+        results = []
+        for item, cur in zip(batch, inserts, strict=True):
+            row = cur.fetchone()
+            results.append(_commit_known(conn, item) if row is None else
+                           InstanceCommitResult(InstanceOutcome.STORED, int(row[0]), 1))
+        return results
 
 
-def _commit_one(conn: Conn, item: InstanceCommit) -> InstanceCommitResult:
+def _commit_known(conn: Conn, item: InstanceCommit) -> InstanceCommitResult:
+    """One instance whose SOP Instance UID may be known, inside the caller's transaction."""
     rec = item.record
-    # The common case, a SOP Instance UID never seen: version 1 in one statement. When any
-    # version exists (the unique key refuses the row), the policy path below decides.
-    fresh = conn.execute(
-        "INSERT INTO instances (object_id, spool_path, sop_class_uid, sop_instance_uid, "
-        "version, transfer_syntax_uid, study_instance_uid, series_instance_uid, patient_id, "
-        "accession_number, modality, calling_ae, called_ae, peer_host, listener, size_bytes, "
-        "sha256, received_at, durable) SELECT %s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
-        "%s,%s,%s,%s WHERE NOT EXISTS (SELECT 1 FROM instances WHERE sop_instance_uid = %s) "
-        "ON CONFLICT (sop_instance_uid, version) DO NOTHING RETURNING id",
-        (*_values(item, 1), rec.sop_instance_uid)).fetchone()
+    # Still tried first: the version seen a moment ago may have been withdrawn since.
+    fresh = conn.execute(_INSERT_FRESH, (*_values(item, 1), rec.sop_instance_uid)).fetchone()
     if fresh is not None:
         return InstanceCommitResult(InstanceOutcome.STORED, int(fresh[0]), 1)
     existing = conn.execute(
@@ -141,7 +154,9 @@ def mark(conn: Conn, ids: Sequence[int]) -> None:
 
 
 def mark_durable(conn: Conn, ids: Sequence[int]) -> None:
-    with transaction(conn):
+    """Marks in a transaction of their own, one round trip, not waiting for the WAL flush
+    (see ``JournalWriter.flush_marks``: a mark lost in a crash is redone at start)."""
+    with pipelined(conn, durable=False):
         mark(conn, ids)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from engine.durable.postgresql._common import scalar, transaction
+from engine.durable.postgresql._common import pipelined, scalar
 from engine.durable.qr import COLUMNS, QrIndexRow, QrLocated, QrMatch, QrQuery, QrRecord
 
 Conn = psycopg.Connection[Any]
@@ -50,16 +50,15 @@ def index(conn: Conn, rows: Sequence[QrIndexRow], last_instance_id: int) -> int:
            f"SELECT %s, {', '.join(['%s'] * len(COLUMNS))} "
            "WHERE EXISTS (SELECT 1 FROM instances WHERE id = %s) "
            f"ON CONFLICT (sop_instance_uid) DO UPDATE SET {updates}")
-    written = 0
-    with transaction(conn, durable=False):
-        for row in rows:
-            written += conn.execute(sql, (row.instance_id, *row.values,
-                                          row.instance_id)).rowcount
+    # One round trip for the whole batch (pipelined); the counts are read once it committed.
+    with pipelined(conn, durable=False):
+        inserts = [conn.execute(sql, (row.instance_id, *row.values, row.instance_id))
+                   for row in rows]
         conn.execute("INSERT INTO qr_index_state (id, last_instance_id) VALUES (1, %s) "
                      "ON CONFLICT (id) DO UPDATE SET last_instance_id = "
                      "GREATEST(qr_index_state.last_instance_id, EXCLUDED.last_instance_id)",
                      (last_instance_id,))
-    return written
+    return sum(cur.rowcount for cur in inserts)
 
 
 def _like(pattern: str) -> str:

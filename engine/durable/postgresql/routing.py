@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from engine.durable.postgresql._common import notify_outbox, scalar, transaction
+from engine.durable.postgresql._common import notify_outbox, pipelined, scalar, transaction
 from engine.durable.postgresql.worklist import items_by_ids
 from engine.durable.routing import (
     TIMED_REASONS,
@@ -64,17 +64,26 @@ def _insert_rows(conn: Conn, rows: Sequence[NewOutboxRow], now: float) -> None:
 
 def commit_routing(conn: Conn, plans: Sequence[RoutingPlan], now_iso: str,
                    now: float, schema: str) -> list[RoutingCommitResult]:
-    results: list[RoutingCommitResult] = []
+    results: list[RoutingCommitResult | None] = []
+    # A plan with nothing to insert (no route matched, or no routes) needs no answer before
+    # the next statement: its mark's row count is read once the transaction committed, so a
+    # batch of them costs one round trip (pipelined).
+    deferred: list[tuple[int, psycopg.Cursor[Any]]] = []
     woken: set[str] = set()
     # Not fsync'd: an entry whose "routed" mark is lost in a power cut is routed again at start.
-    with transaction(conn, durable=False):
+    with pipelined(conn, durable=False) as pipe:
         for plan in plans:
             table = _SOURCE_TABLES[plan.source_table]
-            marked = conn.execute(
+            cur = conn.execute(
                 f"UPDATE {table} SET routed_at = %s, routing_outcome = %s "
                 "WHERE id = %s AND routed_at IS NULL",
-                (now_iso, plan.outcome, plan.source_id)).rowcount
-            if marked == 0:
+                (now_iso, plan.outcome, plan.source_id))
+            if not plan.rows and not plan.groups:
+                deferred.append((len(results), cur))
+                results.append(None)
+                continue
+            pipe.sync()
+            if cur.rowcount == 0:
                 results.append(RoutingCommitResult(False, 0, ()))
                 continue
             _insert_rows(conn, plan.rows, now)
@@ -82,7 +91,9 @@ def commit_routing(conn: Conn, plans: Sequence[RoutingPlan], now_iso: str,
             groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)
             results.append(RoutingCommitResult(True, len(plan.rows), groups))
         notify_outbox(conn, schema, woken)
-    return results
+    for index, cur in deferred:
+        results[index] = RoutingCommitResult(cur.rowcount > 0, 0, ())
+    return [r for r in results if r is not None]
 
 
 def _join(conn: Conn, instance_id: int, join: Any, now: float) -> OpenGroup:
