@@ -304,7 +304,7 @@ class Engine:
                 procedure_steps=self.procedure_steps,
                 destinations=DestinationChecker(self.settings.destinations,
                                                 self.dispatcher.sender_factory),
-                http=http, site=self.settings.site)
+                http=http, site=self.settings.site, spool=self.spool)
             await self.admin.start()
             self._stop_steps.append(("admin", self.admin.stop))
 

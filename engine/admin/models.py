@@ -35,6 +35,18 @@ class InstancePath(Params):
     sop_instance_uid: Uid
 
 
+class InstanceDryRunQuery(InstancePath):
+    time: Text | None = Field(default=None, description="evaluation time, ISO 8601 "
+                                                        "(default: now)")
+
+
+class StudyInstancesQuery(Params):
+    study_instance_uid: Uid
+    after: Annotated[int, Field(ge=0, le=2**63 - 1, description=(
+        "the last id of the previous page (default 0: from the first)"))] = 0
+    limit: Limit = 100
+
+
 class DestinationPath(Params):
     destination: Text
 

@@ -14,6 +14,7 @@ It must never write to the store directly.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import ssl
@@ -26,14 +27,16 @@ from aiohttp import web
 
 from engine import __version__
 from engine.admin.access import Access
-from engine.admin.api import MAX_BODY_KEY, Api, Call, NoParams, guard_middleware
+from engine.admin.api import MAX_BODY_KEY, Api, Call, NoParams, error_response, guard_middleware
 from engine.admin.destinations import add_destination_routes
 from engine.admin.models import (
     DryRunQuery,
     Hl7MessagesQuery,
+    InstanceDryRunQuery,
     InstancePath,
     Paging,
     StepDryRunQuery,
+    StudyInstancesQuery,
     WorklistDelete,
     WorklistItemPath,
     WorklistQuery,
@@ -43,6 +46,7 @@ from engine.admin.queues import add_queue_routes
 from engine.admin.recent_errors import add_error_routes
 from engine.admin.roles import Role
 from engine.admin.trace import add_trace_routes
+from engine.durable.spool import Spool
 from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.egress.check import DestinationChecker
 from engine.egress.queues import QueueAdmin
@@ -178,7 +182,8 @@ class AdminServer:
                  rules: RulesManager | None = None, queues: QueueAdmin | None = None,
                  procedure_steps: ProcedureStepService | None = None,
                  destinations: DestinationChecker | None = None,
-                 http: HttpSettings | None = None, site: SiteSettings | None = None) -> None:
+                 http: HttpSettings | None = None, site: SiteSettings | None = None,
+                 spool: Spool | None = None) -> None:
         self._http = http or HttpSettings()  # host and port are the arguments
         self._site = site or SiteSettings()
         self._tls_context: ssl.SSLContext | None = None
@@ -191,6 +196,8 @@ class AdminServer:
             or self._http.console_over_plain_http,
             open_allowed=_loopback(host))
         self._destinations = destinations
+        #: read only, for dry runs of received instances
+        self._spool = spool
         self._procedure_steps = procedure_steps
         self._worklist = worklist
         self._rules = rules
@@ -235,6 +242,11 @@ class AdminServer:
         api.route("GET", "/api/v1/instances/{sop_instance_uid}", self.get_instance,
                   params=InstancePath, summary="The latest version of one instance",
                   responses={"200": "the instance", "404": "unknown"})
+        api.route("GET", "/api/v1/studies/{study_instance_uid}/instances", self.study_instances,
+                  params=StudyInstancesQuery,
+                  summary="The instances received for one study (every version), in arrival "
+                          "order; page on with ?after=<the last id>",
+                  responses={"200": "{items, next_after}"})
         if self._worklist is not None:
             api.route("GET", "/api/v1/worklist", self.list_worklist, params=WorklistQuery,
                       summary="Worklist items, newest first, with filters (wildcards * and ?)",
@@ -273,6 +285,17 @@ class AdminServer:
                               "before/after diff of each morph, the destinations. Nothing is "
                               "stored or sent.",
                       responses={"200": "the dry run (routes, decisions, morphs)"})
+            if self._spool is not None:
+                api.route("GET", "/api/v1/routes/test/instance/{sop_instance_uid}",
+                          self.routes_test_instance, params=InstanceDryRunQuery,
+                          summary="Dry run of a received instance (its latest version, read "
+                                  "from the spool) with the rules in use and the calling AE, "
+                                  "called AE and address it came with: which routes match and "
+                                  "why, and the diff of each morph. Nothing is stored or sent.",
+                          responses={"200": "the dry run (routes, decisions, morphs, instance)",
+                                     "404": "unknown instance",
+                                     "409": "its spooled file no longer matches its checksum",
+                                     "410": "its spooled file is gone (retention)"})
             api.route("POST", "/api/v1/routes/test/procedure-step", self.routes_test_step,
                       params=StepDryRunQuery, body_required=True, max_body=_MAX_HL7_BODY,
                       uploads={"application/dicom+json": {"type": "object"},
@@ -431,6 +454,13 @@ class AdminServer:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response(instance_json(item))
 
+    async def study_instances(self, request: web.Request,
+                              call: Call[StudyInstancesQuery, None]) -> web.Response:
+        q = call.params
+        items = await self._store.instances_after(q.after, q.limit, q.study_instance_uid)
+        return web.json_response({"items": [instance_json(i) for i in items],
+                                  "next_after": items[-1].id if len(items) == q.limit else None})
+
     # --- worklist ----------------------------------------------------------------------------
     def _wl(self) -> WorklistService:
         assert self._worklist is not None  # routes exist only with a worklist
@@ -536,6 +566,32 @@ class AdminServer:
         run = await asyncio.to_thread(dryrun.dry_run, data, rules.current, rules.keys, context,
                                       q.name)
         return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
+
+    async def routes_test_instance(self, request: web.Request,
+                                   call: Call[InstanceDryRunQuery, None]) -> web.Response:
+        q = call.params
+        item = await self._store.get_instance(q.sop_instance_uid)
+        if item is None:
+            return error_response(404, f"no instance {q.sop_instance_uid} was received")
+        assert self._spool is not None  # the route exists only with a spool
+        rec = item.record
+        try:
+            data = await asyncio.to_thread(self._spool.read, rec.spool_path)
+        except OSError:
+            return error_response(410, f"the spooled file of {q.sop_instance_uid} is gone "
+                                       "(removed by retention)")
+        if len(data) != rec.size_bytes or hashlib.sha256(data).hexdigest() != rec.sha256:
+            return error_response(409, f"the spooled file of {q.sop_instance_uid} no longer "
+                                       "matches the checksum recorded when it was received")
+        rules = self._rm()
+        # The context it came with: rules on calling AE, called AE or address match as then.
+        context = dryrun.context_for(calling_ae=rec.calling_ae, called_ae=rec.called_ae,
+                                     source_ip=rec.peer_host, when=_dry_run_time(q.time))
+        run = await asyncio.to_thread(dryrun.dry_run, data, rules.current, rules.keys, context,
+                                      f"instance {rec.sop_instance_uid}")
+        body = dryrun.to_json(run)
+        body["instance"] = instance_json(item)
+        return web.json_response(body, status=400 if run.error else 200)
 
     async def routes_test_step(self, request: web.Request, call: Call[StepDryRunQuery, None]
                                ) -> web.Response:

@@ -4,7 +4,8 @@ storescp and dead-lettered the copies a second destination refused permanently.
 
 An operator logs in, sees a refused association and the dead letters among the recent errors,
 finds the study and its deliveries, retries a dead letter, cancels a
-worklist item and runs a dry run from an uploaded file; a viewer sees everything and can change
+worklist item, runs a dry run from an uploaded file and one of a received instance picked on
+the Studies page (with the morph's diff); a viewer sees everything and can change
 nothing; a form posted without the CSRF token is refused. Screenshots of every page are kept in
 the test's folder (``screenshots/``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,7 +81,8 @@ def site(radflow: RadflowFactory, tmp_path: Path) -> Iterator[tuple[RadflowProce
         routes = tmp_path / "routes"
         routes.mkdir()
         (routes / "10-all.yaml").write_text(
-            "version: 1\nroutes:\n  - name: everything\n    destinations: [archive, faulty]\n")
+            "version: 1\nroutes:\n  - name: everything\n    destinations: [archive, faulty]\n"
+            "    morph: [{op: set, attr: InstitutionName, value: Console Hospital}]\n")
         sink = {"type": "dimse", "host": HOST, "concurrency": 1, "timeout": 10}
         rf = radflow({
             "routing": {"routes_dir": str(routes), "reload_poll_seconds": 0},
@@ -175,6 +178,22 @@ def test_console_in_chromium(site: tuple[RadflowProcess, Path], tmp_path: Path) 
             expect(result.locator("tr", has_text="everything")).to_contain_text("yes")
             page.screenshot(path=str(shots / "routes.png"), full_page=True)
 
+            # Dry run of a received instance, picked on the Studies page.
+            page.goto(base + "/#/studies")
+            page.locator("#study-recent tbody tr", has_text="RF-TEST-001").first.click()
+            instances = page.locator("#study-instances tbody tr")
+            expect(instances).to_have_count(2)
+            picked = instances.first.locator("td[data-col=sop_instance_uid]").inner_text()
+            instances.first.locator(".dryrun-pick").click()
+            expect(page).to_have_url(re.compile(r"#/routes\?instance="))
+            expect(page.locator("#dryrun-instance")).to_have_value(picked)
+            result = page.locator("#dryrun-result")
+            expect(result.locator("tr", has_text="everything")).to_contain_text("yes")
+            expect(page.locator("#dryrun-instance-info")).to_contain_text("STORESCU")
+            diff = result.locator("tr", has_text="InstitutionName")
+            expect(diff.locator(".diff-after")).to_have_text("Console Hospital")
+            page.screenshot(path=str(shots / "routes-picked-instance.png"), full_page=True)
+
             page.goto(base + "/#/destinations")
             expect(page.locator("#destinations-table")).to_contain_text("FAULTY")
             rows = page.locator("#destinations-table tbody tr")
@@ -220,4 +239,4 @@ def test_console_in_chromium(site: tuple[RadflowProcess, Path], tmp_path: Path) 
             viewer.screenshot(path=str(shots / "viewer-queues.png"), full_page=True)
         finally:
             browser.close()
-    assert len(list(shots.glob("*.png"))) == 8
+    assert len(list(shots.glob("*.png"))) == 9

@@ -317,9 +317,26 @@ PAGES.studies = async function studies() {
   const traceOut = el("div", { id: "study-trace" });
   const recent = el("div", { id: "study-recent" });
   page("Studies", form, traceOut, el("h2", {}, "Recently received"), recent);
+  async function instancesOf(studies) {
+    // The received instances of the traced studies (the first 200 of each), each with a dry
+    // run of its spooled file on the Routes page.
+    const rows = [];
+    for (const uid of studies.slice(0, 5)) {
+      const d = await api("GET", `/api/v1/studies/${encodeURIComponent(uid)}/instances?limit=200`);
+      rows.push(...d.items);
+    }
+    return table(rows, [
+      { label: "received", value: (r) => fmtTime(r.received_at) },
+      { label: "SOP Instance UID", key: "sop_instance_uid" }, { label: "modality", key: "modality" },
+      { label: "version", value: (r) => r.superseded ? `${r.version} (replaced)` : String(r.version) },
+      { label: "from", key: "calling_ae" },
+      { label: "", value: (r) => el("button", { type: "button", class: "dryrun-pick", "data-uid": r.sop_instance_uid,
+        onclick: () => { location.hash = "#/routes?instance=" + encodeURIComponent(r.sop_instance_uid); } }, "Dry run") }]);
+  }
   async function trace(by, value) {
     const t = await api("GET", `/api/v1/trace?${by}=${encodeURIComponent(value)}`);
     const deliveries = (t.timeline || []).filter((e) => e.kind === "delivery");
+    const studies = by === "study" ? [value] : ((t.keys || {}).study_instance_uids || []);
     traceOut.replaceChildren(
       el("h2", {}, `${by} ${value}: ${t.found ? "found" : "nothing found"}`),
       el("h2", {}, "Deliveries"),
@@ -330,7 +347,8 @@ PAGES.studies = async function studies() {
         { label: "pending", value: (r) => r.details.pending }, { label: "dead", value: (r) => r.details.dead },
         { label: "attempts", value: (r) => r.details.attempts },
         { label: "last error", value: (r) => r.details.last_error || "" }])),
-      el("h2", {}, "Timeline"), timelineTable(t.timeline));
+      el("h2", {}, "Timeline"), timelineTable(t.timeline),
+      el("h2", {}, "Instances"), el("div", { id: "study-instances" }, await instancesOf(studies)));
   }
   form.onsubmit = (ev) => {
     ev.preventDefault();
@@ -404,6 +422,8 @@ PAGES.queues = async function queues() {
 PAGES.routes = async function routes() {
   const status = await api("GET", "/api/v1/routes");
   const file = el("input", { type: "file", id: "dryrun-file" });
+  const wanted = new URLSearchParams(location.hash.split("?")[1] || "").get("instance") || "";
+  const picked = el("input", { id: "dryrun-instance", size: 64, placeholder: "SOP Instance UID", value: wanted });
   const out = el("div", { id: "dryrun-result" });
   const reload = can("operator") ? el("button", { type: "button", id: "routes-reload", onclick: async () => {
     if (!confirmed("Reload the routes folder now?")) return;
@@ -426,10 +446,24 @@ PAGES.routes = async function routes() {
         const r = await api("POST", "/api/v1/routes/test?name=" + encodeURIComponent(f.name), f, "application/dicom");
         showDryRun(r);
       } catch (e) { if (e.data && e.data.routes) showDryRun(e.data); say(e.message); }
-    } }, "Dry run"), out,
+    } }, "Dry run"),
+    el("p", {}, "Or a received instance, as it came (calling AE, called AE, address): pick one on the Studies page, or give its SOP Instance UID."),
+    picked, " ", el("button", { type: "button", id: "dryrun-instance-run", onclick: () => runInstance(picked.value.trim()) }, "Dry run received instance"),
+    out,
     el("h2", {}, "Status"), el("pre", {}, JSON.stringify({ ...status, routes: undefined }, null, 2)));
+  async function runInstance(uid) {
+    if (!uid) { say("Give a SOP Instance UID, or pick an instance on the Studies page."); return; }
+    try {
+      showDryRun(await api("GET", "/api/v1/routes/test/instance/" + encodeURIComponent(uid)));
+    } catch (e) { if (e.data && e.data.routes) showDryRun(e.data); say(e.message); }
+  }
+  if (wanted) runInstance(wanted);
   function showDryRun(r) {
     const parts = [el("p", { id: "dryrun-outcome" }, `${r.file || ""}: ${r.outcome || ""} ${r.error || ""}`)];
+    if (r.instance) {
+      const i = r.instance;
+      parts.push(el("p", { id: "dryrun-instance-info" }, `Received ${fmtTime(i.received_at)} from ${i.calling_ae} (${i.peer_host}) to ${i.called_ae}; study ${i.study_instance_uid || "?"}, version ${i.version}.`));
+    }
     parts.push(table(r.routes || [], [
       { label: "route", key: "name" }, { label: "matched", value: (t) => t.matched ? "yes" : "no" },
       { label: "why", value: (t) => (t.why || []).map((w) => `${"  ".repeat(w.depth)}${w.matched ? "✓" : "✗"} ${w.reason}`).join("\n") }]));
