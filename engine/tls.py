@@ -85,3 +85,46 @@ def http_ssl_option(url: str, verify: bool, ca_file: Path | None = None
     if not verify:
         return False
     return client_ssl_context(ClientTlsSettings(ca_file=ca_file))
+
+
+# OpenSSL's reason codes (``SSLError.reason``) grouped into what a site has to do about them.
+_PROTOCOL_VERSION = frozenset({"UNSUPPORTED_PROTOCOL", "WRONG_SSL_VERSION", "VERSION_TOO_LOW",
+                               "TLSV1_ALERT_PROTOCOL_VERSION"})
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST",
+                      "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG", "RECORD_LENGTH_MISMATCH"})
+# X.509 verification codes (``SSLCertVerificationError.verify_code``, X509_V_ERR_*).
+_VERIFY_REASONS = {9: "certificate_not_yet_valid", 10: "certificate_expired",
+                   23: "certificate_revoked", 12: "certificate_revocation_list_expired"}
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """Why a listener's TLS handshake with a client failed, as a stable word for logs and
+    alerts (the handshake's own message goes beside it): ``protocol_version`` (the client
+    offered only versions older than TLS 1.2), ``not_tls`` (plain TCP on the TLS port),
+    ``no_client_certificate``, ``certificate_expired``, ``certificate_not_yet_valid``,
+    ``certificate_revoked``, ``certificate_untrusted`` (no chain to the configured CA),
+    ``no_shared_cipher``, ``client_refused_our_certificate``, ``timeout``,
+    ``connection_closed`` or, for anything else, ``handshake_failed``."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "certificate_untrusted")
+    if isinstance(exc, ssl.SSLEOFError | ConnectionError):
+        return "connection_closed"
+    reason = getattr(exc, "reason", None) or ""
+    if reason in _PROTOCOL_VERSION:
+        return "protocol_version"
+    if reason in _NOT_TLS:
+        return "not_tls"
+    if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"):
+        return "no_client_certificate"
+    if reason == "CERTIFICATE_VERIFY_FAILED":
+        return "certificate_untrusted"
+    if reason == "NO_SHARED_CIPHER":
+        return "no_shared_cipher"
+    if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_")):
+        # The client ended the handshake with an alert: it did not accept radflow's side
+        # (its certificate, most often).
+        return "client_refused_our_certificate" if "CERTIFICATE" in reason or \
+            "UNKNOWN_CA" in reason else "handshake_failed"
+    return "handshake_failed"

@@ -75,7 +75,7 @@ def test_without_a_client_certificate_is_refused_when_asked(radflow: Any, pki: P
     refused = echoscu(rf, *pki.anonymous_args())
     assert refused.returncode != 0, refused.stdout
     event = rf.wait_for_event("ingress.dimse.tls_failed")
-    assert event["peer_host"] == HOST
+    assert event["peer_host"] == HOST and event["reason"] == "no_client_certificate"
     assert rf.metric("radflow_dimse_rejections_total", listener="main",
                      reason="tls_failed") >= 1
     assert echoscu(rf, *pki.client_args()).returncode == 0
@@ -91,6 +91,7 @@ def test_plain_tcp_gets_nowhere_and_tls_clients_still_work(radflow: Any, pki: Pk
     rf = tls_radflow(radflow, pki, client_ca=True)
     plain = echoscu(rf)
     assert plain.returncode != 0, plain.stdout
+    assert rf.wait_for_event("ingress.dimse.tls_failed")["reason"] == "not_tls"
     assert echoscu(rf, *pki.client_args()).returncode == 0
 
 
@@ -112,6 +113,7 @@ def test_a_silent_connection_is_closed_after_the_acse_timeout(radflow: Any, pki:
         assert silent.recv(1) == b""
     event = rf.wait_for_event("ingress.dimse.tls_failed")
     assert event["listener"] == "main" and event["peer_host"] == HOST
+    assert event["reason"] == "timeout"
 
 
 def test_an_ae_title_can_be_bound_to_a_certificate(radflow: Any, pki: Pki) -> None:

@@ -73,7 +73,7 @@ def test_a_plain_client_gets_nothing_and_the_listener_keeps_serving(radflow: Any
             answer = b""
     assert b"MSA" not in answer
     failed = rf.wait_for_event("ingress.hl7.tls_failed", timeout=15)
-    assert failed["peer_host"] == HOST
+    assert failed["peer_host"] == HOST and failed["reason"] == "not_tls"
     ack = asyncio.run(send_tls(port_of(rf), order("TLS0002"), client_context(cert)))
     assert msa(ack) == ("AA", "TLS0002")
     assert [i["accession_number"] for i in worklist(rf)] == ["ACC1"]

@@ -43,7 +43,7 @@ from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import DIMSE_REJECTIONS
 from engine.settings import DicomListener
-from engine.tls import server_ssl_context
+from engine.tls import handshake_failure_reason, server_ssl_context
 
 log = get_logger("engine.ingress.dimse")
 
@@ -152,7 +152,7 @@ class _AssociationServer(ThreadedAssociationServer):
             host = str(client_address[0]) if client_address else ""
             detail = str(exc) or type(exc).__name__
             log.warning("ingress.dimse.tls_failed", listener=self.listener, peer_host=host,
-                        detail=detail)
+                        reason=handshake_failure_reason(exc), detail=detail)
             audit_sink.notify(lambda a: a.security_alert(
                 NODE_AUTHENTICATION, f"TLS handshake failed: {detail}", peer_host=host,
                 subject=f"dicom-listener:{self.listener}"))

@@ -31,7 +31,7 @@ from engine.observability import audit_sink
 from engine.observability.logging import get_logger
 from engine.observability.metrics import MLLP_CONNECTION_ERRORS, MLLP_CONNECTIONS
 from engine.settings import Hl7Listener, Hl7Settings
-from engine.tls import server_ssl_context
+from engine.tls import handshake_failure_reason, server_ssl_context
 
 log = get_logger("engine.ingress.hl7")
 
@@ -210,7 +210,8 @@ class MllpListener:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             detail = str(exc) or type(exc).__name__
             MLLP_CONNECTION_ERRORS.labels(name, "tls_failed").inc()
-            log.warning("ingress.hl7.tls_failed", listener=name, peer_host=host, detail=detail)
+            log.warning("ingress.hl7.tls_failed", listener=name, peer_host=host,
+                        reason=handshake_failure_reason(exc), detail=detail)
             audit_sink.notify(lambda a: a.security_alert(
                 NODE_AUTHENTICATION, f"TLS handshake failed: {detail}", peer_host=host,
                 subject=f"mllp-listener:{name}"))
