@@ -65,6 +65,10 @@ from engine.worklist.mapping import load_mapping
 from engine.worklist.service import WorklistService
 
 log = get_logger("engine.app")
+#: a row still "not durable" this long after it was received is taken over by any node (a
+#: live writer marks it milliseconds after its fsync); kept well below study quiet periods,
+#: so a dead node's last acknowledged instance still joins its study's group
+_ADOPT_AFTER_SECONDS = 10.0
 
 StopStep = tuple[str, Callable[[], Awaitable[None]]]
 
@@ -280,6 +284,14 @@ class Engine:
         self._stop_steps.append(("audit-drain", self._drain_audit))
         # Other nodes' new rows (PostgreSQL NOTIFY) wake the workers too; polling stays.
         self.store.watch_outbox(self.dispatcher.wake)
+        if self.settings.storage.backend == "postgresql":
+            # Rows another node or worker answered for but died before marking "durable":
+            # taken over within seconds (safe even while the writer lives, see adopt), so a
+            # dead node's acknowledged instances are routed without waiting for its return.
+            # One process on SQLite settles its own at start.
+            after = min(self.settings.delivery.lease_seconds, _ADOPT_AFTER_SECONDS)
+            self._tasks.append(asyncio.create_task(
+                self.journal.adopt_forever(after, max(1.0, after / 4)), name="journal-adopt"))
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))
         self._tasks.append(asyncio.create_task(self._watch_health(), name="health-metrics"))
         self._tasks.append(asyncio.create_task(self.worklist.run_maintenance(),

@@ -6,8 +6,10 @@ transaction. Only then is each caller resolved. An instance whose spool file is 
 its commit (``InstanceCommit.file_durable=False``) gets a row marked "not durable" and an entry
 in :class:`FileSyncWatch` before its caller hears of it; intake settles the entry when its fsync
 ends, and the "durable" marks ride on the next commit. :meth:`JournalWriter.recover` checks, at
-start, the files of rows a crash left unmarked. It must not answer a peer itself and must not
-swallow a failed commit: every waiting caller gets the exception.
+start, the files of rows a crash left unmarked, and :meth:`JournalWriter.adopt` takes over,
+on a shared database, the rows another node or worker left unmarked when it died. It must not
+answer a peer itself and must not swallow a failed commit: every waiting caller gets the
+exception.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -320,6 +323,42 @@ class JournalWriter:
             await self._store.mark_instances_durable(kept)
         return len(kept), withdrawn
 
+    async def adopt(self, older_than: float) -> int:
+        """Mark the rows left "not durable" for more than ``older_than`` seconds, whichever
+        node or worker wrote them, once their file is found whole and is fsync'd again here.
+
+        A node (or worker) killed between its answer to the sender and its "durable" mark
+        leaves such a row: acknowledged, but not routed (the router takes marked rows only)
+        until that node's own start-up settles it, which may be never. A whole file fsync'd
+        again is durable whoever does it, so taking it over is safe even when its writer is
+        alive and only slow. A file that is not whole is left to its own node's start-up: it
+        may still be being written, and a row whose file never became whole was never
+        acknowledged. Returns the number marked."""
+        horizon = time.time() - older_than
+        kept = []
+        for row in await self._store.instances_not_durable():
+            rec = row.record
+            if _epoch(rec.received_at) > horizon:
+                continue  # its writer is most likely still on it
+            if await asyncio.to_thread(self._whole_and_synced, rec.spool_path,
+                                       rec.size_bytes, rec.sha256):
+                kept.append(row.id)
+        if kept:
+            await self._store.mark_instances_durable(kept)
+            log.warning("durable.journal.adopted", rows=len(kept), journal_ids=kept[:20],
+                        reason=f"not marked durable within {older_than:g} s by the node that "
+                               "received them (stopped or killed); files whole, synced here")
+        return len(kept)
+
+    async def adopt_forever(self, older_than: float, every: float) -> None:
+        """:meth:`adopt` every ``every`` seconds (a task on a shared database)."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.adopt(older_than)
+            except Exception:  # the database is away: the next round tries again
+                log.exception("durable.journal.adopt_failed")
+
     def _whole_and_synced(self, rel_path: str, size: int, sha256: str) -> bool:
         if not self._spool.is_whole(rel_path, size, sha256):
             return False
@@ -328,6 +367,17 @@ class JournalWriter:
         except StorageFailure:
             return False
         return True
+
+
+def _epoch(iso: str) -> float:
+    """Seconds since the epoch of a journal timestamp (ISO 8601; UTC when it names no zone)."""
+    try:
+        moment = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return 0.0  # unreadable: treat as old, the file check still decides
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
 
 
 def _run_thens(marks: Sequence[tuple[int, Callable[[], object] | None]]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -221,6 +223,32 @@ async def test_recover_keeps_whole_files_and_withdraws_the_rest(
     assert not spool.path_of(record(2).spool_path).exists()  # the cut file went with its row
     # the kept row is routable again; the withdrawn ones are gone for good
     assert [r.id for r in await store.inner.unrouted_instances(0, 10)] == [whole]
+
+
+async def test_adopt_marks_a_dead_writers_whole_files_and_leaves_the_rest(
+    store: CountingStore, spool: Spool,
+) -> None:
+    """Rows another node answered for and died before marking: any node marks the whole ones
+    once they are old enough, so they are routed; young rows and files that are not whole stay
+    for their writer (or its start-up)."""
+    old_whole = await not_durable_row(store, spool, 1, b"A" * 4096)
+    await not_durable_row(store, spool, 2, b"B" * 4096, whole=False)
+    await not_durable_row(store, spool, 3, None)
+    young = dataclasses.replace(
+        record(4, size=10, sha=hashlib.sha256(b"D" * 10).hexdigest()),
+        received_at=dt.datetime.now(dt.UTC).isoformat())
+    spool.path_of(young.spool_path).write_bytes(b"D" * 10)
+    await store.inner.commit_instances(
+        [InstanceCommit(young, DuplicatePolicy.VERSION, file_durable=False)])
+    journal = JournalWriter(store, spool)  # type: ignore[arg-type]
+
+    assert await journal.adopt(older_than=60) == 1
+
+    assert [r.id for r in await store.inner.unrouted_instances(0, 10)] == [old_whole]
+    left = sorted(r.record.sop_instance_uid for r in await store.inner.instances_not_durable())
+    assert left == [f"{UID}.{n}" for n in (2, 3, 4)]  # not withdrawn: not this node's to judge
+    assert spool.path_of(record(2).spool_path).exists()
+    assert await journal.adopt(older_than=60) == 0  # nothing new
 
 
 async def test_recover_makes_the_superseded_version_current_again(
