@@ -7,8 +7,9 @@
 apt_install dcmtk orthanc orthanc-dicomweb rsyslog rsyslog-gnutls prometheus
 # the console tests drive Debian's chromium with Playwright (never `playwright install`)
 apt_install chromium
-# the scale-out scenario puts HAProxy in front of several radflow nodes
-apt_install haproxy
+# the scale-out scenario puts HAProxy in front of several radflow nodes, each in a network
+# namespace of its own (iproute2), PostgreSQL reached from there through socat
+apt_install haproxy iproute2 socat
 ensure_postgresql() {
   # The PostgreSQL tests use a server on 127.0.0.1:5432 (trust, database "test"). When none
   # answers, install Debian's, let loopback in without a password (a test machine), start it.

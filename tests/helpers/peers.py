@@ -119,6 +119,18 @@ class Storescp:
                 uids.add(name.split(".", 1)[1])
         return uids
 
+    def repeats(self) -> dict[str, int]:
+        """SOP Instance UID -> how many times it arrived again after the first (storescp logs
+        a warning each time it overwrites a file of the same name)."""
+        counts: dict[str, int] = {}
+        marker = "DICOM file already exists, overwriting: "
+        if self.log.exists():
+            for line in self.log.read_text("utf-8", "replace").splitlines():
+                if marker in line:
+                    uid = Path(line.split(marker, 1)[1].strip()).name.split(".", 1)[1]
+                    counts[uid] = counts.get(uid, 0) + 1
+        return counts
+
     def received_files(self) -> list[Path]:
         return sorted(p for p in self.out.iterdir() if p.is_file())
 

@@ -173,6 +173,10 @@ class RadflowProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         #: extra environment for the next start (e.g. ``RADFLOW_CRASH_AT`` of engine.crashpoints)
         self.env: dict[str, str] = {}
+        #: where the test reaches it (its host's address when it runs in a network namespace)
+        self.address = HOST
+        #: a command that runs radflow elsewhere, e.g. ``ip netns exec NAME`` (empty: here)
+        self.launcher: list[str] = []
         self.starts = 0
         self._run_offset = 0  # log file offset where the current run began
 
@@ -249,7 +253,8 @@ class RadflowProcess:
         err_offset = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
         with open(self.log_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine", "run", "--config", str(self.config_path)],
+                [*self.launcher, sys.executable, "-m", "engine", "run", "--config",
+                 str(self.config_path)],
                 cwd=REPO_ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -354,9 +359,12 @@ class RadflowProcess:
     # --- HTTP admin ----------------------------------------------------------------------------
     def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """``GET`` on the admin server: (status, body); status 0 when nothing answers."""
-        url = f"http://{HOST}:{self.http_port}{path}"
+        request = urllib.request.Request(f"http://{self.address}:{self.http_port}{path}")
+        if token := self.config["http"].get("token"):
+            # Beyond loopback the API needs the token (health and metrics are open anyway).
+            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
