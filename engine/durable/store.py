@@ -591,6 +591,14 @@ class Store(Protocol):
 
     async def mark_procedure_step_complete(self, step_id: int, now: str) -> bool: ...
 
+    # --- singletons among processes ------------------------------------------------------------
+    async def hold_lead(self, duty: str) -> bool:
+        """Whether this process is the one among every process on this store that does
+        ``duty`` (taken when free; kept while this process and its connection live, then
+        free for another). For work that needs doing once for all of them, where each doing
+        it too only repeats it (the Q/R indexer)."""
+        ...
+
     # --- Query/Retrieve index (engine.durable.qr); SQL in sqlite/qr.py -----------------------
     async def qr_index_watermark(self) -> int:
         """The last journal row the Q/R index has taken in (0: none)."""

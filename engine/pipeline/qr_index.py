@@ -7,7 +7,9 @@ query can match or return), and writes the page's index rows and the new waterma
 store transaction. It starts from the watermark, so a restart (or a power cut, which takes the
 un-fsync'd index rows and the watermark back together) re-reads only what is missing. A file it
 cannot read is logged and left out of the index (the instance is still delivered as routed).
-It never answers a peer and never changes the journal.
+Among several workers or nodes on one database, only the one holding the store's lead for the
+index runs it (the others would repeat its work); when that process dies, another takes over
+at its next look. It never answers a peer and never changes the journal.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from engine.pipeline.header import read_header
 log = get_logger("engine.pipeline")
 
 _PAGE: Final = 500
+#: the store's name for "the process that keeps the Q/R index" (see ``Store.hold_lead``)
+LEAD_DUTY: Final = "qr-index"
 _TAGS: Final = frozenset(int(t) for t in (tag_for_keyword(k) for k in KEYWORD_COLUMNS)
                          if t is not None)
 
@@ -69,6 +73,7 @@ class QrIndexer:
         self._poll = poll_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ask_again_at = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="qr-indexer")
@@ -92,13 +97,27 @@ class QrIndexer:
         while True:
             self._wake.clear()
             try:
-                while await self.index_once():
-                    pass
+                # One indexer among the workers and nodes on one database: the others would
+                # read the same files and write the same rows again.
+                if await self._lead():
+                    while await self.index_once():
+                        pass
             except Exception:
                 log.exception("qr.index_failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll):
                     await self._wake.wait()
+
+    async def _lead(self) -> bool:
+        """Whether this process keeps the index now; a process that does not asks again only
+        after a poll interval (not at every instance it stores)."""
+        now = asyncio.get_running_loop().time()
+        if now < self._ask_again_at:
+            return False
+        if await self._store.hold_lead(LEAD_DUTY):
+            return True
+        self._ask_again_at = now + self._poll
+        return False
 
     async def index_once(self) -> int:
         """Index one page after the watermark; the number of journal rows taken in."""

@@ -176,3 +176,10 @@ async def test_on_archive_waits_for_delivery_and_the_archive(store: Any) -> None
     assert report is not None
     assert report.failed == ((held.sop_class_uid, held.sop_instance_uid, 0x0110),)
     assert await store.waiting_commitments(10) == []
+
+
+async def test_one_process_leads_the_index(store: Any) -> None:
+    """Alone on its store, a process keeps the index (a second node left out, then taking
+    over, is in test_store_postgresql.py)."""
+    assert await store.hold_lead("qr-index")
+    assert await store.hold_lead("qr-index")

@@ -261,6 +261,24 @@ async def test_one_instance_committed_by_two_nodes_at_once_is_kept_once(schema: 
         await b.close()
 
 
+async def test_a_duty_is_led_by_one_node_and_passes_on_when_it_goes(schema: str) -> None:
+    a = PostgresStore(pg.settings(schema), connect_attempts=1)
+    b = PostgresStore(pg.settings(schema), connect_attempts=1)
+    await a.open()
+    await b.open()
+    try:
+        assert await a.hold_lead("qr-index")
+        assert not await b.hold_lead("qr-index")
+        assert await b.hold_lead("another duty")
+        assert await a.hold_lead("qr-index")  # still a's
+        await a.close()  # its connection ends: the server frees the lead
+        assert await b.hold_lead("qr-index")
+        assert not await a.hold_lead("qr-index")  # closed: leads nothing
+    finally:
+        await a.close()
+        await b.close()
+
+
 # --- radflow db ... ------------------------------------------------------------------------
 def pg_config(tmp_path: Path, schema: str) -> Path:
     return write_config(tmp_path, f"""

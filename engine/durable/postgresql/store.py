@@ -47,11 +47,13 @@ from engine.durable.postgresql import (
 )
 from engine.durable.postgresql._common import (
     SessionRefused,
+    advisory_key,
     check_session,
     connect,
     conninfo,
     is_connection_error,
     notify_channel,
+    scalar,
     tolerating_nul,
     where,
 )
@@ -130,6 +132,8 @@ class PostgresStore:
         self._pool: ConnectionPool[Conn] | None = None
         self._open = False
         self._listen_task: asyncio.Task[None] | None = None
+        #: duty -> the writer connection holding its advisory lock (touched on the writer only)
+        self._leads: dict[str, Conn] = {}
 
     # --- plumbing ----------------------------------------------------------------------------
     def _writer_conn(self) -> Conn:
@@ -393,6 +397,28 @@ class PostgresStore:
 
     async def trace(self, by: TraceBy, value: str) -> TraceRecords:
         return await self._read(lambda c: trace.trace(c, by, value))
+
+    async def hold_lead(self, duty: str) -> bool:
+        """A session advisory lock on the writer's connection: the server frees it when that
+        connection ends (this process died, or the connection broke and was replaced, when
+        the next call tries again), so the duty moves to a live process by itself."""
+        if not self._open:
+            return False
+
+        def take(conn: Conn) -> bool:
+            if self._leads.get(duty) is conn:
+                return True  # held on this very connection: no round trip
+            key = advisory_key("radflow.lead", self.cfg.db_schema, duty)
+            if not scalar(conn, "SELECT pg_try_advisory_lock(%s)", (key,)):
+                return False
+            self._leads[duty] = conn
+            log.info("durable.postgresql.lead_taken", duty=duty)
+            return True
+
+        try:
+            return await self._write(take)
+        except StorageFailure:
+            return False
 
     # --- Query/Retrieve index ------------------------------------------------------------------
     async def qr_index_watermark(self) -> int:

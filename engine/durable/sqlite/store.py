@@ -255,6 +255,9 @@ class SqliteStore:
         return await self._write(lambda c: commitment.record_archive_report(
             c, transaction_uid, results))
 
+    async def hold_lead(self, duty: str) -> bool:
+        return self._wconn is not None  # one process per SQLite file (workers > 1 is refused)
+
     # --- Query/Retrieve index ------------------------------------------------------------------
     async def qr_index_watermark(self) -> int:
         return await self._read(qr.watermark)
