@@ -26,7 +26,7 @@ from engine.audit.trail import AuditTrail
 from engine.bridge import LoopBridge
 from engine.bus import EventBus
 from engine.dicom.associations import OpenAssociations
-from engine.durable.commitment import SopRef
+from engine.durable.commitment import CommitmentPlan, SopRef
 from engine.durable.journal import JournalWriter
 from engine.durable.retention import Retention
 from engine.durable.spool import Spool
@@ -150,19 +150,20 @@ class Engine:
         commitment: CommitmentProvider | None = None
         self.archive_commitments: ArchiveCommitments | None = None
         if settings.commitment.enabled:
-            commitment = CommitmentProvider(self.bridge, self.store, settings.commitment,
-                                            self.associations, settings.dicom.store_timeout)
-            archives = {name: settings.destinations[name]
-                        for name in settings.commitment.archive_destinations}
-            committing = {name: d for name, d in archives.items()
+            cs = settings.commitment
+            committing = {name: d for name, d in settings.destinations.items()
                           if isinstance(d, DimseDestination) and d.storage_commitment}
+            plan = CommitmentPlan(cs.policy, tuple(cs.archive_destinations),
+                                  frozenset(committing))
+            commitment = CommitmentProvider(self.bridge, self.store, cs, self.associations,
+                                            settings.dicom.store_timeout, plan=plan)
 
             async def ask(name: str, transaction_uid: str, refs: tuple[SopRef, ...]) -> None:
                 await asyncio.to_thread(ask_commitment, committing[name], transaction_uid, refs)
 
             self.archive_commitments = ArchiveCommitments(
-                self.store, list(archives), settings.commitment.archive_check_seconds,
-                committing=list(committing), ask=ask, uid_prefix=settings.routing.uid_prefix)
+                self.store, plan, cs.archive_check_seconds, ask=ask,
+                uid_prefix=settings.routing.uid_prefix)
         # --- end Storage Commitment ---
         #: a node without intake, worklist and MPPS roles opens no DICOM port
         self.dimse_enabled = any(roles.has(r) for r in ("intake", "worklist", "mpps"))
@@ -173,6 +174,9 @@ class Engine:
                                     self.bus)
         # --- routing (D3): journal -> rules -> outbox; invalid routes raise SettingsError ---
         self.rules = RulesManager(settings)
+        if commitment is not None:
+            # Read at each N-ACTION: a reload that adds or drops a route's commitment: counts.
+            commitment.routes_say = lambda: self.rules.current.has_commitment
         self.router = Router(self.store, self.spool, self.rules,
                              default_charset=settings.hl7.default_charset,
                              sweep_seconds=settings.routing.sweep_seconds)

@@ -667,11 +667,15 @@ class CommitmentSettings(_Strict):
     timeout: float = Field(default=30.0, gt=0)
     retry: RetryPolicy | None = None
 
-    def policy_for(self, calling_ae: str) -> Literal["on_receipt", "on_archive"]:
+    def policy_for(self, calling_ae: str, routes_say: bool = False
+                   ) -> Literal["on_receipt", "on_archive", "by_route"]:
+        """The precedence: the calling AE's own policy, else (``routes_say``: some route has a
+        ``commitment:``) what the routes that matched each instance ask for, else the site's
+        ``policy``."""
         for modality in self.modalities:
             if modality.ae_title == calling_ae and modality.policy is not None:
                 return modality.policy
-        return self.policy
+        return "by_route" if routes_say else self.policy
 
     def destinations(self) -> dict[str, CommitmentReports]:
         if not self.enabled:
@@ -843,6 +847,20 @@ class Settings(_Strict):
         if unknown_archive:
             raise ValueError("commitment.archive_destinations names unknown destination(s) "
                              f"{unknown_archive}")
+        cannot_confirm = [n for n in self.commitment.archive_destinations
+                          if self.destinations[n].type not in ("dimse", "dicomweb")]
+        if cannot_confirm:
+            raise ValueError("commitment.archive_destinations must be dimse or dicomweb "
+                             f"destinations (they confirm storage): {cannot_confirm}")
+        on_archive = [f"commitment.modalities ({m.ae_title})" for m in self.commitment.modalities
+                      if m.policy == "on_archive"]
+        if self.commitment.policy == "on_archive":
+            on_archive.insert(0, "commitment.policy")
+        if on_archive and not self.commitment.archive_destinations:
+            raise ValueError(f"{', '.join(on_archive)} say on_archive but "
+                             "commitment.archive_destinations is empty: name the archive(s) "
+                             "that must confirm each instance (a route's own archives are set "
+                             "with its commitment:)")
         unknown = [n for n in self.audit.export_destinations or [] if n not in self.destinations]
         if unknown:
             raise ValueError(f"audit.export_destinations names unknown destination(s) {unknown}")

@@ -3,14 +3,38 @@
 Storage Commitment reports go back on the association the modality asked on when it is still
 open (PS3.4 J.3.3); the intake side registers it when the request arrives and forgets it when
 the connection closes, the delivery side looks it up. :class:`OpenAssociations` is the one
-thread-safe table both share (so ingress and egress never import each other). It must not
-send anything itself.
+thread-safe table both share (so ingress and egress never import each other). Since a report
+then leaves from a delivery thread while the association's own thread may be answering on it,
+:func:`serialize_messages` makes each DIMSE message go out whole. It must not send anything
+itself.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
+
+
+def serialize_messages(assoc: Any) -> None:
+    """From now on, send each DIMSE message on ``assoc`` whole: one lock per association
+    around pynetdicom's ``send_msg`` (which splits a message into P-DATA PDUs and queues them).
+    pynetdicom fires EVT_DIMSE_SENT before it queues a message, so without the lock a report
+    woken by the N-ACTION response could go out before that response, or its fragments
+    interleave with another response's, which the modality cannot decode. Idempotent; call it
+    on the association's thread before the first response that may wake a report."""
+    dimse = assoc.dimse
+    if getattr(dimse, "_radflow_serialized", False):
+        return
+    lock = threading.RLock()  # re-entrant: EVT_DIMSE_SENT handlers run inside a send
+    send: Callable[[Any, int], None] = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        with lock:
+            send(primitive, context_id)
+
+    dimse.send_msg = send_msg
+    dimse._radflow_serialized = True
 
 
 class OpenAssociations:

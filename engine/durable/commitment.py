@@ -5,8 +5,9 @@ Instances it names, and the policy that decides them); the answer it waits for i
 :class:`CommitmentReport`, queued in the outbox for the ``commitment`` destination (durable,
 retried by the dispatcher like any delivery). :func:`decide_on_receipt` is the ``on_receipt``
 policy, pure so every backend applies it the same way: an instance is committed when radflow's
-journal holds it (its C-STORE was answered only after the file and the row were durable). This
-module holds no SQL and talks to no peer.
+journal holds it (its C-STORE was answered only after the file and the row were durable);
+:func:`decide` is ``on_archive`` and ``by_route`` (each instance as the routes that matched it
+asked, see :class:`CommitmentPlan`). This module holds no SQL and talks to no peer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any, Final, Literal
 
 from engine.status import DimseStatus
 
-CommitmentPolicy = Literal["on_receipt", "on_archive"]
+#: ``by_route``: neither the calling AE nor the site decided alone: each instance follows what
+#: the routes that matched it asked for (recorded when it was routed), else the site's policy
+CommitmentPolicy = Literal["on_receipt", "on_archive", "by_route"]
 #: the outbox destination (and ``source_table``) of commitment reports
 COMMITMENT_DESTINATION: Final = "commitment"
 COMMITMENT_SOURCE: Final = "commitment_requests"
@@ -95,14 +98,70 @@ def decide_on_receipt(request: CommitmentRequest, journal: Mapping[str, str]
                             tuple(failed))
 
 
-def decide_on_archive(request: CommitmentRequest, journal: Mapping[str, tuple[str, int]],
-                      confirmed: set[int], expired: bool,
-                      committing: tuple[str, ...] = ()) -> CommitmentReport | None:
-    """The ``on_archive`` policy. ``journal``: SOP Instance UID -> (SOP Class UID, journal id);
-    ``confirmed``: journal ids every archive destination delivered; ``committing``: the
-    archive destinations whose own Storage Commitment answer (``request.asks``) must confirm
-    too. None while an instance is still on its way and the deadline has not passed; past it,
-    what is unconfirmed fails with Processing Failure (never a silent success)."""
+def encode_route_archives(archives: tuple[str, ...] | None) -> str | None:
+    """How an instance keeps what its routes asked for (``instances.route_commitment``)."""
+    return None if archives is None else json.dumps(list(archives))
+
+
+def decode_route_archives(raw: str | None) -> tuple[str, ...] | None:
+    return None if raw is None else tuple(str(a) for a in json.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class HeldInstance:
+    """What deciding a commitment needs of one current journal row."""
+
+    sop_class_uid: str
+    journal_id: int
+    routed: bool
+    #: what the routes that matched it asked for when it was routed: None (no route said),
+    #: () on_receipt, else the archives that must confirm it
+    route_archives: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentPlan:
+    """The site's side of deciding (from the ``commitment`` settings): the default policy, its
+    archives, and the archives that answer Storage Commitment themselves."""
+
+    policy: Literal["on_receipt", "on_archive"] = "on_receipt"
+    archives: tuple[str, ...] = ()
+    committing: frozenset[str] = frozenset()
+
+    def archives_for(self, policy: CommitmentPolicy, held: HeldInstance
+                     ) -> tuple[str, ...] | None:
+        """The destinations that must confirm ``held`` (empty: committed on receipt); None
+        while routing has not told yet what its routes ask for (``by_route``)."""
+        if policy == "on_receipt":
+            return ()
+        if policy == "on_archive":
+            return self.archives
+        if not held.routed:
+            return None
+        if held.route_archives is not None:
+            return held.route_archives
+        return self.archives if self.policy == "on_archive" else ()
+
+    def needed(self, request: CommitmentRequest, journal: Mapping[str, HeldInstance]
+               ) -> set[str]:
+        """Every archive some instance of ``request`` waits for (known so far)."""
+        out: set[str] = set()
+        for _, uid in request.refs:
+            held = journal.get(uid)
+            if held is not None:
+                out.update(self.archives_for(request.policy, held) or ())
+        return out
+
+
+def decide(request: CommitmentRequest, journal: Mapping[str, HeldInstance],
+           confirmed: set[tuple[int, str]], expired: bool, plan: CommitmentPlan
+           ) -> CommitmentReport | None:
+    """The ``on_archive`` and ``by_route`` policies. ``journal``: SOP Instance UID -> the
+    current journal row; ``confirmed``: (journal id, destination) pairs that destination
+    delivered; an archive in ``plan.committing`` must also have confirmed it with its own
+    Storage Commitment answer (``request.asks``). None while an instance is still on its way
+    (or not routed yet) and the deadline has not passed; past it, what is unconfirmed fails
+    with Processing Failure (never a silent success)."""
     success: list[SopRef] = []
     failed: list[FailedRef] = []
     waiting = False
@@ -112,11 +171,16 @@ def decide_on_archive(request: CommitmentRequest, journal: Mapping[str, tuple[st
         if held is None:
             failed.append((sop_class, uid, int(DimseStatus.NO_SUCH_OBJECT_INSTANCE)))
             continue
-        if held[0] != sop_class:
+        if held.sop_class_uid != sop_class:
             failed.append((sop_class, uid, int(DimseStatus.CLASS_INSTANCE_CONFLICT)))
             continue
-        reason: int | None = 0 if held[1] in confirmed else None
-        for destination in committing if reason == 0 else ():
+        needed = plan.archives_for(request.policy, held)
+        reason: int | None = None
+        if needed is not None and all((held.journal_id, d) in confirmed for d in needed):
+            reason = 0
+        for destination in needed if reason == 0 and needed else ():
+            if destination not in plan.committing:
+                continue
             results = (request.asks.get(destination) or {}).get("results")
             if results is None:
                 reason = None  # asked (or about to be), not answered yet

@@ -69,6 +69,9 @@ class RoutingPlan:
     outcome: RoutingOutcome
     rows: tuple[NewOutboxRow, ...] = ()
     groups: tuple[GroupJoin, ...] = ()
+    #: instances: what the matched routes ask of Storage Commitment, as
+    #: :func:`~engine.durable.commitment.encode_route_archives` wrote it (None: no route said)
+    commitment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,13 @@ from engine.settings import StorageSettings
 
 if TYPE_CHECKING:
     from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
-    from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
+    from engine.durable.commitment import (
+        CommitmentPlan,
+        CommitmentReport,
+        CommitmentRequest,
+        CommitmentResult,
+        HeldInstance,
+    )
     from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
     from engine.durable.routing import (
         BuildGroupRows,
@@ -620,24 +626,28 @@ class Store(Protocol):
         ...
 
     # --- Storage Commitment (engine.durable.commitment); SQL in sqlite/commitment.py ----------
-    async def commit_commitment_request(self, request: CommitmentRequest, now: float
-                                        ) -> CommitmentResult:
-        """Record a request in ONE transaction; an ``on_receipt`` one is decided against the
-        journal there and its report queued in the outbox. A Transaction UID seen before
-        from the same AE changes nothing (``duplicate``)."""
+    async def commit_commitment_request(self, request: CommitmentRequest,
+                                        plan: CommitmentPlan, now: float) -> CommitmentResult:
+        """Record a request in ONE transaction and decide there what can be decided already
+        (an ``on_receipt`` one always), its report queued in the outbox. A Transaction UID
+        seen before from the same AE changes nothing (``duplicate``)."""
         ...
 
     async def waiting_commitments(self, limit: int) -> list[tuple[int, CommitmentRequest]]:
-        """``on_archive`` requests not reported yet, oldest first."""
+        """``on_archive`` and ``by_route`` requests not reported yet, oldest first."""
         ...
 
     async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
-                                 archive_destinations: Sequence[str],
-                                 committing: Sequence[str], now: float
-                                 ) -> CommitmentReport | None:
-        """In ONE transaction, queue the report of a waiting ``on_archive`` request once every
-        instance is confirmed by the archive destinations (and, for ``committing`` ones, by
-        their own commitment answer), or its deadline passed."""
+                                 plan: CommitmentPlan, now: float) -> CommitmentReport | None:
+        """In ONE transaction, queue the report of a waiting request once every instance is
+        confirmed by the archives ``plan`` says it needs (and, for committing ones, by their
+        own commitment answer), or its deadline passed. Any node may call it: the request row
+        is locked, so a request is reported once."""
+        ...
+
+    async def commitment_holdings(self, sop_instance_uids: Sequence[str]
+                                  ) -> dict[str, HeldInstance]:
+        """The current journal rows of these instances, with what their routes asked for."""
         ...
 
     async def commitment_delivered(self, sop_instance_uids: Sequence[str], destination: str

@@ -1,11 +1,15 @@
-"""The ``on_archive`` Storage Commitment watch: waiting requests in, reports queued.
+"""The ``on_archive`` / ``by_route`` Storage Commitment watch: waiting requests in, reports
+queued.
 
 Every few seconds :class:`ArchiveCommitments` takes the requests still waiting (stored, so a
-restart loses none) and asks the store to decide each in one transaction: committed once every
-archive destination delivered each instance (its outbox rows ``done``: the C-STORE answered
-Success, the STOW-RS response listed it as stored), failed with Processing Failure once the
-deadline passed while something was still unconfirmed, never a silent success. A queued report
-wakes the ``commitment`` queue. It never talks to peers.
+restart loses none, and shared: on PostgreSQL any node's watch decides any node's request) and
+asks the store to decide each in one transaction: committed once every archive the request's
+policy names for an instance (the site's ``archive_destinations``, or those of the routes that
+matched it) delivered it (its outbox rows ``done``: the C-STORE answered Success, the STOW-RS
+response listed it as stored), failed with Processing Failure once the deadline passed while
+something was still unconfirmed, never a silent success. A queued report wakes the
+``commitment`` queue. Archives that answer Storage Commitment themselves are asked through
+``ask``; the watch itself never talks to peers.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from pydicom.uid import generate_uid
 
-from engine.durable.commitment import CommitmentRequest, SopRef
+from engine.durable.commitment import CommitmentPlan, CommitmentRequest, SopRef
 from engine.durable.store import Store
 from engine.observability.logging import get_logger
 
@@ -31,12 +35,10 @@ AskCommitment = Callable[[str, str, tuple[SopRef, ...]], Awaitable[None]]
 
 
 class ArchiveCommitments:
-    def __init__(self, store: Store, archive_destinations: Sequence[str],
-                 interval: float, committing: Sequence[str] = (),
+    def __init__(self, store: Store, plan: CommitmentPlan, interval: float,
                  ask: AskCommitment | None = None, uid_prefix: str = "2.25.") -> None:
         self._store = store
-        self._destinations = list(archive_destinations)
-        self._committing = tuple(committing)
+        self._plan = plan
         self._ask = ask
         self._uid_prefix = uid_prefix
         self._interval = interval
@@ -66,8 +68,8 @@ class ArchiveCommitments:
         """Decide what can be decided now; the number of reports queued."""
         queued = 0
         for request_id, request in await self._store.waiting_commitments(_PAGE):
-            report = await self._store.resolve_commitment(
-                request_id, request, self._destinations, self._committing, time.time())
+            report = await self._store.resolve_commitment(request_id, request, self._plan,
+                                                          time.time())
             if report is None:
                 await self._ask_archives(request_id, request)
                 continue
@@ -80,15 +82,22 @@ class ArchiveCommitments:
         return queued
 
     async def _ask_archives(self, request_id: int, request: CommitmentRequest) -> None:
-        """Ask each committing archive that delivered every instance and was not asked yet
-        (or whose ask failed: it is asked again at the next check)."""
-        if self._ask is None:
+        """Ask each committing archive that delivered every instance it must confirm and was
+        not asked yet (or whose ask failed: it is asked again at the next check)."""
+        if self._ask is None or not self._plan.committing:
             return
-        uids = [uid for _, uid in request.refs]
-        for destination in self._committing:
+        held = await self._store.commitment_holdings([uid for _, uid in request.refs])
+        if any(self._plan.archives_for(request.policy, h) is None for h in held.values()):
+            return  # by_route: ask once routing said where every instance goes
+        for destination in sorted(self._plan.committing):
             if (request.asks.get(destination) or {}).get("sent"):
                 continue
-            if await self._store.commitment_delivered(uids, destination) != set(uids):
+            # The instances this archive must confirm (by_route: those whose routes named it).
+            refs = tuple(ref for ref in request.refs if ref[1] in held and destination in
+                         (self._plan.archives_for(request.policy, held[ref[1]]) or ()))
+            uids = [uid for _, uid in refs]
+            if not uids or await self._store.commitment_delivered(uids, destination) \
+                    != set(uids):
                 continue  # still on its way (or never coming: the deadline decides)
             # One UID per request and archive, derived so a repeat names the same request.
             transaction_uid = generate_uid(self._uid_prefix, entropy_srcs=[
@@ -96,7 +105,7 @@ class ArchiveCommitments:
             await self._store.record_commitment_ask(request_id, destination, transaction_uid,
                                                     sent=False)
             try:
-                await self._ask(destination, transaction_uid, request.refs)
+                await self._ask(destination, transaction_uid, refs)
             except Exception as exc:
                 log.warning("commitment.archive_ask_failed", destination=destination,
                             calling_ae=request.calling_ae,

@@ -31,6 +31,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from engine.crashpoints import crash_point
+from engine.durable.commitment import encode_route_archives
 from engine.durable.routing import (
     GroupJoin,
     GroupNotDue,
@@ -61,7 +62,14 @@ from engine.pipeline import fhir_resources, payload
 from engine.pipeline.header import read_header
 from engine.pipeline.procedure_steps import plan_procedure_step
 from engine.pipeline.rulesets import RulesManager
-from engine.rules.ruleset import Decision, DicomSubject, Hl7Subject, RoutingContext, Ruleset
+from engine.rules.ruleset import (
+    Decision,
+    DicomSubject,
+    Hl7Subject,
+    RoutingContext,
+    Ruleset,
+    commitment_of,
+)
 
 log = get_logger("engine.pipeline")
 
@@ -303,8 +311,10 @@ class Router:
                 # No Study/Series UID to group by: deliver it on its own rather than never.
                 obj = payload.object_text(stored) if obj is None else obj
                 rows.extend(payloads.rows(decision).rows(stored, obj))
+        asked = commitment_of(decisions)
         return RoutingPlan("instances", stored.id, _outcome(decisions, bool(rows), bool(joins)),
-                           tuple(rows), tuple(joins))
+                           tuple(rows), tuple(joins),
+                           None if asked is None else encode_route_archives(asked.archives))
 
     def plan_message(self, ruleset: Ruleset, record: Hl7JournalRecord) -> RoutingPlan:
         e = record.entry

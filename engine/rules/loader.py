@@ -24,8 +24,8 @@ from pydantic import BaseModel, ValidationError
 
 from engine.morph.ops import CompileEnv, MorphStep, compile_step
 from engine.rules.match import All, Any_, Node, Not, Predicate, compile_match
-from engine.rules.model import ProfileFile, RouteFile, RouteSpec, TriggerSpec
-from engine.rules.ruleset import GROUP_LEVELS, Route, Ruleset, Trigger
+from engine.rules.model import CommitmentSpec, ProfileFile, RouteFile, RouteSpec, TriggerSpec
+from engine.rules.ruleset import GROUP_LEVELS, Route, RouteCommitment, Ruleset, Trigger
 from engine.settings import (
     PathKey,
     SettingsError,
@@ -344,10 +344,61 @@ def _compile_route(file: _File, where: PathKey, spec: RouteSpec,
         if step is not None:
             steps.append(step)
             labels.append(f"inline {step.op}")
+    commitment = _compile_commitment(file, where, spec, level, destinations) \
+        if spec.commitment is not None else None
     if len(file.problems) != before or trigger is None or match is None:
         return None
     return Route(name=spec.name, description=spec.description,
                  source=f"{file.source}:{file.line(where)}", trigger=trigger, match=match,
                  destinations=tuple(spec.destinations), morph=tuple(steps),
                  morph_labels=tuple(labels), stop=spec.stop, fallback=spec.fallback,
-                 enabled=spec.enabled)
+                 enabled=spec.enabled, commitment=commitment)
+
+
+def _compile_commitment(file: _File, where: PathKey, spec: RouteSpec, level: str | None,
+                        destinations: Mapping[str, str]) -> RouteCommitment | None:
+    """A route's ``commitment:``; on_archive names archives among the route's own DICOM
+    destinations (a route cannot make another route's destination its archive)."""
+    loc = (*where, "commitment")
+    raw = {"policy": spec.commitment} if isinstance(spec.commitment, str) else spec.commitment
+    if not isinstance(raw, dict):
+        file.problem(loc, "commitment is on_receipt, on_archive or a mapping with policy "
+                          "(and archive)")
+        return None
+    parsed = file.validate(CommitmentSpec, raw, loc)
+    if parsed is None:
+        return None
+    if level is not None and level not in ("instance", "series", "study"):
+        file.problem(loc, f"Storage Commitment concerns DICOM instances; a {level} route "
+                          "has none")
+        return None
+    if not spec.destinations:
+        file.problem(loc, "a discard route sends nowhere: the instances it matches follow "
+                          "the calling AE's or the site's commitment policy")
+        return None
+    if parsed.policy == "on_receipt":
+        if parsed.archive is not None:
+            file.problem((*loc, "archive"), "archive applies to policy on_archive")
+            return None
+        return RouteCommitment("on_receipt")
+    if parsed.archive is None:
+        archives = [d for d in spec.destinations if destinations.get(d) in DICOM_DESTINATIONS]
+        if not archives:
+            file.problem(loc, "on_archive needs an archive: none of this route's destinations "
+                              "is a dimse or dicomweb destination that could confirm storage")
+            return None
+        return RouteCommitment("on_archive", tuple(archives))
+    ok = bool(parsed.archive)
+    if not ok:
+        file.problem((*loc, "archive"), "name at least one of the route's destinations")
+    for i, name in enumerate(parsed.archive):
+        if name not in spec.destinations:
+            file.problem((*loc, "archive", i), f"{name!r} is not one of this route's "
+                                               "destinations")
+            ok = False
+        elif destinations.get(name) not in DICOM_DESTINATIONS:
+            file.problem((*loc, "archive", i), f"{name!r} is a {destinations.get(name)} "
+                                               "destination: only dimse and dicomweb "
+                                               "destinations confirm storage")
+            ok = False
+    return RouteCommitment("on_archive", tuple(dict.fromkeys(parsed.archive))) if ok else None

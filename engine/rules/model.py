@@ -50,6 +50,19 @@ class RouteSpec(_Strict):
     stop: bool = False
     #: evaluated only when no other route matched
     fallback: bool = False
+    #: Storage Commitment of the instances this route matches: ``on_receipt``, ``on_archive``
+    #: (this route's DICOM destinations are the archive) or a :class:`CommitmentSpec` mapping;
+    #: absent: the calling AE's or the site's policy
+    commitment: Any = None
+
+
+class CommitmentSpec(_Strict):
+    """A route's ``commitment:`` as a mapping."""
+
+    policy: Literal["on_receipt", "on_archive"]
+    #: on_archive: which of the route's destinations must confirm (default: its ``dimse`` and
+    #: ``dicomweb`` ones)
+    archive: list[str] | None = None
 
 
 class RouteFile(_Strict):

@@ -15,7 +15,7 @@ or the clock (the time is in the :class:`RoutingContext`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -180,6 +180,29 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class RouteCommitment:
+    """What a route asks of Storage Commitment for the instances it matches: committed on
+    receipt, or once each of ``archives`` (destinations of the route) confirmed them."""
+
+    policy: Literal["on_receipt", "on_archive"]
+    archives: tuple[str, ...] = ()
+
+
+def commitment_of(decisions: Sequence[Decision]) -> RouteCommitment | None:
+    """The Storage Commitment the matched routes ask for together: None when none says;
+    ``on_archive`` with every archive any of them names (the strictest wins: an instance one
+    route sends to an archive is committed only once that archive confirmed it), else
+    ``on_receipt``."""
+    said = [d.commitment for d in decisions if d.commitment is not None]
+    if not said:
+        return None
+    archives = tuple(dict.fromkeys(a for c in said if c.policy == "on_archive"
+                                   for a in c.archives))
+    return RouteCommitment("on_archive", archives) if archives \
+        else RouteCommitment("on_receipt")
+
+
+@dataclass(frozen=True)
 class Route:
     """One compiled route."""
 
@@ -194,6 +217,7 @@ class Route:
     stop: bool
     fallback: bool
     enabled: bool = True
+    commitment: RouteCommitment | None = None
 
     def applies_to(self, kind: EventKind) -> bool:
         return self.enabled and self.trigger.level in LEVELS_OF[kind]
@@ -209,6 +233,7 @@ class Decision:
     morph: tuple[MorphStep, ...]
     stop: bool
     fallback: bool
+    commitment: RouteCommitment | None = None
 
     @property
     def discard(self) -> bool:
@@ -345,6 +370,11 @@ class Ruleset:
                 fallback_stopped = route.stop
         return decisions, traces
 
+    @property
+    def has_commitment(self) -> bool:
+        """Some enabled route says how its instances are committed (Storage Commitment)."""
+        return any(r.enabled and r.commitment is not None for r in self.routes)
+
     def route(self, name: str) -> Route | None:
         for route in self.routes:
             if route.name == name:
@@ -354,7 +384,7 @@ class Ruleset:
 
 def _decision(route: Route) -> Decision:
     return Decision(route.name, route.trigger, route.destinations, route.morph, route.stop,
-                    route.fallback)
+                    route.fallback, route.commitment)
 
 
 EMPTY_RULESET = Ruleset((), {}, "empty", (), {})

@@ -20,11 +20,14 @@ from engine.durable.commitment import (
     COMMITMENT_DESTINATION,
     COMMITMENT_KIND,
     COMMITMENT_SOURCE,
+    CommitmentPlan,
     CommitmentReport,
     CommitmentRequest,
     CommitmentResult,
-    decide_on_archive,
+    HeldInstance,
+    decide,
     decide_on_receipt,
+    decode_route_archives,
 )
 from engine.durable.postgresql._common import notify_outbox, scalar, transaction
 
@@ -53,8 +56,8 @@ def _queue_report(conn: Conn, request_id: int, report: CommitmentReport, now: fl
     notify_outbox(conn, schema, {COMMITMENT_DESTINATION})
 
 
-def commit_request(conn: Conn, request: CommitmentRequest, now: float, schema: str
-                   ) -> CommitmentResult:
+def commit_request(conn: Conn, request: CommitmentRequest, plan: CommitmentPlan, now: float,
+                   schema: str) -> CommitmentResult:
     with transaction(conn):
         request_id = scalar(
             conn, "INSERT INTO commitment_requests (transaction_uid, calling_ae, policy, "
@@ -69,11 +72,13 @@ def commit_request(conn: Conn, request: CommitmentRequest, now: float, schema: s
                            (request.calling_ae, request.transaction_uid))
             return CommitmentResult(int(known), True, None)
         request_id = int(request_id)
-        if request.policy != "on_receipt":
-            return CommitmentResult(request_id, False, None)
-        report = decide_on_receipt(
-            request, journal_classes(conn, [uid for _, uid in request.refs]))
-        _queue_report(conn, request_id, report, now, schema)
+        if request.policy == "on_receipt":
+            report: CommitmentReport | None = decide_on_receipt(
+                request, journal_classes(conn, [uid for _, uid in request.refs]))
+        else:  # decided at once when it can be (routes that said on_receipt, unknown UIDs)
+            report = _decide(conn, request, plan, now)
+        if report is not None:
+            _queue_report(conn, request_id, report, now, schema)
         return CommitmentResult(request_id, False, report)
 
 
@@ -89,9 +94,9 @@ def waiting(conn: Conn, limit: int) -> list[Waiting]:
 
 def delivered(conn: Conn, uids: Sequence[str], destination: str) -> set[str]:
     """Which of ``uids`` (current journal rows) ``destination`` has delivered."""
-    journal = _journal_ids(conn, uids)
-    done = _confirmed(conn, [j for _, j in journal.values()], [destination])
-    return {uid for uid, (_, j) in journal.items() if j in done}
+    journal = held(conn, uids)
+    done = _confirmed(conn, [h.journal_id for h in journal.values()], [destination])
+    return {uid for uid, h in journal.items() if (h.journal_id, destination) in done}
 
 
 def record_ask(conn: Conn, request_id: int, destination: str, transaction_uid: str,
@@ -126,40 +131,48 @@ def record_archive_report(conn: Conn, transaction_uid: str, results: dict[str, i
     return False
 
 
-def _journal_ids(conn: Conn, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
-    return {str(uid): (str(sop_class), int(journal_id)) for uid, sop_class, journal_id in
-            conn.execute("SELECT sop_instance_uid, sop_class_uid, id FROM instances "
-                         "WHERE superseded = 0 AND sop_instance_uid = ANY(%s)",
-                         (list(dict.fromkeys(uids)),))}
+def held(conn: Conn, uids: Sequence[str]) -> dict[str, HeldInstance]:
+    """SOP Instance UID -> the current journal row, routed or not, with what its routes
+    asked for."""
+    return {str(uid): HeldInstance(str(sop_class), int(journal_id), bool(routed),
+                                   decode_route_archives(route_commitment))
+            for uid, sop_class, journal_id, routed, route_commitment in conn.execute(
+                "SELECT sop_instance_uid, sop_class_uid, id, routed_at IS NOT NULL, "
+                "route_commitment FROM instances WHERE superseded = 0 "
+                "AND sop_instance_uid = ANY(%s)", (list(dict.fromkeys(uids)),))}
 
 
 def _confirmed(conn: Conn, journal_ids: Sequence[int], destinations: Sequence[str]
-               ) -> set[int]:
-    """Journal ids with a delivered outbox row to every one of ``destinations`` and none
-    still undelivered."""
-    wanted = len(set(destinations))
+               ) -> set[tuple[int, str]]:
+    """(journal id, destination) pairs with outbox rows to that destination, all delivered."""
+    if not destinations:
+        return set()
     rows = conn.execute(
-        "SELECT source_id, COUNT(DISTINCT destination) FROM outbox "
+        "SELECT source_id, destination FROM outbox "
         "WHERE source_table = 'instances' AND source_id = ANY(%s) AND destination = ANY(%s) "
-        "GROUP BY source_id HAVING bool_and(state = 'done')",
-        (list(journal_ids), list(destinations))).fetchall()
-    return {int(r[0]) for r in rows if int(r[1]) == wanted}
+        "GROUP BY source_id, destination HAVING bool_and(state = 'done')",
+        (list(journal_ids), list(dict.fromkeys(destinations)))).fetchall()
+    return {(int(r[0]), str(r[1])) for r in rows}
 
 
-def resolve_on_archive(conn: Conn, request_id: int, request: CommitmentRequest,
-                       destinations: Sequence[str], committing: Sequence[str], now: float,
-                       schema: str) -> CommitmentReport | None:
+def _decide(conn: Conn, request: CommitmentRequest, plan: CommitmentPlan, now: float
+            ) -> CommitmentReport | None:
+    journal = held(conn, [uid for _, uid in request.refs])
+    confirmed = _confirmed(conn, [h.journal_id for h in journal.values()],
+                           sorted(plan.needed(request, journal)))
+    expired = request.deadline is not None and now >= request.deadline
+    return decide(request, journal, confirmed, expired, plan)
+
+
+def resolve(conn: Conn, request_id: int, request: CommitmentRequest, plan: CommitmentPlan,
+            now: float, schema: str) -> CommitmentReport | None:
     with transaction(conn):
         row = conn.execute("SELECT state, archive_asks FROM commitment_requests WHERE id = %s "
                            "FOR UPDATE", (request_id,)).fetchone()
         if row is None or row[0] != "waiting":
             return None
         request = dataclasses.replace(request, asks=json.loads(row[1] or "{}"))
-        journal = _journal_ids(conn, [uid for _, uid in request.refs])
-        confirmed = _confirmed(conn, [j for _, j in journal.values()], destinations) \
-            if destinations else set()
-        expired = request.deadline is not None and now >= request.deadline
-        report = decide_on_archive(request, journal, confirmed, expired, tuple(committing))
+        report = _decide(conn, request, plan, now)
         if report is not None:
             _queue_report(conn, request_id, report, now, schema)
         return report

@@ -86,6 +86,9 @@ def commit_routing(conn: Conn, plans: Sequence[RoutingPlan], now_iso: str,
             if cur.rowcount == 0:
                 results.append(RoutingCommitResult(False, 0, ()))
                 continue
+            if plan.commitment is not None and plan.source_table == "instances":
+                conn.execute("UPDATE instances SET route_commitment = %s WHERE id = %s",
+                             (plan.commitment, plan.source_id))
             _insert_rows(conn, plan.rows, now)
             woken.update(row.destination for row in plan.rows)
             groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)

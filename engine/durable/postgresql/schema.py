@@ -357,6 +357,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX recent_errors_key ON recent_errors (kind, subject, reason);
     CREATE INDEX recent_errors_last_at ON recent_errors (last_at)
     """,
+    # 16: what the routes that matched an instance asked of Storage Commitment, recorded in
+    # the routing transaction (JSON list of archive destinations, [] on_receipt; NULL: no
+    # route said), so any node decides a request the same way after any reload.
+    """
+    ALTER TABLE instances ADD COLUMN route_commitment TEXT COLLATE "C"
+    """,
 )
 
 #: how long a node waits for another node's migration before it gives up

@@ -28,7 +28,13 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
-from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
+from engine.durable.commitment import (
+    CommitmentPlan,
+    CommitmentReport,
+    CommitmentRequest,
+    CommitmentResult,
+    HeldInstance,
+)
 from engine.durable.migrations import SchemaStatus, SchemaTooNew
 from engine.durable.postgresql import (
     access,
@@ -364,21 +370,22 @@ class PostgresStore:
         return await self._read(journal.count)
 
     # --- Storage Commitment --------------------------------------------------------------------
-    async def commit_commitment_request(self, request: CommitmentRequest, now: float
-                                        ) -> CommitmentResult:
+    async def commit_commitment_request(self, request: CommitmentRequest,
+                                        plan: CommitmentPlan, now: float) -> CommitmentResult:
         return await self._write(lambda c: commitment.commit_request(
-            c, request, now, self.cfg.db_schema))
+            c, request, plan, now, self.cfg.db_schema))
 
     async def waiting_commitments(self, limit: int) -> list[tuple[int, CommitmentRequest]]:
         return await self._read(lambda c: commitment.waiting(c, limit))
 
     async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
-                                 archive_destinations: Sequence[str],
-                                 committing: Sequence[str], now: float
-                                 ) -> CommitmentReport | None:
-        return await self._write(lambda c: commitment.resolve_on_archive(
-            c, request_id, request, archive_destinations, committing, now,
-            self.cfg.db_schema))
+                                 plan: CommitmentPlan, now: float) -> CommitmentReport | None:
+        return await self._write(lambda c: commitment.resolve(
+            c, request_id, request, plan, now, self.cfg.db_schema))
+
+    async def commitment_holdings(self, sop_instance_uids: Sequence[str]
+                                  ) -> dict[str, HeldInstance]:
+        return await self._read(lambda c: commitment.held(c, sop_instance_uids))
 
     async def commitment_delivered(self, sop_instance_uids: Sequence[str], destination: str
                                    ) -> set[str]:

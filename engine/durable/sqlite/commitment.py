@@ -18,11 +18,14 @@ from engine.durable.commitment import (
     COMMITMENT_DESTINATION,
     COMMITMENT_KIND,
     COMMITMENT_SOURCE,
+    CommitmentPlan,
     CommitmentReport,
     CommitmentRequest,
     CommitmentResult,
-    decide_on_archive,
+    HeldInstance,
+    decide,
     decide_on_receipt,
+    decode_route_archives,
 )
 from engine.durable.sqlite._common import chunks, marks, transaction
 
@@ -52,8 +55,8 @@ def _queue_report(conn: sqlite3.Connection, request_id: int, report: CommitmentR
                  "WHERE id = ?", (now, request_id))
 
 
-def commit_request(conn: sqlite3.Connection, request: CommitmentRequest, now: float
-                   ) -> CommitmentResult:
+def commit_request(conn: sqlite3.Connection, request: CommitmentRequest,
+                   plan: CommitmentPlan, now: float) -> CommitmentResult:
     with transaction(conn):
         cur = conn.execute(
             "INSERT OR IGNORE INTO commitment_requests (transaction_uid, calling_ae, policy, "
@@ -68,11 +71,13 @@ def commit_request(conn: sqlite3.Connection, request: CommitmentRequest, now: fl
             return CommitmentResult(int(row[0]), True, None)
         assert cur.lastrowid is not None
         request_id = int(cur.lastrowid)
-        if request.policy != "on_receipt":
-            return CommitmentResult(request_id, False, None)
-        report = decide_on_receipt(
-            request, journal_classes(conn, [uid for _, uid in request.refs]))
-        _queue_report(conn, request_id, report, now)
+        if request.policy == "on_receipt":
+            report: CommitmentReport | None = decide_on_receipt(
+                request, journal_classes(conn, [uid for _, uid in request.refs]))
+        else:  # decided at once when it can be (routes that said on_receipt, unknown UIDs)
+            report = _decide(conn, request, plan, now)
+        if report is not None:
+            _queue_report(conn, request_id, report, now)
         return CommitmentResult(request_id, False, report)
 
 
@@ -88,9 +93,9 @@ def waiting(conn: sqlite3.Connection, limit: int) -> list[Waiting]:
 
 def delivered(conn: sqlite3.Connection, uids: Sequence[str], destination: str) -> set[str]:
     """Which of ``uids`` (current journal rows) ``destination`` has delivered."""
-    journal = _journal_ids(conn, uids)
-    done = _confirmed(conn, [j for _, j in journal.values()], [destination])
-    return {uid for uid, (_, j) in journal.items() if j in done}
+    journal = held(conn, uids)
+    done = _confirmed(conn, [h.journal_id for h in journal.values()], [destination])
+    return {uid for uid, h in journal.items() if (h.journal_id, destination) in done}
 
 
 def record_ask(conn: sqlite3.Connection, request_id: int, destination: str,
@@ -126,49 +131,59 @@ def record_archive_report(conn: sqlite3.Connection, transaction_uid: str,
     return False
 
 
-def _journal_ids(conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
-    found: dict[str, tuple[str, int]] = {}
+def held(conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, HeldInstance]:
+    """SOP Instance UID -> the current journal row, routed or not, with what its routes
+    asked for."""
+    found: dict[str, HeldInstance] = {}
     for chunk in chunks(list(dict.fromkeys(uids))):
-        for uid, sop_class, journal_id in conn.execute(
-                "SELECT sop_instance_uid, sop_class_uid, id FROM instances WHERE superseded = 0 "
+        for uid, sop_class, journal_id, routed, route_commitment in conn.execute(
+                "SELECT sop_instance_uid, sop_class_uid, id, routed_at IS NOT NULL, "
+                "route_commitment FROM instances WHERE superseded = 0 "
                 f"AND sop_instance_uid IN ({marks(len(chunk))})", chunk):
-            found[uid] = (sop_class, int(journal_id))
+            found[uid] = HeldInstance(sop_class, int(journal_id), bool(routed),
+                                      decode_route_archives(route_commitment))
     return found
 
 
 def _confirmed(conn: sqlite3.Connection, journal_ids: Sequence[int],
-               destinations: Sequence[str]) -> set[int]:
-    """Journal ids with a delivered (``done``) outbox row to every one of ``destinations`` and
-    none still undelivered."""
-    confirmed: set[int] = set()
-    wanted = len(set(destinations))
+               destinations: Sequence[str]) -> set[tuple[int, str]]:
+    """(journal id, destination) pairs with outbox rows to that destination, all delivered
+    (``done``)."""
+    confirmed: set[tuple[int, str]] = set()
+    wanted = list(dict.fromkeys(destinations))
+    if not wanted:
+        return confirmed
     for chunk in chunks(list(journal_ids)):
         rows = conn.execute(
-            "SELECT source_id, COUNT(DISTINCT destination) FROM outbox "
+            "SELECT source_id, destination FROM outbox "
             "WHERE source_table = 'instances' AND source_id IN "
-            f"({marks(len(chunk))}) AND destination IN ({marks(len(destinations))}) "
-            "GROUP BY source_id HAVING SUM(state <> 'done') = 0",
-            (*chunk, *destinations)).fetchall()
-        confirmed.update(int(r[0]) for r in rows if int(r[1]) == wanted)
+            f"({marks(len(chunk))}) AND destination IN ({marks(len(wanted))}) "
+            "GROUP BY source_id, destination HAVING SUM(state <> 'done') = 0",
+            (*chunk, *wanted)).fetchall()
+        confirmed.update((int(r[0]), str(r[1])) for r in rows)
     return confirmed
 
 
-def resolve_on_archive(conn: sqlite3.Connection, request_id: int, request: CommitmentRequest,
-                       destinations: Sequence[str], committing: Sequence[str], now: float
-                       ) -> CommitmentReport | None:
-    """Queue the report of a waiting ``on_archive`` request when every instance is confirmed
-    by ``destinations`` (or its deadline passed); None while it waits."""
+def _decide(conn: sqlite3.Connection, request: CommitmentRequest, plan: CommitmentPlan,
+            now: float) -> CommitmentReport | None:
+    journal = held(conn, [uid for _, uid in request.refs])
+    confirmed = _confirmed(conn, [h.journal_id for h in journal.values()],
+                           sorted(plan.needed(request, journal)))
+    expired = request.deadline is not None and now >= request.deadline
+    return decide(request, journal, confirmed, expired, plan)
+
+
+def resolve(conn: sqlite3.Connection, request_id: int, request: CommitmentRequest,
+            plan: CommitmentPlan, now: float) -> CommitmentReport | None:
+    """Queue the report of a waiting request when every instance is confirmed (or its
+    deadline passed); None while it waits."""
     with transaction(conn):
         state = conn.execute("SELECT state, archive_asks FROM commitment_requests WHERE id = ?",
                              (request_id,)).fetchone()
         if state is None or state[0] != "waiting":
             return None
         request = dataclasses.replace(request, asks=json.loads(state[1] or "{}"))
-        journal = _journal_ids(conn, [uid for _, uid in request.refs])
-        confirmed = _confirmed(conn, [j for _, j in journal.values()], destinations) \
-            if destinations else set()
-        expired = request.deadline is not None and now >= request.deadline
-        report = decide_on_archive(request, journal, confirmed, expired, tuple(committing))
+        report = _decide(conn, request, plan, now)
         if report is not None:
             _queue_report(conn, request_id, report, now)
         return report

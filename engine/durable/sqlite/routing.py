@@ -65,6 +65,9 @@ def commit_routing(conn: sqlite3.Connection, plans: Sequence[RoutingPlan], now_i
             if marked == 0:
                 results.append(RoutingCommitResult(False, 0, ()))
                 continue
+            if plan.commitment is not None and plan.source_table == "instances":
+                conn.execute("UPDATE instances SET route_commitment = ? WHERE id = ?",
+                             (plan.commitment, plan.source_id))
             _insert_rows(conn, plan.rows, now)
             groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)
             results.append(RoutingCommitResult(True, len(plan.rows), groups))

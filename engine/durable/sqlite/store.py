@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.durable.access import ChangeRecord, SessionRecord, TokenRecord, UserRecord
-from engine.durable.commitment import CommitmentReport, CommitmentRequest, CommitmentResult
+from engine.durable.commitment import (
+    CommitmentPlan,
+    CommitmentReport,
+    CommitmentRequest,
+    CommitmentResult,
+    HeldInstance,
+)
 from engine.durable.qr import QrIndexRow, QrLocated, QrQuery, QrRecord
 from engine.durable.routing import (
     BuildGroupRows,
@@ -226,19 +232,22 @@ class SqliteStore:
         return await self._read(journal.count)
 
     # --- Storage Commitment --------------------------------------------------------------------
-    async def commit_commitment_request(self, request: CommitmentRequest, now: float
-                                        ) -> CommitmentResult:
-        return await self._write(lambda c: commitment.commit_request(c, request, now))
+    async def commit_commitment_request(self, request: CommitmentRequest,
+                                        plan: CommitmentPlan, now: float) -> CommitmentResult:
+        return await self._write(lambda c: commitment.commit_request(
+            c, request, plan, now))
 
     async def waiting_commitments(self, limit: int) -> list[tuple[int, CommitmentRequest]]:
         return await self._read(lambda c: commitment.waiting(c, limit))
 
     async def resolve_commitment(self, request_id: int, request: CommitmentRequest,
-                                 archive_destinations: Sequence[str],
-                                 committing: Sequence[str], now: float
-                                 ) -> CommitmentReport | None:
-        return await self._write(lambda c: commitment.resolve_on_archive(
-            c, request_id, request, archive_destinations, committing, now))
+                                 plan: CommitmentPlan, now: float) -> CommitmentReport | None:
+        return await self._write(lambda c: commitment.resolve(
+            c, request_id, request, plan, now))
+
+    async def commitment_holdings(self, sop_instance_uids: Sequence[str]
+                                  ) -> dict[str, HeldInstance]:
+        return await self._read(lambda c: commitment.held(c, sop_instance_uids))
 
     async def commitment_delivered(self, sop_instance_uids: Sequence[str], destination: str
                                    ) -> set[str]:

@@ -15,16 +15,21 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from engine.bridge import LoopBridge
-from engine.dicom.associations import OpenAssociations
+from engine.dicom.associations import OpenAssociations, serialize_messages
 from engine.dicom.vr import is_valid_uid
-from engine.durable.commitment import CommitmentRequest, CommitmentResult, SopRef
+from engine.durable.commitment import (
+    CommitmentPlan,
+    CommitmentRequest,
+    CommitmentResult,
+    SopRef,
+)
 from engine.durable.store import Store
 from engine.errors import InvalidInput, RadflowError
 from engine.observability.logging import get_logger
@@ -55,11 +60,15 @@ class CommitmentProvider:
     settings: CommitmentSettings
     associations: OpenAssociations
     timeout: float
+    #: the site's side of deciding (default policy, archives, archives that commit themselves)
+    plan: CommitmentPlan = field(default_factory=CommitmentPlan)
+    #: whether some route of the ruleset in use says how its instances are committed
+    routes_say: Callable[[], bool] = lambda: False
     #: wakes the ``commitment`` queue's worker (the dispatcher's ``wake``), on the loop
     wake: Callable[[str | None], None] | None = None
 
     async def _record(self, request: CommitmentRequest) -> CommitmentResult:
-        return await self.store.commit_commitment_request(request, time.time())
+        return await self.store.commit_commitment_request(request, self.plan, time.time())
 
     def responded(self) -> None:
         """The N-ACTION response is on its way: the report may follow now."""
@@ -71,7 +80,7 @@ class CommitmentProvider:
 
 
 def parse_request(info: Dataset, calling_ae: str, settings: CommitmentSettings,
-                  now: float) -> CommitmentRequest:
+                  now: float, routes_say: bool = False) -> CommitmentRequest:
     """The request in an N-ACTION's Action Information (``BadCommitmentRequest`` if unusable)."""
     try:
         transaction_uid = str(info.get("TransactionUID", "") or "").strip()
@@ -88,8 +97,8 @@ def parse_request(info: Dataset, calling_ae: str, settings: CommitmentSettings,
     for sop_class, uid in refs:
         if not is_valid_uid(sop_class) or not is_valid_uid(uid):
             raise BadCommitmentRequest("a Referenced SOP Sequence item lacks a valid UID")
-    policy = settings.policy_for(calling_ae)
-    deadline = now + settings.archive_timeout_minutes * 60 if policy == "on_archive" else None
+    policy = settings.policy_for(calling_ae, routes_say)
+    deadline = now + settings.archive_timeout_minutes * 60 if policy != "on_receipt" else None
     return CommitmentRequest(transaction_uid, calling_ae, policy, tuple(refs),
                              dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), deadline)
 
@@ -105,6 +114,8 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
                     ) -> tuple[int | Dataset, Dataset | None]:
     """EVT_N_ACTION for the Storage Commitment Push Model SOP Class."""
     calling = str(event.assoc.requestor.ae_title).strip()
+    # Before this response goes out: the report it wakes must follow it, whole.
+    serialize_messages(event.assoc)
     request = event.request
     if int(getattr(request, "ActionTypeID", 0) or 0) != _REQUEST_COMMITMENT:
         log.warning("ingress.dimse.commitment.failed", listener=policy.name,
@@ -112,7 +123,7 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
         return _failure(DimseStatus.NO_SUCH_ACTION_TYPE, "Action Type ID must be 1"), None
     try:
         parsed = parse_request(event.action_information, calling, commitment.settings,
-                               time.time())
+                               time.time(), commitment.routes_say())
         result = commitment.record(parsed)
     except Exception as exc:
         status = DimseStatus.INVALID_ATTRIBUTE_VALUE if isinstance(exc, InvalidInput) \
