@@ -31,6 +31,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.admin import responses as out
 from engine.admin.api import Api, Call, NoParams, error_response
 from engine.admin.models import Paging, Params, RowId
 from engine.admin.roles import CHANGE_DETAIL_KEY, PRINCIPAL_KEY, USER_ROLES, Principal, Role
@@ -303,8 +304,8 @@ class Access:
             found = request.get(PRINCIPAL_KEY)
             if not isinstance(found, Principal):
                 return error_response(401, "not logged in")
-            return web.json_response({"user": found.name, "role": found.role.value,
-                                      "via": found.via, "csrf": found.csrf})
+            return out.answer(out.Caller, {"user": found.name, "role": found.role.value,
+                                           "via": found.via, "csrf": found.csrf})
 
         async def login(request: web.Request, call: Call[NoParams, LoginBody]) -> web.Response:
             if not self.console_allowed:
@@ -318,7 +319,8 @@ class Access:
 
         async def list_users(request: web.Request, call: Call[NoParams, None]
                              ) -> web.Response:
-            return web.json_response({"items": [user_json(u) for u in await store.list_users()]})
+            return out.answer(out.Users,
+                              {"items": [user_json(u) for u in await store.list_users()]})
 
         async def add_user(request: web.Request, call: Call[NoParams, NewUser]) -> web.Response:
             assert call.body is not None
@@ -358,7 +360,7 @@ class Access:
                               ) -> web.Response:
             me = principal(request)
             items = await store.list_tokens(None if me.role is Role.ADMIN else me.name)
-            return web.json_response({"items": [
+            return out.answer(out.Tokens, {"items": [
                 {"id": t.id, "user": t.user, "label": t.label, "created_at": t.created_at,
                  "last_used_at": t.last_used_at, "revoked_at": t.revoked_at} for t in items]})
 
@@ -391,14 +393,15 @@ class Access:
 
         async def changes(request: web.Request, call: Call[Paging, None]) -> web.Response:
             total, items = await store.list_changes(call.params.limit, call.params.offset)
-            return web.json_response({"total": total, "items": [
+            return out.answer(out.ChangePage, {"total": total, "items": [
                 {"id": c.id, "at": c.at, "user": c.user, "peer_host": c.peer_host,
                  "method": c.method, "path": c.path, "status": c.status, "detail": c.detail}
                 for c in items]})
 
         api.route("GET", "/api/v1/session", who, role=Role.PUBLIC,
                   summary="Who is calling: user, role, how authenticated, the CSRF token",
-                  responses={"200": "the caller", "401": "not logged in"})
+                  responses={"200": "the caller", "401": "not logged in"},
+                  response=out.Caller)
         api.route("POST", "/api/v1/session", login, role=Role.PUBLIC, body=LoginBody,
                   body_required=True, max_body=8192,
                   summary="Log in (console): sets the session cookie, returns the CSRF token "
@@ -409,7 +412,8 @@ class Access:
                   summary="Log out (ends the console session)",
                   responses={"200": "logged out"})
         api.route("GET", "/api/v1/users", list_users, role=Role.ADMIN,
-                  summary="Users and their roles", responses={"200": "{items}"})
+                  summary="Users and their roles", responses={"200": "{items}"},
+                  response=out.Users)
         api.route("POST", "/api/v1/users", add_user, role=Role.ADMIN, body=NewUser,
                   body_required=True, max_body=8192, summary="Add a user",
                   responses={"201": "added", "409": "name taken"})
@@ -423,7 +427,7 @@ class Access:
                              "409": "cannot remove yourself"})
         api.route("GET", "/api/v1/tokens", list_tokens, role=Role.VIEWER,
                   summary="API tokens (your own; an admin sees all). Never the secrets.",
-                  responses={"200": "{items}"})
+                  responses={"200": "{items}"}, response=out.Tokens)
         api.route("POST", "/api/v1/tokens", add_token, role=Role.OPERATOR, body=NewToken,
                   body_required=True, max_body=8192,
                   summary="Create an API token: the secret is in this answer only",
@@ -436,7 +440,7 @@ class Access:
         api.route("GET", "/api/v1/changes", changes, role=Role.ADMIN, params=Paging,
                   summary="Changes made through the admin server and the CLI: who, what, "
                           "when, from where; newest first",
-                  responses={"200": "{total, items}"})
+                  responses={"200": "{total, items}"}, response=out.ChangePage)
 
 
 def _unauthorized(message: str) -> web.Response:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from aiohttp import web
 
+from engine.admin import responses as out
 from engine.admin.api import Api, Call, NoParams
 from engine.admin.models import Params, Text
 from engine.egress.check import DestinationChecker
@@ -24,7 +25,8 @@ class DestinationName(Params):
 
 def add_destination_routes(api: Api, checker: DestinationChecker) -> None:
     async def listing(request: web.Request, call: Call[NoParams, None]) -> web.Response:
-        return web.json_response({"destinations": [asdict(d) for d in checker.list()]})
+        return out.answer(out.Destinations,
+                          {"destinations": [asdict(d) for d in checker.list()]})
 
     async def check(request: web.Request, call: Call[DestinationName, None]) -> web.Response:
         name = call.params.name
@@ -35,7 +37,7 @@ def add_destination_routes(api: Api, checker: DestinationChecker) -> None:
 
     api.route("GET", "/api/v1/destinations", listing,
               summary="The configured destinations: name, type, target and whether TLS is used",
-              responses={"200": "{destinations: [...]}"})
+              responses={"200": "{destinations: [...]}"}, response=out.Destinations)
     api.route("POST", "/api/v1/destinations/{name}/check", check, params=DestinationName,
               summary="Reach a destination now as a delivery would: C-ECHO (dimse, mpps), a "
                       "TCP and TLS connection (hl7), an authenticated GET of a QIDO-RS search "

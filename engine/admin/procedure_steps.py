@@ -13,6 +13,7 @@ import json
 from aiohttp import web
 from pydantic import Field
 
+from engine.admin import responses as out
 from engine.admin.api import Api, Call
 from engine.admin.models import InstancePath, Paging
 from engine.procedure.service import ProcedureStepService
@@ -37,19 +38,20 @@ def add_procedure_step_routes(api: Api, service: ProcedureStepService) -> None:
     async def list_steps(request: web.Request, call: Call[StepQuery, None]) -> web.Response:
         q = call.params
         total, steps = await service.list(q.status, q.unscheduled, q.limit, q.offset)
-        return web.json_response({"total": total, "items": [s.to_json() for s in steps]})
+        return out.answer(out.ProcedureStepPage,
+                          {"total": total, "items": [s.to_json() for s in steps]})
 
     async def get_step(request: web.Request, call: Call[InstancePath, None]) -> web.Response:
         step = await service.get(call.params.sop_instance_uid)
         if step is None:
             raise web.HTTPNotFound(text=json.dumps({"error": "no such procedure step"}),
                                    content_type="application/json")
-        return web.json_response(step.to_json(dataset=True))
+        return out.answer(out.ProcedureStep, step.to_json(dataset=True))
 
     api.route("GET", "/api/v1/procedure-steps", list_steps, params=StepQuery,
               summary="Modality Performed Procedure Steps, newest first: " + _STEP_FIELDS,
-              responses={"200": "{total, items}"})
+              responses={"200": "{total, items}"}, response=out.ProcedureStepPage)
     api.route("GET", "/api/v1/procedure-steps/{sop_instance_uid}", get_step,
               params=InstancePath,
               summary="One step, with its full attributes as DICOM JSON (``dataset``)",
-              responses={"200": "the step", "404": "unknown"})
+              responses={"200": "the step", "404": "unknown"}, response=out.ProcedureStep)

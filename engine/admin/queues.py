@@ -14,6 +14,7 @@ import json
 
 from aiohttp import web
 
+from engine.admin import responses as out
 from engine.admin.api import Api, Call, NoParams
 from engine.admin.models import (
     DeadLetterList,
@@ -56,12 +57,12 @@ def add_queue_routes(api: Api, queues: QueueAdmin) -> None:
         return params.destination
 
     async def overview(request: web.Request, call: Call[NoParams, None]) -> web.Response:
-        return web.json_response({"queues": await queues.overview()})
+        return out.answer(out.Queues, {"queues": await queues.overview()})
 
     async def dead(request: web.Request, call: Call[DeadLetterList, None]) -> web.Response:
         name = destination(call.params)
         total, items = await queues.dead_letters(name, call.params.limit, call.params.offset)
-        return web.json_response({"total": total, "items": [
+        return out.answer(out.DeadLetterPage, {"total": total, "items": [
             dead_letter_json(d, call.params.payload) for d in items]})
 
     async def retry(request: web.Request,
@@ -77,10 +78,11 @@ def add_queue_routes(api: Api, queues: QueueAdmin) -> None:
     api.route("GET", "/api/v1/queues", overview,
               summary="Every destination's queue: pending, leased, dead, age of the oldest "
                       "undelivered row, circuit breaker state",
-              responses={"200": "{queues: [...]}"})
+              responses={"200": "{queues: [...]}"}, response=out.Queues)
     api.route("GET", "/api/v1/queues/{destination}/dead", dead, params=DeadLetterList,
               summary="Dead letters of a destination, oldest first, with the last error",
-              responses={"200": "{total, items}", "404": "unknown destination"})
+              responses={"200": "{total, items}", "404": "unknown destination"},
+              response=out.DeadLetterPage)
     api.route("DELETE", "/api/v1/queues/{destination}/dead", purge, params=DeadLetterQuery,
               body=DeadLetterSelection,
               summary=f"Purge dead letters: {_SELECT}",

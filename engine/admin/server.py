@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import __version__
+from engine.admin import responses as out
 from engine.admin.access import Access
 from engine.admin.api import MAX_BODY_KEY, Api, Call, NoParams, error_response, guard_middleware
 from engine.admin.destinations import add_destination_routes
@@ -218,11 +219,11 @@ class AdminServer:
         app[MAX_BODY_KEY] = _MAX_DRY_RUN_BODY
         api = self.api = Api(app)
         api.route("GET", "/healthz", self.healthz, summary="Process is alive",
-                  responses={"200": "alive"}, role=Role.PUBLIC)
+                  responses={"200": "alive"}, role=Role.PUBLIC, response=out.Health)
         api.route("GET", "/readyz", self.readyz,
                   summary="Ready to accept work (stores, spool room, listeners)",
                   responses={"200": "ready", "503": "not ready, with reasons"},
-                  role=Role.PUBLIC)
+                  role=Role.PUBLIC, response=out.Readiness)
         api.route("GET", "/metrics", self.metrics, summary="Prometheus text exposition",
                   responses={"200": "metrics"}, role=Role.PUBLIC)
         api.route("GET", "/api/v1/openapi.json", self.openapi,
@@ -230,7 +231,8 @@ class AdminServer:
                   role=Role.PUBLIC)
         api.route("GET", "/api/v1/console", self.console_settings,
                   summary="What the console shows beside the data: site name, time zone, "
-                          "version", responses={"200": "{site, time_zone, version}"})
+                          "version", responses={"200": "{site, time_zone, version}"},
+                  response=out.ConsoleSettings)
         self.access.add_routes(api)
         # The console's static files are pages, not API calls: plain routes, outside the
         # OpenAPI description.
@@ -238,19 +240,19 @@ class AdminServer:
         app.router.add_get("/console/{name}", self.console_file)
         api.route("GET", "/api/v1/instances", self.list_instances, params=Paging,
                   summary="Received instances, newest first",
-                  responses={"200": "a page of instances"})
+                  responses={"200": "a page of instances"}, response=out.InstancePage)
         api.route("GET", "/api/v1/instances/{sop_instance_uid}", self.get_instance,
                   params=InstancePath, summary="The latest version of one instance",
-                  responses={"200": "the instance", "404": "unknown"})
+                  responses={"200": "the instance", "404": "unknown"}, response=out.Instance)
         api.route("GET", "/api/v1/studies/{study_instance_uid}/instances", self.study_instances,
                   params=StudyInstancesQuery,
                   summary="The instances received for one study (every version), in arrival "
                           "order; page on with ?after=<the last id>",
-                  responses={"200": "{items, next_after}"})
+                  responses={"200": "{items, next_after}"}, response=out.StudyInstances)
         if self._worklist is not None:
             api.route("GET", "/api/v1/worklist", self.list_worklist, params=WorklistQuery,
                       summary="Worklist items, newest first, with filters (wildcards * and ?)",
-                      responses={"200": "{total, items}"})
+                      responses={"200": "{total, items}"}, response=out.WorklistPage)
             api.route("POST", "/api/v1/worklist", self.add_worklist, body_required=True,
                       uploads={"application/json": {"type": "object"}, **_HL7_UPLOADS},
                       max_body=_MAX_HL7_BODY,
@@ -263,7 +265,8 @@ class AdminServer:
             api.route("GET", "/api/v1/worklist/{id}", self.get_worklist_item,
                       params=WorklistItemPath, pattern=r"/api/v1/worklist/{id:\d+}",
                       summary="One worklist item", responses={"200": "the item",
-                                                              "404": "unknown"})
+                                                              "404": "unknown"},
+                      response=out.WorklistItemAnswer)
             api.route("DELETE", "/api/v1/worklist/{id}", self.delete_worklist_item,
                       params=WorklistDelete, pattern=r"/api/v1/worklist/{id:\d+}",
                       summary="Cancel an item (it vanishes from C-FIND answers); "
@@ -273,7 +276,7 @@ class AdminServer:
             api.route("GET", "/api/v1/hl7/messages", self.list_hl7_messages,
                       params=Hl7MessagesQuery,
                       summary="Journal of received HL7 messages, newest first",
-                      responses={"200": "{total, items}"})
+                      responses={"200": "{total, items}"}, response=out.Hl7MessagePage)
         if self._rules is not None:
             api.route("GET", "/api/v1/routes", self.routes_status,
                       summary="The ruleset in use: routes in evaluation order, profiles, load "
@@ -284,7 +287,8 @@ class AdminServer:
                       summary="Dry run: which routes a DICOM object matches and why, the "
                               "before/after diff of each morph, the destinations. Nothing is "
                               "stored or sent.",
-                      responses={"200": "the dry run (routes, decisions, morphs)"})
+                      responses={"200": "the dry run (routes, decisions, morphs)"},
+                      response=out.DryRun)
             if self._spool is not None:
                 api.route("GET", "/api/v1/routes/test/instance/{sop_instance_uid}",
                           self.routes_test_instance, params=InstanceDryRunQuery,
@@ -295,7 +299,8 @@ class AdminServer:
                           responses={"200": "the dry run (routes, decisions, morphs, instance)",
                                      "404": "unknown instance",
                                      "409": "its spooled file no longer matches its checksum",
-                                     "410": "its spooled file is gone (retention)"})
+                                     "410": "its spooled file is gone (retention)"},
+                          response=out.DryRun)
             api.route("POST", "/api/v1/routes/test/procedure-step", self.routes_test_step,
                       params=StepDryRunQuery, body_required=True, max_body=_MAX_HL7_BODY,
                       uploads={"application/dicom+json": {"type": "object"},
@@ -303,10 +308,12 @@ class AdminServer:
                       summary="Dry run of an MPPS event: which procedure_step routes match "
                               "and why, and the messages they would queue (HL7 status update, "
                               "FHIR Task, MPPS forward). Nothing is stored or sent.",
-                      responses={"200": "the dry run (routes, decisions, messages)"})
+                      responses={"200": "the dry run (routes, decisions, messages)"},
+                      response=out.DryRun)
             api.route("GET", "/api/v1/routes/unmatched", self.routes_unmatched, params=Paging,
                       summary="Instances no route matched (kept in the spool and journal), "
-                              "newest first", responses={"200": "{total, items}"})
+                              "newest first", responses={"200": "{total, items}"},
+                      response=out.InstancePage)
             api.route("POST", "/api/v1/routes/reload", self.routes_reload,
                       summary="Reload the routes folder now (as SIGHUP does); an invalid "
                               "folder keeps the rules in use",
@@ -392,7 +399,7 @@ class AdminServer:
             self._runner = None
 
     async def healthz(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
-        return web.json_response({"status": "alive", "version": __version__})
+        return out.answer(out.Health, {"status": "alive", "version": __version__})
 
     async def readyz(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
         checks: dict[str, dict[str, Any]] = {}
@@ -406,7 +413,7 @@ class AdminServer:
             ready = ready and ok
         body = {"status": "ready" if ready else "not ready", "stopping": self.stopping,
                 "checks": checks}
-        return web.json_response(body, status=200 if ready else 503)
+        return out.answer(out.Readiness, body, status=200 if ready else 503)
 
     async def metrics(self, request: web.Request, call: Call[NoParams, None]) -> web.Response:
         return web.Response(body=render(), content_type="text/plain", charset="utf-8",
@@ -425,8 +432,9 @@ class AdminServer:
 
     async def console_settings(self, request: web.Request, call: Call[NoParams, None]
                                ) -> web.Response:
-        return web.json_response({"site": self._site.name, "time_zone": self._site.time_zone,
-                                  "version": __version__})
+        return out.answer(out.ConsoleSettings, {"site": self._site.name,
+                                                "time_zone": self._site.time_zone,
+                                                "version": __version__})
 
     async def console_file(self, request: web.Request) -> web.StreamResponse:
         if not self.access.console_allowed:
@@ -445,21 +453,23 @@ class AdminServer:
                              ) -> web.Response:
         items = await self._store.list_instances(call.params.limit, call.params.offset)
         total = await self._store.count_instances()
-        return web.json_response({"total": total, "items": [instance_json(i) for i in items]})
+        return out.answer(out.InstancePage,
+                          {"total": total, "items": [instance_json(i) for i in items]})
 
     async def get_instance(self, request: web.Request, call: Call[InstancePath, None]
                            ) -> web.Response:
         item = await self._store.get_instance(call.params.sop_instance_uid)
         if item is None:
             return web.json_response({"error": "not found"}, status=404)
-        return web.json_response(instance_json(item))
+        return out.answer(out.Instance, instance_json(item))
 
     async def study_instances(self, request: web.Request,
                               call: Call[StudyInstancesQuery, None]) -> web.Response:
         q = call.params
         items = await self._store.instances_after(q.after, q.limit, q.study_instance_uid)
-        return web.json_response({"items": [instance_json(i) for i in items],
-                                  "next_after": items[-1].id if len(items) == q.limit else None})
+        return out.answer(out.StudyInstances, {
+            "items": [instance_json(i) for i in items],
+            "next_after": items[-1].id if len(items) == q.limit else None})
 
     # --- worklist ----------------------------------------------------------------------------
     def _wl(self) -> WorklistService:
@@ -476,14 +486,15 @@ class AdminServer:
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
         total, items = await self._wl().list_items(constraints, statuses, q.limit, q.offset)
-        return web.json_response({"total": total, "items": [worklist_json(i) for i in items]})
+        return out.answer(out.WorklistPage,
+                          {"total": total, "items": [worklist_json(i) for i in items]})
 
     async def get_worklist_item(self, request: web.Request,
                                 call: Call[WorklistItemPath, None]) -> web.Response:
         stored = await self._wl().get_item(call.params.id)
         if stored is None:
             return web.json_response({"error": "not found"}, status=404)
-        return web.json_response(worklist_json(stored))
+        return out.answer(out.WorklistItemAnswer, worklist_json(stored))
 
     async def add_worklist(self, request: web.Request, call: Call[NoParams, None]
                            ) -> web.Response:
@@ -533,8 +544,8 @@ class AdminServer:
         codes = [c.strip().upper()
                  for c in (q.ack or "").replace("|", ",").split(",") if c.strip()]
         total, records = await self._wl().hl7_messages(codes or None, q.limit, q.offset)
-        return web.json_response({"total": total,
-                                  "items": [hl7_record_json(r) for r in records]})
+        return out.answer(out.Hl7MessagePage,
+                          {"total": total, "items": [hl7_record_json(r) for r in records]})
 
     # --- routes ------------------------------------------------------------------------------
     def _rm(self) -> RulesManager:
@@ -565,7 +576,7 @@ class AdminServer:
         # Parsing and morphing a large object takes longer than the loop may be held.
         run = await asyncio.to_thread(dryrun.dry_run, data, rules.current, rules.keys, context,
                                       q.name)
-        return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
+        return out.answer(out.DryRun, dryrun.to_json(run), status=400 if run.error else 200)
 
     async def routes_test_instance(self, request: web.Request,
                                    call: Call[InstanceDryRunQuery, None]) -> web.Response:
@@ -591,7 +602,7 @@ class AdminServer:
                                       f"instance {rec.sop_instance_uid}")
         body = dryrun.to_json(run)
         body["instance"] = instance_json(item)
-        return web.json_response(body, status=400 if run.error else 200)
+        return out.answer(out.DryRun, body, status=400 if run.error else 200)
 
     async def routes_test_step(self, request: web.Request, call: Call[StepDryRunQuery, None]
                                ) -> web.Response:
@@ -602,13 +613,14 @@ class AdminServer:
         context = dryrun.context_for(calling_ae=q.calling_ae, when=_dry_run_time(q.time))
         run = dryrun.dry_run_step(data, self._rm().current, context, status=q.status or None,
                                   label=q.name)
-        return web.json_response(dryrun.to_json(run), status=400 if run.error else 200)
+        return out.answer(out.DryRun, dryrun.to_json(run), status=400 if run.error else 200)
 
     async def routes_unmatched(self, request: web.Request, call: Call[Paging, None]
                                ) -> web.Response:
         total, items = await self._store.unmatched_instances(call.params.limit,
                                                              call.params.offset)
-        return web.json_response({"total": total, "items": [instance_json(i) for i in items]})
+        return out.answer(out.InstancePage,
+                          {"total": total, "items": [instance_json(i) for i in items]})
 
     async def routes_reload(self, request: web.Request, call: Call[NoParams, None]
                             ) -> web.Response:

@@ -13,6 +13,7 @@ import json
 from aiohttp import web
 from pydantic import Field
 
+from engine.admin import responses as out
 from engine.admin.api import Api, Call
 from engine.admin.models import Params, Text
 from engine.durable.store import Store
@@ -37,11 +38,12 @@ def add_trace_routes(api: Api, store: Store) -> None:
                 text=json.dumps({"error": "give exactly one of accession, study, patient"}),
                 content_type="application/json")
         by, value = given[0]
-        return web.json_response(trace_json(by, value, await store.trace(by, value)))
+        return out.answer(out.Trace, trace_json(by, value, await store.trace(by, value)))
 
     api.route("GET", "/api/v1/trace", trace, params=TraceQuery,
               summary="One order, study or patient end to end: HL7 messages, worklist items, "
                       "MPPS steps, instances received (count, AEs), routes fired, deliveries "
                       "(rows, attempts, outcome), as one timeline, oldest first",
               responses={"200": "{by, value, found, truncated, keys, timeline}",
-                         "400": "not exactly one of accession, study, patient"})
+                         "400": "not exactly one of accession, study, patient"},
+              response=out.Trace)

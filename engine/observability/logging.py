@@ -70,7 +70,9 @@ def configure_logging(level: str = "info", fmt: str = "auto",
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        # Errors of the libraries (aiohttp's "Error handling request", pynetdicom's) are
+        # recent errors too.
+        foreign_pre_chain=[recent_errors.record, *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if use_json else _identity,

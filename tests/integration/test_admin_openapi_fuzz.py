@@ -6,6 +6,7 @@ anonymous caller (401) and a viewer (403). Bounded: a few examples per operation
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -116,3 +117,23 @@ def test_generated_calls_get_no_500_and_documented_answers(rf: RadflowProcess) -
     assert status(rf, "GET", "/readyz", None) == 200
     assert len(calls) >= 30 and sum(calls.values()) >= 100, calls
     assert not failures, "\n".join(failures[:20])
+
+
+def test_the_main_reading_routes_describe_their_answers(rf: RadflowProcess) -> None:
+    """The success answers of the reading routes have real schemas (not "an object"), so the
+    generated calls above check their shapes field by field."""
+    status_, body = rf.http_get("/api/v1/openapi.json")
+    assert status_ == 200
+    doc = json.loads(body)
+    shallow = []
+    for path, methods in doc["paths"].items():
+        get = methods.get("get")
+        if get is None or path == "/metrics":
+            continue
+        schema = get["responses"]["200"]["content"]["application/json"]["schema"]
+        if "$ref" not in schema:
+            shallow.append(path)
+    # The routes status and the OpenAPI document itself are free-form by nature.
+    assert sorted(shallow) == ["/api/v1/openapi.json", "/api/v1/routes"], shallow
+    worklist = doc["components"]["schemas"]["WorklistItem"]
+    assert {"accession_number", "status", "id"} <= set(worklist["required"])
