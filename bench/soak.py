@@ -30,7 +30,6 @@ import asyncio
 import atexit
 import contextlib
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -49,6 +48,7 @@ import hl7
 import hl7.mllp
 from hl7.client import MLLPClient
 
+from bench._reliability import proc_figures
 from tests.helpers import dicomgen
 from tests.helpers.invariant import check
 from tests.helpers.peers import Storescp
@@ -300,20 +300,6 @@ class Traffic:
 
 
 # --- chaos ----------------------------------------------------------------------------------
-def proc_figures(pid: int) -> tuple[float, int]:
-    """(RSS in MiB, open file descriptors) of a process, from /proc."""
-    rss = 0.0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-    try:
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        fds = 0
-    return rss, fds
-
-
 def restart(rf: RadflowProcess, chaos: Chaos) -> None:
     for _ in range(5):
         try:
