@@ -48,6 +48,7 @@ from engine.ingress.dimse.mpps import MppsProvider
 from engine.ingress.dimse.mwl import MwlProvider
 from engine.ingress.dimse.qr import QrProvider
 from engine.ingress.dimse.server import DimseListeners
+from engine.ingress.dimse.spill import SpillPolicy
 from engine.ingress.hl7.intake import Hl7Intake
 from engine.ingress.hl7.listener import MllpListener, SourceFilter
 from engine.observability import audit_sink, recent_errors
@@ -116,7 +117,9 @@ class Engine:
         self.journal = JournalWriter(self.store, self.spool, self.bridge)
         self.intake = StoreIntake(self.spool, self.journal, self.bus, self.bridge,
                                   DuplicatePolicy(settings.dicom.duplicate_policy),
-                                  settings.dicom.store_timeout)
+                                  settings.dicom.store_timeout,
+                                  SpillPolicy(settings.dicom.spill_threshold_mb * 1024 * 1024,
+                                              settings.dicom.spill_dir or self.spool.tmp_dir))
         # --- worklist (D2): HL7 orders in, MWL C-FIND out ---
         wl = settings.worklist
         mapping = load_mapping(wl.mapping_file)

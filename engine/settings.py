@@ -177,6 +177,11 @@ class DicomSettings(_Strict):
     duplicate_policy: Literal["version", "ignore", "reject"] = "version"
     #: how long an association thread waits for the durable commit before answering 0xA700
     store_timeout: float = Field(default=30.0, gt=0)
+    #: a C-STORE dataset larger than this is written to a file while it arrives instead of
+    #: being held in memory (large multi-frame objects); smaller ones never touch that file
+    spill_threshold_mb: int = Field(default=64, ge=1, le=4096)
+    #: where those files go while they arrive (any file system; default: the spool's ``tmp/``)
+    spill_dir: Path | None = None
 
 
 class Hl7Listener(_Strict):

@@ -12,6 +12,7 @@ when the bytes end early. Pure: no I/O, no logging, no engine state.
 
 from __future__ import annotations
 
+import mmap
 import struct
 
 from engine.errors import MalformedDataset
@@ -53,7 +54,7 @@ class Walker:
     ``wanted`` (``found``: tag -> offset, length, VR). With ``stop_after``, the top level ends
     at the first tag above it (that element is not read)."""
 
-    def __init__(self, buf: bytes, implicit: bool, little: bool, *,
+    def __init__(self, buf: bytes | mmap.mmap, implicit: bool, little: bool, *,
                  wanted: frozenset[int] = frozenset(), stop_after: int | None = None) -> None:
         self.buf = buf
         self.implicit = implicit

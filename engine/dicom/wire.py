@@ -3,14 +3,14 @@
 Owns radflow's Implementation Class UID and Version Name (sent in every association request and
 written into every stored file's meta header), the byte encoding of the C-STORE-RQ command set
 (egress) and of the C-STORE, C-FIND and C-ECHO response command sets (ingress), the framing of a
-message into P-DATA-TF PDUs, and :func:`fast_responses`, which sends an acceptor's responses
-through them. pynetdicom builds every command set through a pydicom Dataset and its generic
-encoder, then hands each PDU to its DUL thread: ~0.5 ms of CPU per message, as much as the rest
-of a small instance's intake. The shapes here never change (PS3.7 9.3, Implicit VR Little Endian
-as PS3.7 6.3.1 requires), and unit tests compare every byte with pynetdicom's own encoding.
-Anything else (other messages, a status with an Offending Element, TLS sockets, a bound
-EVT_DIMSE_SENT handler) stays on pynetdicom's path. This module must not decide statuses or touch
-the association's state machine.
+message into P-DATA-TF PDUs (from memory, or a few megabytes at a time from a file for an object too
+large to hold: :class:`FileSpan`), and :func:`fast_responses`, which sends an acceptor's responses
+through them. pynetdicom builds every command set through a pydicom Dataset and its generic encoder,
+then hands each PDU to its DUL thread: ~0.5 ms of CPU per message, as much as the rest of a small
+instance's intake. The shapes here never change (PS3.7 9.3, Implicit VR Little Endian as PS3.7 6.3.1
+requires), and unit tests compare every byte with pynetdicom's own encoding. Anything else (other
+messages, a status with an Offending Element, TLS sockets, a bound EVT_DIMSE_SENT handler) stays on
+pynetdicom's path. This module must not decide statuses or touch the association's state machine.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import contextlib
 import socket
 import struct
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from pynetdicom import evt
@@ -123,6 +126,62 @@ def pdata_pdus(context_id: int, command: bytes, dataset: bytes | memoryview | No
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """``length`` bytes of ``path`` from ``offset``: a dataset too large to hold in memory,
+    sent from its file a PDU batch at a time."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """Consecutive pieces of exactly ``size`` bytes (the last may be shorter); ``OSError``
+        if the file ends early (it was checked against its recorded size before)."""
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(self.offset)
+            left = self.length
+            while left > 0:
+                want = min(size, left)
+                piece = fh.read(want)
+                while len(piece) < want:
+                    more = fh.read(want - len(piece))
+                    if not more:
+                        raise OSError(f"{self.path} ended {left - len(piece)} bytes early")
+                    piece += more
+                left -= want
+                yield piece
+
+
+#: bytes of PDUs joined into one ``sendall`` when a dataset streams from a file
+_STREAM_BATCH = 4 * 1024 * 1024
+#: fragment size when the peer sets no maximum PDU length
+_UNLIMITED_FRAGMENT = 1024 * 1024
+
+
+def _stream_dataset(sock: socket.socket, context_id: int, span: FileSpan, max_pdu: int) -> None:
+    room = max_pdu - 6 if max_pdu else _UNLIMITED_FRAGMENT
+    left = len(span)
+    batch: list[bytes] = []
+    size = 0
+    if left == 0:
+        sock.sendall(_PDATA_HEADER.pack(0x04, 0x00, 6, 2, context_id, 0x02))
+        return
+    for piece in span.chunks(room):
+        left -= len(piece)
+        batch += [_PDATA_HEADER.pack(0x04, 0x00, 6 + len(piece), 2 + len(piece), context_id,
+                                     0x02 if left == 0 else 0x00), piece]
+        size += len(piece) + 12
+        if size >= _STREAM_BATCH:
+            sock.sendall(b"".join(batch))
+            batch, size = [], 0
+    if batch:
+        sock.sendall(b"".join(batch))
+
+
 def direct_socket(assoc: Association) -> socket.socket | None:
     """The association's TCP socket when radflow may write responses to it itself: plain TCP
     (an SSL socket must not be written by one thread while another reads it) and no
@@ -145,13 +204,18 @@ def set_nodelay(assoc: Association) -> None:
 
 
 def write_message(assoc: Association, sock: socket.socket, context_id: int, command: bytes,
-                  dataset: bytes | memoryview | None = None) -> None:
+                  dataset: bytes | memoryview | FileSpan | None = None) -> None:
     """Write one DIMSE message's P-DATA-TF PDUs with one ``sendall``, sized for the peer's
     maximum PDU length, from the calling thread instead of pynetdicom's DUL. The DUL thread
     keeps reading, and its state machine stays in Sta6 (sending P-DATA does not move it).
+    A :class:`FileSpan` dataset is read and sent a few megabytes at a time instead.
     Raises ``OSError`` when the connection is gone."""
     peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
     max_pdu = int(peer.maximum_length or 0)
+    if isinstance(dataset, FileSpan):
+        sock.sendall(b"".join(pdata_pdus(context_id, command, None, max_pdu)))
+        _stream_dataset(sock, context_id, dataset, max_pdu)
+        return
     sock.sendall(b"".join(pdata_pdus(context_id, command, dataset, max_pdu)))
 
 

@@ -15,17 +15,25 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from engine.dicom.wire import FileSpan
 from engine.egress.classify import Verdict, classify_http, classify_stow_failure
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from engine.egress.objects import morphed, part10_bytes, spool_file, verified_bytes
+from engine.egress.objects import (
+    is_large,
+    morphed,
+    part10_bytes,
+    spool_file,
+    verified_bytes,
+    verified_file,
+)
 from engine.observability.logging import get_logger
 from engine.settings import DicomwebDestination, HttpAuth
 from engine.tls import http_ssl_option
@@ -100,6 +108,17 @@ def plan_requests(parts: Sequence[_Part], max_count: int, max_bytes: int) -> lis
     if current:
         out.append(current)
     return out
+
+
+async def _streamed(chunks: Sequence[bytes | FileSpan]) -> AsyncIterator[bytes]:
+    """The multipart body, a large part read from its file 1 MiB at a time (off the loop)."""
+    for chunk in chunks:
+        if isinstance(chunk, bytes):
+            yield chunk
+            continue
+        pieces = chunk.chunks(1 << 20)
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            yield piece
 
 
 def failed_instances(body: Any) -> dict[str, int]:
@@ -179,10 +198,16 @@ class StowSender:
         return [o if o is not None else failed(TransientDeliveryError("not sent"))
                 for o in outcomes]
 
-    def _bodies(self, group: Sequence[_Part]) -> list[tuple[_Part, bytes | DeliveryError]]:
-        out: list[tuple[_Part, bytes | DeliveryError]] = []
+    def _bodies(self, group: Sequence[_Part]
+                ) -> list[tuple[_Part, bytes | FileSpan | DeliveryError]]:
+        out: list[tuple[_Part, bytes | FileSpan | DeliveryError]] = []
         for part in group:
             try:
+                if is_large(part.obj) and not part.obj.morph:
+                    # Too large to hold: verified by a streaming read, streamed from the file.
+                    path = verified_file(part.obj, self.spool_root)
+                    out.append((part, FileSpan(path, 0, path.stat().st_size)))
+                    continue
                 whole = verified_bytes(part.obj, self.spool_root)  # before it leaves
                 if part.obj.morph:
                     ds = morphed(whole, part.obj.morph, self.morph, part.obj.secret_fingerprint)
@@ -204,18 +229,25 @@ class StowSender:
         bodies = await asyncio.to_thread(self._bodies, group)
         result: dict[int, SendOutcome] = {
             p.index: failed(b) for p, b in bodies if isinstance(b, DeliveryError)}
-        sendable = [(p, b) for p, b in bodies if isinstance(b, bytes)]
+        sendable = [(p, b) for p, b in bodies if isinstance(b, bytes | FileSpan)]
         if sendable:
             boundary = f"radflow-{secrets.token_hex(12)}"
-            chunks: list[bytes] = []
+            chunks: list[bytes | FileSpan] = []
             for _part, data in sendable:
                 chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
                            data, b"\r\n"]
             chunks.append(f"--{boundary}--\r\n".encode())
             headers = {**self._headers, "Content-Type":
                        f'multipart/related; type="application/dicom"; boundary={boundary}'}
+            body: bytes | AsyncIterator[bytes]
+            if any(isinstance(c, FileSpan) for c in chunks):
+                # Streamed, with its length given so the body is not sent chunked.
+                headers["Content-Length"] = str(sum(len(c) for c in chunks))
+                body = _streamed(chunks)
+            else:
+                body = b"".join(c for c in chunks if isinstance(c, bytes))
             for part, outcome in zip([p for p, _ in sendable],
-                                     await self._request(b"".join(chunks), headers,
+                                     await self._request(body, headers,
                                                          [p for p, _ in sendable]),
                                      strict=True):
                 result[part.index] = outcome
@@ -224,8 +256,8 @@ class StowSender:
             outcome.seconds = seconds
         return [result[p.index] for p in group]
 
-    async def _request(self, body: bytes, headers: dict[str, str], parts: Sequence[_Part]
-                       ) -> list[SendOutcome]:
+    async def _request(self, body: bytes | AsyncIterator[bytes], headers: dict[str, str],
+                       parts: Sequence[_Part]) -> list[SendOutcome]:
         try:
             async with self._client().post(self.config.url, data=body,
                                            headers=headers) as resp:

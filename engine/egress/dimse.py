@@ -56,6 +56,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from engine.dicom.wire import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    FileSpan,
     c_store_rq_command,
     set_nodelay,
     write_message,
@@ -63,7 +64,13 @@ from engine.dicom.wire import (
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, DicomObject, MorphFn, SendOutcome, failed
 from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
-from engine.egress.objects import morphed, transcode, verified_bytes
+from engine.egress.objects import (
+    is_large,
+    morphed,
+    transcode,
+    verified_bytes,
+    verified_file,
+)
 from engine.observability.logging import get_logger
 from engine.observability.metrics import (
     EGRESS_DIMSE_ASSOCIATIONS,
@@ -177,8 +184,20 @@ def dataset_offset(data: bytes) -> int:
     return fp.tell()
 
 
+def large_dataset(path: Path) -> FileSpan:
+    """The dataset of a spooled Part 10 file too large to read whole: where it starts (from
+    the file's first 64 KiB, which hold the meta group) to the end of the file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 * 1024)
+        offset = dataset_offset(head)
+        return FileSpan(path, offset, path.stat().st_size - offset)
+    except Exception as exc:  # pydicom raises many types for a damaged meta
+        raise PermanentDeliveryError(f"cannot send: {exc}", reason="unsendable") from exc
+
+
 def _send_direct(assoc: Association, context_id: int, command: bytes,
-                 dataset: bytes | memoryview) -> None:
+                 dataset: bytes | memoryview | FileSpan) -> None:
     """Write one message's P-DATA-TF PDUs at once (:func:`engine.dicom.wire.write_message`).
 
     pynetdicom hands each PDU to its DUL thread, which encodes and writes it on its next loop
@@ -373,8 +392,14 @@ class DimseSender:
         notes: dict[str, Any] = {}
         try:
             context = self._context_for(assoc, obj.sop_class_uid, obj.transfer_syntax_uid)
+            dataset: memoryview | FileSpan | Dataset
+            if is_large(obj) and not obj.morph and self._tls is None \
+                    and context.transfer_syntax[0] == obj.transfer_syntax_uid:
+                # Too large to hold: verified by a streaming read, sent from the file.
+                status = self._c_store(assoc, obj, context, large_dataset(
+                    verified_file(obj, self.spool_root)))
+                return self._outcome(status, started, notes)
             data = verified_bytes(obj, self.spool_root)  # before a byte of it is sent
-            dataset: memoryview | Dataset
             if obj.morph or context.transfer_syntax[0] != obj.transfer_syntax_uid:
                 ds = morphed(data, obj.morph, self.morph, obj.secret_fingerprint)
                 current = str(ds.file_meta.get("TransferSyntaxUID", obj.transfer_syntax_uid)
@@ -402,6 +427,10 @@ class DimseSender:
             if isinstance(exc, AssociationLost):
                 raise
             return failed(exc, time.perf_counter() - started)
+        return self._outcome(status, started, notes)
+
+    @staticmethod
+    def _outcome(status: int, started: float, notes: dict[str, Any]) -> SendOutcome:
         seconds = time.perf_counter() - started
         code = int(status)
         notes["status"] = f"0x{code:04X}"
@@ -413,7 +442,7 @@ class DimseSender:
                                status=code), seconds, notes)
 
     def _c_store(self, assoc: Association, obj: DicomObject, context: PresentationContext,
-                 dataset: memoryview | Dataset) -> int:
+                 dataset: memoryview | FileSpan | Dataset) -> int:
         """One C-STORE on ``context``; the response status.
 
         pynetdicom's ``send_c_store`` is not used: it pauses the association reactor with a
@@ -426,8 +455,8 @@ class DimseSender:
             raise AssociationLost("association ended")
         self._msg_id = self._msg_id % 65535 + 1
         try:
-            data: bytes | memoryview
-            if isinstance(dataset, memoryview):
+            data: bytes | memoryview | FileSpan
+            if isinstance(dataset, memoryview | FileSpan):
                 # From the spool: the dataset bytes after the file meta, unchanged.
                 data = dataset
             else:
@@ -455,6 +484,7 @@ class DimseSender:
                 req.AffectedSOPClassUID = sop_class
                 req.AffectedSOPInstanceUID = sop_instance
                 req.Priority = 0x0002
+                assert not isinstance(data, FileSpan)  # large objects over TLS are read whole
                 req.DataSet = io.BytesIO(data)
                 assoc.dimse.send_msg(req, context_id)
             _cx, rsp = assoc.dimse.get_msg(block=True)

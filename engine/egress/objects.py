@@ -2,8 +2,10 @@
 sender's worker thread, never on the event loop.
 
 Every object is read once, whole, and checked against the size and SHA-256 recorded at intake
-before anything is decoded or sent (:func:`verified_bytes`): a damaged spool file becomes a
-permanent ``integrity_failed`` error, never bytes on the wire. With no morph the file's dataset
+before anything is decoded or sent (:func:`verified_bytes`); one larger than
+:data:`LARGE_OBJECT_BYTES` with nothing to change is checked by a streaming read instead and sent
+from its file (:func:`verified_file`). A damaged spool file becomes a permanent
+``integrity_failed`` error, never bytes on the wire. With no morph the file's dataset
 is sent as it is (never decoded). A morph
 (``engine.morph.apply_frozen_morph``, frozen in the row, so a retry produces the same bytes)
 or a transfer syntax the destination does not accept needs the dataset decoded: compressed pixel
@@ -40,9 +42,10 @@ def spool_file(obj: DicomObject, spool_root: Path) -> Path:
 def verified_bytes(obj: DicomObject, spool_root: Path) -> bytes:
     """The spool file's bytes, checked against the size and SHA-256 recorded at intake.
 
-    Read whole (both senders need the whole object in memory anyway: one P-DATA message or
-    one multipart part) and verified before a byte is sent, so a mismatch never reaches the
-    peer half-sent. Raises :class:`IntegrityFailure` with both digests."""
+    Read whole (objects up to :data:`LARGE_OBJECT_BYTES`; larger ones go through
+    :func:`verified_file` and leave from their file) and verified before a byte is sent, so a
+    mismatch never reaches the peer half-sent. Raises :class:`IntegrityFailure` with both
+    digests."""
     path = spool_file(obj, spool_root)
     try:
         data = path.read_bytes()
@@ -61,6 +64,42 @@ def verified_bytes(obj: DicomObject, spool_root: Path) -> bytes:
                 f"spool file {obj.spool_path}: recorded sha256 {obj.sha256}, found sha256 "
                 f"{found} ({len(data)} bytes)")
     return data
+
+
+#: objects larger than this leave from their spool file a few megabytes at a time, verified by
+#: a streaming read first, instead of being read whole (large multi-frame objects)
+LARGE_OBJECT_BYTES = 64 * 1024 * 1024
+
+
+def is_large(obj: DicomObject) -> bool:
+    return (obj.size_bytes or 0) > LARGE_OBJECT_BYTES
+
+
+def verified_file(obj: DicomObject, spool_root: Path) -> Path:
+    """:func:`verified_bytes` for an object too large to hold: the spool file's size and
+    SHA-256 are checked by reading it in 1 MiB pieces, before a byte of it is sent; the path.
+    Raises :class:`IntegrityFailure` with both digests."""
+    path = spool_file(obj, spool_root)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while piece := fh.read(1 << 20):
+                digest.update(piece)
+                size += len(piece)
+    except OSError as exc:
+        raise PermanentDeliveryError(f"cannot read spool file {obj.spool_path}: {exc}",
+                                     reason="spool_missing") from exc
+    found = digest.hexdigest()
+    if obj.size_bytes is not None and size != obj.size_bytes:
+        raise IntegrityFailure(
+            f"spool file {obj.spool_path}: recorded {obj.size_bytes} bytes sha256 "
+            f"{obj.sha256 or '?'}, found {size} bytes sha256 {found}")
+    if obj.sha256 is not None and found != obj.sha256.lower():
+        raise IntegrityFailure(
+            f"spool file {obj.spool_path}: recorded sha256 {obj.sha256}, found sha256 "
+            f"{found} ({size} bytes)")
+    return path
 
 
 def read_dataset(data: bytes, name: str = "") -> Dataset:

@@ -215,3 +215,48 @@ def corrupt_vr_copy(src: Path, dst: Path, tag: tuple[int, int] = (0x0010, 0x0010
 
 def sop_instance_uids(instances: Sequence[Instance]) -> set[str]:
     return {inst.sop_instance_uid for inst in instances}
+
+
+# --- objects larger than memory should hold ---------------------------------------------------
+MULTIFRAME_CT = UID("1.2.840.10008.5.1.4.1.1.2.1")  # Enhanced CT Image Storage
+
+
+def write_large_multiframe(path: Path, size_bytes: int, *, rows: int = 512, columns: int = 512
+                           ) -> Instance:
+    """A multi-frame 16-bit image whose Pixel Data is about ``size_bytes`` (whole frames, under
+    4 GiB), written a few frames at a time so the writer never holds it: the header through
+    pydicom, then the Pixel Data element appended. Each frame differs (its number is stamped
+    into it), so a copy that drops or repeats one has another digest."""
+    frame = rows * columns * 2
+    frames = max(1, size_bytes // frame)
+    if frames * frame >= 0xFFFFFFFE:
+        raise ValueError("Pixel Data of defined length must stay under 4 GiB")
+    ds = new_dataset("CT", size=4, sop_class_uid=MULTIFRAME_CT)
+    del ds.PixelData
+    ds.Rows, ds.Columns = rows, columns
+    ds.NumberOfFrames = frames
+    write_part10(ds, path)
+    block_frames = 16
+    block = np.random.default_rng(7).integers(0, 4096, size=block_frames * rows * columns,
+                                              dtype=np.uint16).tobytes()
+    with open(path, "ab") as fh:
+        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * frame))
+        for n in range(frames):
+            start = (n % block_frames) * frame
+            fh.write(struct.pack("<Q", n))
+            fh.write(block[start + 8:start + frame])
+    return Instance(path, str(MULTIFRAME_CT), str(ds.SOPInstanceUID), ExplicitVRLittleEndian)
+
+
+def dataset_sha256(path: Path) -> str:
+    """SHA-256 of the bytes after the file meta group of the Part 10 file at ``path``, read in
+    pieces (the same dataset has the same digest whoever wrote the meta group)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+        digest.update(head[meta_group_end(head):])
+        while piece := fh.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()

@@ -10,6 +10,7 @@ I/O, no logging, no engine state.
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ class DatasetKeys:
     modality: str | None
 
 
-def inflate(data: bytes) -> bytes:
+def inflate(data: bytes | mmap.mmap) -> bytes:
     """Inflate a Deflated Explicit VR Little Endian dataset (raw deflate, PS3.5 A.5)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -71,11 +72,11 @@ def inflate(data: bytes) -> bytes:
 class Inspected:
     """A dataset whose structure was checked: its plain bytes and where its key values lie."""
 
-    plain: bytes
+    plain: bytes | mmap.mmap
     elements: dict[int, Found]
 
 
-def check_structure(data: bytes, transfer_syntax: str) -> Inspected:
+def check_structure(data: bytes | mmap.mmap, transfer_syntax: str) -> Inspected:
     """Raise :class:`MalformedDataset` unless ``data`` is a whole, well-formed dataset.
 
     The result holds the bytes to decode (inflated for the deflated transfer syntax) and the

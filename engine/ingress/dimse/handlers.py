@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -25,7 +25,7 @@ from engine import reactor
 from engine.crashpoints import crash_point
 from engine.dicom import wire
 from engine.errors import RadflowError
-from engine.ingress.dimse import guard
+from engine.ingress.dimse import guard, spill
 from engine.ingress.dimse.commitment import (
     CommitmentProvider,
     handle_dimse_sent,
@@ -202,12 +202,13 @@ def _peer(event: Event) -> tuple[str, str, str]:
 
 
 # --- notification handlers -------------------------------------------------------------------
-def handle_conn_open(event: Event, policy: ListenerPolicy) -> None:
+def handle_conn_open(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> None:
     assoc = event.assoc
     wire.set_nodelay(assoc)
     reactor.install(assoc, policy.name)
     wire.fast_responses(assoc)
     guard.install(assoc, policy.name)
+    spill.install(assoc, intake.spill_policy)
     connection = getattr(assoc.dul.socket, "socket", None)
     assoc_id = id(assoc)
     run = assoc.run
@@ -218,6 +219,7 @@ def handle_conn_open(event: Event, policy: ListenerPolicy) -> None:
         try:
             run()
         finally:
+            spill.discard_unfinished(assoc)
             policy.settle(connection)
             policy.release_slot(assoc_id)
             _note_unnegotiated_timeout(assoc, policy)
@@ -326,8 +328,9 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
     request = cast(C_STORE, event.request)
     calling, called, host = _peer(event)
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    buffer = request.DataSet
     try:
-        intake.accept(ReceivedInstance(
+        received = ReceivedInstance(
             listener=policy.name,
             local_ae=policy.config.ae_title,
             calling_ae=calling,
@@ -336,8 +339,15 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            dataset=request.DataSet.getvalue() if request.DataSet is not None else b"",
-        ))
+            dataset=b"",
+        )
+        if isinstance(buffer, spill.SpillingBuffer) and buffer.spilled:
+            # Larger than memory should hold: read from its file, never whole.
+            with spill.opened(buffer) as (mapped, path):
+                intake.accept(replace(received, dataset=mapped, source=path))
+        else:
+            intake.accept(replace(received,
+                                  dataset=buffer.getvalue() if buffer is not None else b""))
         crash_point("response")
         return int(DimseStatus.SUCCESS)
     except Exception as exc:
@@ -353,6 +363,8 @@ def handle_store(event: Event, policy: ListenerPolicy, intake: StoreIntake) -> D
         answer.ErrorComment = error_comment(exc)
         return answer
     finally:
+        if isinstance(buffer, spill.SpillingBuffer):
+            buffer.discard()
         DIMSE_STORE_SECONDS.labels(policy.name).observe(time.perf_counter() - started)
 
 
@@ -385,7 +397,7 @@ def bindings(policy: ListenerPolicy, intake: StoreIntake, mwl: MwlProvider | Non
         *query_retrieve,
         *storage_commitment,
         *procedure_steps,
-        (evt.EVT_CONN_OPEN, handle_conn_open, [policy]),
+        (evt.EVT_CONN_OPEN, handle_conn_open, [policy, intake]),
         (evt.EVT_REQUESTED, handle_requested, [policy]),
         (evt.EVT_USER_ID, handle_user_id, [policy]),
         (evt.EVT_ESTABLISHED, handle_established, [policy]),

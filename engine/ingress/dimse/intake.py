@@ -13,10 +13,14 @@ never leaves a half-written file behind, and does not know about pynetdicom even
 
 from __future__ import annotations
 
+import itertools
+import mmap
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from engine.bridge import LoopBridge, result_within
 from engine.bus import EventBus
@@ -43,6 +47,7 @@ from engine.errors import (
 )
 from engine.events import InstanceStored
 from engine.ingress.dimse.encoding import check_structure, read_keys
+from engine.ingress.dimse.spill import SpillPolicy, file_chunks
 from engine.observability.logging import correlation, get_logger
 from engine.observability.metrics import (
     DIMSE_BYTES_RECEIVED,
@@ -67,7 +72,10 @@ class ReceivedInstance:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    dataset: bytes
+    #: the dataset bytes after the command; a read-only map of ``source`` when it was too large
+    #: to hold in memory (``engine.ingress.dimse.spill``)
+    dataset: bytes | mmap.mmap
+    source: Path | None = None
 
 
 def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -106,7 +114,10 @@ class StoreIntake:
     """Makes received instances durable before their success status."""
 
     def __init__(self, spool: Spool, journal: JournalWriter, bus: EventBus, bridge: LoopBridge,
-                 policy: DuplicatePolicy, commit_timeout: float) -> None:
+                 policy: DuplicatePolicy, commit_timeout: float,
+                 spill_policy: SpillPolicy | None = None) -> None:
+        #: where a dataset too large to hold in memory goes while it arrives
+        self.spill_policy = spill_policy or SpillPolicy(64 * 1024 * 1024, spool.tmp_dir)
         self._spool = spool
         self._journal = journal
         self._bus = bus
@@ -131,9 +142,12 @@ class StoreIntake:
         if keys.sop_class_uid != req.sop_class_uid:
             raise SopClassMismatch("SOP Class UID in dataset differs from the request")
         received_at = time.time()
+        # A large dataset streams from its file; ``bytes(b)`` of bytes is ``b`` itself (no copy).
+        body: Iterable[bytes] = file_chunks(req.source) if req.source is not None \
+            else (bytes(req.dataset),)
         spooled = self._spool.write(
-            self._spool.new_id(), (_PREAMBLE, file_meta_bytes(req), req.dataset), when=received_at,
-            sync=False)
+            self._spool.new_id(), itertools.chain((_PREAMBLE, file_meta_bytes(req)), body),
+            when=received_at, sync=False)
         crash_point("written")
         record = InstanceRecord(
             object_id=spooled.object_id,
