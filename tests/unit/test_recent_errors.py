@@ -128,3 +128,12 @@ async def test_the_api_answers_the_recent_errors_newest_first(store: Any) -> Non
         assert "RecentError" in doc["components"]["schemas"]
     finally:
         await client.close()
+
+
+def test_the_api_names_every_kind_the_recorder_makes() -> None:
+    from typing import get_args
+
+    from engine.admin.recent_errors import ErrorKind
+    from engine.observability.recent_errors import KINDS
+
+    assert set(get_args(ErrorKind)) == set(KINDS)
