@@ -160,12 +160,30 @@ def _classify(event: str, level: str, fields: Fields) -> Classified:
     return None
 
 
+class _Merged:
+    """A pending note while repeats are added to it (mutable: a repeat on a busy failure path
+    costs a few assignments, not a new record)."""
+
+    __slots__ = ("count", "first", "first_at", "last_at", "peer_host")
+
+    def __init__(self, note: ErrorNote) -> None:
+        self.first = note
+        self.count = note.count
+        self.first_at = note.first_at
+        self.last_at = note.last_at
+        self.peer_host = note.peer_host
+
+    def note(self) -> ErrorNote:
+        return replace(self.first, count=self.count, first_at=self.first_at,
+                       last_at=self.last_at, peer_host=self.peer_host)
+
+
 class Recorder:
     """Pending notes of this process, merged by key, bounded; thread-safe."""
 
     def __init__(self, max_pending: int = MAX_PENDING) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str, str], ErrorNote] = {}
+        self._pending: dict[tuple[str, str, str], _Merged] = {}
         self._max = max_pending
         self.node = ""
         #: notes dropped because nobody took them in time (the store was down, or no engine)
@@ -181,13 +199,17 @@ class Recorder:
                            self.node))
 
     def add(self, note: ErrorNote) -> None:
+        key = note.key
         with self._lock:
-            seen = self._pending.pop(note.key, None)
-            if seen is not None:
-                note = replace(seen, last_at=max(seen.last_at, note.last_at),
-                               first_at=min(seen.first_at, note.first_at),
-                               count=seen.count + note.count, peer_host=note.peer_host)
-            self._pending[note.key] = note  # re-inserted: newest last
+            seen = self._pending.pop(key, None)
+            if seen is None:
+                seen = _Merged(note)
+            else:
+                seen.count += note.count
+                seen.first_at = min(seen.first_at, note.first_at)
+                seen.last_at = max(seen.last_at, note.last_at)
+                seen.peer_host = note.peer_host
+            self._pending[key] = seen  # re-inserted: newest last
             while len(self._pending) > self._max:
                 del self._pending[next(iter(self._pending))]
                 self.dropped += 1
@@ -195,9 +217,9 @@ class Recorder:
     def take(self) -> list[ErrorNote]:
         """Everything pending, oldest first; the recorder is empty after."""
         with self._lock:
-            notes = list(self._pending.values())
+            merged = list(self._pending.values())
             self._pending.clear()
-        return notes
+        return [m.note() for m in merged]
 
     def put_back(self, notes: list[ErrorNote]) -> None:
         """Notes the store did not take (it was down): kept for the next try, bounded."""
