@@ -36,12 +36,14 @@ from engine.durable.store import (
 
 Conn = psycopg.Connection[Any]
 
-# A row whose lease ran out (its worker died or hung) comes back as pending, ready at once;
-# the attempt it used stays counted, so a row that crashes the process cannot loop forever.
+# A row whose lease ran out (its worker died or hung) comes back as pending, ready at once and
+# in its old place in the queue (not behind the rows that came while it was leased: a dead
+# node's rows would wait for a whole backlog); the attempt it used stays counted, so a row that
+# crashes the process cannot loop forever.
 # SKIP LOCKED: a row another node is reclaiming or claiming right now is left to it.
 _RECLAIM = (
     "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL, "
-    "next_attempt_at = %(now)s, updated_at = %(now)s "
+    "next_attempt_at = LEAST(next_attempt_at, %(now)s), updated_at = %(now)s "
     "WHERE id IN (SELECT id FROM outbox WHERE destination = %(dest)s AND state = 'leased' "
     "AND lease_until < %(now)s FOR UPDATE SKIP LOCKED)")
 

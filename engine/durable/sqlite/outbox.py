@@ -35,11 +35,13 @@ from engine.durable.store import (
     QueueStats,
 )
 
-# A row whose lease ran out (its worker died or hung) comes back as pending, ready at once;
-# the attempt it used stays counted, so a row that crashes the process cannot loop forever.
+# A row whose lease ran out (its worker died or hung) comes back as pending, ready at once and
+# in its old place in the queue (not behind the rows that came while it was leased: a dead
+# node's rows would wait for a whole backlog); the attempt it used stays counted, so a row that
+# crashes the process cannot loop forever.
 _RECLAIM = (
     "UPDATE outbox SET state = 'pending', lease_owner = NULL, lease_until = NULL, "
-    "next_attempt_at = :now, updated_at = :now "
+    "next_attempt_at = MIN(next_attempt_at, :now), updated_at = :now "
     "WHERE destination = :dest AND state = 'leased' AND lease_until < :now")
 
 # The claim: one statement. The inner SELECT walks outbox_ready in (next_attempt_at, id) order

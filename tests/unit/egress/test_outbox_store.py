@@ -56,6 +56,18 @@ async def test_an_expired_lease_comes_back_and_the_old_owner_cannot_record(store
     assert done["state"] == "done" and done["done_at"] == T0 + 62
 
 
+async def test_an_expired_lease_comes_back_in_its_old_place_in_the_queue(store: SqliteStore
+                                                                          ) -> None:
+    """A dead node's rows are sent before the backlog that came in while they were leased."""
+    first = await store.enqueue_outbox(rows(10), T0)
+    held = await store.lease_outbox("pacs", "crashed", T0, 60, 4)
+    await store.enqueue_outbox(rows(20), T0 + 30)
+    back = await store.lease_outbox("pacs", "other", T0 + 61, 60, 4)
+    assert [r.id for r in back] == [r.id for r in held] == first[:4]
+    rest = await store.lease_outbox("pacs", "other", T0 + 61, 60, 6)
+    assert [r.id for r in rest] == first[4:]
+
+
 async def test_leases_of_an_earlier_run_of_this_node_come_back_at_start(store: SqliteStore
                                                                        ) -> None:
     await store.enqueue_outbox(rows(3), T0)
