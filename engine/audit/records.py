@@ -119,6 +119,30 @@ def instances_sent(source: AuditSource, time: datetime, *, export: bool, destina
         objects, source=source)
 
 
+def retrieve(source: AuditSource, time: datetime, *, begin: bool, move: bool,
+             calling_ae: str, called_ae: str, peer_host: str, node: str,
+             destination_ae: str, destination_host: str, study_uid: str,
+             sop_classes: Mapping[str, int], patient_id: str | None, outcome: str = m.SUCCESS,
+             outcome_description: str | None = None) -> AuditMessage:
+    """A C-MOVE or C-GET radflow answered, for one study: Begin Transferring DICOM Instances
+    (A.5.3.4, action E) when its sub-operations start, DICOM Instances Transferred (A.5.3.5,
+    action R: radflow read and sent copies it keeps) when they ended. radflow is the source;
+    the destination is the Move Destination (C-MOVE) or the requestor itself (C-GET); a Move
+    SCU that is not the destination takes part as the requestor."""
+    objects = [study(study_uid, sop_classes)]
+    if patient_id:
+        objects.append(patient(patient_id))
+    participants = [
+        radflow_participant(source, called_ae, node, m.SOURCE_ROLE, requestor=False),
+        peer(destination_ae, destination_host, m.DESTINATION_ROLE, requestor=not move)]
+    if move:
+        participants.append(peer(calling_ae, peer_host, None, requestor=True))
+    return AuditMessage(
+        m.BEGIN_TRANSFERRING if begin else m.INSTANCES_TRANSFERRED, "E" if begin else "R",
+        outcome, time, participants, objects, outcome_description=outcome_description,
+        source=source)
+
+
 def order_record(source: AuditSource, time: datetime, *, action: str, sending_application: str,
                  peer_host: str, node: str, patient_id: str | None, accession: str | None,
                  message_type: str, control_id: str, outcome: str = m.SUCCESS

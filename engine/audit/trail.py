@@ -171,6 +171,24 @@ class AuditTrail:
             identifier=identifier, transfer_syntax_uid=transfer_syntax_uid,
             outcome=m.SUCCESS if ok else m.MINOR_FAILURE))
 
+    def retrieve(self, *, begin: bool, move: bool, calling_ae: str, called_ae: str,
+                 peer_host: str, destination_ae: str, destination_host: str,
+                 studies: Mapping[str, tuple[str, Mapping[str, int]]], ok: bool,
+                 detail: str = "") -> None:
+        """A C-MOVE or C-GET's sub-operations began (``begin``) or ended: one record per
+        study. ``studies``: Study Instance UID -> (Patient ID, SOP Class UID -> instances)."""
+        if not self.enabled:
+            return
+        when = now_utc()
+        for study_uid, (patient_id, sop_classes) in studies.items():
+            self.record(records.retrieve(
+                self.source, when, begin=begin, move=move, calling_ae=calling_ae,
+                called_ae=called_ae, peer_host=peer_host, node=self.node,
+                destination_ae=destination_ae, destination_host=destination_host,
+                study_uid=study_uid or "unknown", sop_classes=sop_classes,
+                patient_id=patient_id or None, outcome=m.SUCCESS if ok else m.MINOR_FAILURE,
+                outcome_description=detail or None))
+
     def api_change(self, *, user: str, peer_host: str, method: str, path: str,
                    status: int) -> None:
         if not self.enabled:

@@ -28,6 +28,7 @@ _BOM = "\ufeff"
 Code = tuple[str, str, str]  # (code, coding scheme, meaning)
 
 APPLICATION_ACTIVITY: Code = ("110100", "DCM", "Application Activity")
+BEGIN_TRANSFERRING: Code = ("110102", "DCM", "Begin Transferring DICOM Instances")
 INSTANCES_TRANSFERRED: Code = ("110104", "DCM", "DICOM Instances Transferred")
 EXPORT: Code = ("110106", "DCM", "Export")
 ORDER_RECORD: Code = ("110109", "DCM", "Order Record")

@@ -97,3 +97,6 @@ class QrLocated:
     sop_class_uid: str
     transfer_syntax_uid: str
     spool_path: str
+    #: for the audit trail (a transfer is recorded per study, with its patient)
+    study_instance_uid: str = ""
+    patient_id: str = ""

@@ -8,7 +8,7 @@ on an intake path can report without a guard. Thread-safe (the trail's own metho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from engine.observability.logging import get_logger
@@ -33,6 +33,11 @@ class AuditSink(Protocol):
 
     def api_change(self, *, user: str, peer_host: str, method: str, path: str,
                    status: int) -> None: ...
+
+    def retrieve(self, *, begin: bool, move: bool, calling_ae: str, called_ae: str,
+                 peer_host: str, destination_ae: str, destination_host: str,
+                 studies: Mapping[str, tuple[str, Mapping[str, int]]], ok: bool,
+                 detail: str = "") -> None: ...
 
 
 _current: AuditSink | None = None

@@ -163,7 +163,7 @@ def _check_event(root: ET.Element) -> None:
     if event == "110100":  # Application Activity
         assert types and types[0] in {"110120", "110121"}, types
         assert "110150" in roles, roles
-    elif event in {"110104", "110106"}:  # Instances Transferred, Export
+    elif event in {"110102", "110104", "110106"}:  # Begin Transferring, Transferred, Export
         assert {"110153"} <= set(roles) and ({"110152", "110154"} & set(roles)), roles
         studies = _objects(root, "110180")
         assert studies, "no Study participant object"

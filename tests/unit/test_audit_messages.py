@@ -45,6 +45,11 @@ def every_record() -> list[m.AuditMessage]:
         r.query(SRC, T, calling_ae="CT01", called_ae="RADFLOW", peer_host="10.0.0.5",
                 node="node1", sop_class_uid=r.MWL_FIND_SOP_CLASS, identifier=b"\x08\x00",
                 transfer_syntax_uid="1.2.840.10008.1.2.1"),
+        *(r.retrieve(SRC, T, begin=begin, move=move, calling_ae="PACS2", called_ae="RADFLOW",
+                     peer_host="10.0.0.8", node="node1", destination_ae="AI",
+                     destination_host="10.0.0.9", study_uid="1.2.3",
+                     sop_classes={"1.2.840.10008.5.1.4.1.1.2": 3}, patient_id="P1")
+          for begin in (True, False) for move in (True, False)),
         r.api_change(SRC, T, user="api-token", peer_host="127.0.0.1", node="node1",
                      method="POST", path="/api/v1/queues/pacs/retry", status=200),
     ]
@@ -66,6 +71,33 @@ def test_query_carries_the_identifier_as_received() -> None:
                       transfer_syntax_uid="1.2.840.10008.1.2")
     query = check(message.xml()).find("ParticipantObjectIdentification/ParticipantObjectQuery")
     assert query is not None and base64.b64decode(query.text or "") == b"\x10\x00\x20\x00ID"
+
+
+def test_retrieve_names_source_destination_and_requestor() -> None:
+    move = check(r.retrieve(SRC, T, begin=False, move=True, calling_ae="PACS2",
+                            called_ae="RADFLOW", peer_host="10.0.0.8", node="n",
+                            destination_ae="AI", destination_host="10.0.0.9",
+                            study_uid="1.2.3", sop_classes={"1.2.840.10008.5.1.4.1.1.2": 2},
+                            patient_id="P1", outcome=m.MINOR_FAILURE,
+                            outcome_description="cancelled: 1 of 2 instances sent").xml())
+    ident = move[0]
+    assert ident.find("EventID").get("csd-code") == "110104"  # type: ignore[union-attr]
+    assert ident.get("EventActionCode") == "R" and ident.get("EventOutcomeIndicator") == "4"
+    people = {(p.get("UserID"), p.get("UserIsRequestor"),
+               p.find("RoleIDCode").get("csd-code") if p.find("RoleIDCode") is not None
+               else None) for p in move.findall("ActiveParticipant")}
+    assert people == {("RADFLOW", "false", "110153"), ("AI", "false", "110152"),
+                      ("PACS2", "true", None)}
+    get = check(r.retrieve(SRC, T, begin=True, move=False, calling_ae="WS1",
+                           called_ae="RADFLOW", peer_host="10.0.0.8", node="n",
+                           destination_ae="WS1", destination_host="10.0.0.8",
+                           study_uid="1.2.3", sop_classes={"1.2.840.10008.5.1.4.1.1.2": 2},
+                           patient_id=None).xml())
+    assert get[0].find("EventID").get("csd-code") == "110102"  # type: ignore[union-attr]
+    assert get[0].get("EventActionCode") == "E"
+    requestors = [p.get("UserID") for p in get.findall("ActiveParticipant")
+                  if p.get("UserIsRequestor") == "true"]
+    assert requestors == ["WS1"]
 
 
 def test_peer_text_cannot_forge_a_line_or_markup() -> None:

@@ -132,26 +132,26 @@ def test_answer_carries_exactly_the_requested_keys() -> None:
 
 # --- Storage Commitment in the store ------------------------------------------------------------
 async def test_on_receipt_is_decided_and_queued_once(store: Any) -> None:
-    from engine.durable.commitment import CommitmentRequest
+    from engine.durable.commitment import CommitmentPlan, CommitmentRequest
 
     await _journal(store, 1)
     held = record(1)
     request = CommitmentRequest("1.2.3.4.5", "CT_1", "on_receipt", (
         (held.sop_class_uid, held.sop_instance_uid), (held.sop_class_uid, "1.2.3.999"),
         ("1.2.840.10008.5.1.4.1.1.4", held.sop_instance_uid)), "2025-01-01T00:00:00+00:00")
-    result = await store.commit_commitment_request(request, 1.0)
+    result = await store.commit_commitment_request(request, CommitmentPlan(), 1.0)
     assert result.report is not None and not result.duplicate
     assert result.report.success == ((held.sop_class_uid, held.sop_instance_uid),)
     assert {(u, r) for _, u, r in result.report.failed} == {
         ("1.2.3.999", 0x0112), (held.sop_instance_uid, 0x0119)}
-    again = await store.commit_commitment_request(request, 2.0)
+    again = await store.commit_commitment_request(request, CommitmentPlan(), 2.0)
     assert again.duplicate and again.report is None
     rows = await store.outbox_rows("commitment")
     assert len(rows) == 1
 
 
 async def test_on_archive_waits_for_delivery_and_the_archive(store: Any) -> None:
-    from engine.durable.commitment import CommitmentRequest
+    from engine.durable.commitment import CommitmentPlan, CommitmentRequest
     from engine.durable.store import NewOutboxRow, OutboxResult, OutboxVerdict
 
     ids = await _journal(store, 1)
@@ -159,20 +159,21 @@ async def test_on_archive_waits_for_delivery_and_the_archive(store: Any) -> None
     request = CommitmentRequest("1.2.3.4.6", "CT_1", "on_archive",
                                 ((held.sop_class_uid, held.sop_instance_uid),),
                                 "2025-01-01T00:00:00+00:00", deadline=100.0)
-    first = await store.commit_commitment_request(request, 1.0)
+    plan = CommitmentPlan("on_receipt", ("pacs",), frozenset({"pacs"}))
+    first = await store.commit_commitment_request(request, plan, 1.0)
     assert first.report is None
     (request_id, waiting), = await store.waiting_commitments(10)
-    assert await store.resolve_commitment(request_id, waiting, ["pacs"], ["pacs"], 2.0) is None
+    assert await store.resolve_commitment(request_id, waiting, plan, 2.0) is None
     await store.enqueue_outbox([NewOutboxRow("pacs", "dicom", "{}", "instances", ids[0])], 2.0)
     leased = await store.lease_outbox("pacs", "me", 3.0, 60.0, 10)
     await store.record_outbox("me", [OutboxResult(leased[0].id, OutboxVerdict.DONE)], 3.0)
     assert await store.commitment_delivered([held.sop_instance_uid], "pacs") == {
         held.sop_instance_uid}
     # delivered, but the archive's own answer is still missing
-    assert await store.resolve_commitment(request_id, waiting, ["pacs"], ["pacs"], 4.0) is None
+    assert await store.resolve_commitment(request_id, waiting, plan, 4.0) is None
     await store.record_commitment_ask(request_id, "pacs", "9.8.7", sent=True)
     assert await store.record_archive_commitment("9.8.7", {held.sop_instance_uid: 0x0110})
-    report = await store.resolve_commitment(request_id, waiting, ["pacs"], ["pacs"], 5.0)
+    report = await store.resolve_commitment(request_id, waiting, plan, 5.0)
     assert report is not None
     assert report.failed == ((held.sop_class_uid, held.sop_instance_uid, 0x0110),)
     assert await store.waiting_commitments(10) == []
@@ -183,3 +184,39 @@ async def test_one_process_leads_the_index(store: Any) -> None:
     over, is in test_store_postgresql.py)."""
     assert await store.hold_lead("qr-index")
     assert await store.hold_lead("qr-index")
+
+
+async def test_by_route_follows_what_routing_recorded(store: Any) -> None:
+    from engine.durable.commitment import (
+        CommitmentPlan,
+        CommitmentRequest,
+        encode_route_archives,
+    )
+    from engine.durable.routing import RoutingPlan
+    from engine.durable.store import NewOutboxRow, OutboxResult, OutboxVerdict
+
+    ids = await _journal(store, 3)
+    refs = tuple((record(i).sop_class_uid, record(i).sop_instance_uid) for i in (1, 2, 3))
+    plan = CommitmentPlan()  # the site: on_receipt
+    request = CommitmentRequest("1.2.3.4.7", "CT_1", "by_route", refs,
+                                "2025-01-01T00:00:00+00:00", deadline=100.0)
+    # 1: an on_archive route to pacs; 2: an on_receipt route; 3: not routed yet
+    await store.commit_routing([
+        RoutingPlan("instances", ids[0], "routed",
+                    (NewOutboxRow("pacs", "dicom", "{}", "instances", ids[0], "r1"),),
+                    commitment=encode_route_archives(("pacs",))),
+        RoutingPlan("instances", ids[1], "discarded", commitment=encode_route_archives(()))],
+        "2025-01-01T00:00:01+00:00", 1.0)
+    assert (await store.commit_commitment_request(request, plan, 2.0)).report is None
+    held = await store.commitment_holdings([u for _, u in refs])
+    assert [held[u].route_archives for _, u in refs] == [("pacs",), (), None]
+    assert [held[u].routed for _, u in refs] == [True, True, False]
+    (request_id, waiting), = await store.waiting_commitments(10)
+    await store.commit_routing([RoutingPlan("instances", ids[2], "unmatched")],
+                               "2025-01-01T00:00:03+00:00", 3.0)
+    assert await store.resolve_commitment(request_id, waiting, plan, 4.0) is None  # pacs
+    leased = await store.lease_outbox("pacs", "me", 5.0, 60.0, 10)
+    await store.record_outbox("me", [OutboxResult(leased[0].id, OutboxVerdict.DONE)], 5.0)
+    report = await store.resolve_commitment(request_id, waiting, plan, 6.0)
+    assert report is not None and not report.failed
+    assert set(report.success) == set(refs)

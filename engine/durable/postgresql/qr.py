@@ -132,7 +132,8 @@ def locate(conn: Conn, query: QrQuery) -> list[QrLocated]:
     (at most ``query.limit + 1``)."""
     where, params, _, _ = _where(query.matches, prefix="q.")
     rows = conn.execute(
-        "SELECT q.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.spool_path "
+        "SELECT q.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.spool_path, "
+        "q.study_instance_uid, q.patient_id "
         f"FROM qr_instances q JOIN instances i ON i.id = q.instance_id{where} "
         "ORDER BY q.study_instance_uid, q.series_instance_uid, "
         f"{_INSTANCE_ORDER.format(p='q.')}, q.sop_instance_uid LIMIT %s",

@@ -62,6 +62,16 @@ def _insert_rows(conn: Conn, rows: Sequence[NewOutboxRow], now: float) -> None:
               r.study_instance_uid, now, now, now) for r in rows])
 
 
+
+def _commitment(plan: RoutingPlan) -> str:
+    """What the matched routes asked of Storage Commitment, kept with the instance's mark."""
+    return ", route_commitment = %s" if plan.commitment is not None else ""
+
+
+def _commitment_value(plan: RoutingPlan) -> tuple[str, ...]:
+    return (plan.commitment,) if plan.commitment is not None else ()
+
+
 def commit_routing(conn: Conn, plans: Sequence[RoutingPlan], now_iso: str,
                    now: float, schema: str) -> list[RoutingCommitResult]:
     results: list[RoutingCommitResult | None] = []
@@ -75,9 +85,9 @@ def commit_routing(conn: Conn, plans: Sequence[RoutingPlan], now_iso: str,
         for plan in plans:
             table = _SOURCE_TABLES[plan.source_table]
             cur = conn.execute(
-                f"UPDATE {table} SET routed_at = %s, routing_outcome = %s "
+                f"UPDATE {table} SET routed_at = %s, routing_outcome = %s{_commitment(plan)} "
                 "WHERE id = %s AND routed_at IS NULL",
-                (now_iso, plan.outcome, plan.source_id))
+                (now_iso, plan.outcome, *_commitment_value(plan), plan.source_id))
             if not plan.rows and not plan.groups:
                 deferred.append((len(results), cur))
                 results.append(None)
@@ -86,9 +96,6 @@ def commit_routing(conn: Conn, plans: Sequence[RoutingPlan], now_iso: str,
             if cur.rowcount == 0:
                 results.append(RoutingCommitResult(False, 0, ()))
                 continue
-            if plan.commitment is not None and plan.source_table == "instances":
-                conn.execute("UPDATE instances SET route_commitment = %s WHERE id = %s",
-                             (plan.commitment, plan.source_id))
             _insert_rows(conn, plan.rows, now)
             woken.update(row.destination for row in plan.rows)
             groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)

@@ -125,7 +125,8 @@ def locate(conn: sqlite3.Connection, query: QrQuery) -> list[QrLocated]:
     where, params, _, _ = _where(query.matches)
     where = where.replace(" WHERE ", " WHERE q.", 1).replace(" AND ", " AND q.")
     rows = conn.execute(
-        "SELECT q.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.spool_path "
+        "SELECT q.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.spool_path, "
+        "q.study_instance_uid, q.patient_id "
         f"FROM qr_instances q JOIN instances i ON i.id = q.instance_id{where} "
         "ORDER BY q.study_instance_uid, q.series_instance_uid, "
         "CAST(q.instance_number AS INTEGER), q.sop_instance_uid LIMIT ?",

@@ -51,6 +51,16 @@ def _insert_rows(conn: sqlite3.Connection, rows: Sequence[NewOutboxRow], now: fl
           r.study_instance_uid, now, now, now) for r in rows])
 
 
+
+def _commitment(plan: RoutingPlan) -> str:
+    """What the matched routes asked of Storage Commitment, kept with the instance's mark."""
+    return ", route_commitment = ?" if plan.commitment is not None else ""
+
+
+def _commitment_value(plan: RoutingPlan) -> tuple[str, ...]:
+    return (plan.commitment,) if plan.commitment is not None else ()
+
+
 def commit_routing(conn: sqlite3.Connection, plans: Sequence[RoutingPlan], now_iso: str,
                    now: float) -> list[RoutingCommitResult]:
     results: list[RoutingCommitResult] = []
@@ -59,15 +69,12 @@ def commit_routing(conn: sqlite3.Connection, plans: Sequence[RoutingPlan], now_i
         for plan in plans:
             table = _SOURCE_TABLES[plan.source_table]
             marked = conn.execute(
-                f"UPDATE {table} SET routed_at = ?, routing_outcome = ? "
+                f"UPDATE {table} SET routed_at = ?, routing_outcome = ?{_commitment(plan)} "
                 "WHERE id = ? AND routed_at IS NULL",
-                (now_iso, plan.outcome, plan.source_id)).rowcount
+                (now_iso, plan.outcome, *_commitment_value(plan), plan.source_id)).rowcount
             if marked == 0:
                 results.append(RoutingCommitResult(False, 0, ()))
                 continue
-            if plan.commitment is not None and plan.source_table == "instances":
-                conn.execute("UPDATE instances SET route_commitment = ? WHERE id = ?",
-                             (plan.commitment, plan.source_id))
             _insert_rows(conn, plan.rows, now)
             groups = tuple(_join(conn, plan.source_id, join, now) for join in plan.groups)
             results.append(RoutingCommitResult(True, len(plan.rows), groups))

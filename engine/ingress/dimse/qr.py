@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,11 +102,44 @@ class _Account:
     started: float
     done: bool = False
     sent: int = 0
+    #: C-MOVE / C-GET once sub-operations began: (destination AE, its host), what was
+    #: located and what was handed to pynetdicom to send (the audit trail records both)
+    destination: tuple[str, str] | None = None
+    located: list[QrLocated] = field(default_factory=list)
+    handed: list[QrLocated] = field(default_factory=list)
+
+    def begin_transfer(self, destination: str, host: str, found: list[QrLocated]) -> None:
+        self.destination, self.located = (destination, host), found
+        self._audit_transfer(True, found, True)
+
+    def _audit_transfer(self, begin: bool, items: list[QrLocated], ok: bool,
+                        detail: str = "") -> None:
+        assert self.destination is not None
+        destination, host = self.destination
+        assoc = self.event.assoc
+        studies: dict[str, tuple[str, dict[str, int]]] = {}
+        for item in self.located:  # every study named, even one nothing of was sent
+            studies.setdefault(item.study_instance_uid, (item.patient_id, {}))
+        for item in items:
+            classes = studies[item.study_instance_uid][1]
+            classes[item.sop_class_uid] = classes.get(item.sop_class_uid, 0) + 1
+        for item in self.located:
+            studies[item.study_instance_uid][1].setdefault(item.sop_class_uid, 0)
+        audit_sink.notify(lambda a: a.retrieve(
+            begin=begin, move=self.operation == "c_move",
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+            peer_host=str(assoc.requestor.address), destination_ae=destination,
+            destination_host=host, studies=studies, ok=ok, detail=detail))
 
     def __call__(self, outcome: str, **extra: Any) -> None:
         if self.done:
             return
         self.done = True
+        if self.destination is not None:
+            whole = outcome == "success" and len(self.handed) == len(self.located)
+            self._audit_transfer(False, self.handed, whole, "" if whole else (
+                f"{outcome}: {len(self.handed)} of {len(self.located)} instances sent"))
         elapsed = time.perf_counter() - self.started
         QR_SECONDS.labels(self.policy.name, self.operation).observe(elapsed)
         QR_REQUESTS.labels(self.policy.name, self.operation, outcome).inc()
@@ -215,6 +248,7 @@ def _retrieve(event: Event, account: _Account, qr: QrProvider, found: list[QrLoc
             continue
         QR_INSTANCES_SENT.labels(account.policy.name, account.operation).inc()
         account.sent += 1
+        account.handed.append(item)
         yield DimseStatus.PENDING, ds
     account("success")
     yield DimseStatus.SUCCESS, None
@@ -257,6 +291,7 @@ def handle_move(event: Event, policy: ListenerPolicy, qr: QrProvider) -> Iterato
             "contexts": _contexts(found),
             "evt_handlers": [(evt.EVT_ESTABLISHED, _quiet_sub_association)]} if found else {}
         yield len(found)
+        account.begin_transfer(destination, address[0], found)
         yield from _retrieve(event, account, qr, found)
     finally:
         account("aborted")
@@ -274,6 +309,8 @@ def handle_get(event: Event, policy: ListenerPolicy, qr: QrProvider) -> Iterator
             yield refusal, None
             return
         yield len(found)
+        account.begin_transfer(str(event.assoc.requestor.ae_title).strip(),
+                               str(event.assoc.requestor.address), found)
         yield from _retrieve(event, account, qr, found)
     finally:
         account("aborted")
