@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 import warnings
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import _config
 
 from engine.hl7.message import Hl7Message
@@ -36,6 +42,7 @@ from tests.reliability.conftest import routed_config
 pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(120)]
 
 CT = dicomgen.CT_IMAGE_STORAGE
+VERIFICATION = "1.2.840.10008.1.1"
 ARGS = STORESCU_PROPOSE[ExplicitVRLittleEndian]
 
 
@@ -167,6 +174,84 @@ def test_b3_an_executable_preamble_is_not_kept(fanout, dicom_dir: Path) -> None:
         assert pydicom.dcmread(received) == pydicom.dcmread(inst.path)
     assert_nothing_lost({inst.sop_instance_uid},
                         {n: s.received() for n, s in sinks.items()}, rf=rf)
+
+
+# --- B4 ---------------------------------------------------------------------------------------
+def _deflate_bomb(folder: Path, inflated_gib: int = 2) -> tuple[Path, str]:
+    """A Part 10 file in Deflated Explicit VR Little Endian whose ~2 MB of deflate inflate to
+    ``inflated_gib`` GiB: a CT header, then Pixel Data declaring that many zero bytes.
+
+    Zeros are compressed once, 64 MiB at a time, each piece ended with a full flush (which
+    resets the compressor), so the same piece can be repeated: seconds instead of a minute.
+    """
+    ds = dicomgen.new_dataset("CT")
+    del ds.PixelData
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_dataset(header, ds)
+    zeros = inflated_gib * 1024**3
+    plain_head = header.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, zeros)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = comp.compress(plain_head) + comp.flush(zlib.Z_FULL_FLUSH)
+    piece = comp.compress(b"\x00" * (64 * 1024**2)) + comp.flush(zlib.Z_FULL_FLUSH)
+    stream = head + piece * (zeros // (64 * 1024**2)) + comp.flush()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta)
+    path = folder / "bomb.dcm"
+    path.write_bytes(fp.getvalue() + stream)
+    return path, str(ds.SOPInstanceUID)
+
+
+def _peak_rss_mib(rf: RadflowProcess) -> float:
+    """The radflow process's peak resident memory (VmHWM), in MiB."""
+    assert rf.proc is not None
+    for line in Path(f"/proc/{rf.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.timeout(300)
+def test_b4_a_deflate_bomb_is_refused_in_bounded_memory_while_others_store(
+        fanout, dicom_dir: Path) -> None:
+    rf, sinks = fanout()
+    bomb, bomb_uid = _deflate_bomb(dicom_dir)
+    assert bomb.stat().st_size < 3 * 1024**2
+    outcome: dict[str, Any] = {}
+
+    def send_bomb() -> None:
+        with association(rf, [(CT, [DeflatedExplicitVRLittleEndian])],
+                         calling_ae="BOMB") as assoc:
+            outcome["status"] = send_raw_file(assoc, bomb)
+
+    sender = threading.Thread(target=send_bomb)
+    sender.start()
+    # Meanwhile, another modality's association: echo and store while the bomb is handled.
+    stored: list[str] = []
+    with association(rf, [(CT, [ExplicitVRLittleEndian]), (VERIFICATION,
+                                                            [ExplicitVRLittleEndian])]) as other:
+        while sender.is_alive() or not stored:
+            assert other.send_c_echo().Status == 0x0000
+            inst = dicomgen.write_instance(dicom_dir / "other", seed=len(stored))
+            assert send_raw_file(other, inst.path).Status == 0x0000
+            stored.append(inst.sop_instance_uid)
+    sender.join(120)
+    status = outcome["status"]
+    assert status.Status == 0xC000, status
+    assert "size limit" in status.ErrorComment
+    (event,) = rf.events("ingress.dimse.c_store.failed", sop_instance_uid=bomb_uid)
+    assert event["calling_ae"] == "BOMB"
+    assert _peak_rss_mib(rf) < 512
+    # Nothing of the bomb kept or queued; everything else delivered.
+    assert bomb_uid not in {r["sop_instance_uid"] for r in rf.journal_rows()}
+    for sink in sinks.values():
+        assert sink.wait_for(set(stored)) == set()
+    assert_nothing_lost(set(stored), {n: s.received() for n, s in sinks.items()}, rf=rf)
 
 
 # --- B7 ---------------------------------------------------------------------------------------

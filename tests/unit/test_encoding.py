@@ -43,7 +43,7 @@ from dicom_samples import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import MalformedDataset
+from engine.errors import MalformedDataset, OutOfResources
 from engine.ingress.dimse import encoding
 from engine.ingress.dimse.encoding import check_structure, read_keys
 
@@ -452,3 +452,29 @@ def test_corrupted_bytes_raise_only_malformed_dataset(
 def test_random_bytes_raise_only_malformed_dataset(ts: str, junk: bytes) -> None:
     with contextlib.suppress(MalformedDataset):
         read_keys(check_structure(junk, ts))
+
+
+def test_a_bomb_costs_no_more_than_the_limit_and_gives_its_budget_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoding, "MAX_INFLATED_BYTES", 3 * 1024 * 1024)
+    monkeypatch.setattr(encoding, "_INFLATE_STEP", 1024 * 1024)
+    bomb = _raw_deflate(ex_identifiers() + ex(0x7FE00010, "OB", b"\x00" * (64 * 1024 * 1024)))
+    with pytest.raises(MalformedDataset, match=r"size limit \(3 MiB\)"):
+        check_structure(bomb, DEFLATED)
+    assert encoding._BUDGET.used == 0
+    plain = ex_identifiers() + ex(0x7FE00010, "OB", b"\x00" * 4096)
+    assert check_structure(_raw_deflate(plain), DEFLATED).plain == plain
+    assert encoding._BUDGET.used == 0
+
+
+def test_a_dataset_that_finds_the_budget_used_by_others_is_out_of_resources(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = ex_identifiers() + ex(0x7FE00010, "OB", b"\x00" * 4096)
+    assert encoding._BUDGET.take(encoding.INFLATE_BUDGET)  # another association's inflate
+    try:
+        with pytest.raises(OutOfResources):
+            check_structure(_raw_deflate(plain), DEFLATED)
+    finally:
+        encoding._BUDGET.give(encoding.INFLATE_BUDGET)
+    assert encoding._BUDGET.used == 0
+    assert check_structure(_raw_deflate(plain), DEFLATED).plain == plain
