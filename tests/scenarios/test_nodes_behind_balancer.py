@@ -14,6 +14,7 @@ untouched). Without root the scenario is skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import shutil
 import subprocess
@@ -130,129 +131,135 @@ def hosts() -> Iterator[PrivateNetwork]:
 def test_three_hosts_behind_haproxy_one_killed_nothing_acknowledged_lost(
         hosts: PrivateNetwork, radflow: RadflowFactory, tmp_path: Path) -> None:
     gateway = hosts.gateway
-    # PostgreSQL listens on loopback: the hosts reach it through a forwarder on the gateway.
-    server = conninfo_to_dict(pg.DSN)
-    database = TcpForwarder((gateway, free_port()),
-                            (str(server.get("host", HOST)), int(server.get("port", 5432))),
-                            tmp_path / "forwarder.log").start()
-    hosts_dsn = make_conninfo(pg.DSN, host=gateway, port=database.listen[1])
-    # The sinks listen on every address; one process per association, as a PACS serves
-    # several nodes at once.
-    pacs = Storescp(tmp_path / "pacs", ae_title="PACS", fork=True).start()
-    ai = Storescp(tmp_path / "ai", ae_title="AI", fork=True).start()
-    shared_spool = tmp_path / "shared-spool"
     routes = tmp_path / "routes"
     routes.mkdir()
     (routes / "10-site.yaml").write_text(ROUTES, encoding="utf-8")
-    dest = {"type": "dimse", "host": gateway}
-    balancer: Balancer | None = None
+    shared_spool = tmp_path / "shared-spool"
     nodes: list[RadflowProcess] = []
-    try:
-        with pg.schema() as schema:
-            def node_config(i: int) -> dict[str, Any]:
-                address = hosts.hosts[i].address
-                return {
-                    "storage": {**pg.radflow_storage(schema, hosts_dsn),
-                                "spool_dir": str(shared_spool)},
-                    "engine": {"node_id": f"node-{i}", "shutdown_grace": 5},
-                    "dicom": {"listeners": [{"host": address, "port": DICOM_PORT}]},
-                    # The balancer connects from the gateway: the site network may send HL7.
-                    "hl7": {"listeners": [{"host": address, "port": MLLP_PORT}],
-                            "allowed_sources": [str(hosts.subnet)]},
-                    "http": {"host": address, "port": HTTP_PORT, "token": TOKEN},
-                    "routing": {"routes_dir": str(routes), "sweep_seconds": 1},
-                    "delivery": {"lease_seconds": LEASE_SECONDS, "poll_interval": 0.2},
-                    "destinations": {"pacs": {**dest, "ae_title": "PACS", "port": pacs.port},
-                                     "ai": {**dest, "ae_title": "AI", "port": ai.port}}}
+    # Undone in reverse order, also when the test fails: balancer, nodes, schema, sinks,
+    # forwarder.
+    with contextlib.ExitStack() as stack:
+        # PostgreSQL listens on loopback: the hosts reach it through a forwarder on the
+        # gateway.
+        server = conninfo_to_dict(pg.DSN)
+        database = TcpForwarder((gateway, free_port()),
+                                (str(server.get("host", HOST)), int(server.get("port", 5432))),
+                                tmp_path / "forwarder.log")
+        stack.callback(database.stop)
+        database.start()
+        hosts_dsn = make_conninfo(pg.DSN, host=gateway, port=database.listen[1])
+        # The sinks listen on every address; one process per association, as a PACS serves
+        # several nodes at once.
+        pacs = Storescp(tmp_path / "pacs", ae_title="PACS", fork=True)
+        stack.callback(pacs.stop)
+        pacs.start()
+        ai = Storescp(tmp_path / "ai", ae_title="AI", fork=True)
+        stack.callback(ai.stop)
+        ai.start()
+        dest = {"type": "dimse", "host": gateway}
+        schema = stack.enter_context(pg.schema())
 
-            for i, host in enumerate(hosts.hosts):
-                rf = radflow(node_config(i), start=False)
-                rf.address, rf.launcher = host.address, host.launcher
-                rf.start()
-                nodes.append(rf)
-            # Each node is a host of its own: same ports, its own address.
-            assert len({rf.address for rf in nodes}) == 3
-            assert {rf.port for rf in nodes} == {DICOM_PORT}
-            assert all(ipaddress.ip_address(rf.address) in hosts.subnet for rf in nodes)
-
-            balancer = Balancer(tmp_path, nodes).start()
-            through = Through(balancer, nodes[0].ae_title)
-            wait_until(lambda: send_order(through, 0) == "AA", "the balancer to pass MLLP", 30)
-            studies = []
-            for s in range(6):
-                folder = tmp_path / f"study{s}"
-                folder.mkdir()
-                studies.append(dicomgen.write_series(folder, 20))
-            by_path = {i.path: i for study in studies for i in study}
-            # Each study from its own sender; three at a time, through the balancer.
-            runs = [StorescuRun(through, [i.path for i in study]) for study in studies[:3]]
-            accepted = ["P-NB0"]
-            for n in range(1, 16):
-                if n == 6:
-                    runs[0].wait_acknowledged(5)
-                    nodes[1].kill()  # kill -9 mid-flow: the host's radflow dies
-                if send_order(through, n) == "AA":
-                    accepted.append(f"P-NB{n}")
-            runs += [StorescuRun(through, [i.path for i in study]) for study in studies[3:]]
-            for run in runs:
-                run.finish()
-            # What a modality does after a failed association: send the rest again (within
-            # the study's quiet period: a longer pause makes a second "complete" by design).
-            for _attempt in range(5):
-                acknowledged = {p for run in runs for p in run.acknowledged}
-                missing = [p for p in by_path if p not in acknowledged]
-                if not missing:
-                    break
-                again = StorescuRun(through, missing)
-                again.finish()
-                runs.append(again)
-            nodes[1].start()  # rejoins with no manual step
-            acknowledged_uids = {by_path[p].sop_instance_uid
-                                 for run in runs for p in run.acknowledged}
-            assert acknowledged_uids == {i.sop_instance_uid for i in by_path.values()}
-
-            # Every Success at the PACS; the AI receives each study once its quiet period ends.
-            assert not pacs.wait_for(acknowledged_uids, timeout=LEASE_SECONDS + 90)
-            assert not ai.wait_for(acknowledged_uids, timeout=LEASE_SECONDS + 90)
-
-            rows = nodes[0].journal_rows()
-            stored = Counter(str(r["sop_instance_uid"]) for r in rows)
-            assert set(stored) == acknowledged_uids and max(stored.values()) == 1
-            # The spool file is named <node_id>-<id>.dcm by the node that took the instance.
-            by_node = Counter(Path(str(r["spool_path"])).name.rsplit("-", 1)[0] for r in rows)
-            outbox = nodes[0]._table("outbox")
-            sent = Counter((r["destination"], r["payload"]) for r in outbox)
-            duplicates = sum(c - 1 for c in sent.values() if c > 1)
-            resent = sum(len(run.acknowledged) for run in runs[len(studies):])
-            # Delivery is at least once: a row sent just before its node died is sent again
-            # by another. Counted and reported, not an error (the PACS keeps one copy).
-            repeats = {"pacs": sum(pacs.repeats().values()), "ai": sum(ai.repeats().values())}
-            print(f"\nhosts {', '.join(rf.address for rf in nodes)} on {hosts.subnet}; "
-                  f"instances by node: {dict(by_node)}; outbox rows: {len(outbox)}, routed "
-                  f"twice: {duplicates}; instances the senders sent again after the kill: "
-                  f"{resent}; repeats at the sinks (same SOP Instance UID again): {repeats}")
-            assert duplicates == 0
-
-            groups = nodes[0]._table("routing_groups")
-            fired = Counter(g["study_instance_uid"] for g in groups
-                            if g["route"] == "ct-study-to-ai" and g["state"] == "fired")
-            study_uids = {str(r["study_instance_uid"]) for r in rows}
-            assert len(study_uids) == len(studies)
-            assert set(fired) == study_uids
-            assert set(fired.values()) == {1}, [
-                (g["id"], g["study_instance_uid"][-6:], g["fire_reason"], g["first_at"],
-                 g["last_at"], g["fired_at"]) for g in groups]
-
-            placers = [str(item.get("placer_order_number")) for item in worklist(nodes[0])]
-            for placer in accepted:
-                assert placers.count(placer) == 1, (placer, placers)
-            for rf in nodes:  # before the schema goes
+        @stack.callback
+        def close_nodes() -> None:  # kill -9: before their schema goes
+            for rf in nodes:
                 rf.close()
-    finally:
-        for rf in nodes:
-            rf.close()
-        if balancer is not None:
-            balancer.stop()
-        pacs.stop()
-        ai.stop()
-        database.stop()
+
+        def node_config(i: int) -> dict[str, Any]:
+            address = hosts.hosts[i].address
+            return {
+                "storage": {**pg.radflow_storage(schema, hosts_dsn),
+                            "spool_dir": str(shared_spool)},
+                "engine": {"node_id": f"node-{i}", "shutdown_grace": 5},
+                "dicom": {"listeners": [{"host": address, "port": DICOM_PORT}]},
+                # The balancer connects from the gateway: the site network may send HL7.
+                "hl7": {"listeners": [{"host": address, "port": MLLP_PORT}],
+                        "allowed_sources": [str(hosts.subnet)]},
+                "http": {"host": address, "port": HTTP_PORT, "token": TOKEN},
+                "routing": {"routes_dir": str(routes), "sweep_seconds": 1},
+                "delivery": {"lease_seconds": LEASE_SECONDS, "poll_interval": 0.2},
+                "destinations": {"pacs": {**dest, "ae_title": "PACS", "port": pacs.port},
+                                 "ai": {**dest, "ae_title": "AI", "port": ai.port}}}
+
+        for i, host in enumerate(hosts.hosts):
+            rf = radflow(node_config(i), start=False)
+            rf.address, rf.launcher = host.address, host.launcher
+            rf.start()
+            nodes.append(rf)
+        # Each node is a host of its own: same ports, its own address.
+        assert len({rf.address for rf in nodes}) == 3
+        assert {rf.port for rf in nodes} == {DICOM_PORT}
+        assert all(ipaddress.ip_address(rf.address) in hosts.subnet for rf in nodes)
+
+        balancer = Balancer(tmp_path, nodes)
+        stack.callback(balancer.stop)
+        balancer.start()
+        through = Through(balancer, nodes[0].ae_title)
+        wait_until(lambda: send_order(through, 0) == "AA", "the balancer to pass MLLP", 30)
+        studies = []
+        for s in range(6):
+            folder = tmp_path / f"study{s}"
+            folder.mkdir()
+            studies.append(dicomgen.write_series(folder, 20))
+        by_path = {i.path: i for study in studies for i in study}
+        # Each study from its own sender; three at a time, through the balancer.
+        runs = [StorescuRun(through, [i.path for i in study]) for study in studies[:3]]
+        accepted = ["P-NB0"]
+        for n in range(1, 16):
+            if n == 6:
+                runs[0].wait_acknowledged(5)
+                nodes[1].kill()  # kill -9 mid-flow: the host's radflow dies
+            if send_order(through, n) == "AA":
+                accepted.append(f"P-NB{n}")
+        runs += [StorescuRun(through, [i.path for i in study]) for study in studies[3:]]
+        for run in runs:
+            run.finish()
+        # What a modality does after a failed association: send the rest again (within
+        # the study's quiet period: a longer pause makes a second "complete" by design).
+        for _attempt in range(5):
+            acknowledged = {p for run in runs for p in run.acknowledged}
+            missing = [p for p in by_path if p not in acknowledged]
+            if not missing:
+                break
+            again = StorescuRun(through, missing)
+            again.finish()
+            runs.append(again)
+        nodes[1].start()  # rejoins with no manual step
+        acknowledged_uids = {by_path[p].sop_instance_uid
+                             for run in runs for p in run.acknowledged}
+        assert acknowledged_uids == {i.sop_instance_uid for i in by_path.values()}
+
+        # Every Success at the PACS; the AI receives each study once its quiet period ends.
+        assert not pacs.wait_for(acknowledged_uids, timeout=LEASE_SECONDS + 90)
+        assert not ai.wait_for(acknowledged_uids, timeout=LEASE_SECONDS + 90)
+
+        rows = nodes[0].journal_rows()
+        stored = Counter(str(r["sop_instance_uid"]) for r in rows)
+        assert set(stored) == acknowledged_uids and max(stored.values()) == 1
+        # The spool file is named <node_id>-<id>.dcm by the node that took the instance.
+        by_node = Counter(Path(str(r["spool_path"])).name.rsplit("-", 1)[0] for r in rows)
+        outbox = nodes[0]._table("outbox")
+        sent = Counter((r["destination"], r["payload"]) for r in outbox)
+        duplicates = sum(c - 1 for c in sent.values() if c > 1)
+        resent = sum(len(run.acknowledged) for run in runs[len(studies):])
+        # Delivery is at least once: a row sent just before its node died is sent again
+        # by another. Counted and reported, not an error (the PACS keeps one copy).
+        repeats = {"pacs": sum(pacs.repeats().values()), "ai": sum(ai.repeats().values())}
+        print(f"\nhosts {', '.join(rf.address for rf in nodes)} on {hosts.subnet}; "
+              f"instances by node: {dict(by_node)}; outbox rows: {len(outbox)}, routed "
+              f"twice: {duplicates}; instances the senders sent again after the kill: "
+              f"{resent}; repeats at the sinks (same SOP Instance UID again): {repeats}")
+        assert duplicates == 0
+
+        groups = nodes[0]._table("routing_groups")
+        fired = Counter(g["study_instance_uid"] for g in groups
+                        if g["route"] == "ct-study-to-ai" and g["state"] == "fired")
+        study_uids = {str(r["study_instance_uid"]) for r in rows}
+        assert len(study_uids) == len(studies)
+        assert set(fired) == study_uids
+        assert set(fired.values()) == {1}, [
+            (g["id"], g["study_instance_uid"][-6:], g["fire_reason"], g["first_at"],
+             g["last_at"], g["fired_at"]) for g in groups]
+
+        placers = [str(item.get("placer_order_number")) for item in worklist(nodes[0])]
+        for placer in accepted:
+            assert placers.count(placer) == 1, (placer, placers)
