@@ -42,6 +42,9 @@ from dicom_samples import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from engine.errors import MalformedDataset, OutOfResources
 from engine.ingress.dimse import encoding
@@ -478,3 +481,16 @@ def test_a_dataset_that_finds_the_budget_used_by_others_is_out_of_resources(
         encoding._BUDGET.give(encoding.INFLATE_BUDGET)
     assert encoding._BUDGET.used == 0
     assert check_structure(_raw_deflate(plain), DEFLATED).plain == plain
+
+
+def test_terms_that_are_not_defined_terms_are_named() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO IR 87", "ISO 2022 IR 87"]
+    ds.SOPInstanceUID = "1.2.3"
+    raw = DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, False
+    write_dataset(raw, ds)
+    with pytest.warns(UserWarning):
+        keys = read_keys(check_structure(raw.getvalue(), EXPLICIT_LE))
+    assert keys.unknown_charset_terms == ("ISO IR 87",)
+    assert keys.sop_instance_uid == "1.2.3"

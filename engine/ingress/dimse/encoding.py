@@ -17,7 +17,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 
-from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes, python_encoding
 
 from engine.dicom.dataset_walk import Found, Walker, fmt_tag
 from engine.errors import MalformedDataset, OutOfResources
@@ -85,6 +85,9 @@ class DatasetKeys:
     patient_id: str | None
     accession_number: str | None
     modality: str | None
+    #: Specific Character Set terms that are not DICOM defined terms (e.g. ``ISO IR 192``):
+    #: accepted as pydicom reads them, and worth a warning naming the instance
+    unknown_charset_terms: tuple[str, ...] = ()
 
 
 def inflate(data: bytes | mmap.mmap) -> bytearray:
@@ -192,9 +195,12 @@ def read_keys(inspected: Inspected) -> DatasetKeys:
     """
     data, elements = inspected.plain, inspected.elements
     encodings: list[str] = ["iso8859"]
+    unknown: tuple[str, ...] = ()
     if _SPECIFIC_CHARACTER_SET in elements:
         offset, length, _ = elements[_SPECIFIC_CHARACTER_SET]
-        terms = data[offset:offset + length].decode("ascii", "replace").strip(" \x00")
+        terms = bytes(data[offset:offset + length]).decode("ascii", "replace").strip(" \x00")
+        unknown = tuple(t.strip() for t in terms.split("\\")
+                        if t.strip() and t.strip() not in python_encoding)
         try:
             encodings = convert_encodings([t.strip() for t in terms.split("\\")])
         except Exception as exc:
@@ -211,4 +217,4 @@ def read_keys(inspected: Inspected) -> DatasetKeys:
         except (UnicodeDecodeError, LookupError) as exc:
             raise MalformedDataset(f"undecodable value in {fmt_tag(tag)}") from exc
         values[name] = text.strip(" \x00").split("\\")[0] or None
-    return DatasetKeys(**values)
+    return DatasetKeys(**values, unknown_charset_terms=unknown)

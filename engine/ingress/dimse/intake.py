@@ -141,6 +141,12 @@ class StoreIntake:
             raise InvalidInput("SOP Instance UID in dataset differs from the request")
         if keys.sop_class_uid != req.sop_class_uid:
             raise SopClassMismatch("SOP Class UID in dataset differs from the request")
+        if keys.unknown_charset_terms:
+            # Kept as sent; pydicom reads what it can (a misspelt UTF-8 term as UTF-8).
+            log.warning("ingress.dimse.c_store.unknown_charset",
+                        terms=list(keys.unknown_charset_terms),
+                        sop_instance_uid=req.sop_instance_uid, calling_ae=req.calling_ae,
+                        peer_host=req.peer_host)
         received_at = time.time()
         # A large dataset streams from its file; ``bytes(b)`` of bytes is ``b`` itself (no copy).
         body: Iterable[bytes] = file_chunks(req.source) if req.source is not None \
