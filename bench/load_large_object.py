@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -85,6 +86,18 @@ class StowSink:
     def stop(self) -> None:
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+
+
+def done_destinations(db: Path) -> set[str]:
+    """Destinations whose outbox row is done (the peer answered success)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return {str(r[0]) for r in conn.execute(
+            "SELECT destination FROM outbox WHERE state = 'done'")}
+    except sqlite3.Error:
+        return set()
+    finally:
+        conn.close()
 
 
 def main() -> int:
@@ -162,20 +175,16 @@ def main() -> int:
     acked = {inst.sop_instance_uid} if run.acknowledged else set()
     print(f"C-STORE in: {run.responses} in {stored_s:.0f} s", flush=True)
 
-    def stow_files() -> list[Path]:
-        if stow_sink is not None:
-            return list(stow_sink.files)
-        return []
-
+    # Delivered = radflow has the destination's success (storescp answers once its file is
+    # written; the STOW-RS sink once its part is on disk): the outbox row is done.
     deadline = time.monotonic() + args.timeout
     pacs_s = stow_s = None
     while time.monotonic() < deadline and acked:
         now = time.monotonic() - began
-        if pacs_s is None and inst.sop_instance_uid in pacs.received():
+        done = done_destinations(rf.db_path)
+        if pacs_s is None and "pacs" in done:
             pacs_s = now
-        if stow_s is None and (stow_files() if stow_sink else
-                               orthanc is not None and inst.sop_instance_uid in
-                               orthanc.received()):
+        if stow_s is None and "archive" in done:
             stow_s = now
         if pacs_s is not None and stow_s is not None:
             break
@@ -229,7 +238,10 @@ def main() -> int:
         stow_sink.stop()
     if orthanc is not None:
         orthanc.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    if result == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept for inspection: {work}")
     if args.spill_dir is not None:
         shutil.rmtree(args.spill_dir, ignore_errors=True)
     return result
