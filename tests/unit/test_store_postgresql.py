@@ -206,38 +206,51 @@ async def test_the_node_clock_is_compared_with_the_servers(schema: str, tmp_path
 
 async def test_one_message_sent_to_two_nodes_at_once_is_journalled_and_applied_once(
         schema: str) -> None:
-    """Both nodes look the message up before either has journalled it; the one that commits
-    second finds the other's row at its insert, undoes its own worklist write and answers
-    with the first one's disposition."""
+    """Node a journals the message and is still applying it when the copy reaches node b:
+    b waits at its own journal insert until a commits, then answers with a's disposition and
+    leaves no worklist trace of its own."""
     a = PostgresStore(pg.settings(schema), connect_attempts=1)
     b = PostgresStore(pg.settings(schema), connect_attempts=1)
     await a.open()
     await b.open()
-    looked_up, b_done = threading.Event(), threading.Event()
+    applying, release_a = threading.Event(), threading.Event()
 
     def apply_on(node: str) -> Hl7Apply:
         def apply(txn: WorklistTxn, index: int) -> Hl7Disposition:
             if node == "a":
-                looked_up.set()
-                assert b_done.wait(30)  # b journals and commits meanwhile
+                applying.set()
+                assert release_a.wait(30)
             item_id = txn.insert_item(WorklistItem(patient_id=f"P-{node}"))
             return Hl7Disposition("AA", "[]", node, (item_id,), applied=True)
         return apply
 
+    def b_waits_for_a() -> bool:
+        with psycopg.connect(pg.DSN, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                               "application_name = %s AND wait_event_type = 'Lock'",
+                               (f"radflow:{schema}",)).fetchone()
+            return bool(row and row[0])
+
     try:
         on_a = asyncio.create_task(a.commit_hl7_batch([_hl7(1)], apply_on("a")))
-        assert await asyncio.to_thread(looked_up.wait, 30)
-        [first] = await b.commit_hl7_batch([_hl7(1)], apply_on("b"))
-        b_done.set()
-        [second] = await on_a
+        assert await asyncio.to_thread(applying.wait, 30)
+        on_b = asyncio.create_task(b.commit_hl7_batch([_hl7(1)], apply_on("b")))
+        for _ in range(300):
+            if await asyncio.to_thread(b_waits_for_a):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("node b never waited for node a's journal row")
+        release_a.set()
+        [first], [second] = await on_a, await on_b
         assert not first.duplicate and second.duplicate
         assert second.journal_id == first.journal_id
-        assert second.disposition.text == "b"
+        assert second.disposition.text == "a"
         assert second.disposition.worklist_item_ids == first.disposition.worklist_item_ids
         assert await a.count_hl7_messages() == 1
-        assert [s.item.patient_id for s in await a.find_worklist([], [], 10)] == ["P-b"]
+        assert [s.item.patient_id for s in await a.find_worklist([], [], 10)] == ["P-a"]
     finally:
-        b_done.set()
+        release_a.set()
         await a.close()
         await b.close()
 

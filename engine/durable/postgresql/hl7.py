@@ -3,9 +3,12 @@ transaction, each in its own savepoint, deduplicated on (sending application, se
 MSH-10).
 
 The same rules as the SQLite backend's ``hl7.py``. The idempotency key is also a UNIQUE
-constraint, and the insert is ``ON CONFLICT DO NOTHING``: when another node journalled the same
-message a moment earlier, this copy's worklist writes are undone (its savepoint) and it is
-answered with that node's disposition, as any repeat is. No HL7 policy lives here.
+constraint. A message whose key is complete is journalled first (``INSERT … ON CONFLICT DO
+NOTHING``, its answer filled in once decided): a copy that another node is journalling at the
+same moment waits at that insert until the other commits, then finds its row and is answered
+with that node's disposition, as any repeat is. A key with an empty part (no sending
+application or facility: the constraint cannot tell NULLs apart) is looked up first instead.
+No HL7 policy lives here.
 """
 
 from __future__ import annotations
@@ -28,30 +31,70 @@ from engine.durable.store import (
 )
 
 Conn = psycopg.Connection[Any]
+Row = tuple[Any, ...]
+
+_COLUMNS = ("sending_application, sending_facility, control_id, message_type, trigger_event, "
+            "peer_host, listener, received_at, raw, ack_code, errors_json, text, "
+            "worklist_item_ids, retryable")
+_INSERT = (f"INSERT INTO hl7_messages ({_COLUMNS}) "
+           "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+           "ON CONFLICT (sending_application, sending_facility, control_id) DO NOTHING "
+           "RETURNING id")
+#: what a row journalled first holds until its disposition replaces it, in the same
+#: transaction (nobody else ever sees it)
+_UNDECIDED = ("AR", "[]", None, "[]", 1)
+
+
+def _full_key(entry: Hl7JournalEntry) -> bool:
+    return None not in (entry.sending_application, entry.sending_facility, entry.control_id)
+
+
+def _entry_values(entry: Hl7JournalEntry) -> tuple[Any, ...]:
+    return (entry.sending_application, entry.sending_facility, entry.control_id,
+            entry.message_type, entry.trigger_event, entry.peer_host, entry.listener,
+            entry.received_at, entry.raw)
 
 
 def commit_batch(conn: Conn, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
                  ) -> list[Hl7CommitResult]:
-    """Pipelined (see ``_common.pipelined``): the idempotency lookups of the whole batch go
-    in one round trip with BEGIN, and statements whose results nobody reads (savepoints,
-    their release, COMMIT) ride on the next one that is read. A message then costs the round
-    trips of its worklist reads and writes plus its journal insert."""
+    """Pipelined (see ``_common.pipelined``): every message is journalled (or, with an
+    incomplete key, looked up) in one round trip with BEGIN, and statements whose results
+    nobody reads (savepoints, their release, the answer written into the journal row, COMMIT)
+    ride on the next one that is read. A new message then costs only the round trips of its
+    worklist reads and writes."""
     txn = WorklistTxn(conn)
     with pipelined(conn):
-        lookups = [_lookup(conn, entry) if entry.control_id is not None else None
-                   for entry in entries]
-        found = [None if cur is None else cur.fetchone() for cur in lookups]
+        firsts = [conn.execute(_INSERT, (*_entry_values(entry), *_UNDECIDED))
+                  if entry.control_id is None or _full_key(entry) else _lookup(conn, entry)
+                  for entry in entries]
+        found = [cur.fetchone() for cur in firsts]
         seen: set[tuple[str | None, str | None, str]] = set()
         results = []
         for index, entry in enumerate(entries):
-            existing = found[index]
-            if entry.control_id is not None:
-                key = (entry.sending_application, entry.sending_facility, entry.control_id)
-                if key in seen:
-                    # A repeat within this batch: the lookup above ran before its original.
+            journal_id: int | None
+            existing: Row | None
+            first = found[index]
+            if entry.control_id is None:  # unparsed: journalled, never a repeat
+                assert first is not None
+                results.append(_process(conn, txn, entry, int(first[0]), None, index, apply))
+                continue
+            key = (entry.sending_application, entry.sending_facility, entry.control_id)
+            if _full_key(entry):
+                if first is not None:
+                    journal_id, existing = int(first[0]), None
+                else:  # journalled before (by anyone, this batch included): that row decides
                     existing = _existing(conn, entry)
-                seen.add(key)
-            results.append(_commit_one(conn, txn, entry, existing, index, apply))
+                    assert existing is not None
+                    journal_id = int(existing[0])
+            else:
+                # A repeat within this batch: the lookup above ran before its original.
+                existing = _existing(conn, entry) if key in seen else first
+                journal_id = None if existing is None else int(existing[0])
+            seen.add(key)
+            if existing is not None and not existing[5]:
+                results.append(_answered(existing))
+                continue
+            results.append(_process(conn, txn, entry, journal_id, existing, index, apply))
         return results
 
 
@@ -72,7 +115,7 @@ def _lookup(conn: Conn, entry: Hl7JournalEntry) -> psycopg.Cursor[Any]:
         f"WHERE {' AND '.join(terms)} AND control_id = %s FOR UPDATE", params)
 
 
-def _existing(conn: Conn, entry: Hl7JournalEntry) -> tuple[Any, ...] | None:
+def _existing(conn: Conn, entry: Hl7JournalEntry) -> Row | None:
     return _lookup(conn, entry).fetchone()
 
 
@@ -82,11 +125,11 @@ def _answered(existing: Sequence[Any]) -> Hl7CommitResult:
         duplicate=True)
 
 
-def _commit_one(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry,
-                existing: tuple[Any, ...] | None, index: int, apply: Hl7Apply
-                ) -> Hl7CommitResult:
-    if existing is not None and not existing[5]:
-        return _answered(existing)
+def _process(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry, journal_id: int | None,
+             existing: Row | None, index: int, apply: Hl7Apply) -> Hl7CommitResult:
+    """Apply one message in its savepoint and record its disposition: into the row journalled
+    first (``journal_id``), over a repeat whose earlier answer depended on the moment
+    (``existing``), or as a new row (``journal_id`` None: an incomplete key)."""
     # One savepoint per message: a message whose disposition is "not applied" (or whose
     # apply fails) leaves no worklist trace, and never takes the rest of the batch along.
     conn.execute("SAVEPOINT hl7_message")
@@ -94,30 +137,24 @@ def _commit_one(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry,
         disposition = apply(txn, index)
         if not disposition.applied:
             conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
-        values = (entry.message_type, entry.trigger_event, entry.peer_host, entry.listener,
-                  entry.received_at, entry.raw, disposition.ack_code,
-                  disposition.errors_json, disposition.text,
-                  json.dumps(list(disposition.worklist_item_ids)),
-                  int(disposition.retryable))
+        answer = (disposition.ack_code, disposition.errors_json, disposition.text,
+                  json.dumps(list(disposition.worklist_item_ids)), int(disposition.retryable))
         if existing is not None:
             # A repeat of a message whose answer depended on the moment: answered anew.
             conn.execute(
                 "UPDATE hl7_messages SET message_type=%s, trigger_event=%s, peer_host=%s, "
                 "listener=%s, received_at=%s, raw=%s, ack_code=%s, errors_json=%s, text=%s, "
-                "worklist_item_ids=%s, retryable=%s WHERE id=%s", (*values, existing[0]))
-            journal_id = int(existing[0])
+                "worklist_item_ids=%s, retryable=%s WHERE id=%s",
+                (*_entry_values(entry)[3:], *answer, existing[0]))
+        elif journal_id is not None:
+            conn.execute(
+                "UPDATE hl7_messages SET ack_code=%s, errors_json=%s, text=%s, "
+                "worklist_item_ids=%s, retryable=%s WHERE id=%s", (*answer, journal_id))
         else:
-            row = conn.execute(
-                "INSERT INTO hl7_messages (sending_application, sending_facility, "
-                "control_id, message_type, trigger_event, peer_host, listener, "
-                "received_at, raw, ack_code, errors_json, text, worklist_item_ids, "
-                "retryable) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                "ON CONFLICT (sending_application, sending_facility, control_id) DO NOTHING "
-                "RETURNING id",
-                (entry.sending_application, entry.sending_facility, entry.control_id,
-                 *values)).fetchone()
-            if row is None:
-                # Another node journalled this message since we looked: its answer stands.
+            # An incomplete key: the constraint cannot catch another node's copy, so nothing
+            # is gained by journalling first.
+            row = conn.execute(_INSERT, (*_entry_values(entry), *answer)).fetchone()
+            if row is None:  # cannot happen while a key part is NULL; kept for safety
                 conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
                 conn.execute("RELEASE SAVEPOINT hl7_message")
                 winner = _existing(conn, entry)
@@ -130,6 +167,9 @@ def _commit_one(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry,
             conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
             conn.execute("RELEASE SAVEPOINT hl7_message")
         raise
+    if existing is not None:
+        journal_id = int(existing[0])
+    assert journal_id is not None
     return Hl7CommitResult(journal_id, disposition, duplicate=False)
 
 

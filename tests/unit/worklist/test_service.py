@@ -64,6 +64,15 @@ async def test_duplicate_inside_one_batch(service: WorklistService) -> None:
     assert again.worklist_item_ids == first.worklist_item_ids
 
 
+async def test_duplicates_are_found_without_a_sending_facility(
+        service: WorklistService) -> None:
+    first, again = await send(service, orm("M1", facility=""), orm("M1", facility=""))
+    (later,) = await send(service, orm("M1", facility=""))
+    assert (first.duplicate, again.duplicate, later.duplicate) == (False, True, True)
+    assert first.journal_id == again.journal_id == later.journal_id
+    assert first.code == later.code == "AA"
+
+
 async def test_duplicate_of_a_rejected_message_gets_the_same_rejection(
         service: WorklistService) -> None:
     (first,) = await send(service, orm("M1", patient_id=""))
