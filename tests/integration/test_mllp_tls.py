@@ -87,6 +87,8 @@ def test_client_certificates_are_required_when_configured(radflow: Any, tmp_path
     anonymous = client_context(cert)
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, OSError)):
         asyncio.run(send_tls(port_of(rf), order("ANON1"), anonymous))
+    failed = rf.wait_for_event("ingress.hl7.tls_failed", timeout=15)
+    assert failed["peer_host"] == HOST and failed["reason"] == "no_client_certificate"
     known = client_context(cert)
     known.load_cert_chain(str(client_cert), str(client_key))
     ack = asyncio.run(send_tls(port_of(rf), order("RIS0001"), known))
