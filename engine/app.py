@@ -149,7 +149,7 @@ class Engine:
                             qrs.destinations(settings.destinations), qrs.find_limit, qrs.timeout)
         # --- end Query/Retrieve ---
         # --- Storage Commitment: requests stored, reports through the outbox ---
-        self.associations = OpenAssociations()
+        self.associations = OpenAssociations(owner=self.worker.lease_prefix(roles.node_id))
         commitment: CommitmentProvider | None = None
         self.archive_commitments: ArchiveCommitments | None = None
         if settings.commitment.enabled:

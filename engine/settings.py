@@ -651,6 +651,7 @@ class CommitmentReports(_Destination):
     calling_ae_title: AETitle = "RADFLOW"
     modalities: list[CommitmentModality] = Field(default_factory=list)
     timeout: float = Field(default=30.0, gt=0)
+    worker_wait_seconds: float = Field(default=30.0, ge=0)
 
 
 class CommitmentSettings(_Strict):
@@ -671,6 +672,10 @@ class CommitmentSettings(_Strict):
     calling_ae_title: AETitle = "RADFLOW"
     timeout: float = Field(default=30.0, gt=0)
     retry: RetryPolicy | None = None
+    #: several workers or nodes: how long a new report waits for the process that took its
+    #: N-ACTION (it holds the association the modality may keep open) before any other
+    #: process sends it on a new association
+    worker_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     def policy_for(self, calling_ae: str, routes_say: bool = False
                    ) -> Literal["on_receipt", "on_archive", "by_route"]:
@@ -687,7 +692,8 @@ class CommitmentSettings(_Strict):
             return {}
         return {COMMITMENT_REPORTS: CommitmentReports(
             calling_ae_title=self.calling_ae_title, modalities=self.modalities,
-            timeout=self.timeout, retry=self.retry)}
+            timeout=self.timeout, retry=self.retry,
+            worker_wait_seconds=self.worker_wait_seconds)}
 
 
 #: outbox destination of Storage Commitment reports (reserved like the audit ones)

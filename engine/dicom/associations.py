@@ -38,9 +38,11 @@ def serialize_messages(assoc: Any) -> None:
 
 
 class OpenAssociations:
-    """Acceptor associations by calling AE title (newest last)."""
+    """Acceptor associations by calling AE title (newest last), of one process: ``owner``
+    names the process (its outbox lease prefix) to the other processes on the database."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
+        self.owner = owner
         self._lock = threading.Lock()
         self._by_ae: dict[str, list[Any]] = {}
 

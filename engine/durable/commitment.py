@@ -43,6 +43,9 @@ class CommitmentRequest:
     #: on_archive, archives radflow asked for commitment: destination ->
     #: ``{"transaction_uid": ..., "results": {SOP Instance UID: Failure Reason or 0} | None}``
     asks: Mapping[str, Any] = field(default_factory=dict)
+    #: the process (its outbox lease prefix) that took the N-ACTION: the one that holds the
+    #: association the modality may keep open for the report
+    via: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +56,15 @@ class CommitmentReport:
     calling_ae: str
     success: tuple[SopRef, ...]
     failed: tuple[FailedRef, ...]
+    #: the request's ``via``
+    via: str = ""
 
     def payload(self) -> str:
         return json.dumps({"commitment": {
             "transaction_uid": self.transaction_uid, "calling_ae": self.calling_ae,
             "success": [list(r) for r in self.success],
-            "failed": [list(r) for r in self.failed]}}, separators=(",", ":"))
+            "failed": [list(r) for r in self.failed], "via": self.via}},
+            separators=(",", ":"))
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> CommitmentReport:
@@ -69,7 +75,8 @@ class CommitmentReport:
         try:
             return cls(str(body["transaction_uid"]), str(body["calling_ae"]),
                        tuple((str(c), str(u)) for c, u in body["success"]),
-                       tuple((str(c), str(u), int(r)) for c, u, r in body["failed"]))
+                       tuple((str(c), str(u), int(r)) for c, u, r in body["failed"]),
+                       str(body.get("via") or ""))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed commitment report: {exc}") from exc
 
@@ -95,7 +102,20 @@ def decide_on_receipt(request: CommitmentRequest, journal: Mapping[str, str]
         else:
             success.append((sop_class, uid))
     return CommitmentReport(request.transaction_uid, request.calling_ae, tuple(success),
-                            tuple(failed))
+                            tuple(failed), request.via)
+
+
+def next_ask(current: Mapping[str, Any], transaction_uid: str, sent: bool, now: float,
+             claim_seconds: float) -> dict[str, Any] | None:
+    """The archive ask entry after recording an ask (see ``Store.record_commitment_ask``);
+    None when a claim (``sent`` False with ``claim_seconds``) loses: the archive was asked
+    already, or another process's claim is still fresh."""
+    if not sent and claim_seconds > 0 and (
+            current.get("sent") or now - float(current.get("claimed_at") or 0) < claim_seconds):
+        return None
+    return {"transaction_uid": transaction_uid, "sent": sent,
+            "results": current.get("results"), "claimed_at": now if not sent else
+            current.get("claimed_at")}
 
 
 def encode_route_archives(archives: tuple[str, ...] | None) -> str | None:
@@ -200,4 +220,4 @@ def decide(request: CommitmentRequest, journal: Mapping[str, HeldInstance],
     if waiting:
         return None
     return CommitmentReport(request.transaction_uid, request.calling_ae, tuple(success),
-                            tuple(failed))
+                            tuple(failed), request.via)

@@ -656,9 +656,13 @@ class Store(Protocol):
         ...
 
     async def record_commitment_ask(self, request_id: int, destination: str,
-                                    transaction_uid: str, sent: bool) -> None:
+                                    transaction_uid: str, sent: bool, now: float = 0.0,
+                                    claim_seconds: float = 0.0) -> bool:
         """Remember that radflow asks (``sent=False``: before the N-ACTION, so an answer that
-        comes at once finds it) or asked ``destination`` for commitment with this UID."""
+        comes at once finds it) or asked ``destination`` for commitment with this UID.
+        With ``claim_seconds``, ``sent=False`` is a claim: False (nothing changed) when the
+        archive was already asked, or another process claimed the ask in the last
+        ``claim_seconds``, so several processes watching one database ask once."""
         ...
 
     async def record_archive_commitment(self, transaction_uid: str,

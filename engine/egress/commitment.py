@@ -28,7 +28,12 @@ from engine.durable.commitment import CommitmentReport
 from engine.egress.classify import Verdict, classify_dimse
 from engine.egress.delivery import Delivery, SendOutcome, failed
 from engine.egress.dimse import _quiet_reactor
-from engine.egress.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from engine.egress.errors import (
+    DeliveryError,
+    NotHereDeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from engine.observability.logging import get_logger
 from engine.reactor import EventDrivenAE
 from engine.settings import CommitmentReports, DimseDestination
@@ -39,6 +44,8 @@ log = get_logger("engine.egress.commitment")
 STORAGE_COMMITMENT_PUSH: Final = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE: Final = "1.2.840.10008.1.20.1.1"
 _SYNTAXES: Final = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+#: seconds before a report left to another process is offered again
+_NOT_HERE_RETRY: Final = 0.5
 _ALL_COMMITTED: Final = 1
 _SOME_FAILED: Final = 2
 
@@ -108,6 +115,10 @@ class CommitmentSender:
                                  "transaction_uid": report.transaction_uid}
         try:
             open_assoc = self._associations.find(report.calling_ae, STORAGE_COMMITMENT_PUSH)
+            if open_assoc is None and self._elsewhere(report, delivery):
+                return failed(NotHereDeliveryError(
+                    f"{report.calling_ae} asked on {report.via}, which may hold its "
+                    "association open", retry_in=_NOT_HERE_RETRY))
             if open_assoc is not None:
                 notes["association"] = "kept_open"
                 code = self._report(open_assoc, event_type, info)
@@ -130,6 +141,15 @@ class CommitmentSender:
         return SendOutcome(TransientDeliveryError(
             f"N-EVENT-REPORT answered 0x{code:04X}", reason=f"status_{code:04x}",
             status=code), seconds, notes)
+
+    def _elsewhere(self, report: CommitmentReport, delivery: Delivery) -> bool:
+        """Another process took this request (several workers or nodes): leave the report to
+        it for a while, since the modality may be waiting on that process's association (an
+        association only the process that accepted it can write to); after
+        ``worker_wait_seconds`` (that process died, or the modality left) anyone sends it."""
+        if not report.via or report.via == self._associations.owner:
+            return False
+        return time.time() - delivery.created_at < self.config.worker_wait_seconds
 
     @staticmethod
     def _report(assoc: Association, event_type: int, info: Dataset) -> int:

@@ -31,7 +31,7 @@ from engine.crashpoints import crash_point
 from engine.dicom.associations import OpenAssociations
 from engine.durable.store import OutboxResult, OutboxRow, OutboxVerdict, QueueStats, Store
 from engine.egress.delivery import Delivery, Sender, SendOutcome, failed, find_morph
-from engine.egress.errors import DeliveryError, TransientDeliveryError
+from engine.egress.errors import DeliveryError, NotHereDeliveryError, TransientDeliveryError
 from engine.egress.policy import CircuitBreaker, CircuitState, backoff_delay, gives_up
 from engine.errors import StorageFailure
 from engine.observability.logging import CORRELATION_KEYS, correlation, get_logger
@@ -424,6 +424,12 @@ class Dispatcher:
             outcome = outcomes[row.id]
             DELIVERY_SEND_SECONDS.labels(q.name).observe(outcome.seconds)
             err = outcome.error
+            if isinstance(err, NotHereDeliveryError):
+                # Not tried: the attempt is given back, the row offered again a moment later.
+                results.append(OutboxResult(row.id, OutboxVerdict.RELEASE,
+                                            now + err.retry_in, attempt=row.attempts))
+                DELIVERY_OUTCOMES.labels(q.name, "released").inc()
+                continue
             if err is None:
                 delivered += 1
                 results.append(OutboxResult(row.id, OutboxVerdict.DONE, attempt=row.attempts))

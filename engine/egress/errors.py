@@ -38,6 +38,21 @@ class TransientDeliveryError(DeliveryError):
     transient = True
 
 
+class NotHereDeliveryError(DeliveryError):
+    """Another process should send this row (it holds what the row needs, such as the
+    association a modality keeps open for its commitment report): not an attempt, nothing
+    was sent. The dispatcher gives the attempt back and offers the row again after
+    ``retry_in`` seconds, to whichever process claims it then."""
+
+    reason = "not_here"
+    transient = True
+    reached_peer = False
+
+    def __init__(self, message: str, *, retry_in: float) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+
+
 class PermanentDeliveryError(DeliveryError):
     """The destination (or radflow) will never accept this row as it is: dead-letter it."""
 

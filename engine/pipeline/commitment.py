@@ -28,6 +28,8 @@ from engine.observability.logging import get_logger
 log = get_logger("engine.pipeline")
 
 _PAGE = 200
+#: an ask claimed by a process that then could not ask is claimable again after this long
+_CLAIM_SECONDS = 60.0
 
 
 #: asks an archive (by destination name) for Storage Commitment: (name, Transaction UID, refs)
@@ -102,14 +104,20 @@ class ArchiveCommitments:
             # One UID per request and archive, derived so a repeat names the same request.
             transaction_uid = generate_uid(self._uid_prefix, entropy_srcs=[
                 request.calling_ae, request.transaction_uid, destination])
-            await self._store.record_commitment_ask(request_id, destination, transaction_uid,
-                                                    sent=False)
+            # A claim: with several workers or nodes watching one database, one of them asks.
+            if not await self._store.record_commitment_ask(
+                    request_id, destination, transaction_uid, sent=False, now=time.time(),
+                    claim_seconds=_CLAIM_SECONDS):
+                continue
             try:
                 await self._ask(destination, transaction_uid, refs)
             except Exception as exc:
                 log.warning("commitment.archive_ask_failed", destination=destination,
                             calling_ae=request.calling_ae,
                             transaction_uid=request.transaction_uid, detail=str(exc))
+                # The claim is given back: any process asks again at its next check.
+                await self._store.record_commitment_ask(request_id, destination,
+                                                        transaction_uid, sent=False)
                 continue
             await self._store.record_commitment_ask(request_id, destination, transaction_uid,
                                                     sent=True)

@@ -28,6 +28,7 @@ from engine.durable.commitment import (
     decide,
     decide_on_receipt,
     decode_route_archives,
+    next_ask,
 )
 from engine.durable.postgresql._common import notify_outbox, scalar, transaction
 
@@ -61,11 +62,12 @@ def commit_request(conn: Conn, request: CommitmentRequest, plan: CommitmentPlan,
     with transaction(conn):
         request_id = scalar(
             conn, "INSERT INTO commitment_requests (transaction_uid, calling_ae, policy, "
-            "state, refs, received_at, deadline) VALUES (%s, %s, %s, 'waiting', %s, %s, %s) "
+            "state, refs, received_at, deadline, via) "
+            "VALUES (%s, %s, %s, 'waiting', %s, %s, %s, %s) "
             "ON CONFLICT (calling_ae, transaction_uid) DO NOTHING RETURNING id",
             (request.transaction_uid, request.calling_ae, request.policy,
              json.dumps([list(r) for r in request.refs]), request.received_at,
-             request.deadline))
+             request.deadline, request.via))
         if request_id is None:
             known = scalar(conn, "SELECT id FROM commitment_requests WHERE calling_ae = %s "
                            "AND transaction_uid = %s",
@@ -85,11 +87,11 @@ def commit_request(conn: Conn, request: CommitmentRequest, plan: CommitmentPlan,
 def waiting(conn: Conn, limit: int) -> list[Waiting]:
     rows = conn.execute(
         "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline, "
-        "archive_asks FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT %s",
+        "archive_asks, via FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT %s",
         (limit,)).fetchall()
     return [(int(r[0]), CommitmentRequest(
         r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6],
-        json.loads(r[7] or "{}"))) for r in rows]
+        json.loads(r[7] or "{}"), str(r[8] or ""))) for r in rows]
 
 
 def delivered(conn: Conn, uids: Sequence[str], destination: str) -> set[str]:
@@ -100,18 +102,21 @@ def delivered(conn: Conn, uids: Sequence[str], destination: str) -> set[str]:
 
 
 def record_ask(conn: Conn, request_id: int, destination: str, transaction_uid: str,
-               sent: bool) -> None:
+               sent: bool, now: float = 0.0, claim_seconds: float = 0.0) -> bool:
     with transaction(conn):
         raw = scalar(conn, "SELECT archive_asks FROM commitment_requests WHERE id = %s "
                      "FOR UPDATE", (request_id,))
         if raw is None:
-            return
+            return False
         asks = json.loads(raw or "{}")
-        results = (asks.get(destination) or {}).get("results")
-        asks[destination] = {"transaction_uid": transaction_uid, "sent": sent,
-                             "results": results}
+        new = next_ask(asks.get(destination) or {}, transaction_uid, sent, now,
+                       claim_seconds)
+        if new is None:
+            return False
+        asks[destination] = new
         conn.execute("UPDATE commitment_requests SET archive_asks = %s WHERE id = %s",
                      (json.dumps(asks), request_id))
+        return True
 
 
 def record_archive_report(conn: Conn, transaction_uid: str, results: dict[str, int]) -> bool:

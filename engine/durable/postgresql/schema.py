@@ -363,6 +363,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE instances ADD COLUMN route_commitment TEXT COLLATE "C"
     """,
+    # 17: which process took a Storage Commitment request (its outbox lease prefix): the
+    # report waits a moment for that process, which holds the association the modality may
+    # keep open for it.
+    """
+    ALTER TABLE commitment_requests ADD COLUMN via TEXT COLLATE "C" NOT NULL DEFAULT ''
+    """,
 )
 
 #: how long a node waits for another node's migration before it gives up

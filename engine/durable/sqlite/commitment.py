@@ -26,6 +26,7 @@ from engine.durable.commitment import (
     decide,
     decide_on_receipt,
     decode_route_archives,
+    next_ask,
 )
 from engine.durable.sqlite._common import chunks, marks, transaction
 
@@ -60,10 +61,11 @@ def commit_request(conn: sqlite3.Connection, request: CommitmentRequest,
     with transaction(conn):
         cur = conn.execute(
             "INSERT OR IGNORE INTO commitment_requests (transaction_uid, calling_ae, policy, "
-            "state, refs, received_at, deadline) VALUES (?, ?, ?, 'waiting', ?, ?, ?)",
+            "state, refs, received_at, deadline, via) "
+            "VALUES (?, ?, ?, 'waiting', ?, ?, ?, ?)",
             (request.transaction_uid, request.calling_ae, request.policy,
              json.dumps([list(r) for r in request.refs]), request.received_at,
-             request.deadline))
+             request.deadline, request.via))
         if cur.rowcount == 0:
             row = conn.execute("SELECT id FROM commitment_requests WHERE calling_ae = ? AND "
                                "transaction_uid = ?",
@@ -84,11 +86,11 @@ def commit_request(conn: sqlite3.Connection, request: CommitmentRequest,
 def waiting(conn: sqlite3.Connection, limit: int) -> list[Waiting]:
     rows = conn.execute(
         "SELECT id, transaction_uid, calling_ae, policy, refs, received_at, deadline, "
-        "archive_asks FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT ?",
+        "archive_asks, via FROM commitment_requests WHERE state = 'waiting' ORDER BY id LIMIT ?",
         (limit,)).fetchall()
     return [(int(r[0]), CommitmentRequest(
         r[1], r[2], r[3], tuple((str(c), str(u)) for c, u in json.loads(r[4])), r[5], r[6],
-        json.loads(r[7] or "{}"))) for r in rows]
+        json.loads(r[7] or "{}"), str(r[8] or ""))) for r in rows]
 
 
 def delivered(conn: sqlite3.Connection, uids: Sequence[str], destination: str) -> set[str]:
@@ -99,18 +101,22 @@ def delivered(conn: sqlite3.Connection, uids: Sequence[str], destination: str) -
 
 
 def record_ask(conn: sqlite3.Connection, request_id: int, destination: str,
-               transaction_uid: str, sent: bool) -> None:
+               transaction_uid: str, sent: bool, now: float = 0.0,
+               claim_seconds: float = 0.0) -> bool:
     with transaction(conn):
         row = conn.execute("SELECT archive_asks FROM commitment_requests WHERE id = ?",
                            (request_id,)).fetchone()
         if row is None:
-            return
+            return False
         asks = json.loads(row[0] or "{}")
-        results = (asks.get(destination) or {}).get("results")
-        asks[destination] = {"transaction_uid": transaction_uid, "sent": sent,
-                             "results": results}
+        new = next_ask(asks.get(destination) or {}, transaction_uid, sent, now,
+                       claim_seconds)
+        if new is None:
+            return False
+        asks[destination] = new
         conn.execute("UPDATE commitment_requests SET archive_asks = ? WHERE id = ?",
                      (json.dumps(asks), request_id))
+        return True
 
 
 def record_archive_report(conn: sqlite3.Connection, transaction_uid: str,

@@ -370,6 +370,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE instances ADD COLUMN route_commitment TEXT
     """,
+    # 17: which process took a Storage Commitment request (its outbox lease prefix): the
+    # report waits a moment for that process, which holds the association the modality may
+    # keep open for it.
+    """
+    ALTER TABLE commitment_requests ADD COLUMN via TEXT NOT NULL DEFAULT ''
+    """,
 )
 
 

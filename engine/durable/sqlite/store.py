@@ -255,9 +255,10 @@ class SqliteStore:
                                                                destination))
 
     async def record_commitment_ask(self, request_id: int, destination: str,
-                                    transaction_uid: str, sent: bool) -> None:
-        await self._write(lambda c: commitment.record_ask(c, request_id, destination,
-                                                          transaction_uid, sent))
+                                    transaction_uid: str, sent: bool, now: float = 0.0,
+                                    claim_seconds: float = 0.0) -> bool:
+        return await self._write(lambda c: commitment.record_ask(
+            c, request_id, destination, transaction_uid, sent, now, claim_seconds))
 
     async def record_archive_commitment(self, transaction_uid: str,
                                         results: dict[str, int]) -> bool:

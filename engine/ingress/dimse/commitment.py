@@ -80,7 +80,7 @@ class CommitmentProvider:
 
 
 def parse_request(info: Dataset, calling_ae: str, settings: CommitmentSettings,
-                  now: float, routes_say: bool = False) -> CommitmentRequest:
+                  now: float, routes_say: bool = False, via: str = "") -> CommitmentRequest:
     """The request in an N-ACTION's Action Information (``BadCommitmentRequest`` if unusable)."""
     try:
         transaction_uid = str(info.get("TransactionUID", "") or "").strip()
@@ -100,7 +100,8 @@ def parse_request(info: Dataset, calling_ae: str, settings: CommitmentSettings,
     policy = settings.policy_for(calling_ae, routes_say)
     deadline = now + settings.archive_timeout_minutes * 60 if policy != "on_receipt" else None
     return CommitmentRequest(transaction_uid, calling_ae, policy, tuple(refs),
-                             dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), deadline)
+                             dt.datetime.fromtimestamp(now, dt.UTC).isoformat(), deadline,
+                             via=via)
 
 
 def _failure(status: DimseStatus, comment: str) -> Dataset:
@@ -123,7 +124,8 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
         return _failure(DimseStatus.NO_SUCH_ACTION_TYPE, "Action Type ID must be 1"), None
     try:
         parsed = parse_request(event.action_information, calling, commitment.settings,
-                               time.time(), commitment.routes_say())
+                               time.time(), commitment.routes_say(),
+                               commitment.associations.owner)
         result = commitment.record(parsed)
     except Exception as exc:
         status = DimseStatus.INVALID_ATTRIBUTE_VALUE if isinstance(exc, InvalidInput) \

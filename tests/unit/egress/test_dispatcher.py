@@ -13,7 +13,13 @@ from engine.durable.sqlite import SqliteStore
 from engine.durable.store import NewOutboxRow, OutboxState
 from engine.egress.delivery import Delivery, SendOutcome
 from engine.egress.dispatcher import Dispatcher
-from engine.egress.errors import IntegrityFailure, PermanentDeliveryError, TransientDeliveryError
+from engine.egress.errors import (
+    DeliveryError,
+    IntegrityFailure,
+    NotHereDeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from engine.egress.policy import CircuitState
 from engine.settings import DeliverySettings, Hl7Destination, RetryPolicy
 
@@ -38,8 +44,7 @@ class ScriptedSender:
         for d in batch:
             self.sent.append((d.row_id, d.attempt))
             err = self.decide(d)
-            out.append(SendOutcome(err if isinstance(err, (TransientDeliveryError,
-                                                           PermanentDeliveryError)) else None))
+            out.append(SendOutcome(err if isinstance(err, DeliveryError) else None))
         await asyncio.sleep(0)
         return out
 
@@ -118,6 +123,23 @@ async def test_a_poisoned_row_is_dead_lettered_and_never_blocks_the_rest(store: 
     assert attempts == [1, 2, 3, 4]  # max_attempts, then dead
     (dead,) = await store.list_dead_letters("ris")
     assert dead.id == poison and "always" in (dead.last_error or "")
+
+
+async def test_a_row_left_to_another_process_costs_no_attempt(store: SqliteStore) -> None:
+    ids = await enqueue(store, 3)
+    declined: list[int] = []
+
+    def decide(d: Delivery) -> Exception | None:
+        if d.row_id == ids[0] and len(declined) < 6:  # more often than max_attempts (4)
+            declined.append(d.attempt)
+            return NotHereDeliveryError("another process holds it", retry_in=0.01)
+        return None
+
+    sender = ScriptedSender(decide)
+    await run(store, sender, dest(), lambda s: all(v == "done" for v in s.values()))
+    assert declined == [1] * 6  # each offer is the first attempt again
+    assert [a for i, a in sender.sent if i == ids[0]] == [1] * 7
+    assert await store.list_dead_letters("ris") == []
 
 
 async def test_a_permanent_failure_is_dead_lettered_at_once(store: SqliteStore) -> None:

@@ -15,6 +15,7 @@ from engine.durable.commitment import (
     decide,
     decode_route_archives,
     encode_route_archives,
+    next_ask,
 )
 from engine.rules.loader import load_ruleset
 from engine.rules.ruleset import Decision, RouteCommitment, Ruleset, Trigger, commitment_of
@@ -151,3 +152,15 @@ def test_by_route_decides_each_instance_as_its_routes_asked() -> None:
     assert site.archives_for("by_route", journal[uids[2]]) == ("vna",)
     assert site.archives_for("on_receipt", journal[uids[3]]) == ()
     assert site.archives_for("on_archive", journal[uids[1]]) == ("vna",)
+
+
+def test_an_archive_is_asked_by_one_process() -> None:
+    claimed = next_ask({}, "9.1", False, 100.0, 60.0)
+    assert claimed is not None and claimed["claimed_at"] == 100.0
+    assert next_ask(claimed, "9.1", False, 130.0, 60.0) is None  # another process: fresh claim
+    assert next_ask(claimed, "9.1", False, 161.0, 60.0) is not None  # stale: claimable again
+    sent = next_ask(claimed, "9.1", True, 101.0, 0.0)
+    assert sent is not None and sent["sent"]
+    assert next_ask(sent, "9.1", False, 500.0, 60.0) is None  # asked already
+    given_back = next_ask(claimed, "9.1", False, 0.0, 0.0)  # a failed ask gives it back
+    assert given_back is not None and next_ask(given_back, "9.1", False, 102.0, 60.0)
