@@ -7,6 +7,7 @@ above this test's 8 MB intake threshold) goes in with DCMTK ``storescu`` and out
 equal at the sender, in the spool, at ``storescp`` and in Orthanc; no file left in the spill
 folder; and radflow's resident memory, read from /proc while the object passes, never grows by
 as much as the object (holding it whole once, as a ``BytesIO`` does, would).
+A transfer cut off (A-ABORT) after the dataset went to its file leaves that file nowhere.
 ``bench/load_large_object.py`` runs the same path at 2.5 GB.
 """
 
@@ -23,6 +24,7 @@ from tests.helpers import dicomgen
 from tests.helpers.invariant import assert_nothing_lost
 from tests.helpers.peers import Orthanc, Storescp, have_orthanc, have_storescp
 from tests.helpers.proc import HOST, STORESCU_PROPOSE, RadflowFactory, store_responses, storescu
+from tests.helpers.scu import association, send_partial_then_quit
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.orthanc, pytest.mark.timeout(600)]
 
@@ -120,3 +122,16 @@ def test_a_large_object_passes_without_being_held_whole(radflow: RadflowFactory,
     finally:
         pacs.stop()
         orthanc.stop()
+
+
+def test_a_large_transfer_cut_off_leaves_no_file_behind(radflow: RadflowFactory,
+                                                        tmp_path: Path) -> None:
+    rf = radflow({"dicom": {"spill_threshold_mb": 1}})
+    inst = dicomgen.write_large_multiframe(tmp_path / "large.dcm", 3 * 1024 * 1024)
+    with association(rf, [(inst.sop_class_uid, [ExplicitVRLittleEndian])]) as assoc:
+        total = send_partial_then_quit(assoc, inst.path, inst.sop_class_uid,
+                                       inst.sop_instance_uid, fragments=8, how="abort")
+    assert total > 8  # cut off with most of the dataset sent: past the 1 MB threshold
+    event = rf.wait_for_event("ingress.dimse.c_store.partial_discarded", timeout=30)
+    assert event["bytes"] > 1024 * 1024
+    assert not rf.spool_temp_files() and not rf.journal_rows()

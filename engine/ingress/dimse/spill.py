@@ -54,10 +54,12 @@ class SpillingBuffer(io.BytesIO):
     ``may_spill`` is asked once, when the threshold is first crossed (pynetdicom has decoded
     the command set by then, so the message's type is known)."""
 
-    def __init__(self, policy: SpillPolicy, may_spill: Callable[[], bool]) -> None:
+    def __init__(self, policy: SpillPolicy, may_spill: Callable[[], bool],
+                 on_spill: Callable[[SpillingBuffer], None] | None = None) -> None:
         super().__init__()
         self._policy = policy
         self._may_spill = may_spill
+        self._on_spill = on_spill
         self._file: BinaryIO | None = None
         self._size = 0
         self.path: Path | None = None
@@ -90,6 +92,8 @@ class SpillingBuffer(io.BytesIO):
         file = os.fdopen(fd, "wb", buffering=_READ_CHUNK)
         file.write(self.getbuffer())
         self._file = file
+        if self._on_spill is not None:
+            self._on_spill(self)
         # Give the memory back: the rest of the dataset goes to the file.
         self.seek(0)
         self.truncate(0)
@@ -138,12 +142,17 @@ def install(assoc: Association, policy: SpillPolicy) -> None:
     spilling buffer, and remove a half-received spill file when the association ends."""
     dimse = assoc.dimse
     receive = dimse.receive_primitive
+    # Every buffer of this association that went to a file: whatever becomes of its message
+    # (stored, refused, answered as invalid before intake saw it, cut off), its file goes
+    # when the association ends at the latest.
+    spilled: list[SpillingBuffer] = []
+    assoc._radflow_spilled = spilled  # type: ignore[attr-defined]
 
     def receive_primitive(primitive: Any) -> None:
         if dimse.message is None:
             message = DIMSEMessage()
             message.data_set = SpillingBuffer(
-                policy, lambda: type(message).__name__ == "C_STORE_RQ")
+                policy, lambda: type(message).__name__ == "C_STORE_RQ", spilled.append)
             dimse.message = message
         receive(primitive)
 
@@ -151,9 +160,9 @@ def install(assoc: Association, policy: SpillPolicy) -> None:
 
 
 def discard_unfinished(assoc: Association) -> None:
-    """The association ended: a message still being received will never complete."""
-    message = getattr(assoc.dimse, "message", None)
-    buffer = getattr(message, "data_set", None)
-    if isinstance(buffer, SpillingBuffer) and buffer.spilled:
-        log.info("ingress.dimse.c_store.partial_discarded", bytes=buffer.size)
-        buffer.discard()
+    """The association ended: remove every spill file still there (a message cut off, or one
+    answered without reaching intake)."""
+    for buffer in getattr(assoc, "_radflow_spilled", ()):
+        if buffer.spilled:
+            log.info("ingress.dimse.c_store.partial_discarded", bytes=buffer.size)
+            buffer.discard()
