@@ -317,6 +317,10 @@ class DryRunDecision(Answer):
     stop: bool
     fallback: bool
     morph: list[str]
+    commitment: str | None = Field(
+        default=None, description="the route's Storage Commitment policy: on_receipt, "
+                                  "on_archive (its archives); null: the calling AE's or the "
+                                  "site's")
 
 
 class MorphChange(Answer):

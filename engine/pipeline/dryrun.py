@@ -29,7 +29,15 @@ from engine.morph import Change, MorphError, MorphKeys, apply_steps, diff
 from engine.pipeline import procedure_steps
 from engine.procedure.model import scheduled_keys
 from engine.records.procedure_step import PpsStatus, ProcedureStep
-from engine.rules.ruleset import Decision, DicomSubject, RouteTrace, RoutingContext, Ruleset
+from engine.rules.ruleset import (
+    Decision,
+    DicomSubject,
+    RouteCommitment,
+    RouteTrace,
+    RoutingContext,
+    Ruleset,
+    commitment_of,
+)
 
 
 @dataclass
@@ -151,6 +159,15 @@ def context_for(calling_ae: str = "", called_ae: str = "", source_ip: str = "",
                           listener=listener, now=when or dt.datetime.now().astimezone())
 
 
+def commitment_text(commitment: RouteCommitment | None) -> str | None:
+    """A route's (or the matched routes') Storage Commitment, as the dry run shows it."""
+    if commitment is None:
+        return None
+    if commitment.policy == "on_receipt":
+        return "on_receipt"
+    return f"on_archive ({', '.join(commitment.archives)})"
+
+
 def to_json(run: DryRun) -> dict[str, Any]:
     return {
         "file": run.label, "event": run.event, "outcome": run.outcome, "error": run.error,
@@ -166,6 +183,7 @@ def to_json(run: DryRun) -> dict[str, Any]:
             "route": d.route, "trigger": d.trigger.describe(),
             "destinations": list(d.destinations), "discard": d.discard, "stop": d.stop,
             "fallback": d.fallback, "morph": [s.describe() for s in d.morph],
+            "commitment": commitment_text(d.commitment),
         } for d in run.decisions],
         "messages": run.messages,
         "morphs": [{
@@ -203,6 +221,10 @@ def render_text(run: DryRun) -> str:
             continue
         lines.append(f"  -> {d.route}: {', '.join(d.destinations)} "
                      f"[{d.trigger.describe()}]" + (" (fallback)" if d.fallback else ""))
+    asked = commitment_text(commitment_of(run.decisions))
+    if asked is not None:
+        lines.append(f"  Storage Commitment: {asked}, unless the calling AE has its own policy "
+                     "under commitment.modalities")
     for message in run.messages:
         note = f" [{message['note']}]" if message.get("note") else ""
         lines.append(f"  {message['kind']} for {message['destination']} "

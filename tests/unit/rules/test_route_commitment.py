@@ -164,3 +164,45 @@ def test_an_archive_is_asked_by_one_process() -> None:
     assert next_ask(sent, "9.1", False, 500.0, 60.0) is None  # asked already
     given_back = next_ask(claimed, "9.1", False, 0.0, 0.0)  # a failed ask gives it back
     assert given_back is not None and next_ask(given_back, "9.1", False, 102.0, 60.0)
+
+
+def test_dry_run_shows_what_the_matched_routes_ask(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from engine.cli import main
+    from tests.helpers.dicomgen import write_instance
+
+    for name in [n for n in __import__("os").environ if n.startswith("RADFLOW_")]:
+        monkeypatch.delenv(name)
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "10.yaml").write_text(textwrap.dedent("""\
+        version: 1
+        routes:
+          - name: ct-archived
+            match: {attr: Modality, equals: CT}
+            destinations: [pacs, vna]
+            commitment: {policy: on_archive, archive: [pacs]}
+          - name: copy
+            destinations: [vna]
+        """))
+    config = tmp_path / "radflow.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        routing: {{routes_dir: {routes}}}
+        destinations:
+          pacs: {{type: dimse, ae_title: PACS, host: 127.0.0.1, port: 104}}
+          vna: {{type: dicomweb, url: "http://127.0.0.1:8042/dicom-web"}}
+        """))
+    ct = write_instance(tmp_path / "in", modality="CT")
+    assert main(["rules", "test", "--config", str(config), str(ct.path)]) == 0
+    assert "Storage Commitment: on_archive (pacs)" in capsys.readouterr().out
+    assert main(["rules", "test", "--json", "--config", str(config), str(ct.path)]) == 0
+    run = json.loads(capsys.readouterr().out)
+    run = run[0] if isinstance(run, list) else run
+    assert {d["route"]: d["commitment"] for d in run["decisions"]} == {
+        "ct-archived": "on_archive (pacs)", "copy": None}
+    mr = write_instance(tmp_path / "in", modality="MR")
+    assert main(["rules", "test", "--config", str(config), str(mr.path)]) == 0
+    assert "Storage Commitment" not in capsys.readouterr().out
