@@ -1,5 +1,6 @@
 """Orthanc 1.10 against radflow: as a modality asking radflow for Storage Commitment, and as
-a node querying and retrieving from radflow's Query/Retrieve SCP (its REST API drives it)."""
+a node querying and retrieving from radflow's Query/Retrieve SCP (its REST API drives it); as a
+modality whose images take the commitment policy of the routes they match."""
 
 from __future__ import annotations
 
@@ -137,3 +138,54 @@ def test_on_archive_relays_the_archives_commitment(tmp_path: Path) -> None:
     finally:
         rf.close()
         orthanc.stop()
+
+
+def test_orthanc_modality_gets_each_routes_policy(tmp_path: Path) -> None:
+    """Orthanc as the modality; the routes pick the policy by Modality: CT goes to an archive
+    that is switched off with ``on_archive`` (a failure report once the time is up), MR to the
+    same archive with ``on_receipt`` (committed at once)."""
+    dicom_port = free_port()
+    routes = tmp_path / "routes"
+    routes.mkdir()
+    (routes / "10.yaml").write_text(
+        "version: 1\nroutes:\n"
+        "  - name: ct-archived\n    match: {attr: Modality, equals: CT}\n"
+        "    destinations: [offline]\n    commitment: on_archive\n"
+        "  - name: mr-on-receipt\n    match: {attr: Modality, equals: MR}\n"
+        "    destinations: [offline]\n    commitment: on_receipt\n")
+    rf = RadflowProcess(tmp_path / "radflow", {
+        "routing": {"routes_dir": str(routes), "reload_poll_seconds": 0},
+        "destinations": {"offline": {"type": "dimse", "ae_title": "OFFLINE", "host": HOST,
+                                     "port": free_port(), "timeout": 2}},
+        "commitment": {"modalities": [{"ae_title": "ORTHANC", "host": HOST,
+                                       "port": dicom_port}],
+                       "archive_check_seconds": 0.2, "archive_timeout_minutes": 0.05,
+                       "retry": {"initial_delay": 0.2, "max_delay": 1.0, "jitter": 0.0}}})
+    orthanc = Orthanc(tmp_path / "orthanc", extra={
+        "DicomPort": dicom_port, "DicomModalities": {"radflow": ["RADFLOW", HOST, rf.port]}})
+    orthanc.dicom_port = dicom_port
+    orthanc.start()
+    rf.start()
+    try:
+        results = {}
+        for modality in ("CT", "MR"):
+            insts = [write_instance(tmp_path / modality, modality=modality, seed=i)
+                     for i in range(2)]
+            ids = [orthanc.post("/instances", i.path.read_bytes())["ID"] for i in insts]
+            answer = orthanc.post("/modalities/radflow/store",
+                                  {"Resources": ids, "StorageCommitment": True})
+            transaction = answer["StorageCommitmentTransactionUID"]
+            _wait(lambda t=transaction: orthanc.get(f"/storage-commitment/{t}")["Status"]
+                  != "Pending", timeout=90)
+            results[modality] = (orthanc.get(f"/storage-commitment/{transaction}"),
+                                 {i.sop_instance_uid for i in insts})
+    finally:
+        rf.close()
+        orthanc.stop()
+    ct, ct_uids = results["CT"]
+    assert ct["Status"] == "Failure", ct
+    assert {f["SOPInstanceUID"] for f in ct["Failures"]} == ct_uids
+    assert {f["FailureReason"] for f in ct["Failures"]} == {0x0110}
+    mr, mr_uids = results["MR"]
+    assert mr["Status"] == "Success", mr
+    assert {s["SOPInstanceUID"] for s in mr["Success"]} == mr_uids
