@@ -124,6 +124,39 @@ class ResourceSampler:
             return 0.0
         return slope_per_hour([(t, rss) for t, rss, _ in points]) / points[0][1] * 100
 
+    def rss_growth_verdict(self, bound_pct_per_hour: float, after: float = 0.0,
+                           until: float | None = None) -> tuple[bool, str]:
+        """Judge "RSS grows less than ``bound`` % per hour" on the samples between ``after`` and
+        ``until`` seconds. With the slope's standard error small enough (two of them under the
+        bound) the slope decides. A run too short for that (minutes of noisy samples cannot
+        resolve a few % per hour) is judged by its plateau instead, and says so: the median RSS
+        of its last third may exceed the middle third's by at most the bound's share of the
+        time between them."""
+        points = [(t, rss) for t, rss, _ in self.since(after) if until is None or t <= until]
+        if len(points) < 6 or points[0][1] <= 0:
+            return False, "too few samples"
+        base = points[0][1]
+        slope = slope_per_hour(points) / base * 100
+        n = len(points)
+        mean_t = sum(t for t, _ in points) / n
+        mean_v = sum(v for _, v in points) / n
+        var_t = sum((t - mean_t) ** 2 for t, _ in points)
+        residual = [v - (mean_v + (slope / 100 * base / 3600) * (t - mean_t)) for t, v in points]
+        sd = math.sqrt(sum(r * r for r in residual) / max(1, n - 2))
+        se = sd / math.sqrt(var_t) * 3600 / base * 100 if var_t > 0 else float("inf")
+        if 2 * se < bound_pct_per_hour:
+            return slope < bound_pct_per_hour, f"{slope:+.1f} %/h (± {se:.1f}, slope)"
+        third = n // 3
+        middle = sorted(v for _, v in points[third:2 * third])[third // 2]
+        last = sorted(v for _, v in points[2 * third:])[(n - 2 * third) // 2]
+        hours = (points[-1][0] - points[third][0]) / 2 / 3600
+        allowed = bound_pct_per_hour * max(hours, 1 / 60)
+        change = (last - middle) / middle * 100
+        return change <= allowed, (
+            f"slope {slope:+.0f} %/h ± {se:.0f}: too short a run to resolve "
+            f"{bound_pct_per_hour:g} %/h; plateau: last third median {last:.0f} MiB, middle "
+            f"third {middle:.0f} MiB ({change:+.1f} %, allowed {allowed:.2f} %)")
+
     def fds_span(self, after: float = 0.0) -> tuple[int, int, int]:
         """(first, lowest, highest) fd count after ``after`` seconds."""
         points = self.since(after)

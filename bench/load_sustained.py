@@ -11,7 +11,8 @@ next slot), and time each C-STORE from the request to its response.
 Judged against RELIABILITY.md L1: C-STORE response p99 <= 200 ms; nothing lost (every
 acknowledged instance at all three destinations once the queues drained, nothing half-written:
 ``tests/helpers/invariant.py``); RSS growth < 5 %/h (the least-squares slope of radflow's RSS
-after the warm-up, so a run of minutes reads noisy: the full case is 8 h); open file
+after the warm-up; a run of minutes is too short to resolve 5 %/h, and is then judged, saying
+so, by whether RSS has levelled off: see ``bench/_reliability.py``; the full case is 8 h); open file
 descriptors flat (the highest count in the last fifth of the run no more than 10 above the
 highest in the first fifth after warm-up). Also printed: the rate reached (the machine may
 not keep up; the verdict says so rather than silently sending less). Files the sinks received
@@ -259,7 +260,7 @@ def main() -> int:
     fifth = max(1, len(during) // 5)
     fds_first = max((s[2] for s in during[:fifth]), default=0)
     fds_last = max((s[2] for s in during[-fifth:]), default=0)
-    growth = sampler.rss_growth_pct_per_hour(warm)
+    growth_ok, growth_text = sampler.rss_growth_verdict(5.0, warm, ingest_seconds)
     rate = len(acked) / duration  # the planned window (senders end a bit later)
 
     v = Verdict("L1: sustained C-STORE ingest, fsync on, three destinations")
@@ -279,7 +280,7 @@ def main() -> int:
     v.require("C-STORE RSP p99", p99 <= 200, f"{p99:.0f} ms", "<= 200 ms")
     v.require("nothing lost (all three destinations, nothing half-written)", verdict_nl.ok,
               "ok" if verdict_nl.ok else "see report below", "acked ⊆ delivered")
-    v.require("RSS growth after warm-up", growth < 5, f"{growth:+.1f} %/h", "< 5 %/h")
+    v.require("RSS growth after warm-up", growth_ok, growth_text, "< 5 %/h")
     v.require("fd count flat", fds_last <= fds_first + 10,
               f"first fifth max {fds_first}, last fifth max {fds_last}", "within 10")
     v.require("the asked rate was reached", rate >= 0.95 * args.rate,
