@@ -59,7 +59,9 @@ def concurrent_phase(rf: RadflowProcess, count: int, work: Path) -> dict[str, ob
 
     def one(n: int) -> None:
         ae = EventDrivenAE(ae_title=f"MOD{n:03d}")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        # Held while all the others are answered: longer than that can take under load.
+        ae.acse_timeout = 120
+        ae.dimse_timeout = ae.network_timeout = 300
         ae.add_requested_context(CT_IMAGE, SYNTAXES)
         try:
             barrier.wait(60)
