@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from engine.durable.postgresql._common import pipelined
-from engine.durable.postgresql.worklist import WorklistTxn
+from engine.durable.postgresql.worklist import RESERVE_IDS, WorklistTxn
 from engine.durable.rows import HL7_COLUMNS, row_to_hl7
 from engine.durable.store import (
     Hl7Apply,
@@ -60,14 +60,17 @@ def commit_batch(conn: Conn, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
     """Pipelined (see ``_common.pipelined``): every message is journalled (or, with an
     incomplete key, looked up) in one round trip with BEGIN, and statements whose results
     nobody reads (savepoints, their release, the answer written into the journal row, COMMIT)
-    ride on the next one that is read. A new message then costs only the round trips of its
-    worklist reads and writes."""
-    txn = WorklistTxn(conn)
+    ride on the next one that is read. A new order's item is inserted with an id reserved in
+    that first round trip, so a new message costs only the round trip of its worklist
+    lookup."""
     with pipelined(conn):
         firsts = [conn.execute(_INSERT, (*_entry_values(entry), *_UNDECIDED))
                   if entry.control_id is None or _full_key(entry) else _lookup(conn, entry)
                   for entry in entries]
+        # An item id per message (a new order makes one), so its insert needs no answer.
+        reserved = conn.execute(RESERVE_IDS, (len(entries),))
         found = [cur.fetchone() for cur in firsts]
+        txn = WorklistTxn(conn, [int(r[0]) for r in reserved.fetchall()])
         seen: set[tuple[str | None, str | None, str]] = set()
         results = []
         for index, entry in enumerate(entries):
