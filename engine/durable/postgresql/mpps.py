@@ -176,6 +176,12 @@ def mark_complete(conn: Conn, step_id: int, now: str) -> bool:
                         "complete_at IS NULL", (now, step_id)).rowcount > 0
 
 
+def any_unscheduled(conn: Conn) -> bool:
+    """Whether any step waits for a worklist item to be linked to (:func:`link_unscheduled`)."""
+    return bool(scalar(conn, "SELECT EXISTS (SELECT 1 FROM procedure_steps WHERE "
+                             "unscheduled = 1 AND worklist_item_ids = '[]')"))
+
+
 def link_unscheduled(conn: Conn, item_ids: Sequence[int] | None,
                      decide: Callable[[PpsStatus], LinkDecision], now: str
                      ) -> list[ProcedureStepCommit]:

@@ -615,6 +615,12 @@ class PostgresStore:
             self, item_ids: Sequence[int] | None,
             decide: Callable[[PpsStatus], mpps.LinkDecision],
             now: str) -> list[ProcedureStepCommit]:
+        # Asked after every accepted order, and nearly always there is no unscheduled step:
+        # one pooled read says so without a transaction on the writer (three round trips it
+        # would hold while orders and instances wait to commit). A step that turns up
+        # meanwhile links itself to the order when it is created.
+        if not await self._read(mpps.any_unscheduled):
+            return []
         return await self._write(lambda c: mpps.link_unscheduled(c, item_ids, decide, now))
 
     async def get_procedure_step(self, sop_instance_uid: str) -> ProcedureStep | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -264,3 +264,24 @@ def test_rules_test_step_on_the_command_line(tmp_path: Path,
     assert code == 0
     assert out[0]["event"] == "procedure_step" and out[0]["outcome"] == "routed"
     assert {m["destination"] for m in out[0]["messages"]} == {"ris", "peer", "fhir-ehr"}
+
+
+async def test_a_step_without_its_order_is_linked_when_the_order_arrives(
+        store: SqliteStore) -> None:
+    def decide(status: PpsStatus) -> Callable[[Sequence[StoredWorklistItem]], WorklistLink]:
+        return lambda items: worklist_link(items, (), status, NOW)
+
+    # No unscheduled step: nothing to link (and nothing written).
+    assert await store.link_unscheduled_procedure_steps(None, decide, NOW) == []
+    uid = generate_uid()
+    new = check_create(uid, create_attrs(), calling_ae="CT01", received_at=NOW)
+    await store.create_procedure_step(
+        new, lambda items: worklist_link(items, new.keys, PpsStatus.IN_PROGRESS, NOW))
+    assert (await store.get_procedure_step(uid)).unscheduled
+    [item_id] = await store.add_worklist_items([WorklistItem(
+        patient_id="P1", accession_number="ACC1", study_instance_uid=STUDY,
+        scheduled_procedure_step_id="SPS1", modality="CT", source="HIS")])
+    [linked] = await store.link_unscheduled_procedure_steps([item_id], decide, NOW)
+    assert linked.step.sop_instance_uid == uid
+    assert linked.step.worklist_item_ids == (item_id,)
+    assert await store.link_unscheduled_procedure_steps([item_id], decide, NOW) == []
