@@ -162,7 +162,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--rate", type=float, default=50.0, help="orders per second in total")
-    ap.add_argument("--connections", type=int, default=1, help="MLLP connections")
+    ap.add_argument("--connections", type=int, default=2,
+                    help="MLLP connections (each waits for its ACK before the next order)")
     ap.add_argument("--query-rate", type=float, default=5.0, help="C-FIND per second in total")
     ap.add_argument("--scanners", type=int, default=2,
                     help="modalities querying, each on its own association")
