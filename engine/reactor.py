@@ -20,11 +20,15 @@ arrive whole before a deadline (the ARTIM timer before negotiation, the network 
 pynetdicom allocates whatever a header declares and reads a blocking socket with no time limit.
 
 How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
-put on its outgoing queue writes to; the association thread waits on an event that every put
-on its incoming queues sets. Both waits are bounded (``_IDLE_WAIT``) so flags set from other
-threads (kill, timers) are still seen promptly. Installed per association before pynetdicom
-starts either thread: on radflow's listeners from the ``EVT_CONN_OPEN`` handler, on its own
-outgoing associations (senders) by :class:`EventDrivenAE`.
+put on its outgoing queue (and every kill) writes to; the association thread waits on an event
+that every put on its incoming queues, a kill and the DUL's end set. Each wait ends at the next
+deadline of the timers its loop checks (ARTIM, the network timeout), and at the latest after
+``_MAX_IDLE_WAIT``, a safety net for a flag pynetdicom might set without a wake-up: an idle
+association costs a few wake-ups a second, not fifty per thread, which with a hundred
+modalities holding associations open was enough load to slow every new association. Installed
+per association before pynetdicom starts either thread: on radflow's listeners from the
+``EVT_CONN_OPEN`` handler, on its own outgoing associations (senders) by
+:class:`EventDrivenAE`.
 
 It must not change what goes on the wire or how pynetdicom negotiates, and it must not hold a
 lock while calling back into pynetdicom. Written by hand because pynetdicom offers no hook for
@@ -57,9 +61,23 @@ from engine.observability.metrics import DIMSE_REJECTIONS
 
 log = get_logger("engine.reactor")
 
-#: Longest a loop sleeps without a wake-up: the granularity of the ARTIM and idle timers and
-#: of kill flags set from other threads. Work never waits for it.
-_IDLE_WAIT = 0.02
+#: Longest a loop sleeps without a wake-up or a timer falling due. Work never waits for it:
+#: it bounds only how late a flag set from another thread without a wake-up would be seen.
+_MAX_IDLE_WAIT = 0.5
+#: Shortest wait, so a timer that is due but not yet acted on never makes a loop spin.
+_MIN_WAIT = 0.001
+
+
+def _until(*timers: Any) -> float:
+    """Seconds until the first of the running ``timers`` (pynetdicom ``Timer``) expires,
+    within [_MIN_WAIT, _MAX_IDLE_WAIT]. A timer that is stopped or never started does not
+    count; ``Timer.remaining`` alone cannot tell those apart from a running one."""
+    wait = _MAX_IDLE_WAIT
+    for timer in timers:
+        if timer.timeout is not None and timer._start_time is not None \
+                and timer._end_time is None:
+            wait = min(wait, timer.remaining)
+    return max(wait, _MIN_WAIT)
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -106,6 +124,7 @@ class _UserQueue(_WakingQueue):
         with self.not_empty:
             self.closed = True
             self.not_empty.notify_all()
+        self._wake()  # the association thread sees the DUL gone at once
 
 
 class _Waker:
@@ -170,8 +189,18 @@ def install(assoc: Association, listener: str | None = None) -> None:
             dul.join()
         return True
 
+    original_kill = assoc.kill
+
+    def kill() -> None:
+        # From another thread, the association loop must see ``_kill`` now, not at its next
+        # timer: pynetdicom's kill waits for the DUL, which may wait for that loop to end.
+        assoc._kill = True
+        activity.set()
+        original_kill()
+
     dul.kill_dul = kill_dul  # type: ignore[method-assign]
     dul.stop_dul = stop_dul  # type: ignore[method-assign]
+    assoc.kill = kill  # type: ignore[method-assign]
     dul._read_pdu_data = lambda: _read_pdu(dul)  # type: ignore[method-assign]
     # ``Thread.run`` is looked up on the instance; pynetdicom bound its own loop as the
     # thread's target, which ``run`` would otherwise call.
@@ -190,7 +219,7 @@ def _wait_for_socket(dul: DULServiceProvider, waker: _Waker) -> None:
         watched.append(sock)
     # A socket closed under us raises: the next pass of the loop sees it closed.
     with contextlib.suppress(OSError, ValueError):
-        select.select(watched, [], [], _IDLE_WAIT)
+        select.select(watched, [], [], _until(dul.artim_timer))
     waker.drain()
 
 
@@ -582,7 +611,7 @@ def _run_association(assoc: Association, activity: threading.Event) -> None:
         if _finished(assoc):
             return
         if not msg:
-            activity.wait(_IDLE_WAIT)
+            activity.wait(_until(assoc.dul._idle_timer))
 
 
 def _finished(assoc: Association) -> bool:

@@ -46,6 +46,8 @@ STORAGE_COMMITMENT_INSTANCE: Final = "1.2.840.10008.1.20.1.1"
 _SYNTAXES: Final = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 #: seconds before a report left to another process is offered again
 _NOT_HERE_RETRY: Final = 0.5
+#: The N-ACTION response is being sent (milliseconds away) when its report was claimed.
+_ANSWERING_RETRY: Final = 0.1
 _ALL_COMMITTED: Final = 1
 _SOME_FAILED: Final = 2
 
@@ -119,6 +121,12 @@ class CommitmentSender:
                 return failed(NotHereDeliveryError(
                     f"{report.calling_ae} asked on {report.via}, which may hold its "
                     "association open", retry_in=_NOT_HERE_RETRY))
+            if open_assoc is None and self._associations.is_answering(report.calling_ae):
+                # Committed and claimed (a database notification can be that quick) before
+                # the N-ACTION response left: the report goes after it, on that association.
+                return failed(NotHereDeliveryError(
+                    f"{report.calling_ae}'s N-ACTION response is still on its way",
+                    retry_in=_ANSWERING_RETRY))
             if open_assoc is not None:
                 notes["association"] = "kept_open"
                 code = self._report(open_assoc, event_type, info)

@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pynetdicom import AE, evt
@@ -180,6 +181,62 @@ def test_a_requested_association_runs_the_loops_too(server: _Server) -> None:
     assoc.dul.join(5)
     assert not assoc.dul.is_alive()
     assert server.wait_for("released")
+
+
+def test_a_wait_ends_at_the_first_running_timer_and_never_spins() -> None:
+    from pynetdicom.timer import Timer
+
+    never, idle, stopped = Timer(None), Timer(30.0), Timer(0.05)
+    idle.start()
+    stopped.start()
+    stopped.stop()
+    assert reactor._until(never, idle, stopped) == reactor._MAX_IDLE_WAIT
+    due = Timer(0.2)
+    due.start()
+    assert 0.0 < reactor._until(idle, due) <= 0.2
+    overdue = Timer(0.0)
+    overdue.start()
+    assert reactor._until(overdue) == reactor._MIN_WAIT
+
+
+def test_an_idle_association_sleeps_until_there_is_work(server: _Server,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    # Fifty passes a second per thread, times a hundred held associations, was enough load on
+    # two cores to slow every association being set up meanwhile.
+    passes = {"dul": 0}
+    real_select = reactor.select.select
+
+    def counting_select(*args: Any) -> object:
+        if args[3]:  # a wait, not pynetdicom's own readiness poll (timeout 0)
+            passes["dul"] += 1
+        return real_select(*args)
+
+    assoc = _associate(server.port)
+    time.sleep(0.2)
+    monkeypatch.setattr(reactor.select, "select", counting_select)
+    time.sleep(2.0)
+    monkeypatch.setattr(reactor.select, "select", real_select)
+    # Both ends' DUL loops run here; each may wake about twice a second at most.
+    assert passes["dul"] <= 10, passes
+    assert assoc.send_c_echo().Status == 0x0000  # and work is still answered at once
+    assoc.release()
+    assert server.wait_for("released")
+
+
+def test_a_kill_from_another_thread_ends_the_loop_at_once(server: _Server) -> None:
+    assoc = _associate(server.port)
+    deadline = time.monotonic() + 5
+    while not server.server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ours = server.server.active_associations[0]
+    killer = threading.Thread(target=ours.kill)
+    killer.start()
+    killer.join(5)
+    assert not killer.is_alive()
+    ours.join(reactor._MAX_IDLE_WAIT)
+    assert not ours.is_alive()
+    assoc.abort()
 
 
 class _Transport:

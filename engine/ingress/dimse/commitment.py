@@ -115,8 +115,10 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
                     ) -> tuple[int | Dataset, Dataset | None]:
     """EVT_N_ACTION for the Storage Commitment Push Model SOP Class."""
     calling = str(event.assoc.requestor.ae_title).strip()
-    # Before this response goes out: the report it wakes must follow it, whole.
+    # Before this response goes out: the report it wakes must follow it, whole, and a
+    # dispatcher that claims the report before then must wait for it.
     serialize_messages(event.assoc)
+    commitment.associations.answering(calling, event.assoc)
     request = event.request
     if int(getattr(request, "ActionTypeID", 0) or 0) != _REQUEST_COMMITMENT:
         log.warning("ingress.dimse.commitment.failed", listener=policy.name,
