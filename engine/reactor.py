@@ -21,7 +21,8 @@ pynetdicom allocates whatever a header declares and reads a blocking socket with
 
 How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
 put on its outgoing queue (and every kill) writes to; the association thread waits on an event
-that every put on its incoming queues, a kill and the DUL's end set. Each wait ends at the next
+that every put on its incoming queues, a pause asked for by a ``send_*``, a kill and the DUL's
+end set. Each wait ends at the next
 deadline of the timers its loop checks (ARTIM, the network timeout), and at the latest after
 ``_MAX_IDLE_WAIT``, a safety net for a flag pynetdicom might set without a wake-up: an idle
 association costs a few wake-ups a second, not fifty per thread, which with a hundred
@@ -127,6 +128,23 @@ class _UserQueue(_WakingQueue):
         self._wake()  # the association thread sees the DUL gone at once
 
 
+class _Checkpoint(threading.Event):
+    """The association's pause checkpoint, which wakes the association loop when cleared.
+
+    pynetdicom's ``send_*`` and ``release`` (on the calling thread) clear it and then spin
+    until the loop parks on it: a loop asleep until its next timer would make every request
+    wait for that timer."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self.set()
+        self._wake = wake
+
+    def clear(self) -> None:
+        super().clear()
+        self._wake()
+
+
 class _Waker:
     """A socket pair the DUL thread can ``select`` on beside the peer's socket."""
 
@@ -205,6 +223,7 @@ def install(assoc: Association, listener: str | None = None) -> None:
     # ``Thread.run`` is looked up on the instance; pynetdicom bound its own loop as the
     # thread's target, which ``run`` would otherwise call.
     dul.run = lambda: _run_dul(dul, waker)  # type: ignore[method-assign]
+    assoc._reactor_checkpoint = _Checkpoint(activity.set)
     assoc._run_reactor = lambda: _run_association(assoc, activity)  # type: ignore[method-assign]
 
 
@@ -610,7 +629,9 @@ def _run_association(assoc: Association, activity: threading.Event) -> None:
             assoc._serve_request(msg, context_id)  # type: ignore[arg-type]
         if _finished(assoc):
             return
-        if not msg:
+        # A pause asked for after the look above set ``activity`` before it was cleared
+        # there: seen here instead, or the caller would spin until the timer.
+        if not msg and assoc._reactor_checkpoint.is_set():
             activity.wait(_until(assoc.dul._idle_timer))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -392,6 +393,17 @@ def test_associations_beyond_the_limit_are_refused_and_logged(radflow: RadflowFa
         ("ECHOSCU", rf.ae_title, HOST)
     assert rf.metric("radflow_dimse_rejections_total", reason="too_many_associations") == 1
     assert_echo_works(rf)
+
+
+def test_a_burst_of_connections_waits_in_the_kernel_queue_not_in_tcp_backoff(
+        radflow: RadflowFactory) -> None:
+    # socketserver's listen backlog of 5 made the kernel drop the SYNs of a burst (200
+    # modalities at once waited up to a minute in TCP's retransmission backoff). ``ss`` shows
+    # a listening socket's backlog in its Send-Q column, as an operator would look it up.
+    rf = radflow()
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{rf.port}"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert int(out[2]) >= 128, out
 
 
 # --- 3. every request gets an answer --------------------------------------------------------

@@ -92,7 +92,7 @@ def test_echoes_then_release(server: _Server) -> None:
     assert server.wait_for("released") and server.wait_for("closed")
 
 
-class _LingeringCheckpoint(threading.Event):
+class _LingeringCheckpoint(reactor._Checkpoint):
     """A pause checkpoint whose waiter lingers after it is let through, as a thread does when
     it loses the GIL at that instant: the window in which a ``send_*`` can clear the
     checkpoint and see the loop still paused."""
@@ -108,9 +108,9 @@ class _LingeringAE(reactor.EventDrivenAE):
     and the requestor is slow to pick its response up, as when the GIL goes elsewhere."""
 
     def _create_socket(self, assoc: Association, address: object, tls_args: object) -> object:
-        assoc._reactor_checkpoint = _LingeringCheckpoint()
-        assoc._reactor_checkpoint.set()
         sock = super()._create_socket(assoc, address, tls_args)
+        assoc._reactor_checkpoint = _LingeringCheckpoint(
+            assoc._reactor_checkpoint._wake)  # type: ignore[attr-defined]
         messages = assoc.dimse.msg_queue
         get = messages.get
 
@@ -222,6 +222,30 @@ def test_an_idle_association_sleeps_until_there_is_work(server: _Server,
     assert assoc.send_c_echo().Status == 0x0000  # and work is still answered at once
     assoc.release()
     assert server.wait_for("released")
+
+
+def test_nothing_waits_for_the_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the loops' longest sleep far beyond every timeout used here, each step that
+    # relied on it instead of a wake-up would time out: requests from the requestor side
+    # (which pause its loop), responses, release, and the network timeout.
+    monkeypatch.setattr(reactor, "_MAX_IDLE_WAIT", 60.0)
+    s = _Server(network_timeout=1.0)
+    try:
+        ae = reactor.EventDrivenAE(ae_title="SCU")
+        ae.add_requested_context(Verification)
+        ae.dimse_timeout = ae.acse_timeout = 5
+        assoc = ae.associate("127.0.0.1", s.port, ae_title="REACTOR")
+        assert assoc.is_established
+        for _ in range(3):
+            time.sleep(0.1)  # both loops asleep
+            assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        assert assoc.is_released and s.wait_for("released")
+        idle = _associate(s.port)
+        assert s.wait_for("aborted", timeout=5.0) or s.wait_for("closed", timeout=5.0)
+        idle.abort()
+    finally:
+        s.server.shutdown()
 
 
 def test_a_kill_from_another_thread_ends_the_loop_at_once(server: _Server) -> None:

@@ -109,6 +109,11 @@ class _AssociationServer(ThreadedAssociationServer):
     listener = "main"
     handshake_timeout = 30.0
     policy: ListenerPolicy | None = None
+    # socketserver listens with a backlog of 5: in a burst (a department's modalities after a
+    # network outage) the kernel drops the SYNs beyond it, and each sender waits out TCP's
+    # retransmission backoff (1, 3, 7, 15, 31 s...) before radflow even sees it; 200 at once
+    # took a minute to be answered. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 1024
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.policy is None or self.policy.admit(request):
