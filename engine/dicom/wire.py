@@ -8,9 +8,11 @@ large to hold: :class:`FileSpan`), and :func:`fast_responses`, which sends an ac
 through them. pynetdicom builds every command set through a pydicom Dataset and its generic encoder,
 then hands each PDU to its DUL thread: ~0.5 ms of CPU per message, as much as the rest of a small
 instance's intake. The shapes here never change (PS3.7 9.3, Implicit VR Little Endian as PS3.7 6.3.1
-requires), and unit tests compare every byte with pynetdicom's own encoding. Anything else (other
-messages, a status with an Offending Element, TLS sockets, a bound EVT_DIMSE_SENT handler) stays on
-pynetdicom's path. This module must not decide statuses or touch the association's state machine.
+requires), and unit tests compare every byte with pynetdicom's own encoding. Anything else
+(other messages, a status with an Offending Element, TLS sockets, an association other threads
+also send on, a bound EVT_DIMSE_SENT handler not marked :func:`blind_to_direct_responses`)
+stays on pynetdicom's path. This module must not decide statuses or touch the association's
+state machine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -182,15 +184,43 @@ def _stream_dataset(sock: socket.socket, context_id: int, span: FileSpan, max_pd
         sock.sendall(b"".join(batch))
 
 
+_BLIND: Final = "_radflow_blind_to_direct_responses"
+
+
+def blind_to_direct_responses(handler: Any) -> Any:
+    """Mark an EVT_DIMSE_SENT handler that looks only at messages this module never writes
+    (an N-ACTION response, say), so binding it keeps the direct path. Any other handler is
+    taken to expect every message (pynetdicom's debug tracing) and turns the path off."""
+    setattr(handler, _BLIND, True)
+    return handler
+
+
+_SHARED: Final = "_radflow_written_by_others"
+
+
+def written_by_others(assoc: Association) -> None:
+    """From now on, other threads may send on ``assoc`` (a Storage Commitment report from a
+    delivery thread goes through pynetdicom's DUL thread): its responses go through
+    pynetdicom too, whose one writer keeps each PDU whole, instead of this module's writes
+    from the association thread, which could interleave with the DUL's bytes. Call it on the
+    association's thread."""
+    setattr(assoc, _SHARED, True)
+
+
 def direct_socket(assoc: Association) -> socket.socket | None:
     """The association's TCP socket when radflow may write responses to it itself: plain TCP
-    (an SSL socket must not be written by one thread while another reads it) and no
-    EVT_DIMSE_SENT handler that expects to see each message (pynetdicom's debug tracing)."""
+    (an SSL socket must not be written by one thread while another reads it), nothing sent
+    on it from other threads (:func:`written_by_others`) and no EVT_DIMSE_SENT handler that
+    expects to see each message."""
     transport = getattr(getattr(assoc, "dul", None), "socket", None)
     sock = getattr(transport, "socket", None)
     if type(sock) is not socket.socket:  # an SSLSocket is a subclass: excluded on purpose
         return None
-    if assoc.get_handlers(evt.EVT_DIMSE_SENT):
+    if getattr(assoc, _SHARED, False):
+        return None
+    # A notification event: a list of (handler, arguments).
+    bound = cast(list[tuple[Any, Any]], assoc.get_handlers(evt.EVT_DIMSE_SENT))
+    if any(not getattr(handler, _BLIND, False) for handler, _args in bound):
         return None
     return sock
 

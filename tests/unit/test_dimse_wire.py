@@ -4,8 +4,11 @@ pynetdicom's own encoder."""
 
 from __future__ import annotations
 
+import socket
 import struct
 from io import BytesIO
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydicom.uid import CTImageStorage
@@ -13,6 +16,7 @@ from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_STORE_RQ, C_STOR
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import encode
 
+from engine.dicom import wire
 from engine.dicom.wire import c_store_rq_command, pdata_pdus, response_command
 
 UID = "1.2.826.0.1.3680043.8.498.1234567"  # odd length: padded with NUL
@@ -115,3 +119,33 @@ def test_a_message_without_dataset_is_one_command_pdu() -> None:
     pdus = pdata_pdus(5, command, None, max_pdu=16384)
     assert len(pdus) == 2 and bytes(pdus[1]) == command
     assert bytes(pdus[0])[-1] == 0x03  # command, last fragment
+
+
+class _Assoc:
+    """Just what ``direct_socket`` reads of an association."""
+
+    def __init__(self, sock: socket.socket, handlers: list[tuple[Any, list[Any]]]) -> None:
+        self.dul = SimpleNamespace(socket=SimpleNamespace(socket=sock))
+        self._handlers = handlers
+
+    def get_handlers(self, _event: Any) -> list[tuple[Any, list[Any]]]:
+        return self._handlers
+
+
+def test_the_commitment_handler_keeps_the_direct_path_until_a_report_may_share_it() -> None:
+    # Binding Storage Commitment's EVT_DIMSE_SENT handler on every listener once sent every
+    # C-STORE and C-FIND response through pynetdicom's encoder (an "all CT today" worklist
+    # query took 6x longer); only an association that asked for commitment needs that.
+    from engine.ingress.dimse.commitment import handle_dimse_sent
+
+    a, b = socket.socketpair()
+    try:
+        assoc = _Assoc(a, [(handle_dimse_sent, [])])
+        assert wire.direct_socket(assoc) is a  # type: ignore[arg-type]
+        wire.written_by_others(assoc)  # type: ignore[arg-type]
+        assert wire.direct_socket(assoc) is None  # type: ignore[arg-type]
+        tracing = _Assoc(a, [(lambda _e: None, [])])  # a handler that wants every message
+        assert wire.direct_socket(tracing) is None  # type: ignore[arg-type]
+    finally:
+        a.close()
+        b.close()

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from engine.bridge import LoopBridge
+from engine.dicom import wire
 from engine.dicom.associations import OpenAssociations, serialize_messages
 from engine.dicom.vr import is_valid_uid
 from engine.durable.commitment import (
@@ -118,6 +119,7 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
     # Before this response goes out: the report it wakes must follow it, whole, and a
     # dispatcher that claims the report before then must wait for it.
     serialize_messages(event.assoc)
+    wire.written_by_others(event.assoc)
     commitment.associations.answering(calling, event.assoc)
     request = event.request
     if int(getattr(request, "ActionTypeID", 0) or 0) != _REQUEST_COMMITMENT:
@@ -186,6 +188,7 @@ def handle_n_event_report(event: Event, policy: ListenerPolicy,
     return int(DimseStatus.SUCCESS), None
 
 
+@wire.blind_to_direct_responses  # it looks at N-ACTION responses only
 def handle_dimse_sent(event: Event, commitment: CommitmentProvider) -> None:
     """After the N-ACTION response went out, offer this association for the report: sent
     earlier, the report would reach the modality before the answer it is waiting for."""
