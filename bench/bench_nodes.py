@@ -333,7 +333,9 @@ def failover(work: Path, dsn: str, data: Any, rows: int, lease: float, inter: fl
         a_http = site.ports["node-a"][1]
         deadline = time.monotonic() + 120
         # Mid-flow: both senders streaming, node A holding leases and a sender's association.
+        # Three seconds of streaming first: the "before" gap needs a stretch to judge.
         while (min(len(s.successes) for s in senders) < 50
+               or time.perf_counter() - t_start < 3
                or site.count("state = 'leased' AND lease_owner LIKE 'node-a/%'") == 0
                or open_associations(a_http) < 1):
             if time.monotonic() > deadline:

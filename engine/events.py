@@ -67,6 +67,8 @@ class OrderReceived(Event):
     placer_order_number: str = ""
     filler_order_number: str = ""
     patient_id: str = ""
+    #: the worklist items the message created or changed
+    worklist_item_ids: tuple[int, ...] = ()
 
 
 # --- Modality Performed Procedure Step (engine.procedure) ------------------------------------

@@ -178,16 +178,15 @@ class ProcedureStepService:
     def on_order_received(self, event: OrderReceived) -> None:
         """Bus subscriber (never blocks, never raises): an accepted order may be the one an
         unscheduled step was waiting for."""
-        self._spawn(self._order_received(event.journal_id))
+        if event.worklist_item_ids:  # an order that touched no item links nothing
+            self._spawn(self._order_received(event.worklist_item_ids))
 
-    async def _order_received(self, journal_id: int) -> None:
+    async def _order_received(self, item_ids: Sequence[int]) -> None:
         try:
-            record = await self.store.get_hl7_message(journal_id)
-            if record is not None and record.worklist_item_ids:
-                await self.link_late_orders(record.worklist_item_ids)
+            await self.link_late_orders(item_ids)
         except Exception:
             # The sweep at the next start links it; the step itself is safe either way.
-            log.exception("mpps.link_failed", journal_id=journal_id)
+            log.exception("mpps.link_failed", worklist_item_ids=list(item_ids))
 
     async def link_late_orders(self, item_ids: Sequence[int] | None) -> int:
         """Link unscheduled steps to these worklist items (all when None); each linked step

@@ -85,7 +85,8 @@ class Hl7Intake:
             self._bus.publish(OrderReceived(
                 occurred_at=now, journal_id=outcome.journal_id, message_type=message_type,
                 control_id=message.control_id if message else "", peer_host=peer_host,
-                listener=listener, **outcome.keys))
+                listener=listener, worklist_item_ids=tuple(outcome.worklist_item_ids),
+                **outcome.keys))
         HL7_MESSAGES.labels(message_type, sent_code).inc()
         HL7_MESSAGE_SECONDS.observe(time.perf_counter() - started)
         log_fn = log.info if outcome.code == "AA" else log.warning
