@@ -82,6 +82,14 @@ def _associate(port: int) -> Association:
     return assoc
 
 
+def _accepted(server: _Server) -> Association:
+    """The acceptor's side of the one association just made."""
+    deadline = time.monotonic() + 5
+    while not server.server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.server.active_associations[0]
+
+
 def test_echoes_then_release(server: _Server) -> None:
     assoc = _associate(server.port)
     for _ in range(50):
@@ -143,10 +151,7 @@ def test_peer_abort_ends_the_association(server: _Server) -> None:
 
 def test_abort_from_another_thread(server: _Server) -> None:
     assoc = _associate(server.port)
-    deadline = time.monotonic() + 5
-    while not server.server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ours = server.server.active_associations[0]
+    ours = _accepted(server)
     threading.Thread(target=ours.abort).start()
     assert server.wait_for("closed")
     deadline = time.monotonic() + 5
@@ -250,10 +255,7 @@ def test_nothing_waits_for_the_safety_net(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_a_kill_from_another_thread_ends_the_loop_at_once(server: _Server) -> None:
     assoc = _associate(server.port)
-    deadline = time.monotonic() + 5
-    while not server.server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ours = server.server.active_associations[0]
+    ours = _accepted(server)
     killer = threading.Thread(target=ours.kill)
     killer.start()
     killer.join(5)
