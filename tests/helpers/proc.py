@@ -261,7 +261,7 @@ class RadflowProcess:
             if self.proc.poll() is not None:
                 with open(self.stderr_path, "rb") as fh:
                     fh.seek(err_offset)
-                    if b"Address already in use" in fh.read():
+                    if b"address already in use" in fh.read().lower():  # asyncio says it lower-case
                         raise _PortTaken
                 raise RadflowError(f"radflow exited with {self.proc.returncode} while starting"
                                    f"\n{self.diagnostics()}")
