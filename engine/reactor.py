@@ -22,13 +22,12 @@ pynetdicom allocates whatever a header declares and reads a blocking socket with
 How: the DUL waits in ``select`` on the peer's socket and on a wake-up socket pair that every
 put on its outgoing queue (and every kill) writes to; the association thread waits on an event
 that every put on its incoming queues, a pause asked for by a ``send_*``, a kill and the DUL's
-end set. Each wait ends at the next
-deadline of the timers its loop checks (ARTIM, the network timeout), and at the latest after
-``_MAX_IDLE_WAIT``, a safety net for a flag pynetdicom might set without a wake-up: an idle
-association costs a few wake-ups a second, not fifty per thread, which with a hundred
-modalities holding associations open was enough load to slow every new association. Installed
-per association before pynetdicom starts either thread: on radflow's listeners from the
-``EVT_CONN_OPEN`` handler, on its own outgoing associations (senders) by
+end set. Each wait ends at the next deadline of the timers its loop checks (ARTIM, the network
+timeout), and at the latest after ``_MAX_IDLE_WAIT``, a safety net for a flag pynetdicom might
+set without a wake-up: an idle association costs a few wake-ups a second, not fifty per thread,
+which with a hundred modalities holding associations open was enough load to slow every new
+association. Installed per association before pynetdicom starts either thread: on radflow's
+listeners from the ``EVT_CONN_OPEN`` handler, on its own outgoing associations (senders) by
 :class:`EventDrivenAE`.
 
 It must not change what goes on the wire or how pynetdicom negotiates, and it must not hold a

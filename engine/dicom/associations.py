@@ -18,14 +18,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from engine.dicom import wire
+
 
 def serialize_messages(assoc: Any) -> None:
     """From now on, send each DIMSE message on ``assoc`` whole: one lock per association
     around pynetdicom's ``send_msg`` (which splits a message into P-DATA PDUs and queues them).
     pynetdicom fires EVT_DIMSE_SENT before it queues a message, so without the lock a report
     woken by the N-ACTION response could go out before that response, or its fragments
-    interleave with another response's, which the modality cannot decode. Idempotent; call it
-    on the association's thread before the first response that may wake a report."""
+    interleave with another response's, which the modality cannot decode. Its responses also
+    leave pynetdicom's single writer no more (:func:`engine.dicom.wire.written_by_others`).
+    Idempotent; call it on the association's thread before the first response that may wake
+    a report."""
+    wire.written_by_others(assoc)
     dimse = assoc.dimse
     if getattr(dimse, "_radflow_serialized", False):
         return

@@ -119,7 +119,6 @@ def handle_n_action(event: Event, policy: ListenerPolicy, commitment: Commitment
     # Before this response goes out: the report it wakes must follow it, whole, and a
     # dispatcher that claims the report before then must wait for it.
     serialize_messages(event.assoc)
-    wire.written_by_others(event.assoc)
     commitment.associations.answering(calling, event.assoc)
     request = event.request
     if int(getattr(request, "ActionTypeID", 0) or 0) != _REQUEST_COMMITMENT:
