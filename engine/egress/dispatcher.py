@@ -429,6 +429,8 @@ class Dispatcher:
                 results.append(OutboxResult(row.id, OutboxVerdict.RELEASE,
                                             now + err.retry_in, attempt=row.attempts))
                 DELIVERY_OUTCOMES.labels(q.name, "released").inc()
+                log.debug(f"egress.{kind}.handed_back", destination=q.name, row=row.id,
+                          retry_in=err.retry_in, why=str(err))
                 continue
             if err is None:
                 delivered += 1

@@ -46,6 +46,8 @@ def workers(tmp_path: Path) -> Iterator[tuple[RadflowProcess, Storescp]]:
             "destinations": {"pacs": {"type": "dimse", "ae_title": "PACS", "host": HOST,
                                       "port": pacs.port}},
             "delivery": {"poll_interval": 0.1},
+            # a report handed back to the worker holding the association says so at debug
+            "logging": {"level": "debug"},
             # no address for the modalities: the report can only go on their association
             "commitment": {"archive_check_seconds": 0.2,
                            "retry": {"initial_delay": 0.2, "max_delay": 1.0, "jitter": 0.0}}})

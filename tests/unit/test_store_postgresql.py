@@ -261,10 +261,12 @@ async def test_one_instance_committed_by_two_nodes_at_once_is_kept_once(schema: 
     await a.open()
     await b.open()
     try:
-        recs = [record(n) for n in range(1, 41)]
+        # Each node spools its own copy under its own object id, as real nodes do.
         got_a, got_b = await asyncio.gather(*(
-            s.commit_instances([InstanceCommit(r, DuplicatePolicy.VERSION) for r in recs])
-            for s in (a, b)))
+            s.commit_instances([
+                InstanceCommit(record(n, object_id=f"{node}-obj{n:06d}"),
+                               DuplicatePolicy.VERSION) for n in range(1, 41)])
+            for node, s in (("a", a), ("b", b))))
         for one, two in zip(got_a, got_b, strict=True):
             assert sorted((one.outcome, two.outcome)) == ["identical", "stored"]
             assert one.journal_id == two.journal_id

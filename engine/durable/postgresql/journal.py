@@ -2,9 +2,11 @@
 policy applied inside the commit, reads, and the "file durable" mark.
 
 The same rules as the SQLite backend's ``journal.py`` (see there for the "durable" mark and
-withdrawal). Two nodes may commit the same SOP Instance UID at once: the UNIQUE (SOP Instance
-UID, version) constraint makes one of them fail, that commit answers a failure and the sender's
-retry is then recognised as identical. Every function takes the connection it runs on; this
+withdrawal). Two nodes may commit the same SOP Instance UID at once: the second insert waits on
+the UNIQUE (SOP Instance UID, version) constraint until the first commits, does nothing, and the
+duplicate policy then judges its copy against the first's row (identical bytes: kept once).
+Should two new versions still collide, that commit fails and the sender's retry is judged
+afresh. Every function takes the connection it runs on; this
 module must not touch files nor decide policy (see ``store.decide_duplicate``).
 """
 
