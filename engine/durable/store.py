@@ -411,7 +411,8 @@ class Store(Protocol):
         ...
 
     # --- HL7 journal -----------------------------------------------------------------------
-    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply,
+                               order_keys: Sequence[tuple[str, str]] = ()
                                ) -> list[Hl7CommitResult]:
         """Journal ``entries`` in ONE transaction, each in its own savepoint.
 
@@ -419,6 +420,8 @@ class Store(Protocol):
         changes nothing); otherwise ``apply(txn, index)`` writes the worklist and decides, and
         the entry is recorded with its disposition. A failure of the whole transaction raises
         :class:`~engine.errors.StorageFailure` and nothing of the batch is kept.
+        ``order_keys``: the (placer, filler) order numbers the ``apply`` calls will look up, a
+        hint a backend may use to read them all ahead; lookups still see the batch's writes.
         """
         ...
 

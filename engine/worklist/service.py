@@ -244,6 +244,12 @@ def _entry(received: Hl7Received) -> Hl7JournalEntry:
                            received.raw)
 
 
+def _order_keys(plans: Sequence[WorklistChange | Exception | None]) -> list[tuple[str, str]]:
+    """The (placer, filler) order numbers the plans will look up (``_find_order``)."""
+    return [(o.placer_order_number, o.filler_order_number) for plan in plans
+            if isinstance(plan, OrderChanges) for o in plan.orders]
+
+
 def change_keys(plan: WorklistChange | Exception | None) -> dict[str, str]:
     """The correlation keys of a planned change: what ties the message to its order's images,
     steps and deliveries in logs and events (several orders in one message: comma-joined)."""
@@ -298,7 +304,8 @@ class WorklistService:
             # Runs on the store's writer thread, inside the message's savepoint.
             return self._decide(txn, items[index], plans[index], now)
 
-        results = await self.store.commit_hl7_batch([_entry(r) for r in items], apply)
+        results = await self.store.commit_hl7_batch([_entry(r) for r in items], apply,
+                                                    _order_keys(plans))
         outcomes = []
         for received, plan, result in zip(items, plans, results, strict=True):
             disp = result.disposition

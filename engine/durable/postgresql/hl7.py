@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from engine.durable.postgresql._common import pipelined
-from engine.durable.postgresql.worklist import RESERVE_IDS, WorklistTxn
+from engine.durable.postgresql.worklist import ORDERS_SQL, RESERVE_IDS, OrderRows, WorklistTxn
 from engine.durable.rows import HL7_COLUMNS, row_to_hl7
 from engine.durable.store import (
     Hl7Apply,
@@ -55,22 +55,28 @@ def _entry_values(entry: Hl7JournalEntry) -> tuple[Any, ...]:
             entry.received_at, entry.raw)
 
 
-def commit_batch(conn: Conn, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
-                 ) -> list[Hl7CommitResult]:
+def commit_batch(conn: Conn, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply,
+                 order_keys: Sequence[tuple[str, str]] = ()) -> list[Hl7CommitResult]:
     """Pipelined (see ``_common.pipelined``): every message is journalled (or, with an
     incomplete key, looked up) in one round trip with BEGIN, and statements whose results
     nobody reads (savepoints, their release, the answer written into the journal row, COMMIT)
     ride on the next one that is read. A new order's item is inserted with an id reserved in
-    that first round trip, so a new message costs only the round trip of its worklist
-    lookup."""
+    that first round trip, and the rows of the orders the batch names (``order_keys``) are
+    read in it too, so a batch of orders costs two round trips whatever its size."""
     with pipelined(conn):
         firsts = [conn.execute(_INSERT, (*_entry_values(entry), *_UNDECIDED))
                   if entry.control_id is None or _full_key(entry) else _lookup(conn, entry)
                   for entry in entries]
         # An item id per message (a new order makes one), so its insert needs no answer.
         reserved = conn.execute(RESERVE_IDS, (len(entries),))
+        orders = OrderRows.keys(order_keys)
+        # Read after the journal inserts, so after any wait on another node's copy of a
+        # message: that node's worklist writes are then seen, as a lookup made later would.
+        ahead = conn.execute(ORDERS_SQL, orders.params()) if orders is not None else None
         found = [cur.fetchone() for cur in firsts]
-        txn = WorklistTxn(conn, [int(r[0]) for r in reserved.fetchall()])
+        if orders is not None and ahead is not None:
+            orders.load(ahead.fetchall())
+        txn = WorklistTxn(conn, [int(r[0]) for r in reserved.fetchall()], orders)
         seen: set[tuple[str | None, str | None, str]] = set()
         results = []
         for index, entry in enumerate(entries):
@@ -136,10 +142,12 @@ def _process(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry, journal_id: i
     # One savepoint per message: a message whose disposition is "not applied" (or whose
     # apply fails) leaves no worklist trace, and never takes the rest of the batch along.
     conn.execute("SAVEPOINT hl7_message")
+    marked = txn.mark()
     try:
         disposition = apply(txn, index)
         if not disposition.applied:
             conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
+            txn.undo(marked)
         answer = (disposition.ack_code, disposition.errors_json, disposition.text,
                   json.dumps(list(disposition.worklist_item_ids)), int(disposition.retryable))
         if existing is not None:
@@ -159,6 +167,7 @@ def _process(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry, journal_id: i
             row = conn.execute(_INSERT, (*_entry_values(entry), *answer)).fetchone()
             if row is None:  # cannot happen while a key part is NULL; kept for safety
                 conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
+                txn.undo(marked)
                 conn.execute("RELEASE SAVEPOINT hl7_message")
                 winner = _existing(conn, entry)
                 assert winner is not None
@@ -169,6 +178,7 @@ def _process(conn: Conn, txn: WorklistTxn, entry: Hl7JournalEntry, journal_id: i
         if not conn.broken:
             conn.execute("ROLLBACK TO SAVEPOINT hl7_message")
             conn.execute("RELEASE SAVEPOINT hl7_message")
+            txn.undo(marked)
         raise
     if existing is not None:
         journal_id = int(existing[0])

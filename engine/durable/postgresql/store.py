@@ -464,9 +464,10 @@ class PostgresStore:
         return await self._read(lambda c: journal.known_object_ids(c, object_ids))
 
     # --- HL7 journal -------------------------------------------------------------------------
-    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply,
+                               order_keys: Sequence[tuple[str, str]] = ()
                                ) -> list[Hl7CommitResult]:
-        return await self._write(lambda c: hl7.commit_batch(c, entries, apply))
+        return await self._write(lambda c: hl7.commit_batch(c, entries, apply, order_keys))
 
     async def list_hl7_messages(self, ack_codes: Sequence[str] | None = None, limit: int = 100,
                                 offset: int = 0) -> list[Hl7JournalRecord]:

@@ -114,18 +114,83 @@ RESERVE_IDS = ("SELECT nextval(pg_get_serial_sequence('worklist_items', 'id')) "
                "FROM generate_series(1, %s)")
 
 
+#: the items of several orders at once (``OrderRows``): by placer number, or by filler number
+#: for an order that has no placer number (as ``WorklistTxn.items_for_order`` looks them up)
+ORDERS_SQL = ("SELECT id, data, placer_order_number, filler_order_number FROM worklist_items "
+              "WHERE placer_order_number = ANY(%s) OR filler_order_number = ANY(%s)")
+
+
+#: item id -> (placer number, filler number, JSON)
+_Marked = dict[int, tuple[str, str, str]]
+
+
+class OrderRows:
+    """Worklist rows of some orders, read ahead in a round trip the caller makes anyway, and
+    kept true to the transaction's own writes after it.
+
+    ``placers``/``fillers`` are the keys whose every row the read returned; a lookup of another
+    key is not answered here. Each write of the transaction passes through :meth:`put`, so a
+    row that now carries a covered key is found, and one that left it is not; :meth:`mark` and
+    :meth:`undo` follow a savepoint. A row is kept as its JSON and decoded only when asked for.
+    """
+
+    def __init__(self, placers: set[str], fillers: set[str]) -> None:
+        self.placers = placers
+        self.fillers = fillers
+        self._rows: _Marked = {}
+
+    @classmethod
+    def keys(cls, order_keys: Sequence[tuple[str, str]]) -> OrderRows | None:
+        placers = {p for p, _ in order_keys if p}
+        fillers = {f for p, f in order_keys if not p and f}
+        return cls(placers, fillers) if placers or fillers else None
+
+    def params(self) -> tuple[list[str], list[str]]:
+        return sorted(self.placers), sorted(self.fillers)
+
+    def load(self, rows: Sequence[Sequence[Any]]) -> None:
+        for item_id, data, placer, filler in rows:
+            self._rows[int(item_id)] = (placer, filler, data)
+
+    def covers(self, placer: str, filler: str) -> bool:
+        return placer in self.placers if placer else filler in self.fillers
+
+    def find(self, placer: str, filler: str) -> list[StoredWorklistItem]:
+        hits = [(item_id, data) for item_id, (p, f, data) in self._rows.items()
+                if (p == placer if placer else f == filler)]
+        return [row_to_item(r) for r in sorted(hits)]
+
+    def put(self, item_id: int, values: Sequence[Any]) -> None:
+        self._rows[item_id] = (values[_PLACER], values[_FILLER], values[-1])
+
+    def mark(self) -> _Marked:
+        return dict(self._rows)
+
+    def undo(self, marked: _Marked) -> None:
+        self._rows = dict(marked)
+
+
+_PLACER = ITEM_COLUMNS.index("placer_order_number")
+_FILLER = ITEM_COLUMNS.index("filler_order_number")
+
+
 class WorklistTxn:
     """:class:`~engine.durable.store.WorklistTxn` on the writer's connection.
 
     ``reserved_ids``: item ids taken beforehand (in a round trip the caller makes anyway); an
     insert that uses one needs no answer from the server, so in a pipeline it costs no round
-    trip of its own. Without one left, an insert asks the server for its id."""
+    trip of its own. Without one left, an insert asks the server for its id. ``orders``: rows
+    read ahead the same way, so the lookup of such an order costs no round trip either."""
 
-    def __init__(self, conn: Conn, reserved_ids: Sequence[int] = ()) -> None:
+    def __init__(self, conn: Conn, reserved_ids: Sequence[int] = (),
+                 orders: OrderRows | None = None) -> None:
         self._conn = conn
         self._ids = list(reserved_ids)
+        self.orders = orders
 
     def items_for_order(self, placer: str, filler: str) -> list[StoredWorklistItem]:
+        if self.orders is not None and self.orders.covers(placer, filler):
+            return self.orders.find(placer, filler)
         if placer:
             sql, key = "placer_order_number = %s", placer
         else:
@@ -142,16 +207,32 @@ class WorklistTxn:
                             (patient_id, issuer))
 
     def insert_item(self, item: WorklistItem) -> int:
+        values = item_values(item)
         if self._ids:
             item_id = self._ids.pop(0)
-            self._conn.execute(_ITEM_INSERT_WITH_ID, (item_id, *item_values(item)))
-            return item_id
-        row = self._conn.execute(_ITEM_INSERT, item_values(item)).fetchone()
-        assert row is not None
-        return int(row[0])
+            self._conn.execute(_ITEM_INSERT_WITH_ID, (item_id, *values))
+        else:
+            row = self._conn.execute(_ITEM_INSERT, values).fetchone()
+            assert row is not None
+            item_id = int(row[0])
+        if self.orders is not None:
+            self.orders.put(item_id, values)
+        return item_id
 
     def update_item(self, item_id: int, item: WorklistItem) -> None:
-        self._conn.execute(_ITEM_UPDATE, (*item_values(item), item_id))
+        values = item_values(item)
+        self._conn.execute(_ITEM_UPDATE, (*values, item_id))
+        if self.orders is not None:
+            self.orders.put(item_id, values)
+
+    def mark(self) -> _Marked | None:
+        """Before a savepoint: what :meth:`undo` needs after rolling back to it."""
+        return self.orders.mark() if self.orders is not None else None
+
+    def undo(self, marked: _Marked | None) -> None:
+        """After rolling back to the savepoint :meth:`mark` was taken at."""
+        if self.orders is not None and marked is not None:
+            self.orders.undo(marked)
 
 
 def select_items(conn: Conn, sql: str, params: Sequence[Any], *, prepare: bool | None = None

@@ -305,8 +305,10 @@ class SqliteStore:
         return await self._read(lambda c: journal.known_object_ids(c, object_ids))
 
     # --- HL7 journal -------------------------------------------------------------------------
-    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply
+    async def commit_hl7_batch(self, entries: Sequence[Hl7JournalEntry], apply: Hl7Apply,
+                               order_keys: Sequence[tuple[str, str]] = ()
                                ) -> list[Hl7CommitResult]:
+        # order_keys unused: a lookup in the process's own file costs no round trip.
         try:
             return await self._write(lambda c: hl7.commit_batch(c, entries, apply))
         except sqlite3.Error as exc:

@@ -170,6 +170,51 @@ async def test_message_with_two_orders_is_all_or_nothing(service: WorklistServic
     assert items[0].item.scheduled_procedure_step_start_date == "20261125"
 
 
+async def test_orders_of_one_batch_see_each_others_changes(service: WorklistService) -> None:
+    # One transaction: each message's lookup must see what the messages before it wrote
+    # (a backend may read the batch's orders ahead).
+    outs = await send(service, orm("M1"), orm("M2", control="XO", when="20261126101500"),
+                      orm("M3", control="SC", order_status="IP"), orm("M4"),
+                      orm("M5", control="CA", placer="ORD2"), orm("M6", placer="ORD2"),
+                      orm("M7", control="XO", placer="ORD2", when="20261127090000"))
+    assert [o.code for o in outs] == ["AA", "AA", "AA", "AE", "AE", "AA", "AA"]
+    assert outs[3].errors[0].code is Hl7ErrorCode.DUPLICATE_KEY_IDENTIFIER
+    assert outs[4].errors[0].code is Hl7ErrorCode.UNKNOWN_KEY_IDENTIFIER
+    (first,) = outs[0].worklist_item_ids
+    assert outs[1].worklist_item_ids == outs[2].worklist_item_ids == (first,)
+    changed = await item(service, first)
+    assert (changed.status, changed.scheduled_procedure_step_start_date) == (
+        WorklistStatus.IN_PROGRESS, "20261126")
+    (second,) = outs[5].worklist_item_ids
+    assert outs[6].worklist_item_ids == (second,)
+    assert (await item(service, second)).scheduled_procedure_step_start_date == "20261127"
+
+
+async def test_an_order_undone_in_its_batch_is_unknown_to_the_next_message(
+        service: WorklistService) -> None:
+    await send(service, orm("M0", placer="ORD9", filler="FIL9", accession="ACC9"))
+    # M1 orders ORD1 and ORD9; ORD9 exists, so M1 is undone whole, and M2 finds no ORD1.
+    again = "ORC|NW|ORD9|FIL9||||^^^20261127090000\r" \
+            "OBR|1|ORD9|FIL9|CTHEAD^CT Head^L||||||||||||||ACC9|||||CT"
+    m1, m2, m3 = await send(service, orm("M1", extra=again),
+                            orm("M2", control="XO", when="20261126101500"), orm("M3"))
+    assert (m1.code, m2.code, m3.code) == ("AE", "AE", "AA")
+    assert m2.errors[0].code is Hl7ErrorCode.UNKNOWN_KEY_IDENTIFIER
+    total, items = await service.list_items()
+    assert total == 2
+    assert {i.item.placer_order_number for i in items} == {"ORD1", "ORD9"}
+
+
+async def test_an_order_found_by_its_filler_number_alone(service: WorklistService) -> None:
+    out, xo = await send(service, orm("M1", placer="", filler="FIL7"),
+                         orm("M2", control="XO", placer="", filler="FIL7",
+                             when="20261126101500"))
+    assert (out.code, xo.code) == ("AA", "AA")
+    assert xo.worklist_item_ids == out.worklist_item_ids
+    (later,) = await send(service, orm("M3", control="CA", placer="", filler="FIL7"))
+    assert later.code == "AA" and later.worklist_item_ids == out.worklist_item_ids
+
+
 async def test_adt_a08_updates_non_final_items_of_the_patient(service: WorklistService) -> None:
     outs = await send(service, orm("M1", placer="O1", accession="A1"),
                       orm("M2", placer="O2", accession="A2"),
