@@ -81,6 +81,10 @@ class ProcedureStepService:
         self._by_sop: dict[str, set[int]] = {}
         self._steps: dict[int, ProcedureStep] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Worklist items of orders accepted while a late-link sweep runs: the next sweep takes
+        # them all (one store read per sweep, not per order, under a stream of orders).
+        self._link_pending: set[int] = set()
+        self._linking = False
 
     async def start(self) -> None:
         """Rebuild the completeness watch; steps whose instances all arrived while radflow was
@@ -178,15 +182,26 @@ class ProcedureStepService:
     def on_order_received(self, event: OrderReceived) -> None:
         """Bus subscriber (never blocks, never raises): an accepted order may be the one an
         unscheduled step was waiting for."""
-        if event.worklist_item_ids:  # an order that touched no item links nothing
-            self._spawn(self._order_received(event.worklist_item_ids))
+        if not event.worklist_item_ids:  # an order that touched no item links nothing
+            return
+        self._link_pending.update(event.worklist_item_ids)
+        if not self._linking:
+            self._linking = True
+            self._spawn(self._link_orders_received())
 
-    async def _order_received(self, item_ids: Sequence[int]) -> None:
+    async def _link_orders_received(self) -> None:
+        # Each sweep starts after the orders it takes were committed (they are published only
+        # then), so a step created meanwhile is either seen by it or links itself on creation.
         try:
-            await self.link_late_orders(item_ids)
-        except Exception:
-            # The sweep at the next start links it; the step itself is safe either way.
-            log.exception("mpps.link_failed", worklist_item_ids=list(item_ids))
+            while self._link_pending:
+                item_ids, self._link_pending = sorted(self._link_pending), set()
+                try:
+                    await self.link_late_orders(item_ids)
+                except Exception:
+                    # The sweep at the next start links it; the step is safe either way.
+                    log.exception("mpps.link_failed", worklist_item_ids=item_ids)
+        finally:
+            self._linking = False
 
     async def link_late_orders(self, item_ids: Sequence[int] | None) -> int:
         """Link unscheduled steps to these worklist items (all when None); each linked step
