@@ -10,7 +10,7 @@ Measures on the same generated instances (small 64x64 CT, or ``--size 512`` for 
    PS3.15 de-identification profile, bytes in -> bytes out;
 4. intake again with the 50 routes loaded in the running engine (routing shares the process).
 
-The target of issue 5: routing adds under 10 % to the cost of intake. Benchmarks report, they
+The target: routing adds under 10 % to the cost of intake. Benchmarks report, they
 do not judge. Run: ``python bench/bench_rules.py [--count 500] [--size 64]``.
 """
 

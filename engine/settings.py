@@ -720,7 +720,7 @@ class DeliverySettings(_Strict):
 
 
 class RoutingSettings(_Strict):
-    """Routing and morphing (issue 5): where the route files are and the site secret."""
+    """Routing and morphing: where the route files are and the site secret."""
 
     #: route files (``*.yaml``, in file-name order) and ``morphs/*.yaml`` profiles
     routes_dir: Path = Path("routes")

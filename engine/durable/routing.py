@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from engine.records.procedure_step import ProcedureStep
     from engine.records.worklist import StoredWorklistItem
 
-# procedure_step_events: MPPS Started/Completed/Discontinued facts (issue 4 → routing)
+# procedure_step_events: MPPS Started/Completed/Discontinued facts (MPPS → routing)
 SourceTable = Literal["instances", "hl7_messages", "procedure_step_events"]
 #: what routing made of one journal entry
 RoutingOutcome = Literal["routed", "grouped", "discarded", "unmatched"]

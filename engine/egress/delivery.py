@@ -24,7 +24,6 @@ It must not talk to peers or the store.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 from engine.dicom.vr import is_valid_uid
 from engine.durable.store import OutboxRow
 from engine.egress.errors import DeliveryError, PermanentDeliveryError
+from engine.morph import MorphKeys, morph_bytes, steps_from_json
 
 #: ``kind`` values that name one DICOM instance in the spool
 DICOM_KINDS = frozenset({"dicom", "instance"})
@@ -136,44 +136,22 @@ class DicomObject:
 MorphFn = Callable[[bytes, Sequence[Mapping[str, Any]], str | None], bytes]
 
 
-def find_morph(secret: str | None) -> MorphFn | None:
-    """The morph stage's entry point bound to the site secret, or None without ``engine.morph``.
+def find_morph(secret: str | None) -> MorphFn:
+    """The morph stage's entry point bound to the site secret. A row routed under another
+    secret (its fingerprint differs) would get other UIDs and pseudonyms than the ones routed:
+    that is a permanent error, never a silent change of the bytes."""
+    keys = MorphKeys(secret)
 
-    ``engine.morph.morph_bytes`` with ``steps_from_json`` and ``MorphKeys`` (issue 5's API) is
-    preferred; a module exporting ``apply_frozen_morph(bytes, steps)`` also works. A row routed
-    under another secret (its fingerprint differs) would get other UIDs and pseudonyms than the
-    ones routed: that is a permanent error, never a silent change of the bytes.
-    """
-    try:
-        module = importlib.import_module("engine.morph")
-    except ImportError:
-        return None
-    morph_bytes = getattr(module, "morph_bytes", None)
-    steps_from_json = getattr(module, "steps_from_json", None)
-    keys_type = getattr(module, "MorphKeys", None)
-    if callable(morph_bytes) and callable(steps_from_json) and keys_type is not None:
-        keys = keys_type(secret)
+    def apply(data: bytes, steps: Sequence[Mapping[str, Any]], fingerprint: str | None
+              ) -> bytes:
+        current = keys.fingerprint
+        if fingerprint is not None and current != fingerprint:
+            raise PermanentDeliveryError(
+                "the morph secret changed since this row was routed (fingerprint "
+                f"{fingerprint} routed, {current} now)", reason="secret_changed")
+        return morph_bytes(data, steps_from_json([dict(s) for s in steps]), keys)
 
-        def apply(data: bytes, steps: Sequence[Mapping[str, Any]],
-                  fingerprint: str | None) -> bytes:
-            current = keys.fingerprint
-            if fingerprint is not None and current != fingerprint:
-                raise PermanentDeliveryError(
-                    "the morph secret changed since this row was routed (fingerprint "
-                    f"{fingerprint} routed, {current} now)", reason="secret_changed")
-            result: bytes = morph_bytes(data, steps_from_json(list(steps)), keys)
-            return result
-
-        return apply
-    legacy = getattr(module, "apply_frozen_morph", None)
-    if callable(legacy):
-        def apply_legacy(data: bytes, steps: Sequence[Mapping[str, Any]],
-                         fingerprint: str | None) -> bytes:
-            result: bytes = legacy(data, list(steps))
-            return result
-
-        return apply_legacy
-    return None
+    return apply
 
 
 @dataclass(slots=True)

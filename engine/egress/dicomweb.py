@@ -34,7 +34,7 @@ from engine.egress.objects import (
     verified_bytes,
     verified_file,
 )
-from engine.observability.logging import get_logger
+from engine.observability.logging import about, get_logger
 from engine.settings import DicomwebDestination, HttpAuth
 from engine.tls import http_ssl_option
 
@@ -203,26 +203,27 @@ class StowSender:
         out: list[tuple[_Part, bytes | FileSpan | DeliveryError]] = []
         for part in group:
             try:
-                if is_large(part.obj) and not part.obj.morph:
-                    # Too large to hold: verified by a streaming read, streamed from the file.
-                    path = verified_file(part.obj, self.spool_root)
-                    out.append((part, FileSpan(path, 0, path.stat().st_size)))
-                    continue
-                whole = verified_bytes(part.obj, self.spool_root)  # before it leaves
-                if part.obj.morph:
-                    ds = morphed(whole, part.obj.morph, self.morph, part.obj.secret_fingerprint)
-                    # A morph may remap UIDs: the answer names the instance actually sent.
-                    self._sent_uid[part.index] = str(ds.get("SOPInstanceUID", ""))
-                    data = part10_bytes(ds)
-                else:
-                    data = whole
-                out.append((part, data))
+                with about(destination=self.name, sop_instance_uid=part.obj.sop_instance_uid):
+                    out.append((part, self._body(part)))
             except DeliveryError as exc:
                 out.append((part, exc))
             except OSError as exc:
                 out.append((part, PermanentDeliveryError(f"cannot read spool file: {exc}",
                                                          reason="spool_missing")))
         return out
+
+    def _body(self, part: _Part) -> bytes | FileSpan:
+        if is_large(part.obj) and not part.obj.morph:
+            # Too large to hold: verified by a streaming read, streamed from the file.
+            path = verified_file(part.obj, self.spool_root)
+            return FileSpan(path, 0, path.stat().st_size)
+        whole = verified_bytes(part.obj, self.spool_root)  # before it leaves
+        if not part.obj.morph:
+            return whole
+        ds = morphed(whole, part.obj.morph, self.morph, part.obj.secret_fingerprint)
+        # A morph may remap UIDs: the answer names the instance actually sent.
+        self._sent_uid[part.index] = str(ds.get("SOPInstanceUID", ""))
+        return part10_bytes(ds)
 
     async def _post(self, group: Sequence[_Part]) -> list[SendOutcome]:
         started = time.perf_counter()

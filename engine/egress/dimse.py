@@ -71,7 +71,7 @@ from engine.egress.objects import (
     verified_bytes,
     verified_file,
 )
-from engine.observability.logging import get_logger
+from engine.observability.logging import about, get_logger
 from engine.observability.metrics import (
     EGRESS_DIMSE_ASSOCIATIONS,
     EGRESS_DIMSE_RECONNECTS,
@@ -388,6 +388,10 @@ class DimseSender:
                     return
 
     def _store_one(self, assoc: Association, obj: DicomObject) -> SendOutcome:
+        with about(destination=self.name, sop_instance_uid=obj.sop_instance_uid):
+            return self._store_one_about(assoc, obj)
+
+    def _store_one_about(self, assoc: Association, obj: DicomObject) -> SendOutcome:
         started = time.perf_counter()
         notes: dict[str, Any] = {}
         try:

@@ -7,7 +7,7 @@ before anything is decoded or sent (:func:`verified_bytes`); one larger than
 from its file (:func:`verified_file`). A damaged spool file becomes a permanent
 ``integrity_failed`` error, never bytes on the wire. With no morph the file's dataset
 is sent as it is (never decoded). A morph
-(``engine.morph.apply_frozen_morph``, frozen in the row, so a retry produces the same bytes)
+(``engine.morph.morph_bytes``, its steps frozen in the row, so a retry produces the same bytes)
 or a transfer syntax the destination does not accept needs the dataset decoded: compressed pixel
 data is decompressed with pydicom's pixel handlers (pylibjpeg and its plugins, the ``codecs``
 extra) to Explicit VR Little Endian, or re-compressed when the destination only takes another
@@ -118,7 +118,7 @@ def morphed(data: bytes, steps: Sequence[Mapping[str, Any]], morph: MorphFn | No
         return read_dataset(data)
     if morph is None:
         raise PermanentDeliveryError(
-            "the row carries morph steps but this radflow has no engine.morph",
+            "the row carries morph steps but this sender was built without morphing",
             reason="morph_unavailable")
     try:
         result = morph(data, list(steps), fingerprint)

@@ -8,8 +8,10 @@ IDs and UIDs only, and the ``_drop_phi`` processor removes known PHI keys as a s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -105,6 +107,16 @@ def correlation(**values: object) -> dict[str, str]:
     a line never claims an empty accession)."""
     return {key: str(value) for key, value in values.items()
             if key in CORRELATION_KEYS and value not in (None, "")}
+
+
+@contextlib.contextmanager
+def about(**keys: object) -> Iterator[None]:
+    """Add ``keys`` to every line logged inside the block by this thread (or task), the
+    libraries' lines too: pydicom's warning about text it could not decode then names the
+    instance, the sender and the destination. Empty values are left out."""
+    with structlog.contextvars.bound_contextvars(
+            **{k: v for k, v in keys.items() if v not in (None, "")}):
+        yield
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

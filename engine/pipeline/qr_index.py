@@ -27,7 +27,7 @@ from engine.durable.qr import KEYWORD_COLUMNS, QrIndexRow
 from engine.durable.spool import Spool
 from engine.durable.store import Store, StoredInstance
 from engine.events import InstanceStored
-from engine.observability.logging import get_logger
+from engine.observability.logging import about, get_logger
 from engine.pipeline.header import read_header
 
 log = get_logger("engine.pipeline")
@@ -143,5 +143,7 @@ class QrIndexer:
                 log.warning("qr.index_unreadable", journal_id=stored.id,
                             sop_instance_uid=stored.record.sop_instance_uid, detail=str(exc))
                 continue
-            rows.append(index_row(stored, ds))
+            with about(journal_id=stored.id, sop_instance_uid=stored.record.sop_instance_uid,
+                       calling_ae=stored.record.calling_ae):
+                rows.append(index_row(stored, ds))
         return rows

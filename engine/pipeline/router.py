@@ -46,7 +46,7 @@ from engine.durable.store import Hl7JournalRecord, Store, StoredInstance
 from engine.events import InstanceStored, OrderReceived, ProcedureStepEvent
 from engine.hl7.message import Hl7Message, Hl7ParseError
 from engine.morph import MorphKeys
-from engine.observability.logging import correlation, get_logger
+from engine.observability.logging import about, correlation, get_logger
 from engine.observability.metrics import (
     ROUTING_BATCH,
     ROUTING_ENTRIES,
@@ -282,6 +282,12 @@ class Router:
         return self._payloads[2]
 
     def plan_instance(self, ruleset: Ruleset, stored: StoredInstance) -> RoutingPlan:
+        rec = stored.record
+        with about(journal_id=stored.id, sop_instance_uid=rec.sop_instance_uid,
+                   calling_ae=rec.calling_ae):
+            return self._plan_instance(ruleset, stored)
+
+    def _plan_instance(self, ruleset: Ruleset, stored: StoredInstance) -> RoutingPlan:
         rec = stored.record
         context = RoutingContext(calling_ae=rec.calling_ae, called_ae=rec.called_ae,
                                  source_ip=rec.peer_host, listener=rec.listener,

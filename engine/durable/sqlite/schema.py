@@ -132,7 +132,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_dead ON outbox (state, destination, id) WHERE state = 'dead';
     ALTER TABLE hl7_messages ADD COLUMN routed_at TEXT
     """,
-    # 4: routing (issue 5). ``routing_outcome`` says what routing made of a journal entry
+    # 4: routing. ``routing_outcome`` says what routing made of a journal entry
     # (routed, grouped, discarded, unmatched): unmatched objects stay visible and listable.
     # Series/study triggers wait in ``routing_groups`` (one open group per route and series or
     # study; its frozen decision as JSON) with their members, so the quiet-period timers are
@@ -167,7 +167,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (group_id, instance_id)
     ) WITHOUT ROWID
     """,
-    # 5: Modality Performed Procedure Steps (issue 4; SQL in sqlite/mpps.py). One row per step
+    # 5: Modality Performed Procedure Steps (SQL in sqlite/mpps.py). One row per step
     # with its full attributes as DICOM JSON (as received, then as updated) and its worklist
     # link; ``procedure_step_events`` is the journal of Started/Completed/Discontinued facts
     # (routed like instances: ``routed_at``/``routing_outcome``); ``procedure_step_instances``

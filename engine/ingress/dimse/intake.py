@@ -48,7 +48,7 @@ from engine.errors import (
 from engine.events import InstanceStored
 from engine.ingress.dimse.encoding import check_structure, read_keys
 from engine.ingress.dimse.spill import SpillPolicy, file_chunks
-from engine.observability.logging import correlation, get_logger
+from engine.observability.logging import about, correlation, get_logger
 from engine.observability.metrics import (
     DIMSE_BYTES_RECEIVED,
     DIMSE_DUPLICATES,
@@ -127,6 +127,11 @@ class StoreIntake:
 
     def accept(self, req: ReceivedInstance) -> InstanceCommitResult:
         """Make ``req`` durable; called on the association's thread. Raises on refusal."""
+        with about(sop_instance_uid=req.sop_instance_uid, calling_ae=req.calling_ae,
+                   peer_host=req.peer_host):
+            return self._accept(req)
+
+    def _accept(self, req: ReceivedInstance) -> InstanceCommitResult:
         crash_point("received")
         if not is_valid_uid(req.sop_instance_uid):
             raise InvalidIdentifier("SOP Instance UID is not a valid UID")

@@ -28,8 +28,9 @@ class SlowStore:
 
 
 def order(*item_ids: int) -> OrderReceived:
-    return OrderReceived(occurred_at=datetime.now(UTC), journal_id=1, message_type="ORM^O01", control_id="M1",
-                         peer_host="127.0.0.1", listener="main", worklist_item_ids=item_ids)
+    return OrderReceived(occurred_at=datetime.now(UTC), journal_id=1, message_type="ORM^O01",
+                         control_id="M1", peer_host="127.0.0.1", listener="main",
+                         worklist_item_ids=item_ids)
 
 
 async def _settle() -> None:
