@@ -58,23 +58,26 @@ _INSERT_FRESH = (
 
 def commit(conn: Conn, batch: Sequence[InstanceCommit], durable_ids: Sequence[int]
            ) -> list[InstanceCommitResult]:
-    """One transaction: the durable marks, then every instance of the batch.
-
-    Pipelined: BEGIN, the marks and one conditional insert per instance travel together and
-    come back in one round trip, whatever the batch size; COMMIT is the second. Only an
-    instance whose SOP Instance UID is already known (its insert returned nothing) costs
-    more: the duplicate policy runs for it inside the same transaction, in batch order."""
-    with pipelined(conn) as pipe:
+    """The durable marks and every new instance of the batch in one transaction that costs
+    one round trip: BEGIN, the marks, one conditional insert per instance and COMMIT travel
+    together (the caller has made the files durable before). An instance whose SOP Instance
+    UID was already known (its insert did nothing) is judged afterwards, by the duplicate
+    policy, in a second transaction: nobody has been answered for it yet, so a crash in
+    between is the same as a crash before its commit (the sender resends)."""
+    with pipelined(conn):
         mark(conn, durable_ids)
         inserts = [conn.execute(_INSERT_FRESH, (*_values(item, 1), item.record.sop_instance_uid))
                    for item in batch]
-        pipe.sync()
-        results = []
-        for item, cur in zip(batch, inserts, strict=True):
-            row = cur.fetchone()
-            results.append(_commit_known(conn, item) if row is None else
-                           InstanceCommitResult(InstanceOutcome.STORED, int(row[0]), 1))
-        return results
+    rows = [cur.fetchone() for cur in inserts]
+    judged: dict[int, InstanceCommitResult] = {}
+    if any(row is None for row in rows):
+        with transaction(conn):
+            for index, row in enumerate(rows):  # in batch order, as they arrived
+                if row is None:
+                    judged[index] = _commit_known(conn, batch[index])
+    return [judged[index] if row is None else
+            InstanceCommitResult(InstanceOutcome.STORED, int(row[0]), 1)
+            for index, row in enumerate(rows)]
 
 
 def _commit_known(conn: Conn, item: InstanceCommit) -> InstanceCommitResult:
