@@ -46,6 +46,7 @@ import ssl
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -174,9 +175,28 @@ class EventDrivenAE(AE):
     association and starting its DUL thread; that step is the one place to install the loops
     before any thread runs, hence the override of pynetdicom's ``_create_socket``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._requested_lock = threading.Lock()
+        self._requested: weakref.WeakSet[Association] = weakref.WeakSet()
+
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
         install(assoc)
+        with self._requested_lock:
+            self._requested.add(assoc)
         return super()._create_socket(assoc, address, tls_args)
+
+    def abort_all(self) -> int:
+        """A-ABORT every association this AE requested that has not ended, from any thread:
+        also one still negotiating, whose ``associate`` call then returns at once instead of
+        after the ACSE timeout (a peer that takes the connection and never answers would hold
+        a stopping radflow that long). The number aborted."""
+        with self._requested_lock:
+            alive = [a for a in self._requested if not (a.is_released or a.is_aborted)]
+        for assoc in alive:
+            with contextlib.suppress(Exception):  # it may end by itself meanwhile
+                assoc.abort()
+        return len(alive)
 
 
 def install(assoc: Association, listener: str | None = None) -> None:

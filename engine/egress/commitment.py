@@ -103,7 +103,8 @@ class CommitmentSender:
         return None
 
     async def close(self) -> None:
-        return None
+        # A report cancelled at shutdown may still be negotiating a new association.
+        await asyncio.to_thread(self._ae.abort_all)
 
     def _send_one(self, delivery: Delivery) -> SendOutcome:
         started = time.perf_counter()

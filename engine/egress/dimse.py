@@ -333,9 +333,10 @@ class DimseSender:
                                        ae_title=self.config.ae_title, tls=self._tls)
 
     def _close_sync(self) -> None:
-        # A batch cancelled at shutdown may still be running on its thread: wait for it a
-        # little, then abort rather than release an association another thread is using.
-        if self._lock.acquire(timeout=5.0):
+        # A batch cancelled at shutdown (after the grace) may still be running on its thread:
+        # wait for it a moment, then abort rather than release an association another thread
+        # is using, or is still negotiating.
+        if self._lock.acquire(timeout=1.0):
             try:
                 self._release()
             finally:
@@ -569,5 +570,12 @@ class DimseSender:
     def _abort(self) -> None:
         assoc, self._assoc = self._assoc, None
         self._proposed = set()
+        aborted = 0
         if assoc is not None and not assoc.is_aborted:
             assoc.abort()
+            aborted = 1
+        aborted += self._ae.abort_all()  # one still being negotiated is not ``_assoc`` yet
+        if aborted:
+            # pynetdicom then reports an "ACSE timeout" for a request cut short: say why first.
+            log.info("egress.dimse.aborted", destination=self.name, associations=aborted,
+                     why="stopping while a batch was still under way")

@@ -85,7 +85,12 @@ class MppsSender:
             await asyncio.to_thread(self._release)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._release)
+        await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        self._release()
+        # A batch cancelled at shutdown may still be negotiating on its thread.
+        self._ae.abort_all()
 
     async def check(self) -> str:
         """C-ECHO with this destination's AE titles, TLS and timeouts."""

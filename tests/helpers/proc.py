@@ -399,6 +399,10 @@ class RadflowProcess:
         """Every row of the ``hl7_messages`` table, read directly from the database."""
         return self._table("hl7_messages")
 
+    def outbox_rows(self) -> list[dict[str, Any]]:
+        """Every row of the ``outbox`` table (the delivery queues), read from the database."""
+        return self._table("outbox")
+
     def _table(self, table: str) -> list[dict[str, Any]]:
         storage = self.config["storage"]
         if storage.get("backend") == "postgresql":
