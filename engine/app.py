@@ -66,10 +66,6 @@ from engine.worklist.mapping import load_mapping
 from engine.worklist.service import WorklistService
 
 log = get_logger("engine.app")
-#: a row still "not durable" this long after it was received is taken over by any node (a
-#: live writer marks it milliseconds after its fsync); kept well below study quiet periods,
-#: so a dead node's last acknowledged instance still joins its study's group
-_ADOPT_AFTER_SECONDS = 10.0
 
 StopStep = tuple[str, Callable[[], Awaitable[None]]]
 
@@ -296,7 +292,8 @@ class Engine:
             # taken over within seconds (safe even while the writer lives, see adopt), so a
             # dead node's acknowledged instances are routed without waiting for its return.
             # One process on SQLite settles its own at start.
-            after = min(self.settings.delivery.lease_seconds, _ADOPT_AFTER_SECONDS)
+            after = min(self.settings.delivery.lease_seconds,
+                        self.settings.engine.takeover_seconds)
             self._tasks.append(asyncio.create_task(
                 self.journal.adopt_forever(after, max(1.0, after / 4)), name="journal-adopt"))
         self._tasks.append(asyncio.create_task(self._watch_spool_space(), name="spool-space"))

@@ -777,6 +777,11 @@ class EngineSettings(_Strict):
         default_factory=default_node_id)
     #: what this node does (default: everything)
     roles: list[Role] = Field(default_factory=lambda: list(ALL_ROLES), min_length=1)
+    #: on PostgreSQL: seconds after which an instance that another node or worker acknowledged
+    #: but never marked durable (it was killed in between) is checked whole and taken over
+    #: here, so it is routed (``delivery.lease_seconds`` when that is shorter); keep study
+    #: ``quiet_seconds`` well above it
+    takeover_seconds: float = Field(default=10.0, ge=1.0, le=3600.0)
 
     @model_validator(mode="after")
     def _workers_in_range(self) -> EngineSettings:

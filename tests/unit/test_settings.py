@@ -505,3 +505,12 @@ def test_admin_api_beyond_loopback_without_a_token_is_a_configuration_error(
 def test_admin_api_on_loopback_needs_no_token(tmp_path: Path, host: str) -> None:
     path = write(tmp_path, f"http:\n  host: '{host}'\n")
     assert load_settings(path, {}).http.token is None
+
+
+def test_the_takeover_time_is_a_setting_within_bounds(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "engine:\n  takeover_seconds: 30\n"), {})
+    assert settings.engine.takeover_seconds == 30
+    assert load_settings(write(tmp_path, "site: {name: x}\n", "b.yaml"),
+                         {}).engine.takeover_seconds == 10
+    [problem] = problems_of(write(tmp_path, "engine:\n  takeover_seconds: 0.1\n", "c.yaml"))
+    assert problem.path == "engine.takeover_seconds"
