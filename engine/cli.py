@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,17 +336,28 @@ def cmd_spool_verify(args: argparse.Namespace) -> int:
     from engine.durable.spool import Spool
     from engine.durable.store import open_store
     from engine.durable.verify import VerifyCount, verify_spool
+    from engine.observability.recent_errors import KEEP, MERGE_SECONDS, ErrorNote
 
     async def run() -> int:
         store = open_store(settings.storage)
         await store.open()
         spool = Spool(settings.storage.spool_dir, 0)
         count = VerifyCount()
+        found: list[ErrorNote] = []
         try:
             async for bad in verify_spool(store, spool, args.study, count):
                 rec = bad.instance.record
                 print(f"{rec.sop_instance_uid}  study {rec.study_instance_uid}  "
                       f"{rec.spool_path}  {bad.problem}")
+                now = time.time()
+                found.append(ErrorNote(
+                    "integrity_failed", f"spool verify: study {rec.study_instance_uid}",
+                    f"{rec.sop_instance_uid} ({rec.spool_path}): {bad.problem}", "",
+                    "spool.verify", now, now, 1, settings.engine.node_id))
+            if found:
+                # The console's list of recent errors shows them too, beside what the engine
+                # found on the way out (the list keeps the newest of all).
+                await store.record_errors(found, time.time() - MERGE_SECONDS, KEEP)
         finally:
             await store.close()
         scope = f"study {args.study}" if args.study else "the spool"

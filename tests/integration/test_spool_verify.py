@@ -1,9 +1,11 @@
 """``radflow spool verify`` against a running radflow's store and spool: intact objects pass
 (exit 0); a damaged file and a missing one are each named, with both digests for the damaged
-one (exit 1); ``--study`` narrows the check to one study."""
+one (exit 1), and listed in the console's recent errors; ``--study`` narrows the check to one
+study."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,15 @@ def test_spool_verify_names_damaged_and_missing_objects(radflow: RadflowFactory,
     only_b = verify(rf.config_path, "--study", str(study_b.StudyInstanceUID))
     assert only_b.returncode == 0, only_b.stdout
     assert "1 object(s) checked" in only_b.stdout
+
+    # What the command found is in the console's list of recent errors too.
+    rf.start()
+    status, body = rf.http_get("/api/v1/errors?kind=integrity_failed")
+    assert status == 200, body
+    notes = json.loads(body)["items"]
+    for uid, problem in ((damaged["sop_instance_uid"], "damaged"),
+                         (missing["sop_instance_uid"], "missing")):
+        (note,) = [n for n in notes if uid in n["reason"]]
+        assert problem in note["reason"]
+        assert note["subject"] == f"spool verify: study {study_a.StudyInstanceUID}"
+        assert note["kind_label"] == "integrity check failed"
