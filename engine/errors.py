@@ -7,6 +7,8 @@ This module must stay dependency-free: it is imported by every other module.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RadflowError(Exception):
     """Base class of every error radflow raises on purpose."""
@@ -49,6 +51,16 @@ class StorageFailure(TransientError):
     """Writing to the spool or committing to the store failed."""
 
     reason = "storage_failure"
+
+
+class PartlyCommitted(StorageFailure):
+    """A batch committed in two transactions of which only the first went through:
+    ``results[i]`` is item ``i``'s committed result, or None for an item the failure took
+    (nothing of it is kept). Callers answer the committed items as committed."""
+
+    def __init__(self, message: str, results: list[Any]) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 class InvalidInput(RadflowError):

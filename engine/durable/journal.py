@@ -30,7 +30,7 @@ from engine.durable.store import (
     InstanceOutcome,
     Store,
 )
-from engine.errors import ShuttingDown, StorageFailure
+from engine.errors import PartlyCommitted, ShuttingDown, StorageFailure
 from engine.observability.logging import get_logger
 from engine.observability.metrics import JOURNAL_COMMIT_BATCH, JOURNAL_COMMIT_SECONDS
 
@@ -221,14 +221,20 @@ class JournalWriter:
         try:
             if error is None and done is not None:
                 error = done.exception()
-            if error is not None:
+            results: list[InstanceCommitResult | None]
+            if isinstance(error, PartlyCommitted):
+                # The marks and the new rows are committed: those callers are answered as
+                # committed (their files must stay), the others get the failure.
+                results = list(error.results)
+            elif error is not None:
                 self._restore_marks(marks)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 return
-            assert done is not None
-            results = done.result()
+            else:
+                assert done is not None
+                results = list(done.result())
             JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
             JOURNAL_COMMIT_BATCH.observe(len(batch))
             if marks:
@@ -237,6 +243,10 @@ class JournalWriter:
             # always finds it watched. A caller whose wait timed out is still committed: its
             # peer got a failure and will resend, which intake recognises as a duplicate.
             for ((item, _), future), result in zip(batch, results, strict=True):
+                if result is None:
+                    if not future.done():
+                        future.set_exception(error or StorageFailure("not committed"))
+                    continue
                 if not item.file_durable and result.journal_id is not None and (
                         result.outcome in (InstanceOutcome.STORED, InstanceOutcome.NEW_VERSION)):
                     late = self.watch.expect(result.journal_id, item.record.object_id)

@@ -347,9 +347,12 @@ class Store(Protocol):
         self, batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
         durable_ids: Sequence[int] = (),
     ) -> list[InstanceCommitResult]:
-        """Apply ``batch`` in one transaction. ``sync`` (a zero-argument callable) runs first,
-        in the writer's thread. ``durable_ids`` are marked durable in the same transaction
-        (:meth:`mark_instances_durable` without a commit of its own)."""
+        """Apply ``batch``: its new instances and the ``durable_ids`` marks
+        (:meth:`mark_instances_durable` without a commit of its own) in one transaction, and a
+        backend may judge the instances whose SOP Instance UID was already known in a second
+        one. ``sync`` (a zero-argument callable) runs first, in the writer's thread. Raises
+        :class:`~engine.errors.PartlyCommitted` when only the first transaction went
+        through, any other ``StorageFailure`` when nothing of the batch was kept."""
         ...
 
     def submit_instance_commits(

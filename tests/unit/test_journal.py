@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from engine.durable.store import (
     InstanceCommitResult,
     InstanceOutcome,
 )
-from engine.errors import ShuttingDown, StorageFailure
+from engine.errors import PartlyCommitted, ShuttingDown, StorageFailure
 from engine.observability.metrics import REGISTRY
 
 
@@ -141,6 +143,39 @@ async def test_an_unexpected_store_error_reaches_the_waiters_too(
     store.fail_with = RuntimeError("bug in a backend")
     with pytest.raises(RuntimeError, match="bug in a backend"):
         await journal.commit(item(1), ())
+
+
+async def test_a_partly_committed_batch_answers_each_caller_by_what_was_kept(
+    journal: JournalWriter,
+    store: CountingStore,
+) -> None:
+    # A backend whose second transaction failed: the first item of each batch was committed,
+    # the others not. Each caller must hear exactly that (a committed one never a failure:
+    # its intake would delete the file its row points at).
+    def partly(batch: Sequence[InstanceCommit], sync: Callable[[], None] | None = None,
+               durable_ids: Sequence[int] = ()
+               ) -> concurrent.futures.Future[list[InstanceCommitResult]]:
+        out: concurrent.futures.Future[list[InstanceCommitResult]] = concurrent.futures.Future()
+
+        def run() -> None:
+            kept = store.inner.submit_instance_commits(batch[:1], sync, durable_ids).result()
+            out.set_exception(PartlyCommitted("judging failed",
+                                              [*kept, *([None] * (len(batch) - 1))]))
+
+        threading.Thread(target=run, daemon=True).start()
+        return out
+
+    store.submit_instance_commits = partly  # type: ignore[method-assign]
+    answers = await asyncio.gather(*(journal.commit(item(n), ()) for n in range(1, 9)),
+                                   return_exceptions=True)
+    kept = {s.record.sop_instance_uid for s in await store.inner.list_instances(100, 0)}
+    for n, answer in zip(range(1, 9), answers, strict=True):
+        uid = record(n).sop_instance_uid
+        if isinstance(answer, InstanceCommitResult):
+            assert answer.outcome is InstanceOutcome.STORED and uid in kept
+        else:
+            assert isinstance(answer, StorageFailure) and uid not in kept
+    assert any(isinstance(a, InstanceCommitResult) for a in answers)
 
 
 async def test_a_cancelled_waiter_does_not_disturb_its_batch(

@@ -28,12 +28,13 @@ from engine.durable.store import (
     Hl7Disposition,
     Hl7JournalEntry,
     InstanceCommit,
+    InstanceOutcome,
     NewOutboxRow,
     OutboxResult,
     OutboxVerdict,
     WorklistTxn,
 )
-from engine.errors import StorageFailure
+from engine.errors import PartlyCommitted, StorageFailure
 from engine.settings import SettingsError, load_settings
 from engine.worklist.model import WorklistItem
 from tests.helpers import pg
@@ -274,6 +275,33 @@ async def test_one_instance_committed_by_two_nodes_at_once_is_kept_once(schema: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_new_instances_stay_committed_when_judging_a_known_one_fails(schema: str) -> None:
+    # The new instances of a batch commit in its first transaction, known UIDs are judged in a
+    # second: when that one fails, the new ones must still be answered as committed (their rows
+    # exist), and nothing of the judged one is kept.
+    store = PostgresStore(pg.settings(schema), connect_attempts=1)
+    await store.open()
+    try:
+        [first] = await store.commit_instances(
+            [InstanceCommit(record(1), DuplicatePolicy.VERSION)])
+        # New bytes for instance 1 (a new version) under an object id already taken: the
+        # second transaction's insert fails on the object id constraint.
+        again = record(1, sha="f" * 64, object_id="obj000001")
+        with pytest.raises(PartlyCommitted) as failed:
+            await store.commit_instances([InstanceCommit(record(2), DuplicatePolicy.VERSION),
+                                          InstanceCommit(again, DuplicatePolicy.VERSION)])
+        new, judged = failed.value.results
+        assert judged is None
+        assert new is not None and new.outcome is InstanceOutcome.STORED
+        kept = {(r.record.sop_instance_uid, r.version, r.superseded)
+                for r in await store.list_instances(10, 0)}
+        assert kept == {(record(1).sop_instance_uid, 1, False),
+                        (record(2).sop_instance_uid, 1, False)}
+        assert first.journal_id != new.journal_id
+    finally:
+        await store.close()
 
 
 async def test_a_duty_is_led_by_one_node_and_passes_on_when_it_goes(schema: str) -> None:

@@ -26,6 +26,7 @@ from engine.durable.store import (
     StoredInstance,
     decide_duplicate,
 )
+from engine.errors import PartlyCommitted
 
 Conn = psycopg.Connection[Any]
 
@@ -68,16 +69,21 @@ def commit(conn: Conn, batch: Sequence[InstanceCommit], durable_ids: Sequence[in
         mark(conn, durable_ids)
         inserts = [conn.execute(_INSERT_FRESH, (*_values(item, 1), item.record.sop_instance_uid))
                    for item in batch]
-    rows = [cur.fetchone() for cur in inserts]
-    judged: dict[int, InstanceCommitResult] = {}
-    if any(row is None for row in rows):
+    stored: list[InstanceCommitResult | None] = [
+        None if row is None else InstanceCommitResult(InstanceOutcome.STORED, int(row[0]), 1)
+        for row in (cur.fetchone() for cur in inserts)]
+    if all(result is not None for result in stored):
+        return [result for result in stored if result is not None]
+    try:
         with transaction(conn):
-            for index, row in enumerate(rows):  # in batch order, as they arrived
-                if row is None:
-                    judged[index] = _commit_known(conn, batch[index])
-    return [judged[index] if row is None else
-            InstanceCommitResult(InstanceOutcome.STORED, int(row[0]), 1)
-            for index, row in enumerate(rows)]
+            judged = {index: _commit_known(conn, batch[index])  # in batch order
+                      for index, result in enumerate(stored) if result is None}
+    except psycopg.Error as exc:
+        # The new instances are committed and must be answered as such (their rows exist,
+        # whatever happens next); only the judged ones failed, and nothing of them is kept.
+        raise PartlyCommitted(f"duplicates not judged: {exc}", list(stored)) from exc
+    return [result if result is not None else judged[index]
+            for index, result in enumerate(stored)]
 
 
 def _commit_known(conn: Conn, item: InstanceCommit) -> InstanceCommitResult:

@@ -91,7 +91,7 @@ from engine.durable.store import (
 )
 from engine.durable.trace import TraceBy, TraceRecords
 from engine.durable.writer_thread import LaneWriter
-from engine.errors import StorageFailure
+from engine.errors import PartlyCommitted, StorageFailure
 from engine.observability.logging import get_logger
 from engine.observability.recent_errors import ErrorNote
 from engine.records.procedure_step import (
@@ -157,10 +157,17 @@ class PostgresStore:
         try:
             return tolerating_nul(self._writer_conn(), fn)
         except psycopg.Error as exc:
-            if is_connection_error(exc) and self._wconn is not None:
-                self._wconn.close()
-                self._wconn = None
+            self._drop_if_broken(exc)
             raise StorageFailure(f"PostgreSQL at {self.where}: {_reason(exc)}") from exc
+        except PartlyCommitted as exc:
+            self._drop_if_broken(exc.__cause__)
+            raise
+
+    def _drop_if_broken(self, exc: BaseException | None) -> None:
+        if isinstance(exc, psycopg.Error) and is_connection_error(exc) and \
+                self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
 
     async def _write(self, fn: Callable[[Conn], T]) -> T:
         if not self._open:
@@ -347,6 +354,8 @@ class PostgresStore:
                 sync()
             try:
                 return self._run_write(lambda c: journal.commit(c, batch, durable_ids))
+            except PartlyCommitted:
+                raise  # the journal writer answers the committed part as committed
             except StorageFailure as exc:
                 raise StorageFailure(f"journal commit failed: {exc}") from exc
 
