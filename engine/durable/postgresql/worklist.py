@@ -132,6 +132,8 @@ class OrderRows:
     key is not answered here. Each write of the transaction passes through :meth:`put`, so a
     row that now carries a covered key is found, and one that left it is not; :meth:`mark` and
     :meth:`undo` follow a savepoint. A row is kept as its JSON and decoded only when asked for.
+    Order numbers are compared without NUL characters, as the database holds them (a value
+    carrying one is stored without it, see ``_common.tolerating_nul``).
     """
 
     def __init__(self, placers: set[str], fillers: set[str]) -> None:
@@ -141,8 +143,8 @@ class OrderRows:
 
     @classmethod
     def keys(cls, order_keys: Sequence[tuple[str, str]]) -> OrderRows | None:
-        placers = {p for p, _ in order_keys if p}
-        fillers = {f for p, f in order_keys if not p and f}
+        placers = {_nul_free(p) for p, _ in order_keys if p}
+        fillers = {_nul_free(f) for p, f in order_keys if not p and f}
         return cls(placers, fillers) if placers or fillers else None
 
     def params(self) -> tuple[list[str], list[str]]:
@@ -153,21 +155,27 @@ class OrderRows:
             self._rows[int(item_id)] = (placer, filler, data)
 
     def covers(self, placer: str, filler: str) -> bool:
-        return placer in self.placers if placer else filler in self.fillers
+        return _nul_free(placer) in self.placers if placer else _nul_free(filler) in self.fillers
 
     def find(self, placer: str, filler: str) -> list[StoredWorklistItem]:
+        placer, filler = _nul_free(placer), _nul_free(filler)
         hits = [(item_id, data) for item_id, (p, f, data) in self._rows.items()
                 if (p == placer if placer else f == filler)]
         return [row_to_item(r) for r in sorted(hits)]
 
     def put(self, item_id: int, values: Sequence[Any]) -> None:
-        self._rows[item_id] = (values[_PLACER], values[_FILLER], values[-1])
+        self._rows[item_id] = (_nul_free(values[_PLACER]), _nul_free(values[_FILLER]),
+                               values[-1])
 
     def mark(self) -> _Marked:
         return dict(self._rows)
 
     def undo(self, marked: _Marked) -> None:
         self._rows = dict(marked)
+
+
+def _nul_free(text: str) -> str:
+    return text.replace("\x00", "")
 
 
 _PLACER = ITEM_COLUMNS.index("placer_order_number")

@@ -215,6 +215,18 @@ async def test_an_order_found_by_its_filler_number_alone(service: WorklistServic
     assert later.code == "AA" and later.worklist_item_ids == out.worklist_item_ids
 
 
+async def test_an_order_number_with_a_nul_is_found_again(service: WorklistService) -> None:
+    # Never valid HL7, but kept rather than refused (PostgreSQL stores it without the NUL):
+    # a later message naming the same order must still find it.
+    (new,) = await send(service, orm("M1", placer="OR\x00D7"))
+    assert new.code == "AA"
+    (xo,) = await send(service, orm("M2", control="XO", placer="OR\x00D7",
+                                    when="20261126101500"))
+    assert (xo.code, xo.worklist_item_ids) == ("AA", new.worklist_item_ids)
+    (again,) = await send(service, orm("M3", placer="OR\x00D7"))
+    assert again.code == "AE"  # the same order twice: a duplicate key, not a second item
+
+
 async def test_adt_a08_updates_non_final_items_of_the_patient(service: WorklistService) -> None:
     outs = await send(service, orm("M1", placer="O1", accession="A1"),
                       orm("M2", placer="O2", accession="A2"),
