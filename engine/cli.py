@@ -336,28 +336,21 @@ def cmd_spool_verify(args: argparse.Namespace) -> int:
     from engine.durable.spool import Spool
     from engine.durable.store import open_store
     from engine.durable.verify import VerifyCount, verify_spool
-    from engine.observability.recent_errors import KEEP, MERGE_SECONDS, ErrorNote
 
     async def run() -> int:
         store = open_store(settings.storage)
         await store.open()
         spool = Spool(settings.storage.spool_dir, 0)
         count = VerifyCount()
-        found: list[ErrorNote] = []
+        by_study: dict[str, list[str]] = {}
         try:
             async for bad in verify_spool(store, spool, args.study, count):
                 rec = bad.instance.record
                 print(f"{rec.sop_instance_uid}  study {rec.study_instance_uid}  "
                       f"{rec.spool_path}  {bad.problem}")
-                now = time.time()
-                found.append(ErrorNote(
-                    "integrity_failed", f"spool verify: study {rec.study_instance_uid}",
-                    f"{rec.sop_instance_uid} ({rec.spool_path}): {bad.problem}", "",
-                    "spool.verify", now, now, 1, settings.engine.node_id))
-            if found:
-                # The console's list of recent errors shows them too, beside what the engine
-                # found on the way out (the list keeps the newest of all).
-                await store.record_errors(found, time.time() - MERGE_SECONDS, KEEP)
+                by_study.setdefault(rec.study_instance_uid or "?", []).append(
+                    f"{rec.sop_instance_uid} {bad.problem.split(':')[0]}")
+            await _note_damaged(store, by_study, settings.engine.node_id)
         finally:
             await store.close()
         scope = f"study {args.study}" if args.study else "the spool"
@@ -366,6 +359,37 @@ def cmd_spool_verify(args: argparse.Namespace) -> int:
         return 1 if count.damaged else 0
 
     return asyncio.run(run())
+
+
+#: studies with damaged objects put on the console's list of recent errors by one verify run
+_NOTED_STUDIES = 50
+
+
+async def _note_damaged(store: Any, by_study: dict[str, list[str]], node: str) -> None:
+    """One note per study with damaged or missing objects (the first studies only: a lost
+    disk must not push every other error off the console's list), beside what the engine
+    finds on the way out. A store that refuses them costs the notes, not the report."""
+    from engine.observability.recent_errors import KEEP, MERGE_SECONDS, ErrorNote
+
+    now = time.time()
+    notes = [ErrorNote("integrity_failed", f"spool verify: study {study}",
+                       f"{len(found)} object(s) damaged or missing: " + "; ".join(found[:5])
+                       + ("; ..." if len(found) > 5 else ""),
+                       "", "spool.verify", now, now, len(found), node)
+             for study, found in list(by_study.items())[:_NOTED_STUDIES]]
+    if len(by_study) > _NOTED_STUDIES:
+        rest = sum(len(f) for f in list(by_study.values())[_NOTED_STUDIES:])
+        notes.append(ErrorNote("integrity_failed", "spool verify",
+                               f"{rest} more object(s) damaged or missing in "
+                               f"{len(by_study) - _NOTED_STUDIES} more studies", "",
+                               "spool.verify", now, now, rest, node))
+    if not notes:
+        return
+    try:
+        await store.record_errors(notes, now - MERGE_SECONDS, KEEP)
+    except Exception as exc:
+        print(f"radflow: the findings were not added to the console's recent errors: {exc}",
+              file=sys.stderr)
 
 
 # --- radflow trace KEY (one order end to end, from the store) --------------------------------

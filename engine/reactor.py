@@ -192,7 +192,9 @@ class EventDrivenAE(AE):
         after the ACSE timeout (a peer that takes the connection and never answers would hold
         a stopping radflow that long). The number aborted."""
         with self._requested_lock:
-            alive = [a for a in self._requested if not (a.is_released or a.is_aborted)]
+            alive = [a for a in self._requested
+                     if not (a.is_released or a.is_aborted or a.is_rejected)
+                     and a.dul.is_alive()]
         for assoc in alive:
             with contextlib.suppress(Exception):  # it may end by itself meanwhile
                 assoc.abort()

@@ -95,6 +95,7 @@ class CommitmentSender:
         self._ae.connection_timeout = min(config.timeout, 15.0)
         self._addresses = {m.ae_title: (m.host, m.port) for m in config.modalities
                            if m.host is not None and m.port is not None}
+        self._closing = False
 
     async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
         return await asyncio.to_thread(lambda: [self._send_one(d) for d in batch])
@@ -103,7 +104,9 @@ class CommitmentSender:
         return None
 
     async def close(self) -> None:
-        # A report cancelled at shutdown may still be negotiating a new association.
+        # A report cancelled at shutdown may still be negotiating a new association; the
+        # rest of its batch must not open another.
+        self._closing = True
         await asyncio.to_thread(self._ae.abort_all)
 
     def _send_one(self, delivery: Delivery) -> SendOutcome:
@@ -170,6 +173,8 @@ class CommitmentSender:
         return int(code)
 
     def _report_on_new(self, calling_ae: str, event_type: int, info: Dataset) -> int:
+        if self._closing:
+            raise TransientDeliveryError("radflow is stopping", reason="stopping")
         address = self._addresses.get(calling_ae)
         if address is None:
             raise TransientDeliveryError(

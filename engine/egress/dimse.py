@@ -314,6 +314,7 @@ class DimseSender:
         self._last_used = 0.0
         self._msg_id = 0
         self._lock = threading.Lock()  # one batch at a time, even if misused
+        self._closing = False
 
     # --- the Sender protocol ---------------------------------------------------------------
     async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
@@ -336,13 +337,18 @@ class DimseSender:
         # A batch cancelled at shutdown (after the grace) may still be running on its thread:
         # wait for it a moment, then abort rather than release an association another thread
         # is using, or is still negotiating.
+        self._closing = True  # a batch still running must not open another association
         if self._lock.acquire(timeout=1.0):
             try:
                 self._release()
             finally:
                 self._lock.release()
-        else:
-            self._abort()
+            return
+        aborted = self._abort()
+        if aborted:
+            # pynetdicom then reports an "ACSE timeout" for a request cut short: say why first.
+            log.info("egress.dimse.aborted", destination=self.name, associations=aborted,
+                     why="stopping while a batch was still under way")
 
     # --- the worker thread -----------------------------------------------------------------
     def send_batch(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
@@ -527,6 +533,8 @@ class DimseSender:
         assoc = self._assoc
         if assoc is not None and assoc.is_established and needed <= self._proposed:
             return assoc
+        if self._closing:
+            raise TransientDeliveryError("radflow is stopping", reason="stopping")
         # Keep the contexts already in use when they fit: mixed batches then reuse one
         # association instead of renegotiating on every change of SOP class.
         wanted = needed | self._proposed if len(needed | self._proposed) <= MAX_CONTEXTS \
@@ -567,15 +575,13 @@ class DimseSender:
                 assoc.abort()
             log.debug("egress.dimse.released", destination=self.name)
 
-    def _abort(self) -> None:
+    def _abort(self) -> int:
+        """Abort this sender's associations, one still being negotiated included (it is not
+        ``_assoc`` yet); how many."""
         assoc, self._assoc = self._assoc, None
         self._proposed = set()
         aborted = 0
         if assoc is not None and not assoc.is_aborted:
             assoc.abort()
             aborted = 1
-        aborted += self._ae.abort_all()  # one still being negotiated is not ``_assoc`` yet
-        if aborted:
-            # pynetdicom then reports an "ACSE timeout" for a request cut short: say why first.
-            log.info("egress.dimse.aborted", destination=self.name, associations=aborted,
-                     why="stopping while a batch was still under way")
+        return aborted + self._ae.abort_all()
