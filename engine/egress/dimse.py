@@ -323,10 +323,15 @@ class DimseSender:
     async def idle(self) -> None:
         if self._assoc is not None and \
                 time.monotonic() - self._last_used >= self.config.idle_close:
-            await asyncio.to_thread(self._close_sync)
+            await asyncio.to_thread(self._release_idle)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_sync)
+
+    def _release_idle(self) -> None:
+        # Called between batches (the worker found nothing to send): the sender lives on.
+        with self._lock:
+            self._release()
 
     async def check(self) -> str:
         """C-ECHO with this destination's AE titles, TLS and timeouts."""
@@ -334,10 +339,10 @@ class DimseSender:
                                        ae_title=self.config.ae_title, tls=self._tls)
 
     def _close_sync(self) -> None:
-        # A batch cancelled at shutdown (after the grace) may still be running on its thread:
-        # wait for it a moment, then abort rather than release an association another thread
-        # is using, or is still negotiating.
-        self._closing = True  # a batch still running must not open another association
+        # The sender's end. A batch cancelled at shutdown (after the grace) may still be
+        # running on its thread: wait for it a moment, then abort rather than release an
+        # association another thread is using, or is still negotiating.
+        self._closing = True  # that batch must not open another association
         if self._lock.acquire(timeout=1.0):
             try:
                 self._release()

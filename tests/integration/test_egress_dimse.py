@@ -73,6 +73,25 @@ async def test_every_instance_arrives_on_one_reused_association(
         scp.stop()
 
 
+async def test_an_association_closed_when_idle_is_opened_again_for_the_next_rows(
+        store: SqliteStore, spool: Path, tmp_path: Path) -> None:
+    scp = Storescp(tmp_path / "scp").start()
+    try:
+        instances = spool_series(spool, 10)
+        first, later = instances[:5], instances[5:]
+        before = EGRESS_DIMSE_ASSOCIATIONS.labels("pacs", "established")._value.get()
+        await enqueue_instances(store, spool, "pacs", first)
+        async with running_dispatcher(store, spool, {"pacs": dimse(scp.port)}):
+            await wait_until(lambda: all_done(store), what="the first rows delivered")
+            await asyncio.sleep(2.5)  # past idle_close (1 s): the association is released
+            await enqueue_instances(store, spool, "pacs", later)
+            await wait_until(lambda: all_done(store), what="the later rows delivered")
+        assert scp.received() == {i.sop_instance_uid for i in [*first, *later]}
+        assert EGRESS_DIMSE_ASSOCIATIONS.labels("pacs", "established")._value.get() - before == 2
+    finally:
+        scp.stop()
+
+
 async def test_destination_down_at_start_then_up(store: SqliteStore, spool: Path,
                                                  tmp_path: Path) -> None:
     port = free_port()
