@@ -425,9 +425,13 @@ class Dispatcher:
             DELIVERY_SEND_SECONDS.labels(q.name).observe(outcome.seconds)
             err = outcome.error
             if isinstance(err, NotHereDeliveryError):
-                # Not tried: the attempt is given back, the row offered again a moment later.
-                results.append(OutboxResult(row.id, OutboxVerdict.RELEASE,
-                                            now + err.retry_in, attempt=row.attempts))
+                # Not tried: the attempt is given back, the row offered again a moment later,
+                # at a jittered moment: this process polls in step with its own release, so at
+                # a fixed delay it would nearly always claim the row again before the process
+                # it is meant for (a Storage Commitment report then missed its association).
+                retry_at = now + err.retry_in * self._rng.uniform(0.5, 1.5)
+                results.append(OutboxResult(row.id, OutboxVerdict.RELEASE, retry_at,
+                                            attempt=row.attempts))
                 DELIVERY_OUTCOMES.labels(q.name, "released").inc()
                 log.debug(f"egress.{kind}.handed_back", destination=q.name, row=row.id,
                           retry_in=err.retry_in, why=str(err))

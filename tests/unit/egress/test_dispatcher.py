@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -140,6 +141,27 @@ async def test_a_row_left_to_another_process_costs_no_attempt(store: SqliteStore
     assert declined == [1] * 6  # each offer is the first attempt again
     assert [a for i, a in sender.sent if i == ids[0]] == [1] * 7
     assert await store.list_dead_letters("ris") == []
+
+
+async def test_a_row_handed_back_is_offered_again_at_a_jittered_moment(
+        store: SqliteStore) -> None:
+    # Two processes: the one that hands rows back must not re-claim them in step with its own
+    # poll, or the process they are meant for (polling at its own phase) rarely gets them.
+    ids = await enqueue(store, 30)
+    sender = ScriptedSender(lambda d: NotHereDeliveryError("elsewhere", retry_in=10.0))
+    released = time.time()
+    d = Dispatcher(store, {"ris": dest()}, settings(), Path("/nonexistent"),
+                   sender_factory=lambda name, cfg: sender, rng=random.Random(3))
+    await d.start()
+    try:
+        await wait_until(lambda: {i for i, _ in sender.sent} == set(ids))
+    finally:
+        await d.stop(5)
+    rows = await store.outbox_rows("ris")
+    due = [float(str(r["next_attempt_at"])) - released for r in rows]
+    assert all(r["state"] == "pending" and r["attempts"] == 0 for r in rows)
+    assert all(4.0 <= x <= 16.0 for x in due), due
+    assert max(due) - min(due) > 3.0  # spread, not one moment
 
 
 async def test_a_permanent_failure_is_dead_lettered_at_once(store: SqliteStore) -> None:
