@@ -179,12 +179,22 @@ class EventDrivenAE(AE):
         super().__init__(*args, **kwargs)
         self._requested_lock = threading.Lock()
         self._requested: weakref.WeakSet[Association] = weakref.WeakSet()
+        self._refusing = False
 
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
         install(assoc)
         with self._requested_lock:
+            if self._refusing:  # checked with the registration: abort_all misses none
+                raise RuntimeError("radflow is stopping: no new association")
             self._requested.add(assoc)
         return super()._create_socket(assoc, address, tls_args)
+
+    def refuse_new(self) -> None:
+        """From now on ``associate`` raises instead of opening a connection: a sender that is
+        closing tells a batch still running on its thread not to open another association
+        (one cut short by :meth:`abort_all` would otherwise reconnect and wait again)."""
+        with self._requested_lock:
+            self._refusing = True
 
     def abort_all(self) -> int:
         """A-ABORT every association this AE requested that has not ended, from any thread:

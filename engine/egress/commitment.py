@@ -95,7 +95,6 @@ class CommitmentSender:
         self._ae.connection_timeout = min(config.timeout, 15.0)
         self._addresses = {m.ae_title: (m.host, m.port) for m in config.modalities
                            if m.host is not None and m.port is not None}
-        self._closing = False
 
     async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
         return await asyncio.to_thread(lambda: [self._send_one(d) for d in batch])
@@ -106,7 +105,7 @@ class CommitmentSender:
     async def close(self) -> None:
         # A report cancelled at shutdown may still be negotiating a new association; the
         # rest of its batch must not open another.
-        self._closing = True
+        self._ae.refuse_new()
         await asyncio.to_thread(self._ae.abort_all)
 
     def _send_one(self, delivery: Delivery) -> SendOutcome:
@@ -173,8 +172,6 @@ class CommitmentSender:
         return int(code)
 
     def _report_on_new(self, calling_ae: str, event_type: int, info: Dataset) -> int:
-        if self._closing:
-            raise TransientDeliveryError("radflow is stopping", reason="stopping")
         address = self._addresses.get(calling_ae)
         if address is None:
             raise TransientDeliveryError(

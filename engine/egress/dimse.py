@@ -314,7 +314,6 @@ class DimseSender:
         self._last_used = 0.0
         self._msg_id = 0
         self._lock = threading.Lock()  # one batch at a time, even if misused
-        self._closing = False
 
     # --- the Sender protocol ---------------------------------------------------------------
     async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
@@ -342,7 +341,7 @@ class DimseSender:
         # The sender's end. A batch cancelled at shutdown (after the grace) may still be
         # running on its thread: wait for it a moment, then abort rather than release an
         # association another thread is using, or is still negotiating.
-        self._closing = True  # that batch must not open another association
+        self._ae.refuse_new()  # that batch must not open another association
         if self._lock.acquire(timeout=1.0):
             try:
                 self._release()
@@ -538,8 +537,6 @@ class DimseSender:
         assoc = self._assoc
         if assoc is not None and assoc.is_established and needed <= self._proposed:
             return assoc
-        if self._closing:
-            raise TransientDeliveryError("radflow is stopping", reason="stopping")
         # Keep the contexts already in use when they fit: mixed batches then reuse one
         # association instead of renegotiating on every change of SOP class.
         wanted = needed | self._proposed if len(needed | self._proposed) <= MAX_CONTEXTS \

@@ -76,7 +76,6 @@ class MppsSender:
                      if config.tls else None)
         self._assoc: Association | None = None
         self._last_used = 0.0
-        self._closing = False
 
     async def send(self, batch: Sequence[Delivery]) -> list[SendOutcome]:
         return await asyncio.to_thread(self._send_batch, batch)
@@ -89,7 +88,7 @@ class MppsSender:
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
-        self._closing = True  # a batch still running must not open another association
+        self._ae.refuse_new()  # a batch still running must not open another association
         self._release()
         # A batch cancelled at shutdown may still be negotiating on its thread.
         self._ae.abort_all()
@@ -149,8 +148,6 @@ class MppsSender:
     def _association(self) -> Association:
         if self._assoc is not None and self._assoc.is_established:
             return self._assoc
-        if self._closing:
-            raise TransientDeliveryError("radflow is stopping", reason="stopping")
         cfg = self.config
         assoc = open_association(
             self._ae, cfg.host, cfg.port, ae_title=cfg.ae_title,

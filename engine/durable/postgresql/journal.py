@@ -72,16 +72,16 @@ def commit(conn: Conn, batch: Sequence[InstanceCommit], durable_ids: Sequence[in
     stored: list[InstanceCommitResult | None] = [
         None if row is None else InstanceCommitResult(InstanceOutcome.STORED, int(row[0]), 1)
         for row in (cur.fetchone() for cur in inserts)]
-    if all(result is not None for result in stored):
-        return [result for result in stored if result is not None]
-    try:
-        with transaction(conn):
-            judged = {index: _commit_known(conn, batch[index])  # in batch order
-                      for index, result in enumerate(stored) if result is None}
-    except psycopg.Error as exc:
-        # The new instances are committed and must be answered as such (their rows exist,
-        # whatever happens next); only the judged ones failed, and nothing of them is kept.
-        raise PartlyCommitted(f"duplicates not judged: {exc}", list(stored)) from exc
+    known = [index for index, result in enumerate(stored) if result is None]
+    judged: dict[int, InstanceCommitResult] = {}
+    if known:
+        try:
+            with transaction(conn):
+                judged = {index: _commit_known(conn, batch[index]) for index in known}
+        except psycopg.Error as exc:
+            # The new instances are committed and must be answered as such (their rows
+            # exist, whatever happens next); only the judged ones failed, none of them kept.
+            raise PartlyCommitted(f"duplicates not judged: {exc}", stored) from exc
     return [result if result is not None else judged[index]
             for index, result in enumerate(stored)]
 
